@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make run   creates .venv, installs, ingests the sample book, serves http://127.0.0.1:8000
+#   make test  creates .venv, installs with the dev tools, runs ruff, mypy and the tests
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+BOOK   ?= sample_book
+
+.PHONY: run test install lint typecheck pytest ingest serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+
+# torch is pinned in pyproject to the CPU build pip finds locally; installing it first keeps pip from
+# resolving a CUDA build for sentence-transformers.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+ingest: install
+	$(BIN)/rag-ingest $(BOOK) --prune
+
+serve: install
+	$(BIN)/rag-api --host $(HOST) --port $(PORT)
+
+run: ingest serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

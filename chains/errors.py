@@ -1,0 +1,51 @@
+"""The errors this project raises on purpose, shared by ingest, chains and the API.
+
+    RagError                      base: a message fit to show a user, and a stable `code`
+    ├── ConfigurationError        a setting or argument is wrong (names it and the fix)
+    ├── DependencyUnavailable     Qdrant, the chat model or the embedding model cannot be reached
+    │   └── ModelTimeout          the chat model did not answer in time
+    ├── CollectionMismatch        the stored collection does not fit the configured embedding model
+    └── DocumentError             one input file cannot be loaded (ingest goes on with the rest)
+
+The API maps each class to an HTTP status in one place (`rag_api.errors`).
+"""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Base class: `str(exc)` is safe to show to a user; `code` is stable for clients."""
+
+    code = "rag_error"
+
+
+class ConfigurationError(RagError):
+    code = "configuration_error"
+
+
+class DependencyUnavailable(RagError):
+    code = "dependency_unavailable"
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+
+
+class ModelTimeout(DependencyUnavailable):
+    code = "model_timeout"
+
+    def __init__(self, message: str = "the chat model did not answer in time") -> None:
+        super().__init__("chat_model", message)
+
+
+class CollectionMismatch(RagError):
+    code = "collection_mismatch"
+
+
+class DocumentError(RagError):
+    code = "document_error"
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

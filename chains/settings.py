@@ -1,0 +1,113 @@
+"""The one typed settings object, read from the environment and an optional `.env`.
+
+Ingest, chains and the API all take a `Settings` instance as an argument; nothing deeper in the code reads
+`os.environ`. A wrong value fails at start-up with pydantic's message, which names the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_COLLECTION = "ai_book_rag_chunks"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, with the environment variable named after the field (upper case)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Qdrant: a server when QDRANT_URL is set, else an on-disk embedded store at QDRANT_PATH.
+    qdrant_url: AnyHttpUrl | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path: Path = Path("data/qdrant")
+    qdrant_collection: str = Field(DEFAULT_COLLECTION, pattern=r"^[A-Za-z0-9_\-]{1,255}$")
+    qdrant_timeout_s: float = Field(10.0, gt=0, le=300)
+    qdrant_shards: int = Field(1, ge=1, le=64)
+    qdrant_replication_factor: int = Field(1, ge=1, le=16)
+    qdrant_on_disk: bool = False
+
+    # Embeddings: a packaged local model by default, OpenAI (or compatible) when chosen.
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_batch_size: int = Field(64, ge=1, le=2048)
+    embedding_cache_size: int = Field(1024, ge=0, le=1_000_000)
+
+    # Chat model through any OpenAI-compatible endpoint. No CHAT_MODEL means extractive answers.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: AnyHttpUrl | None = None
+    chat_model: str | None = None
+    chat_temperature: float = Field(0.1, ge=0.0, le=2.0)
+    chat_timeout_s: float = Field(60.0, gt=0, le=600)
+    chat_max_retries: int = Field(2, ge=0, le=10)
+    chat_max_tokens: int | None = Field(None, ge=1, le=32_768)
+
+    # Splitting and retrieval.
+    chunk_size: int = Field(256, ge=32, le=4096)
+    chunk_overlap: int = Field(48, ge=0, le=1024)
+    retrieval_k: int = Field(5, ge=1, le=50)
+    retrieval_score_threshold: float = Field(0.25, ge=-1.0, le=1.0)
+    book_base_url: AnyHttpUrl | None = None
+
+    # HTTP service.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:3000", "http://127.0.0.1:8000", "http://localhost:8000"]
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("chat_model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than CHUNK_SIZE ({self.chunk_size})"
+            )
+        if self.embedding_provider == "openai" and self.openai_api_key is None and self.openai_base_url is None:
+            raise ValueError("EMBEDDING_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise ValueError("CORS_ORIGINS: '*' cannot be combined with other origins")
+        return self
+
+    @property
+    def chat_model_configured(self) -> bool:
+        return self.chat_model is not None
+
+    @property
+    def uses_qdrant_server(self) -> bool:
+        return self.qdrant_url is not None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
+
+
+def settings_error_message(exc: ValidationError) -> str:
+    """One line naming each bad environment variable and what is wrong with it."""
+    problems = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+        problems.append(f"{name}: {error['msg']}")
+    return "invalid setting: " + "; ".join(problems)

@@ -1,0 +1,171 @@
+"""The Qdrant client, collection layout and LangChain vector store shared by ingest and the answer chain.
+
+Points use langchain-qdrant's payload layout (`page_content` plus a `metadata` object) so that any LangChain code
+can read the collection, with a named dense vector so that a sparse one can sit beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_qdrant import QdrantVectorStore
+from qdrant_client import QdrantClient, models
+
+from chains.errors import CollectionMismatch, DependencyUnavailable
+from chains.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DENSE_VECTOR = "dense"
+SPARSE_VECTOR = "sparse"
+CONTENT_KEY = "page_content"
+METADATA_KEY = "metadata"
+# Payload fields that filters use; indexed so that a filtered search stays fast on a server.
+INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
+    f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
+    f"{METADATA_KEY}.chapter": models.PayloadSchemaType.KEYWORD,
+    f"{METADATA_KEY}.content_hash": models.PayloadSchemaType.KEYWORD,
+}
+# Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
+_ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")
+_INTERNAL_KEYS = ("_id", "_collection_name")
+
+
+def build_qdrant_client(settings: Settings) -> QdrantClient:
+    """A client for the configured server, or for the embedded on-disk store (one process at a time)."""
+    if settings.qdrant_url is not None:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantClient(url=str(settings.qdrant_url), api_key=api_key, timeout=int(settings.qdrant_timeout_s))
+    settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=str(settings.qdrant_path))
+    except RuntimeError as exc:
+        if "already accessed by another instance" in str(exc):
+            raise DependencyUnavailable(
+                "qdrant",
+                f"the embedded Qdrant store at {settings.qdrant_path} is open in another process "
+                "(the embedded store allows one process at a time). Stop that process (e.g. the API server), "
+                "or run Qdrant as a server (docker compose up -d qdrant) and set QDRANT_URL.",
+            ) from exc
+        raise
+
+
+def point_id(key: str) -> str:
+    """A stable UUID for any string key: the same key always gives the same point."""
+    try:
+        return str(uuid.UUID(key))
+    except ValueError:
+        return str(uuid.uuid5(_ID_NAMESPACE, key))
+
+
+def ensure_collection(client: QdrantClient, settings: Settings, dimension: int) -> None:
+    """Create the collection (dense cosine vectors, payload indexes) if missing; check it if present."""
+    name = settings.qdrant_collection
+    if client.collection_exists(name):
+        check_collection(client, name, dimension)
+        return
+    logger.info("creating collection %s (dimension %d)", name, dimension)
+    client.create_collection(
+        name,
+        vectors_config={
+            DENSE_VECTOR: models.VectorParams(
+                size=dimension, distance=models.Distance.COSINE, on_disk=settings.qdrant_on_disk or None
+            )
+        },
+        sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        shard_number=settings.qdrant_shards,
+        replication_factor=settings.qdrant_replication_factor,
+        on_disk_payload=settings.qdrant_on_disk or None,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
+        for field, schema in INDEXED_FIELDS.items():
+            client.create_payload_index(name, field_name=field, field_schema=schema)
+
+
+def check_collection(client: QdrantClient, name: str, dimension: int) -> None:
+    """Raise `CollectionMismatch` when the stored vectors are not what the embedding model makes."""
+    info = client.get_collection(name)
+    vectors = info.config.params.vectors
+    params = vectors.get(DENSE_VECTOR) if isinstance(vectors, dict) else None
+    if params is None:
+        raise CollectionMismatch(
+            f"collection {name!r} has no dense vector named {DENSE_VECTOR!r}; it was not made by this project. "
+            "Use another QDRANT_COLLECTION or delete it."
+        )
+    if params.size != dimension:
+        raise CollectionMismatch(
+            f"collection {name!r} stores {params.size}-dimensional vectors but the embedding model makes "
+            f"{dimension}-dimensional ones. Use the model it was built with, another QDRANT_COLLECTION, "
+            "or re-ingest into a fresh collection."
+        )
+
+
+class BookVectorStore(QdrantVectorStore):
+    """`QdrantVectorStore` with stable ids: any string id is accepted and returned as given, and documents
+    come back with `Document.id` set and no internal keys in their metadata."""
+
+    ORIGINAL_ID_KEY = "doc_id"
+
+    def add_texts(  # type: ignore[override]
+        self,
+        texts: Any,
+        metadatas: list[dict[str, Any]] | None = None,
+        ids: Any = None,
+        batch_size: int = 64,
+        **kwargs: Any,
+    ) -> list[str]:
+        texts = list(texts)
+        given = [str(i) for i in ids] if ids is not None else [str(uuid.uuid4()) for _ in texts]
+        metadatas = [dict(m) for m in metadatas] if metadatas else [{} for _ in texts]
+        for metadata, original in zip(metadatas, given, strict=True):
+            metadata[self.ORIGINAL_ID_KEY] = original
+        super().add_texts(texts, metadatas, [point_id(i) for i in given], batch_size, **kwargs)
+        return given
+
+    def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        if "ids" not in kwargs and any(doc.id for doc in documents):
+            kwargs["ids"] = [doc.id or str(uuid.uuid4()) for doc in documents]
+        return super().add_documents(documents, **kwargs)
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:  # type: ignore[override]
+        if ids is None:
+            return None
+        return super().delete([point_id(str(i)) for i in ids], **kwargs)
+
+    def get_by_ids(self, ids: Any, /) -> list[Document]:
+        return super().get_by_ids([point_id(str(i)) for i in ids])
+
+    @classmethod
+    def _document_from_point(
+        cls, scored_point: Any, collection_name: str, content_payload_key: str, metadata_payload_key: str
+    ) -> Document:
+        payload = scored_point.payload or {}
+        metadata = dict(payload.get(metadata_payload_key) or {})
+        for key in _INTERNAL_KEYS:
+            metadata.pop(key, None)
+        original = metadata.pop(cls.ORIGINAL_ID_KEY, None)
+        return Document(
+            id=str(original) if original is not None else str(scored_point.id),
+            page_content=payload.get(content_payload_key, ""),
+            metadata=metadata,
+        )
+
+
+def build_vector_store(client: QdrantClient, settings: Settings, embeddings: Embeddings) -> BookVectorStore:
+    """The LangChain view of the collection (it must exist: `ensure_collection` first)."""
+    return BookVectorStore(
+        client=client,
+        collection_name=settings.qdrant_collection,
+        embedding=embeddings,
+        vector_name=DENSE_VECTOR,
+        sparse_vector_name=SPARSE_VECTOR,
+        content_payload_key=CONTENT_KEY,
+        metadata_payload_key=METADATA_KEY,
+        validate_collection_config=False,
+    )

@@ -1,0 +1,246 @@
+"""Turn one file into a flat list of blocks (headings, text, code, tables) with `unstructured` (PDF with pypdf).
+
+Markdown and MDX are cleaned before partitioning: YAML front matter becomes metadata, MDX `import`/`export`
+lines and JSX tags are dropped (their inner text is kept), fenced code stays as code. Every failure is a
+`DocumentError` naming the file and the reason, so that ingest can report it and go on.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from chains.errors import DocumentError
+from ingest.offline_nlp import install_offline_nlp
+
+logger = logging.getLogger(__name__)
+
+BlockKind = Literal["heading", "text", "code", "table"]
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdx"})
+SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | {".html", ".htm", ".txt", ".text", ".rst", ".pdf", ".docx"})
+_TEXT_SUFFIXES = SUPPORTED_SUFFIXES - {".pdf", ".docx"}
+_MAX_FILE_BYTES = 200 * 1024 * 1024
+
+_FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_MDX_ESM = re.compile(r"^(import|export)\s")
+_JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
+_JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
+_MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    kind: BlockKind
+    text: str
+    level: int = 0  # heading depth, 1 for a top title
+    page: int | None = None
+
+
+@dataclass(slots=True)
+class LoadedDocument:
+    path: Path
+    title: str | None
+    blocks: list[Block]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text, refusing binary content whatever its extension says."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DocumentError(str(path), "the file is empty")
+    if b"\x00" in raw[:8192]:
+        raise DocumentError(str(path), "binary content in a text file (NUL bytes); is the extension right?")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(str(path), f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    try:
+        data = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError:
+        data = {}
+    return (data if isinstance(data, dict) else {}), text[match.end() :]
+
+
+def strip_mdx(text: str) -> str:
+    """Drop MDX imports/exports, JSX tags and comments outside code fences; keep everything else."""
+    text = _MDX_COMMENT.sub("", text)
+    kept: list[str] = []
+    in_fence = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            in_fence = not in_fence
+            kept.append(line)
+            continue
+        if in_fence:
+            kept.append(line)
+            continue
+        if _MDX_ESM.match(line) or _JSX_LINE.match(line):
+            continue
+        kept.append(_JSX_INLINE.sub("", line))
+    return "\n".join(kept)
+
+
+class _TableText(HTMLParser):
+    """Renders an HTML table as pipe-separated rows, which embeds and reads better than flattened cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self.rows:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def table_text(element_text: str, text_as_html: str | None) -> str:
+    if not text_as_html:
+        return element_text
+    parser = _TableText()
+    parser.feed(text_as_html)
+    rows = [row for row in parser.rows if any(row)]
+    if not rows:
+        return element_text
+    return "\n".join("| " + " | ".join(html.unescape(c) for c in row) + " |" for row in rows)
+
+
+def blocks_from_elements(elements: list[Any]) -> list[Block]:
+    """Map unstructured's elements to blocks; Title elements become headings at their depth."""
+    blocks: list[Block] = []
+    for element in elements:
+        text = (element.text or "").strip()
+        if not text:
+            continue
+        category = getattr(element, "category", type(element).__name__)
+        meta = element.metadata
+        page = getattr(meta, "page_number", None)
+        if category == "Title":
+            depth = getattr(meta, "category_depth", None)
+            blocks.append(Block("heading", text, level=(depth or 0) + 1, page=page))
+        elif category == "CodeSnippet":
+            blocks.append(Block("code", element.text.strip("\n"), page=page))
+        elif category == "Table":
+            blocks.append(Block("table", table_text(text, getattr(meta, "text_as_html", None)), page=page))
+        elif category in ("PageBreak", "Header", "Footer", "Image"):
+            continue
+        else:
+            blocks.append(Block("text", text, page=page))
+    return blocks
+
+
+def _partition(kind: str, **kwargs: Any) -> list[Any]:
+    install_offline_nlp()
+    if kind == "md":
+        from unstructured.partition.md import partition_md
+
+        return list(partition_md(**kwargs))
+    if kind == "html":
+        from unstructured.partition.html import partition_html
+
+        return list(partition_html(**kwargs))
+    if kind == "docx":
+        from unstructured.partition.docx import partition_docx
+
+        return list(partition_docx(**kwargs))
+    from unstructured.partition.text import partition_text
+
+    return list(partition_text(**kwargs))
+
+
+def load_markdown(path: Path) -> LoadedDocument:
+    front_matter, body = split_front_matter(read_text(path))
+    if path.suffix.lower() == ".mdx":
+        body = strip_mdx(body)
+    if not body.strip():
+        raise DocumentError(str(path), "no text after the front matter")
+    blocks = blocks_from_elements(_partition("md", text=body))
+    title = front_matter.get("title")
+    return LoadedDocument(path, str(title) if title else None, blocks, front_matter)
+
+
+def load_pdf(path: Path) -> LoadedDocument:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(str(path))
+        pages = [(number, page.extract_text() or "") for number, page in enumerate(reader.pages, start=1)]
+        info_title = reader.metadata.title if reader.metadata else None
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise DocumentError(str(path), f"not a readable PDF ({type(exc).__name__}: {exc})") from exc
+    blocks = [Block("text", text.strip(), page=number) for number, text in pages if text.strip()]
+    if not blocks:
+        raise DocumentError(str(path), "no extractable text (a scanned PDF needs OCR first)")
+    return LoadedDocument(path, str(info_title) if info_title else None, blocks)
+
+
+def load_docx(path: Path) -> LoadedDocument:
+    if path.stat().st_size == 0:
+        raise DocumentError(str(path), "the file is empty")
+    try:
+        elements = _partition("docx", filename=str(path))
+    except Exception as exc:  # python-docx raises zipfile/KeyError/ValueError... for a broken file
+        raise DocumentError(str(path), f"not a readable DOCX ({type(exc).__name__})") from exc
+    return LoadedDocument(path, None, blocks_from_elements(elements))
+
+
+def load_document(path: Path) -> LoadedDocument:
+    """Load one file, or raise `DocumentError` saying why it cannot be."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        raise DocumentError(str(path), f"unsupported file type {suffix or '(none)'!r} (supported: {supported})")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DocumentError(str(path), f"cannot read the file ({exc.strerror or exc})") from exc
+    if size > _MAX_FILE_BYTES:
+        raise DocumentError(str(path), f"the file is larger than {_MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    try:
+        if suffix in MARKDOWN_SUFFIXES:
+            document = load_markdown(path)
+        elif suffix == ".pdf":
+            document = load_pdf(path)
+        elif suffix == ".docx":
+            document = load_docx(path)
+        elif suffix in (".html", ".htm"):
+            document = LoadedDocument(path, None, blocks_from_elements(_partition("html", text=read_text(path))))
+        else:
+            assert suffix in _TEXT_SUFFIXES
+            document = LoadedDocument(path, None, blocks_from_elements(_partition("text", text=read_text(path))))
+    except PermissionError as exc:
+        raise DocumentError(str(path), "permission denied") from exc
+    except OSError as exc:
+        raise DocumentError(str(path), f"cannot read the file ({exc.strerror or exc})") from exc
+    if not document.blocks:
+        raise DocumentError(str(path), "no text found in the file")
+    if document.title is None:
+        first_heading = next((b.text for b in document.blocks if b.kind == "heading"), None)
+        document.title = first_heading or path.stem.replace("-", " ").replace("_", " ")
+    return document

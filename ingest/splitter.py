@@ -1,0 +1,172 @@
+"""Split a loaded document into chunks that follow its headings.
+
+Blocks are grouped into sections by heading; a section's blocks are packed into chunks of at most `chunk_size`
+tokens (the embedding model's own tokens, since that is where it truncates), carrying whole trailing paragraphs
+as overlap. Code blocks and tables stay whole unless one alone is larger than a chunk. Sections too small to
+stand alone are merged into the next one. Each chunk knows its heading path, and its embedding text starts with
+that path, which helps a passage match a question that names its chapter or section.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from ingest.loaders import Block, LoadedDocument
+
+TokenCounter = Callable[[str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOptions:
+    chunk_size: int = 256
+    chunk_overlap: int = 48
+    min_section_tokens: int = 48
+
+
+@dataclass(slots=True)
+class Section:
+    heading_path: list[str]
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    embed_text: str
+    metadata: dict[str, Any]
+
+
+def approximate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters a token), for remote embedding models."""
+    return max(1, len(text) // 4)
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def render_block(block: Block) -> str:
+    if block.kind == "code":
+        return f"```\n{block.text}\n```"
+    return block.text
+
+
+def sections_of(document: LoadedDocument) -> list[Section]:
+    """Group blocks under the heading path they sit in (the document title is the root when it has no `#`)."""
+    root = [document.title] if document.title else []
+    stack: list[tuple[int, str]] = []
+    sections = [Section(list(root))]
+    for block in document.blocks:
+        if block.kind != "heading":
+            sections[-1].blocks.append(block)
+            continue
+        while stack and stack[-1][0] >= block.level:
+            stack.pop()
+        stack.append((block.level, block.text))
+        path = [text for _, text in stack]
+        if root and path[0] != root[0]:
+            path = root + path
+        sections.append(Section(path))
+    return [s for s in sections if s.blocks]
+
+
+def merge_small_sections(sections: list[Section], count: TokenCounter, min_tokens: int) -> list[Section]:
+    """Fold a section with little text into the next one, keeping the first one's headings in the text."""
+    merged: list[Section] = []
+    pending: Section | None = None
+    for section in sections:
+        if pending is not None:
+            heading = Block("text", pending.heading_path[-1]) if pending.heading_path else None
+            prefix = [*([heading] if heading else []), *pending.blocks]
+            section = Section(section.heading_path, prefix + section.blocks)
+            pending = None
+        size = sum(count(render_block(b)) for b in section.blocks)
+        if size < min_tokens:
+            pending = section
+        else:
+            merged.append(section)
+    if pending is not None:
+        if merged:
+            merged[-1].blocks.extend(pending.blocks)
+        else:
+            merged.append(pending)
+    return merged
+
+
+def pieces_of(section: Section, count: TokenCounter, options: SplitOptions) -> list[tuple[str, int]]:
+    """The section's blocks as (text, tokens), with any block larger than a chunk cut recursively."""
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=options.chunk_size,
+        chunk_overlap=options.chunk_overlap,
+        length_function=count,
+        separators=["\n\n", "\n", ". ", "; ", ", ", " ", ""],
+    )
+    pieces: list[tuple[str, int]] = []
+    for block in section.blocks:
+        text = render_block(block)
+        tokens = count(text)
+        if tokens <= options.chunk_size:
+            pieces.append((text, tokens))
+        else:
+            pieces.extend((part, count(part)) for part in splitter.split_text(text))
+    return pieces
+
+
+def pack(pieces: list[tuple[str, int]], options: SplitOptions) -> list[str]:
+    """Pack pieces into chunks up to `chunk_size`, starting each new chunk with trailing pieces as overlap."""
+    chunks: list[str] = []
+    current: list[tuple[str, int]] = []
+    size = 0
+    for text, tokens in pieces:
+        if current and size + tokens > options.chunk_size:
+            chunks.append("\n\n".join(t for t, _ in current))
+            carry: list[tuple[str, int]] = []
+            carried = 0
+            for piece in reversed(current):
+                if carried + piece[1] > options.chunk_overlap or carried + piece[1] + tokens > options.chunk_size:
+                    break
+                carry.insert(0, piece)
+                carried += piece[1]
+            current, size = carry, carried
+        current.append((text, tokens))
+        size += tokens
+    if current:
+        chunks.append("\n\n".join(t for t, _ in current))
+    return chunks
+
+
+def split_document(
+    document: LoadedDocument,
+    source: str,
+    count: TokenCounter,
+    options: SplitOptions,
+    url: str | None = None,
+) -> list[Chunk]:
+    """All chunks of one document, numbered in reading order, with the metadata a frontend links back with."""
+    chunks: list[Chunk] = []
+    sections = merge_small_sections(sections_of(document), count, options.min_section_tokens)
+    for section in sections:
+        pages = [b.page for b in section.blocks if b.page is not None]
+        for text in pack(pieces_of(section, count, options), options):
+            path = section.heading_path
+            metadata: dict[str, Any] = {
+                "source": source,
+                "title": document.title,
+                "chapter": path[0] if path else document.title,
+                "heading_path": path,
+                "section": " > ".join(path),
+                "chunk_index": len(chunks),
+                "content_hash": content_hash(text),
+            }
+            if pages:
+                metadata["page"] = pages[0]
+            if url:
+                metadata["url"] = url
+            embed_text = f"{' > '.join(path)}\n\n{text}" if path else text
+            chunks.append(Chunk(text, embed_text, metadata))
+    return chunks

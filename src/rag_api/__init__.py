@@ -1,0 +1,1 @@
+"""The FastAPI service: app factory, settings wiring, schemas, errors, wire encoders and routes."""

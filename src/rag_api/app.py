@@ -1,0 +1,90 @@
+"""The app factory and its lifespan: clients, models and the answer chain are built once and injected."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from chains.answer import Answerer
+from chains.embeddings import build_embeddings, embedding_dimension
+from chains.errors import RagError
+from chains.models import build_chat_model
+from chains.retrieval import BookRetriever
+from chains.settings import Settings
+from chains.vectorstore import build_qdrant_client, build_vector_store, ensure_collection
+from rag_api.errors import error_response, install_error_handlers
+from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
+from rag_api.routes import ask, health, pages, search
+from rag_api.state import AppState, Overrides
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Ask questions about a book and get answers grounded in its text, with sources.
+
+`POST /ask` answers as JSON or streams server-sent events (see its description for the event protocol);
+`POST /search` returns passages only; `GET /health` and `GET /ready` report on the dependencies."""
+
+
+def build_state(settings: Settings, overrides: Overrides) -> AppState:
+    embeddings = overrides.embeddings or build_embeddings(settings)
+    client = overrides.client or build_qdrant_client(settings)
+    collection_error = None
+    try:
+        ensure_collection(client, settings, embedding_dimension(embeddings))
+    except RagError as exc:
+        collection_error = str(exc)
+        logger.error("collection problem: %s", exc)
+    except Exception as exc:  # Qdrant down at start-up: serve degraded, /ready says why
+        collection_error = f"Qdrant unreachable at start-up ({type(exc).__name__})"
+        logger.error("%s", collection_error)
+    store = build_vector_store(client, settings, embeddings)
+    retriever = BookRetriever(vector_store=store, k=settings.retrieval_k)
+    chat_model = overrides.chat_model or build_chat_model(settings)
+    answerer = Answerer(retriever, chat_model, settings)
+    return AppState(settings, client, embeddings, retriever, chat_model, answerer, collection_error)
+
+
+def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAPI:
+    """The FastAPI app for `settings`; `overrides` hands in ready-made parts (tests, benchmarks)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings, overrides or Overrides())
+        app.state.rag = state
+        logger.info(
+            "ready: collection=%s store=%s chat_model=%s",
+            settings.qdrant_collection,
+            settings.qdrant_url or settings.qdrant_path,
+            settings.chat_model or "(none: extractive answers)",
+        )
+        try:
+            yield
+        finally:
+            if overrides is None or overrides.client is None:
+                state.client.close()
+
+    app = FastAPI(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        message = f"the request body is larger than {settings.max_body_bytes} bytes"
+        return error_response(413, "payload_too_large", message, getattr(request.state, "request_id", None))
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials="*" not in settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Accept"],
+        expose_headers=["X-Request-ID"],
+    )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    for module in (ask, search, health, pages):
+        app.include_router(module.router)
+    return app

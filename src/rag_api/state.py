@@ -1,0 +1,33 @@
+"""What the lifespan builds once and every request shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from qdrant_client import QdrantClient
+
+from chains.answer import Answerer
+from chains.retrieval import BookRetriever
+from chains.settings import Settings
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    client: QdrantClient
+    embeddings: Embeddings
+    retriever: BookRetriever
+    chat_model: BaseChatModel | None
+    answerer: Answerer
+    collection_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Ready-made parts for `create_app`, used by tests and benchmarks instead of building them from settings."""
+
+    chat_model: BaseChatModel | None = None
+    embeddings: Embeddings | None = None
+    client: QdrantClient | None = None

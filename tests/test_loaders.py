@@ -1,0 +1,144 @@
+"""Loading every supported format offline, and a clear reason for every file that cannot be loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chains.errors import DocumentError
+from ingest.loaders import load_document, split_front_matter, strip_mdx
+
+
+def minimal_pdf(pages: list[str]) -> bytes:
+    """A valid PDF with one line of Helvetica text a page, written by hand (no PDF writer needed)."""
+    objects: list[bytes] = []
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    font_id = 3 + 2 * len(pages)
+    for i, text in enumerate(pages):
+        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
+            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def test_markdown_headings_code_and_tables_become_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "ch1.md"
+    path.write_text(
+        "---\ntitle: Soil Basics\nsidebar_position: 1\n---\n\n# Soil\n\nLoam is best.\n\n## Testing\n\n"
+        "```python\nph = read_ph()\nprint(ph)\n```\n\n| soil | ph |\n|---|---|\n| loam | 6.5 |\n",
+        encoding="utf-8",
+    )
+    document = load_document(path)
+    assert document.title == "Soil Basics"
+    assert document.metadata["sidebar_position"] == 1
+    kinds = [(b.kind, b.level) for b in document.blocks]
+    assert kinds[0] == ("heading", 1) and ("heading", 2) in kinds
+    code = next(b for b in document.blocks if b.kind == "code")
+    assert "ph = read_ph()" in code.text and "print(ph)" in code.text
+    table = next(b for b in document.blocks if b.kind == "table")
+    assert "| loam | 6.5 |" in table.text
+
+
+def test_mdx_imports_and_jsx_are_dropped_but_inner_text_kept(tmp_path: Path) -> None:
+    path = tmp_path / "intro.mdx"
+    path.write_text(
+        "---\ntitle: Intro\n---\nimport Callout from '@site/src/Callout';\n\n# Intro\n\n<Callout type=\"tip\">\n"
+        "Graft in early spring.\n</Callout>\n\n```jsx\n<Keep />\n```\n",
+        encoding="utf-8",
+    )
+    text = " ".join(b.text for b in load_document(path).blocks)
+    assert "import" not in text and "Callout" not in text
+    assert "Graft in early spring." in text
+    assert "<Keep />" in text  # code stays code
+
+
+def test_strip_mdx_leaves_fenced_code_alone() -> None:
+    source = "import X from 'x'\n```\nimport os\n<Tag/>\n```\n<Tag/>\ntext"
+    assert strip_mdx(source) == "```\nimport os\n<Tag/>\n```\ntext"
+
+
+def test_front_matter_that_is_not_a_mapping_is_ignored() -> None:
+    assert split_front_matter("---\n- a\n- b\n---\nbody") == ({}, "body")
+
+
+def test_html_text_and_docx_load_with_headings(tmp_path: Path) -> None:
+    html = tmp_path / "page.html"
+    html.write_text("<html><body><h1>Harvest</h1><p>Pick when the fruit lifts off easily.</p></body></html>")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("Storage notes\n\nKeep apples cool and dark, at about three degrees.\n")
+    from docx import Document as Docx
+
+    docx_doc = Docx()
+    docx_doc.add_heading("Pests", 1)
+    docx_doc.add_paragraph("Codling moth larvae tunnel into apples in midsummer.")
+    docx_path = tmp_path / "pests.docx"
+    docx_doc.save(str(docx_path))
+
+    loaded_html = load_document(html)
+    assert loaded_html.title == "Harvest"
+    assert any("lifts off easily" in b.text for b in loaded_html.blocks)
+    assert any("three degrees" in b.text for b in load_document(txt).blocks)
+    loaded_docx = load_document(docx_path)
+    assert loaded_docx.blocks[0].kind == "heading" and loaded_docx.blocks[0].text == "Pests"
+    assert any("Codling moth" in b.text for b in loaded_docx.blocks)
+
+
+def test_pdf_pages_keep_their_page_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "book.pdf"
+    path.write_bytes(minimal_pdf(["Chapter one is about roots.", "Chapter two is about leaves."]))
+    blocks = load_document(path).blocks
+    assert [(b.page, "roots" in b.text, "leaves" in b.text) for b in blocks] == [(1, True, False), (2, False, True)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.md", b"", "empty"),
+        ("blank.txt", b"  \n\n ", "empty"),
+        ("binary.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        ("latin1.txt", "caf\xe9 au lait".encode("latin-1"), "UTF-8"),
+        ("broken.pdf", b"%PDF-1.4\nthis is not really a pdf", "PDF"),
+        ("broken.docx", b"PK\x03\x04 not a zip really", "DOCX"),
+        ("image.png", b"\x89PNG", "unsupported file type"),
+        ("front-only.md", b"---\ntitle: x\n---\n", "no text"),
+    ],
+)
+def test_bad_files_get_a_reason_naming_the_file(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DocumentError) as info:
+        load_document(path)
+    assert reason in info.value.reason
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_path_gets_a_reason(tmp_path: Path) -> None:
+    link = tmp_path / "gone.md"
+    link.symlink_to(tmp_path / "missing.md")
+    with pytest.raises(DocumentError, match="cannot read"):
+        load_document(link)
+
+
+def test_offline_nlp_patch_still_reaches_unstructured() -> None:
+    import unstructured.nlp.tokenize as tokenize
+
+    from ingest.offline_nlp import install_offline_nlp
+
+    install_offline_nlp()
+    assert tokenize._get_nlp().pipe_names == ["sentencizer"]

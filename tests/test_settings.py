@@ -1,0 +1,43 @@
+"""Settings: defaults that run offline, and wrong values that fail naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from chains.settings import DEFAULT_COLLECTION, Settings, settings_error_message
+
+
+def test_defaults_need_no_keys_or_servers() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.qdrant_url is None and settings.qdrant_collection == DEFAULT_COLLECTION
+    assert settings.embedding_provider == "local" and not settings.chat_model_configured
+
+
+def test_cors_origins_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://book.example, http://localhost:3000")
+    assert Settings(_env_file=None).cors_origins == ["https://book.example", "http://localhost:3000"]  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("RETRIEVAL_K", "0"), ("QDRANT_URL", "not a url"), ("LOG_LEVEL", "loud"), ("EMBEDDING_PROVIDER", "magic")],
+)
+def test_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert variable in settings_error_message(info.value)
+
+
+def test_overlap_must_be_smaller_than_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNK_SIZE", "100")
+    monkeypatch.setenv("CHUNK_OVERLAP", "100")
+    with pytest.raises(ValidationError, match="CHUNK_OVERLAP"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_wildcard_cors_cannot_mix_with_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "*,https://a.example")
+    with pytest.raises(ValidationError, match="CORS_ORIGINS"):
+        Settings(_env_file=None)  # type: ignore[call-arg]

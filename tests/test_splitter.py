@@ -1,0 +1,78 @@
+"""Heading-aware splitting: heading paths, whole code blocks, merged fragments, bounded sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ingest.loaders import Block, LoadedDocument
+from ingest.splitter import SplitOptions, approximate_tokens, split_document
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def document(*blocks: Block, title: str = "Orchard") -> LoadedDocument:
+    return LoadedDocument(Path("orchard.md"), title, list(blocks))
+
+
+def paragraph(word: str, count: int) -> Block:
+    return Block("text", " ".join([word] * count) + ".")
+
+
+def test_chunks_carry_their_heading_path_and_metadata() -> None:
+    doc = document(
+        Block("heading", "Orchard", 1),
+        paragraph("intro", 30),
+        Block("heading", "Soil", 2),
+        paragraph("soil", 30),
+        Block("heading", "Drainage", 3),
+        paragraph("drain", 30),
+        Block("heading", "Planting", 2),
+        paragraph("plant", 30),
+    )
+    chunks = split_document(doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), url="https://b/x")
+    paths = [c.metadata["heading_path"] for c in chunks]
+    assert paths == [["Orchard"], ["Orchard", "Soil"], ["Orchard", "Soil", "Drainage"], ["Orchard", "Planting"]]
+    assert [c.metadata["chunk_index"] for c in chunks] == [0, 1, 2, 3]
+    assert chunks[2].embed_text.startswith("Orchard > Soil > Drainage\n\n")
+    assert all(c.metadata["source"] == "orchard.md" and c.metadata["url"] == "https://b/x" for c in chunks)
+    assert len({c.metadata["content_hash"] for c in chunks}) == 4
+
+
+def test_code_block_is_not_cut_when_it_fits() -> None:
+    code = Block("code", "\n".join(f"line_{i} = {i}" for i in range(20)))
+    doc = document(Block("heading", "Logger", 1), paragraph("a", 50), code, paragraph("b", 50))
+    chunks = split_document(doc, "x.md", words, SplitOptions(80, 10, min_section_tokens=1))
+    holding = [c for c in chunks if "line_0 = 0" in c.text]
+    assert len(holding) == 1 and "line_19 = 19" in holding[0].text
+
+
+def test_tiny_sections_merge_into_the_next() -> None:
+    doc = document(
+        Block("heading", "Orchard", 1),
+        Block("heading", "Note", 2),
+        Block("text", "Short."),
+        Block("heading", "Soil", 2),
+        paragraph("soil", 40),
+    )
+    chunks = split_document(doc, "x.md", words, SplitOptions(100, 10, min_section_tokens=10))
+    assert len(chunks) == 1
+    assert "Short." in chunks[0].text and "Note" in chunks[0].text
+    assert chunks[0].metadata["heading_path"] == ["Orchard", "Soil"]
+
+
+def test_long_sections_split_within_size_with_overlap() -> None:
+    doc = document(Block("heading", "Long", 1), *[paragraph(f"p{i}", 20) for i in range(20)])
+    chunks = split_document(doc, "x.md", words, SplitOptions(60, 20, min_section_tokens=1))
+    assert len(chunks) > 5
+    assert all(words(c.text) <= 60 for c in chunks)
+    first_paragraph_of_second = chunks[1].text.split("\n\n")[0]
+    assert first_paragraph_of_second in chunks[0].text  # a whole paragraph carried over as overlap
+
+
+def test_oversized_paragraph_is_split_recursively() -> None:
+    doc = document(Block("heading", "Huge", 1), Block("text", ". ".join(f"sentence {i}" for i in range(400))))
+    chunks = split_document(doc, "x.md", approximate_tokens, SplitOptions(100, 20, min_section_tokens=1))
+    assert len(chunks) > 5
+    assert all(approximate_tokens(c.text) <= 100 for c in chunks)
