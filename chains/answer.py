@@ -28,7 +28,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
 from chains.errors import DependencyUnavailable, ModelTimeout
-from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label
+from chains.guard import ModelGate
+from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 
@@ -219,10 +220,17 @@ def model_error(exc: Exception) -> Exception:
 class Answerer:
     """Built once at start-up from a retriever, an optional chat model and the settings."""
 
-    def __init__(self, retriever: BookRetriever, model: BaseChatModel | None, settings: Settings) -> None:
+    def __init__(
+        self,
+        retriever: BookRetriever,
+        model: BaseChatModel | None,
+        settings: Settings,
+        gate: ModelGate | None = None,
+    ) -> None:
         self.retriever = retriever
         self.model = model
         self.settings = settings
+        self.gate = gate or ModelGate.from_settings(settings)
 
     @property
     def mode(self) -> AnswerMode:
@@ -235,11 +243,19 @@ class Answerer:
         if self.model is None:
             last_user = next((t.content for t in reversed(request.history) if t.role == "user"), "")
             return f"{last_user}\n{retrieval_query(request)}".strip()
-        messages = CONDENSE_PROMPT.format_messages(history=format_history(request.history), question=request.question)
+        messages = CONDENSE_PROMPT.format_messages(
+            history=format_history(request.history), question=neutralise(request.question)
+        )
         try:
-            rewritten = await self.model.ainvoke(messages)
+            async with self.gate.slot():
+                rewritten = await self.model.ainvoke(messages)
+        except DependencyUnavailable:
+            raise
         except Exception as exc:
-            raise model_error(exc) from exc
+            translated = model_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         text = rewritten.text.strip() if isinstance(rewritten.text, str) else ""
         return text or retrieval_query(request)
 
@@ -258,7 +274,7 @@ class Answerer:
         documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
         history = [(t.role if t.role == "user" else "ai", t.content) for t in request.history[-6:]]
         prompt = ChatPromptTemplate.from_messages([ANSWER_PROMPT.messages[0], *history, ANSWER_PROMPT.messages[1]])
-        return prompt.format_messages(context=format_passages(documents), question=request.question)
+        return prompt.format_messages(context=format_passages(documents), question=neutralise(request.question))
 
     async def stream(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         started = time.perf_counter()
@@ -284,7 +300,7 @@ class Answerer:
         usage: dict[str, int] | None = None
         parts: list[str] = []
         try:
-            async for chunk in self.model.astream(self.messages_for(request, sources)):
+            async for chunk in self.gate.stream(aiter(self.model.astream(self.messages_for(request, sources)))):
                 if isinstance(chunk, AIMessageChunk):
                     usage = usage_of(chunk) or usage
                 text = chunk.text if isinstance(chunk.text, str) else ""

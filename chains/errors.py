@@ -3,7 +3,9 @@
     RagError                      base: a message fit to show a user, and a stable `code`
     ├── ConfigurationError        a setting or argument is wrong (names it and the fix)
     ├── DependencyUnavailable     Qdrant, the chat model or the embedding model cannot be reached
-    │   └── ModelTimeout          the chat model did not answer in time
+    │   ├── ModelTimeout          the chat model did not answer in time (or stalled mid-stream)
+    │   └── ModelBusy             every model slot is taken and none came free in time (retry later)
+    ├── DeadlineExceeded          the whole request took longer than REQUEST_TIMEOUT_S
     ├── CollectionMismatch        the stored collection does not fit the configured embedding model
     └── DocumentError             one input file cannot be loaded (ingest goes on with the rest)
 
@@ -36,6 +38,22 @@ class ModelTimeout(DependencyUnavailable):
 
     def __init__(self, message: str = "the chat model did not answer in time") -> None:
         super().__init__("chat_model", message)
+
+
+class ModelBusy(DependencyUnavailable):
+    code = "model_busy"
+
+    def __init__(self, retry_after_s: float, message: str = "the chat model is busy; retry in a few seconds") -> None:
+        super().__init__("chat_model", message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(RagError):
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request did not finish within {seconds:g} s")
+        self.seconds = seconds
 
 
 class CollectionMismatch(RagError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,13 +44,22 @@ class BookRetriever(BaseRetriever):
 
     vector_store: BookVectorStore
     k: int = 5
+    # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
+    max_retries: int = 0
+    retry_backoff_s: float = 0.2
 
     def _search(self, vector: list[float], k: int, query_filter: models.Filter | None) -> list[Document]:
-        try:
-            scored = self.vector_store.similarity_search_with_score_by_vector(vector, k=k, filter=query_filter)
-        except _QDRANT_ERRORS as exc:
-            logger.warning("qdrant query failed: %s", exc)
-            raise DependencyUnavailable("qdrant", "the vector store (Qdrant) is unreachable") from exc
+        attempt = 0
+        while True:
+            try:
+                scored = self.vector_store.similarity_search_with_score_by_vector(vector, k=k, filter=query_filter)
+                break
+            except _QDRANT_ERRORS as exc:
+                if attempt >= self.max_retries:
+                    logger.warning("qdrant query failed after %d attempt(s): %s", attempt + 1, exc)
+                    raise DependencyUnavailable("qdrant", "the vector store (Qdrant) is unreachable") from exc
+                time.sleep(self.retry_backoff_s * 2**attempt)
+                attempt += 1
         documents = []
         for document, score in scored:
             document.metadata["score"] = float(score)
@@ -74,5 +84,9 @@ class BookRetriever(BaseRetriever):
         k, query_filter = self._options(kwargs)
         embeddings = self.vector_store.embeddings
         assert embeddings is not None
-        vector = await embeddings.aembed_query(query)
+        try:
+            vector = await embeddings.aembed_query(query)
+        except Exception as exc:  # any embedding failure (endpoint down, bad key) means "embeddings unavailable"
+            logger.warning("query embedding failed: %s: %s", type(exc).__name__, exc)
+            raise DependencyUnavailable("embeddings", "the embedding model is unavailable") from exc
         return await asyncio.to_thread(self._search, vector, k, query_filter)

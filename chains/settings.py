@@ -15,6 +15,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_COLLECTION = "ai_book_rag_chunks"
 
+# Ceilings of the request limits: the OpenAPI schema states these; the settings below may only lower them.
+MAX_QUESTION_CHARS = 4000
+MAX_SELECTED_CHARS = 8000
+MAX_HISTORY_TURNS = 20
+MAX_K = 20
+
 
 class Settings(BaseSettings):
     """Every knob of the service, with the environment variable named after the field (upper case)."""
@@ -59,12 +65,45 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    log_format: Literal["text", "json"] = "text"
+    log_questions: bool = False
+
+    # Request limits (each at most the ceiling that the OpenAPI schema states).
+    max_question_chars: int = Field(MAX_QUESTION_CHARS, ge=1, le=MAX_QUESTION_CHARS)
+    max_selected_chars: int = Field(MAX_SELECTED_CHARS, ge=1, le=MAX_SELECTED_CHARS)
+    max_history_turns: int = Field(MAX_HISTORY_TURNS, ge=0, le=MAX_HISTORY_TURNS)
+    max_k: int = Field(MAX_K, ge=1, le=MAX_K)
+
+    # Access: API keys (comma-separated). Public endpoints need one of API_KEYS when it is set; admin endpoints
+    # always need one of ADMIN_API_KEYS (unset: admin endpoints are closed).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Per-client token bucket (client = API key, else IP): a sustained rate and a burst. 0 turns it off.
+    rate_limit_per_minute: int = Field(60, ge=0, le=1_000_000)
+    rate_limit_burst: int = Field(20, ge=1, le=1_000_000)
+
+    # Robustness: an overall deadline per request, an idle limit between streamed model chunks, a cap on model
+    # calls in flight (a burst waits up to MODEL_QUEUE_TIMEOUT_S for a slot, then gets 503 model_busy), and
+    # retries with exponential backoff for Qdrant queries.
+    request_timeout_s: float = Field(120.0, gt=0, le=3600)
+    stream_idle_timeout_s: float = Field(30.0, gt=0, le=600)
+    model_max_concurrency: int = Field(32, ge=1, le=10_000)
+    model_queue_timeout_s: float = Field(5.0, ge=0, le=600)
+    qdrant_max_retries: int = Field(2, ge=0, le=10)
+    qdrant_retry_backoff_s: float = Field(0.2, ge=0, le=30)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
     @field_validator("log_level", mode="before")
@@ -87,6 +126,9 @@ class Settings(BaseSettings):
             raise ValueError("EMBEDDING_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
         if "*" in self.cors_origins and len(self.cors_origins) > 1:
             raise ValueError("CORS_ORIGINS: '*' cannot be combined with other origins")
+        for name, keys in (("API_KEYS", self.api_keys), ("ADMIN_API_KEYS", self.admin_api_keys)):
+            if any(len(key.get_secret_value()) < 16 for key in keys):
+                raise ValueError(f"{name}: each key must be at least 16 characters long")
         return self
 
     @property
@@ -96,6 +138,11 @@ class Settings(BaseSettings):
     @property
     def uses_qdrant_server(self) -> bool:
         return self.qdrant_url is not None
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redactor."""
+        secrets = [*self.api_keys, *self.admin_api_keys, self.openai_api_key, self.qdrant_api_key]
+        return [s.get_secret_value() for s in secrets if s is not None]
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
@@ -17,8 +17,10 @@ from chains.models import build_chat_model
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client, build_vector_store, ensure_collection
+from rag_api.auth import require_api_key
 from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
+from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.routes import ask, health, pages, search
 from rag_api.state import AppState, Overrides
 
@@ -43,10 +45,16 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
         collection_error = f"Qdrant unreachable at start-up ({type(exc).__name__})"
         logger.error("%s", collection_error)
     store = build_vector_store(client, settings, embeddings)
-    retriever = BookRetriever(vector_store=store, k=settings.retrieval_k)
+    retriever = BookRetriever(
+        vector_store=store,
+        k=settings.retrieval_k,
+        max_retries=settings.qdrant_max_retries,
+        retry_backoff_s=settings.qdrant_retry_backoff_s,
+    )
     chat_model = overrides.chat_model or build_chat_model(settings)
     answerer = Answerer(retriever, chat_model, settings)
-    return AppState(settings, client, embeddings, retriever, chat_model, answerer, collection_error)
+    rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    return AppState(settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error)
 
 
 def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAPI:
@@ -85,6 +93,10 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         expose_headers=["X-Request-ID"],
     )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (ask, search, health, pages):
+    # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
+    guarded = [Depends(require_api_key), Depends(rate_limit)]
+    for module in (ask, search):
+        app.include_router(module.router, dependencies=guarded)
+    for module in (health, pages):
         app.include_router(module.router)
     return app

@@ -14,7 +14,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chains.errors import CollectionMismatch, ConfigurationError, DependencyUnavailable, ModelTimeout, RagError
+from chains.errors import (
+    CollectionMismatch,
+    ConfigurationError,
+    DeadlineExceeded,
+    DependencyUnavailable,
+    ModelBusy,
+    ModelTimeout,
+    RagError,
+)
+from rag_api.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +33,20 @@ class ErrorInfo:
     status: int
     code: str
     message: str
+    retry_after_s: int | None = None
 
 
 def classify(exc: Exception) -> ErrorInfo:
-    """What a client is told about `exc`: status, stable code and a safe message."""
-    if isinstance(exc, ModelTimeout):
+    """What a client is told about `exc`: status, stable code and a safe message.
+
+    Codes: `model_timeout` and `request_timeout` (504); `model_busy` (503 + Retry-After); `<dependency>_unavailable`
+    for qdrant, chat_model and embeddings (503); `collection_mismatch`, `configuration_error` (503);
+    any other `RagError` its own code (400); anything unexpected `internal_error` (500, text never shown).
+    """
+    if isinstance(exc, ModelTimeout | DeadlineExceeded):
         return ErrorInfo(504, exc.code, str(exc))
+    if isinstance(exc, ModelBusy):
+        return ErrorInfo(503, exc.code, str(exc), int(exc.retry_after_s))
     if isinstance(exc, DependencyUnavailable):
         return ErrorInfo(503, f"{exc.dependency}_unavailable", str(exc))
     if isinstance(exc, CollectionMismatch | ConfigurationError):
@@ -43,10 +60,32 @@ def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def error_response(status: int, code: str, message: str, request_id: str | None) -> JSONResponse:
-    headers = {"X-Request-ID": request_id} if request_id else None
+def error_response(
+    status: int, code: str, message: str, request_id: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    all_headers = dict(headers or {})
+    if request_id:
+        all_headers["X-Request-ID"] = request_id
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=all_headers or None)
+
+
+def _described(description: str) -> dict[str, object]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# The error statuses of the public endpoints, for their OpenAPI `responses`.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: _described("No or a wrong API key (when API_KEYS is set): `unauthorized`"),
+    413: _described("The body is larger than MAX_BODY_BYTES: `payload_too_large`"),
+    422: _described("The body does not fit the schema or a configured limit: `invalid_request`"),
+    429: _described("Too many requests from this client: `rate_limited`, with a Retry-After header"),
+    503: _described(
+        "A dependency is down: `qdrant_unavailable`, `chat_model_unavailable`, `embeddings_unavailable`; "
+        "or `model_busy` (every model slot taken; Retry-After)"
+    ),
+    504: _described("The model or the whole request took too long: `model_timeout`, `request_timeout`"),
+}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -86,7 +125,8 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error (request %s)", request_id_of(request), exc_info=exc)
     else:
         logger.warning("request %s failed: %s: %s", request_id_of(request), info.code, info.message)
-    return error_response(info.status, info.code, info.message, request_id_of(request))
+    headers = {"Retry-After": str(info.retry_after_s)} if info.retry_after_s is not None else None
+    return error_response(info.status, info.code, info.message, request_id_of(request), headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -20,7 +20,7 @@ def main(host: str, port: int) -> None:
         settings = Settings()
     except ValidationError as exc:
         raise click.UsageError(settings_error_message(exc)) from exc
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 

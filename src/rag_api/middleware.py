@@ -1,6 +1,9 @@
-"""Pure ASGI middleware: a request id on every request and response, one log line per request, a body limit.
+"""Pure ASGI middleware: a request id on every request and response, one access log line per request, a body
+limit, and a last-resort JSON 500 for an exception nothing else handled.
 
-Pure ASGI (not `BaseHTTPMiddleware`) so that streamed responses pass through untouched and cheaply.
+Pure ASGI (not `BaseHTTPMiddleware`) so that streamed responses pass through untouched and cheaply. Routes add
+fields to the access line (retrieval and model ms, token counts, the question when LOG_QUESTIONS is on) with
+`note_access(request, ...)`: the line is written once the response, streamed or not, has ended.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("rag_api.access")
+errors_logger = logging.getLogger("rag_api.errors")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_ACCESS_KEY = "access"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -23,6 +30,23 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def note_access(request: Request, **fields: Any) -> None:
+    """Add fields to this request's access log line."""
+    access = request.scope.get("state", {}).get(_ACCESS_KEY)
+    if isinstance(access, dict):
+        access.update(fields)
+
+
+def _json_error(status: int, code: str, message: str, request_id: str) -> tuple[Message, Message]:
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, {"type": "http.response.body", "body": body}
 
 
 class RequestContextMiddleware:
@@ -36,14 +60,19 @@ class RequestContextMiddleware:
             return
         given = _header(scope, b"x-request-id")
         request_id = given if given and _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        access: dict[str, Any] = {}
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state[_ACCESS_KEY] = access
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -52,18 +81,44 @@ class RequestContextMiddleware:
         try:
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._too_large(send_with_id, request_id)
+                await self._send_error(send_with_id, 413, "payload_too_large", self._too_large_message, request_id)
                 return
             await self.app(scope, self._limited(receive), send_with_id)
+        except Exception as exc:
+            # Past every exception handler: log it with the id, and answer JSON if nothing was sent yet.
+            errors_logger.exception("unexpected error (request %s)", request_id, exc_info=exc)
+            if not response_started:
+                message = "an unexpected error occurred; it has been logged"
+                await self._send_error(send_with_id, 500, "internal_error", message, request_id)
         finally:
-            logger.info(
-                "%s %s %s %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-                extra={"request_id": request_id, "route": scope["path"], "status": status},
-            )
+            self._log(scope, request_id, status, started, access)
+
+    @property
+    def _too_large_message(self) -> str:
+        return f"the request body is larger than {self.max_body_bytes} bytes"
+
+    @staticmethod
+    def _log(scope: Scope, request_id: str, status: int, started: float, access: dict[str, Any]) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or scope["path"]
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        client = scope.get("state", {}).get("client_id") or (scope.get("client") or ("-",))[0]
+        logger.info(
+            "%s %s %s %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            latency_ms,
+            extra={
+                "request_id": request_id,
+                "method": scope["method"],
+                "route": template,
+                "status": status,
+                "latency_ms": latency_ms,
+                "client": client,
+                **access,
+            },
+        )
 
     def _limited(self, receive: Receive) -> Receive:
         received = 0
@@ -79,24 +134,11 @@ class RequestContextMiddleware:
 
         return limited_receive
 
-    async def _too_large(self, send: Send, request_id: str) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"the request body is larger than {self.max_body_bytes} bytes",
-                    "request_id": request_id,
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    @staticmethod
+    async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+        start, body = _json_error(status, code, message, request_id)
+        await send(start)
+        await send(body)
 
 
 class BodyTooLarge(Exception):

@@ -6,11 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_QUESTION_CHARS = 4000
-MAX_SELECTED_CHARS = 8000
-MAX_HISTORY_TURNS = 20
+from chains.settings import MAX_HISTORY_TURNS, MAX_K, MAX_QUESTION_CHARS, MAX_SELECTED_CHARS
+
 MAX_TURN_CHARS = 8000
-MAX_K = 20
 
 
 def _not_blank(value: str) -> str:
@@ -113,6 +111,12 @@ class DependencyHealth(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
+    down: list[Literal["qdrant", "chat_model", "embeddings"]] = Field(
+        default_factory=list, description="The dependencies that are down (empty when status is ok)."
+    )
+    dependencies: dict[str, DependencyHealth] = Field(
+        default_factory=dict, description="Each dependency (qdrant, chat_model, embeddings) and its state."
+    )
     qdrant: DependencyHealth
     collection: str
     points: int | None

@@ -11,6 +11,7 @@ from qdrant_client import QdrantClient
 from chains.answer import Answerer
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
+from rag_api.ratelimit import TokenBuckets
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class AppState:
     retriever: BookRetriever
     chat_model: BaseChatModel | None
     answerer: Answerer
+    rate_limiter: TokenBuckets
     collection_error: str | None = None
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
-from chains.answer import AnswerRequest, Turn
+from chains.answer import AnswerEvent, AnswerRequest, DoneEvent, Timings, Turn
+from chains.guard import call_within_deadline, within_deadline
 from rag_api.deps import RequestId, State
-from rag_api.schemas import AskRequest, AskResponse, ErrorResponse, SourceOut, TimingsOut
+from rag_api.errors import ERROR_RESPONSES
+from rag_api.limits import check_ask_limits
+from rag_api.middleware import note_access
+from rag_api.schemas import AskRequest, AskResponse, SourceOut, TimingsOut
 from rag_api.streaming import ask_sse
 
 router = APIRouter(tags=["answers"])
@@ -51,6 +56,25 @@ def to_answer_request(body: AskRequest) -> AnswerRequest:
     )
 
 
+def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None) -> None:
+    """Retrieval and model time and token counts for the access log line."""
+    if timings is not None:
+        note_access(
+            http,
+            retrieval_ms=round(timings.retrieval_ms, 1),
+            model_ms=round(timings.total_ms - timings.retrieval_ms, 1),
+        )
+    if usage:
+        note_access(http, input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"))
+
+
+async def noting_done(events: AsyncIterator[AnswerEvent], http: Request) -> AsyncIterator[AnswerEvent]:
+    async for event in events:
+        if isinstance(event, DoneEvent):
+            note_answer(http, event.timings, event.usage)
+        yield event
+
+
 def wants_stream(body: AskRequest, accept: str | None) -> bool:
     if body.stream is not None:
         return body.stream
@@ -64,23 +88,31 @@ def wants_stream(body: AskRequest, accept: str | None) -> bool:
     description=STREAM_DESCRIPTION,
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-        504: {"model": ErrorResponse},
+        **ERROR_RESPONSES,
     },
 )
 async def ask(
-    body: AskRequest, state: State, request_id: RequestId, accept: Annotated[str | None, Header()] = None
+    body: AskRequest,
+    state: State,
+    request_id: RequestId,
+    http: Request,
+    accept: Annotated[str | None, Header()] = None,
 ) -> AskResponse | EventSourceResponse:
+    check_ask_limits(body, state.settings)
+    if state.settings.log_questions:
+        note_access(http, question=body.question)
     request = to_answer_request(body)
+    deadline = state.settings.request_timeout_s
     if wants_stream(body, accept):
+        events = within_deadline(noting_done(state.answerer.stream(request), http), deadline)
         return EventSourceResponse(
-            ask_sse(state.answerer.stream(request), request_id),
+            ask_sse(events, request_id),
             ping=SSE_PING_SECONDS,
             send_timeout=SSE_SEND_TIMEOUT_SECONDS,
             headers={"X-Request-ID": request_id or ""},
         )
-    answer = await state.answerer.answer(request)
+    answer = await call_within_deadline(state.answerer.answer(request), deadline)
+    note_answer(http, answer.timings, answer.usage)
     assert answer.timings is not None
     return AskResponse(
         answer_id=answer.answer_id,

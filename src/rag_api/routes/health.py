@@ -1,21 +1,52 @@
-"""`GET /health` (is the process up, and how are its dependencies) and `GET /ready` (can it answer now)."""
+"""`GET /health` (liveness, with the state of each dependency) and `GET /ready` (503 naming what is down).
+
+Both probe on each call, so a dependency that comes back is seen at once: a collection that could not be
+checked at start-up (Qdrant down) is checked again here, and the service recovers without a restart. The chat
+model endpoint is probed with a short `GET {base}/models`: any HTTP answer but 401/403/5xx means it is up.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from chains.embeddings import embedding_dimension
+from chains.errors import RagError
+from chains.vectorstore import ensure_collection
 from rag_api.deps import State
 from rag_api.schemas import DependencyHealth, HealthResponse
 from rag_api.state import AppState
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(tags=["health"])
 
+MODEL_PROBE_TIMEOUT_S = 2.0
+DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
 
-def _probe(state: AppState) -> tuple[DependencyHealth, int | None]:
+
+def _recheck_collection(state: AppState) -> None:
+    """Retry the start-up collection check that failed; clear the error once it passes."""
+    try:
+        ensure_collection(state.client, state.settings, embedding_dimension(state.embeddings))
+    except RagError as exc:
+        state.collection_error = str(exc)
+        return
+    except Exception as exc:  # still unreachable
+        state.collection_error = f"Qdrant unreachable ({type(exc).__name__})"
+        return
+    logger.info("Qdrant is reachable again: collection %s checked", state.settings.qdrant_collection)
+    state.collection_error = None
+
+
+def _probe_qdrant(state: AppState) -> tuple[DependencyHealth, int | None]:
     name = state.settings.qdrant_collection
+    if state.collection_error:
+        _recheck_collection(state)
     try:
         if not state.client.collection_exists(name):
             return DependencyHealth(ok=False, detail=f"collection {name!r} does not exist: run rag-ingest"), None
@@ -27,10 +58,42 @@ def _probe(state: AppState) -> tuple[DependencyHealth, int | None]:
     return DependencyHealth(ok=True), count
 
 
+async def _probe_chat_model(state: AppState) -> DependencyHealth:
+    settings = state.settings
+    if state.chat_model is None:
+        return DependencyHealth(ok=True, detail="none configured: extractive answers")
+    if settings.chat_model is None:
+        return DependencyHealth(ok=True, detail="in-process model")
+    base = str(settings.openai_base_url or DEFAULT_OPENAI_BASE).rstrip("/")
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
+    try:
+        async with httpx.AsyncClient(timeout=MODEL_PROBE_TIMEOUT_S) as http:
+            response = await http.get(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
+    except httpx.HTTPError as exc:
+        return DependencyHealth(ok=False, detail=f"unreachable ({type(exc).__name__})")
+    if response.status_code in (401, 403):
+        return DependencyHealth(ok=False, detail="the endpoint rejected the configured API key")
+    if response.status_code >= 500:
+        return DependencyHealth(ok=False, detail=f"the endpoint answered HTTP {response.status_code}")
+    return DependencyHealth(ok=True)
+
+
+def _probe_embeddings(state: AppState) -> DependencyHealth:
+    if state.settings.embedding_provider == "local":
+        return DependencyHealth(ok=True, detail="local model, in process")
+    return DependencyHealth(ok=True, detail="remote: failures show as 503 embeddings_unavailable")
+
+
 async def health_of(state: AppState) -> HealthResponse:
-    qdrant, points = await asyncio.to_thread(_probe, state)
+    (qdrant, points), chat_model = await asyncio.gather(
+        asyncio.to_thread(_probe_qdrant, state), _probe_chat_model(state)
+    )
+    dependencies = {"qdrant": qdrant, "chat_model": chat_model, "embeddings": _probe_embeddings(state)}
+    down = [name for name, health in dependencies.items() if not health.ok]
     return HealthResponse(
-        status="ok" if qdrant.ok else "degraded",
+        status="degraded" if down else "ok",
+        down=down,  # type: ignore[arg-type]
+        dependencies=dependencies,
         qdrant=qdrant,
         collection=state.settings.qdrant_collection,
         points=points,
@@ -47,7 +110,7 @@ async def health(state: State) -> HealthResponse:
 @router.get(
     "/ready",
     response_model=HealthResponse,
-    summary="Readiness: 200 when every dependency answers, else 503 naming the one that does not",
+    summary="Readiness: 200 when every dependency answers, else 503 naming the ones that do not (`down`)",
     responses={503: {"model": HealthResponse}},
 )
 async def ready(state: State) -> HealthResponse | JSONResponse:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from chains.guard import call_within_deadline
 from rag_api.deps import State
-from rag_api.schemas import ErrorResponse, SearchRequest, SearchResponse, SearchResult
+from rag_api.errors import ERROR_RESPONSES
+from rag_api.limits import check_search_limits
+from rag_api.schemas import SearchRequest, SearchResponse, SearchResult
 
 router = APIRouter(tags=["search"])
 
@@ -14,10 +17,14 @@ router = APIRouter(tags=["search"])
     "/search",
     response_model=SearchResponse,
     summary="Search the book's passages",
-    responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses={**ERROR_RESPONSES},
 )
 async def search(body: SearchRequest, state: State) -> SearchResponse:
-    documents = await state.retriever.ainvoke(body.query, k=body.k, sources=body.sources, chapter=body.chapter)
+    check_search_limits(body, state.settings)
+    documents = await call_within_deadline(
+        state.retriever.ainvoke(body.query, k=body.k, sources=body.sources, chapter=body.chapter),
+        state.settings.request_timeout_s,
+    )
     return SearchResponse(
         results=[
             SearchResult(
