@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     model_queue_timeout_s: float = Field(5.0, ge=0, le=600)
     qdrant_max_retries: int = Field(2, ge=0, le=10)
     qdrant_retry_backoff_s: float = Field(0.2, ge=0, le=30)
+    qdrant_recheck_s: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +18,12 @@ from chains.errors import RagError
 from chains.models import build_chat_model
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
-from chains.vectorstore import build_qdrant_client, build_vector_store, ensure_collection
+from chains.vectorstore import build_vector_store, ensure_collection
 from rag_api.auth import require_api_key
 from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
+from rag_api.recovery import open_qdrant, watch_qdrant
 from rag_api.routes import ask, health, pages, search
 from rag_api.state import AppState, Overrides
 
@@ -34,16 +37,17 @@ DESCRIPTION = """Ask questions about a book and get answers grounded in its text
 
 def build_state(settings: Settings, overrides: Overrides) -> AppState:
     embeddings = overrides.embeddings or build_embeddings(settings)
-    client = overrides.client or build_qdrant_client(settings)
-    collection_error = None
-    try:
-        ensure_collection(client, settings, embedding_dimension(embeddings))
-    except RagError as exc:
-        collection_error = str(exc)
-        logger.error("collection problem: %s", exc)
-    except Exception as exc:  # Qdrant down at start-up: serve degraded, /ready says why
-        collection_error = f"Qdrant unreachable at start-up ({type(exc).__name__})"
-        logger.error("%s", collection_error)
+    client, collection_error = (overrides.client, None) if overrides.client else open_qdrant(settings)
+    needs_reopen = collection_error is not None
+    if not needs_reopen:
+        try:
+            ensure_collection(client, settings, embedding_dimension(embeddings))
+        except RagError as exc:
+            collection_error = str(exc)
+            logger.error("collection problem: %s", exc)
+        except Exception as exc:  # Qdrant down at start-up: serve degraded, /ready says why
+            collection_error = f"Qdrant unreachable at start-up ({type(exc).__name__})"
+            logger.error("%s", collection_error)
     store = build_vector_store(client, settings, embeddings)
     retriever = BookRetriever(
         vector_store=store,
@@ -54,7 +58,9 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
     chat_model = overrides.chat_model or build_chat_model(settings)
     answerer = Answerer(retriever, chat_model, settings)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    return AppState(settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error)
+    return AppState(
+        settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error, needs_reopen
+    )
 
 
 def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAPI:
@@ -70,9 +76,13 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
             settings.qdrant_url or settings.qdrant_path,
             settings.chat_model or "(none: extractive answers)",
         )
+        watcher = asyncio.create_task(watch_qdrant(state, settings.qdrant_recheck_s))
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             if overrides is None or overrides.client is None:
                 state.client.close()
 

@@ -24,6 +24,8 @@ class AppState:
     answerer: Answerer
     rate_limiter: TokenBuckets
     collection_error: str | None = None
+    # True while the store could not be opened (the client is a closed stand-in): see rag_api.recovery.
+    qdrant_needs_reopen: bool = False
 
 
 @dataclass(frozen=True, slots=True)

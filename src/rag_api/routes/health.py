@@ -1,7 +1,8 @@
 """`GET /health` (liveness, with the state of each dependency) and `GET /ready` (503 naming what is down).
 
-Both probe on each call, so a dependency that comes back is seen at once: a collection that could not be
-checked at start-up (Qdrant down) is checked again here, and the service recovers without a restart. The chat
+Both probe on each call, so a dependency that comes back is seen at once: while Qdrant is down they retry
+opening the store and checking the collection (`rag_api.recovery`), and the service recovers without a restart.
+The chat
 model endpoint is probed with a short `GET {base}/models`: any HTTP answer but 401/403/5xx means it is up.
 """
 
@@ -14,10 +15,8 @@ import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from chains.embeddings import embedding_dimension
-from chains.errors import RagError
-from chains.vectorstore import ensure_collection
 from rag_api.deps import State
+from rag_api.recovery import recheck_qdrant
 from rag_api.schemas import DependencyHealth, HealthResponse
 from rag_api.state import AppState
 
@@ -29,32 +28,18 @@ MODEL_PROBE_TIMEOUT_S = 2.0
 DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
 
 
-def _recheck_collection(state: AppState) -> None:
-    """Retry the start-up collection check that failed; clear the error once it passes."""
-    try:
-        ensure_collection(state.client, state.settings, embedding_dimension(state.embeddings))
-    except RagError as exc:
-        state.collection_error = str(exc)
-        return
-    except Exception as exc:  # still unreachable
-        state.collection_error = f"Qdrant unreachable ({type(exc).__name__})"
-        return
-    logger.info("Qdrant is reachable again: collection %s checked", state.settings.qdrant_collection)
-    state.collection_error = None
-
-
 def _probe_qdrant(state: AppState) -> tuple[DependencyHealth, int | None]:
     name = state.settings.qdrant_collection
     if state.collection_error:
-        _recheck_collection(state)
+        recheck_qdrant(state)
+    if state.collection_error:
+        return DependencyHealth(ok=False, detail=state.collection_error), None
     try:
         if not state.client.collection_exists(name):
             return DependencyHealth(ok=False, detail=f"collection {name!r} does not exist: run rag-ingest"), None
         count = state.client.count(name, exact=True).count
     except Exception as exc:  # any client failure means "unreachable" to a health check
         return DependencyHealth(ok=False, detail=f"unreachable ({type(exc).__name__})"), None
-    if state.collection_error:
-        return DependencyHealth(ok=False, detail=state.collection_error), count
     return DependencyHealth(ok=True), count
 
 
