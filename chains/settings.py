@@ -53,11 +53,15 @@ class Settings(BaseSettings):
     chat_max_tokens: int | None = Field(None, ge=1, le=32_768)
 
     # Splitting and retrieval.
-    chunk_size: int = Field(256, ge=32, le=4096)
-    chunk_overlap: int = Field(48, ge=0, le=1024)
+    chunk_size: int = Field(256, ge=32, le=16_384)
+    chunk_overlap: int = Field(48, ge=0, le=4096)
+    # What CHUNK_SIZE and CHUNK_OVERLAP count: the embedding model's tokens, or characters.
+    chunk_size_unit: Literal["tokens", "chars"] = "tokens"
     retrieval_k: int = Field(5, ge=1, le=50)
     retrieval_score_threshold: float = Field(0.25, ge=-1.0, le=1.0)
     book_base_url: AnyHttpUrl | None = None
+    # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
+    ingest_root: Path | None = None
 
     # HTTP service.
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -1,7 +1,7 @@
 """`rag-ingest`: load, split, embed and upsert a book's files into the configured Qdrant collection.
 
-Progress goes to stderr, the summary to stdout. Exit codes: 0 all files ingested, 1 some files failed or the
-store could not be used, 2 a usage error (bad option or setting).
+Progress (files, chunks, rate) and one line per failed file go to stderr, the summary to stdout. Exit codes:
+0 all files ingested, 1 some files failed or the store or model could not be used, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -12,15 +12,21 @@ from pathlib import Path
 
 import click
 from pydantic import ValidationError
+from qdrant_client import QdrantClient
 
 from chains.embeddings import build_embeddings, embedding_dimension
-from chains.errors import RagError
+from chains.errors import DependencyUnavailable, RagError
 from chains.settings import Settings, settings_error_message
-from chains.vectorstore import build_qdrant_client, ensure_collection
-from ingest.indexer import DEFAULT_EXCLUDES, FileOutcome, Indexer, IngestReport, discover_files
-from ingest.splitter import approximate_tokens
+from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
+from ingest.indexer import DEFAULT_EXCLUDES, Indexer, IngestReport, Progress, discover_files
 
 logger = logging.getLogger("ingest")
+
+LOCKED_HINT = (
+    "Ways through: ingest through the running server instead (POST /admin/ingest with an ADMIN_API_KEYS key and "
+    "INGEST_ROOT set on the server; see docs/ingest.md), stop the process holding the store and run rag-ingest "
+    "again, or run Qdrant as a server and set QDRANT_URL."
+)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -30,8 +36,20 @@ def load_settings(**overrides: object) -> Settings:
         raise click.UsageError(settings_error_message(exc)) from exc
 
 
+def open_store(settings: Settings) -> QdrantClient:
+    """The Qdrant client, or a one-paragraph explanation (no traceback) when the embedded store is taken."""
+    try:
+        return build_qdrant_client(settings)
+    except DependencyUnavailable as exc:
+        if settings.uses_qdrant_server:
+            raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"{exc}\n{LOCKED_HINT}") from exc
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", envvar="QDRANT_COLLECTION", help="Qdrant collection to write to.")
 @click.option(
     "--base-dir",
@@ -42,9 +60,16 @@ def load_settings(**overrides: object) -> Settings:
 @click.option("--include", multiple=True, help="Glob (relative to a folder argument) of files to take; repeatable.")
 @click.option("--exclude", multiple=True, help="Glob of files to skip; repeatable (adds to hidden and node_modules).")
 @click.option("--prune", is_flag=True, help="Delete stored files under --base-dir that are no longer among PATHS.")
-@click.option("--dry-run", is_flag=True, help="Show what would change without writing anything.")
+@click.option(
+    "--delete",
+    "delete_sources",
+    multiple=True,
+    metavar="SOURCE",
+    help="Delete a stored source (its path relative to --base-dir, as the summary names it); repeatable.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change (chunks added, updated, removed); write nothing.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, help="Chunks embedded and upserted at once.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-file lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(
     paths: tuple[Path, ...],
     collection: str | None,
@@ -52,52 +77,91 @@ def main(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     prune: bool,
+    delete_sources: tuple[str, ...],
     dry_run: bool,
     batch_size: int,
     quiet: bool,
 ) -> None:
     """Ingest the book files and folders PATHS (Markdown, MDX, HTML, text, PDF, DOCX) into Qdrant.
 
-    Re-running is cheap: unchanged chunks are skipped, changed files replace their old chunks.
-    Settings (QDRANT_URL, QDRANT_PATH, EMBEDDING_MODEL, CHUNK_SIZE, ...) come from the environment or `.env`.
+    Re-running is cheap: unchanged files are skipped, changed files replace their old chunks (new ones are
+    written before old ones are removed). Settings (QDRANT_URL, QDRANT_PATH, EMBEDDING_MODEL, CHUNK_SIZE,
+    CHUNK_SIZE_UNIT, ...) come from the environment or `.env`.
+
+    \b
+    Examples:
+      rag-ingest book/ --prune
+      rag-ingest docs/ --include '**/*.mdx' --exclude 'drafts/**'
+      rag-ingest book/ --dry-run
+      rag-ingest --delete book/old-chapter.md
     """
+    if not paths and not delete_sources:
+        raise click.UsageError("give PATHS to ingest, or --delete SOURCE")
+    if prune and not paths:
+        raise click.UsageError("--prune needs the PATHS that are still part of the book")
     settings = load_settings(qdrant_collection=collection)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     files = list(discover_files(paths, include, (*DEFAULT_EXCLUDES, *exclude)))
-    if not files:
+    if paths and not files:
         raise click.UsageError("no supported files found under the given paths")
+    client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
+    reports: list[IngestReport] = []
     try:
         embeddings = build_embeddings(settings)
-        client = build_qdrant_client(settings)
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
-        ensure_collection(client, settings, embedding_dimension(embeddings))
-        count = getattr(embeddings, "count_tokens", approximate_tokens)
-        indexer = Indexer(client, embeddings, settings, count, batch_size)
-        report = _run(indexer, files, base_dir, prune, dry_run, quiet)
+        dimension = embedding_dimension(embeddings)
+        if not dry_run:
+            ensure_collection(client, settings, dimension)
+        elif client.collection_exists(settings.qdrant_collection):
+            check_collection(client, settings.qdrant_collection, dimension)
+        indexer = Indexer(client, embeddings, settings, batch_size=batch_size)
+        if delete_sources:
+            reports.append(indexer.delete_sources(delete_sources, dry_run))
+        if files:
+            reports.append(_run(indexer, files, base_dir, prune, dry_run, quiet))
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         client.close()
-    for outcome in report.failed:
-        click.echo(f"failed: {outcome.source}: {outcome.error}", err=True)
-    click.echo(report.summary())
-    if report.failed:
+    failed = 0
+    for report in reports:
+        for outcome in report.files:
+            if outcome.error is not None:
+                click.echo(f"failed: {outcome.source}: {outcome.error}", err=True)
+            elif dry_run and outcome.changed:
+                click.echo(
+                    f"would change {outcome.source}: {outcome.added} added, {outcome.updated} updated, "
+                    f"{outcome.unchanged} unchanged, {outcome.removed} removed"
+                )
+        for source in report.pruned_sources:
+            click.echo(f"{'would prune' if dry_run else 'pruned'} {source}")
+        failed += len(report.failed)
+        click.echo(report.summary())
+    if failed:
         sys.exit(1)
+
+
+def _progress_line(progress: Progress) -> str:
+    return (
+        f"{progress.files_done}/{progress.files_total} files, "
+        f"{progress.chunks_written} chunks embedded ({progress.rate:.1f}/s)"
+    )
 
 
 def _run(indexer: Indexer, files: list[Path], base_dir: Path, prune: bool, dry_run: bool, quiet: bool) -> IngestReport:
     if quiet:
         return indexer.ingest(files, base_dir, prune, dry_run)
+    last = Progress(len(files))
     with click.progressbar(length=len(files), label="ingesting", file=sys.stderr, show_pos=True) as bar:
 
-        def advance(outcome: FileOutcome) -> None:
-            bar.update(1)
-            if outcome.error is None and (outcome.added or outcome.removed):
-                bar.label = f"{outcome.source}: +{outcome.added} -{outcome.removed}"
+        def advance(progress: Progress) -> None:
+            nonlocal last
+            last = progress
+            bar.label = _progress_line(progress)
+            bar.update(progress.files_done - bar.pos)
 
-        return indexer.ingest(files, base_dir, prune, dry_run, on_file=advance)
+        report = indexer.ingest(files, base_dir, prune, dry_run, on_progress=advance)
+    click.echo(_progress_line(last), err=True)  # the final figures, also where stderr is not a terminal
+    return report
 
 
 if __name__ == "__main__":

@@ -1,41 +1,66 @@
 """Write a book's chunks to Qdrant incrementally: stable ids, embed only what is new, then drop what is stale.
 
-A chunk's point id derives from (source, position, content hash), so an unchanged chunk keeps its id and is
-neither embedded nor written again. For each file the new chunks are upserted before the stale ones are deleted:
-a run that dies midway leaves every chapter answering with a complete version (the old one, or old and new
-together until the next run removes the old).
+A chunk's point id derives from (source, position, content), so an unchanged chunk keeps its id and is neither
+embedded nor written again. Every point also carries its file's hash (the file's bytes plus the split settings)
+and the file's chunk count: a file whose stored points all carry its current hash, and as many as it had, is
+skipped without even being parsed.
+
+Never a half-state: new chunks are embedded in batches that span files; a file's chunks are written only once
+all of them are embedded (upserts batched across files), and its stale chunks are deleted only once all of its
+new chunks are stored. A run that dies midway (the model or the store failing, a kill) leaves every file with
+its previous complete version: a failing model writes nothing of the file it was embedding, and a store failing
+within an upsert can leave some new chunks beside the complete old ones. Running again finishes the job, since
+a file whose stored chunks carry mixed file hashes never counts as unchanged.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
-from chains.errors import DocumentError
+from chains.errors import DependencyUnavailable, DocumentError
 from chains.settings import Settings
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, point_id
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
-from ingest.splitter import Chunk, SplitOptions, TokenCounter, split_document
+from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
+# Bump when loading or splitting changes what a file turns into, so that stored files are split again.
+SPLIT_VERSION = "2"
+# Per-file fields on every chunk; they are not part of a chunk's identity.
+FILE_FIELDS = ("file_hash", "chunk_count")
+_SCROLL_PAGE = 1024
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
 class FileOutcome:
+    """What ingest did (or, in a dry run, would do) to one file's chunks."""
+
     source: str
     added: int = 0
+    updated: int = 0
     unchanged: int = 0
     removed: int = 0
     error: str | None = None
+    parsed: bool = True  # False when the file hash matched and the file was not even read past its bytes
+
+    @property
+    def changed(self) -> bool:
+        return self.error is None and bool(self.added or self.updated or self.removed)
 
 
 @dataclass(slots=True)
@@ -43,6 +68,7 @@ class IngestReport:
     files: list[FileOutcome] = field(default_factory=list)
     pruned_sources: list[str] = field(default_factory=list)
     pruned_chunks: int = 0
+    embedded: int = 0
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -55,6 +81,10 @@ class IngestReport:
         return sum(f.added for f in self.files)
 
     @property
+    def updated(self) -> int:
+        return sum(f.updated for f in self.files)
+
+    @property
     def unchanged(self) -> int:
         return sum(f.unchanged for f in self.files)
 
@@ -64,33 +94,107 @@ class IngestReport:
 
     @property
     def updated_files(self) -> int:
-        return sum(1 for f in self.files if f.error is None and (f.added or f.removed))
+        return sum(1 for f in self.files if f.changed)
 
     def summary(self) -> str:
         prefix = "dry run: would have " if self.dry_run else ""
+        pruned = f" ({len(self.pruned_sources)} files pruned)" if self.pruned_sources else ""
+        rate = f", {self.embedded / self.seconds:.1f} chunks/s embedded" if self.embedded and self.seconds else ""
         return (
             f"{prefix}{len(self.files)} files ({len(self.failed)} failed, {self.updated_files} changed); chunks: "
-            f"{self.added} added, {self.unchanged} unchanged, {self.removed} removed"
-            f"{f' ({len(self.pruned_sources)} files pruned)' if self.pruned_sources else ''}; {self.seconds:.1f}s"
+            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed"
+            f"{pruned}; {self.seconds:.1f}s{rate}"
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "files": [
+                {
+                    "source": f.source,
+                    "added": f.added,
+                    "updated": f.updated,
+                    "unchanged": f.unchanged,
+                    "removed": f.removed,
+                    "error": f.error,
+                }
+                for f in self.files
+            ],
+            "failed": len(self.failed),
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "pruned_sources": self.pruned_sources,
+            "seconds": round(self.seconds, 3),
+            "summary": self.summary(),
+        }
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where a run is, for a progress bar: called after each file is planned and each batch is written."""
+
+    files_total: int
+    files_done: int = 0
+    chunks_written: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.chunks_written / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(slots=True)
+class StoredChunk:
+    chunk_index: int | None
+    file_hash: str | None
+    chunk_count: int | None
+
+
+@dataclass(slots=True)
+class FilePlan:
+    """One file's changes: chunks to embed and write, unchanged points to re-stamp, stale points to delete."""
+
+    outcome: FileOutcome
+    new: list[Chunk]
+    restamp: list[str]
+    stale: list[str]
+    file_fields: dict[str, Any]
+    vectors: list[list[float] | None] = field(default_factory=list)  # filled as batches are embedded
+    waiting: int = 0  # new chunks not yet embedded
+
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.new or self.restamp or self.stale)
+
+
+def _matches(relative: str, pattern: str) -> bool:
+    """Glob match where `**/` also matches no folder at all (so `**/*.mdx` takes `intro.mdx`)."""
+    candidates = {pattern}
+    while pattern.startswith("**/"):
+        pattern = pattern[3:]
+        candidates.add(pattern)
+    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch("/" + relative, p) for p in candidates)
 
 
 def discover_files(
     paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
 ) -> Iterator[Path]:
-    """The files named, and the supported files under the folders named, sorted, minus the excluded ones."""
+    """The files named, and the supported files under the folders named, sorted, minus the excluded ones.
+
+    Globs are matched against the path relative to the folder argument, `*` crossing folders as in fnmatch.
+    """
     for path in paths:
         if path.is_dir():
-            candidates = sorted(p for p in path.rglob("*") if p.is_file())
+            candidates = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
             for candidate in candidates:
                 relative = candidate.relative_to(path).as_posix()
-                if any(
-                    fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch("/" + relative, pattern)
-                    for pattern in exclude
-                ):
+                if any(_matches(relative, pattern) for pattern in exclude):
                     continue
                 if include:
-                    if any(fnmatch.fnmatch(relative, pattern) for pattern in include):
+                    if any(_matches(relative, pattern) for pattern in include):
                         yield candidate
                 elif candidate.suffix.lower() in SUPPORTED_SUFFIXES:
                     yield candidate
@@ -107,21 +211,40 @@ def source_key(path: Path, base_dir: Path) -> str:
         return resolved.as_posix()
 
 
-def source_url(source: str, base_url: str | None) -> str | None:
+def source_url(source: str, base_url: str | None, slug: object = None) -> str | None:
+    """The page of `source` on the book's site: base + path without extension, or the front matter's slug."""
     if not base_url:
         return None
-    return f"{base_url.rstrip('/')}/{source.rsplit('.', 1)[0]}"
+    base = base_url.rstrip("/")
+    if isinstance(slug, str) and slug.strip():
+        slug = slug.strip()
+        if slug.startswith("/"):
+            return f"{base}{slug}"
+        folder = PurePosixPath(source).parent.as_posix()
+        return f"{base}/{slug}" if folder == "." else f"{base}/{folder}/{slug}"
+    return f"{base}/{source.rsplit('.', 1)[0]}"
 
 
 def chunk_id(chunk: Chunk) -> str:
-    meta = chunk.metadata
-    return point_id(f"{meta['source']}\x00{meta['chunk_index']}\x00{meta['content_hash']}")
+    """The point id: from the source, the position and everything stored about the chunk but its file fields."""
+    meta = {k: v for k, v in chunk.metadata.items() if k not in FILE_FIELDS}
+    identity = json.dumps({"embed": chunk.embed_text, "text": chunk.text, "meta": meta}, sort_keys=True)
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+    return point_id(f"{meta['source']}\x00{meta['chunk_index']}\x00{digest}")
 
 
 def source_filter(source: str) -> models.Filter:
     return models.Filter(
         must=[models.FieldCondition(key=f"{METADATA_KEY}.source", match=models.MatchValue(value=source))]
     )
+
+
+def length_function(settings: Settings, embeddings: Embeddings) -> TokenCounter:
+    """How chunk sizes are counted: characters, or the embedding model's tokens (estimated for remote models)."""
+    if settings.chunk_size_unit == "chars":
+        return len
+    counter: TokenCounter = getattr(embeddings, "count_tokens", approximate_tokens)
+    return counter
 
 
 class Indexer:
@@ -132,90 +255,190 @@ class Indexer:
         client: QdrantClient,
         embeddings: Embeddings,
         settings: Settings,
-        count_tokens: TokenCounter,
+        count_tokens: TokenCounter | None = None,
         batch_size: int = 64,
     ) -> None:
         self.client = client
         self.embeddings = embeddings
         self.settings = settings
         self.collection = settings.qdrant_collection
+        if settings.chunk_size_unit == "chars" or count_tokens is None:
+            count_tokens = length_function(settings, embeddings)
         self.count_tokens = count_tokens
         self.batch_size = batch_size
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
+        self.base_url = str(settings.book_base_url) if settings.book_base_url else None
+        # Anything that changes what a file becomes is part of its hash.
+        self.signature = "\x00".join(
+            [
+                SPLIT_VERSION,
+                settings.embedding_provider,
+                settings.embedding_model,
+                settings.chunk_size_unit,
+                str(settings.chunk_size),
+                str(settings.chunk_overlap),
+                self.base_url or "",
+            ]
+        )
+
+    # -- reading the store -------------------------------------------------------------------------------
+
+    def _store(self, doing: str, call: Callable[[], _T]) -> _T:
+        try:
+            return call()
+        except Exception as exc:
+            raise DependencyUnavailable(
+                "qdrant",
+                f"Qdrant failed while {doing} ({type(exc).__name__}: {exc}). Every file keeps its previous "
+                "complete version; run the same ingest again to finish.",
+            ) from exc
+
+    def _scroll(self, scroll_filter: models.Filter | None, with_payload: Any) -> Iterator[models.Record]:
+        offset: Any = None
+        while True:
+            points, offset = self._store(
+                "reading stored chunks",
+                functools.partial(
+                    self.client.scroll,
+                    self.collection,
+                    scroll_filter=scroll_filter,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=with_payload,
+                    with_vectors=False,
+                ),
+            )
+            yield from points
+            if offset is None:
+                return
+
+    def stored_chunks(self) -> dict[str, dict[str, StoredChunk]]:
+        """Every stored point, by source and id, with what incremental ingest needs to know (no vectors)."""
+        if not self._store("opening the collection", lambda: self.client.collection_exists(self.collection)):
+            return {}
+        fields = ["source", "chunk_index", *FILE_FIELDS]
+        by_source: dict[str, dict[str, StoredChunk]] = {}
+        for point in self._scroll(None, [f"{METADATA_KEY}.{f}" for f in fields]):
+            metadata = (point.payload or {}).get(METADATA_KEY) or {}
+            if "source" not in metadata:
+                continue
+            by_source.setdefault(str(metadata["source"]), {})[str(point.id)] = StoredChunk(
+                metadata.get("chunk_index"), metadata.get("file_hash"), metadata.get("chunk_count")
+            )
+        return by_source
 
     def stored_ids(self, source: str | None = None) -> set[str]:
         """Ids of the points of one source (or of all sources)."""
-        ids: set[str] = set()
-        offset = None
-        while True:
-            points, offset = self.client.scroll(
-                self.collection,
-                scroll_filter=source_filter(source) if source else None,
-                limit=1024,
-                offset=offset,
-                with_payload=False,
-                with_vectors=False,
-            )
-            ids.update(str(p.id) for p in points)
-            if offset is None:
-                return ids
+        if not self.client.collection_exists(self.collection):
+            return set()
+        return {str(p.id) for p in self._scroll(source_filter(source) if source else None, False)}
 
     def stored_sources(self) -> set[str]:
-        sources: set[str] = set()
-        offset = None
-        while True:
-            points, offset = self.client.scroll(
-                self.collection, limit=1024, offset=offset, with_payload=[f"{METADATA_KEY}.source"], with_vectors=False
-            )
-            for point in points:
-                metadata = (point.payload or {}).get(METADATA_KEY) or {}
-                if "source" in metadata:
-                    sources.add(str(metadata["source"]))
-            if offset is None:
-                return sources
+        return set(self.stored_chunks())
+
+    # -- planning ----------------------------------------------------------------------------------------
+
+    def file_hash(self, path: Path) -> str | None:
+        """The hash of the file's bytes and of the split settings; None when it cannot be read (load says why)."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
         document = load_document(path)
-        base_url = str(self.settings.book_base_url) if self.settings.book_base_url else None
-        chunks = split_document(document, source, self.count_tokens, self.options, source_url(source, base_url))
+        url = source_url(source, self.base_url, document.metadata.get("slug"))
+        chunks = split_document(document, source, self.count_tokens, self.options, url)
         if not chunks:
             raise DocumentError(str(path), "no text to index after splitting")
         return chunks
 
-    def write(self, chunks: Sequence[Chunk]) -> None:
-        for start in range(0, len(chunks), self.batch_size):
-            batch = chunks[start : start + self.batch_size]
-            vectors = self.embeddings.embed_documents([c.embed_text for c in batch])
-            points = [
-                models.PointStruct(
-                    id=chunk_id(chunk),
-                    vector={DENSE_VECTOR: vector},
-                    payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata},
-                )
-                for chunk, vector in zip(batch, vectors, strict=True)
-            ]
-            self.client.upsert(self.collection, points=points, wait=True)
-
-    def ingest_file(self, path: Path, source: str, dry_run: bool = False) -> FileOutcome:
-        outcome = FileOutcome(source)
+    def plan_file(self, path: Path, source: str, stored: dict[str, StoredChunk]) -> FilePlan:
+        """What must change for this file; raises `DocumentError` when it cannot be loaded."""
+        digest = self.file_hash(path)
+        if (
+            digest is not None
+            and stored
+            and all(s.file_hash == digest and s.chunk_count == len(stored) for s in stored.values())
+        ):
+            return FilePlan(FileOutcome(source, unchanged=len(stored), parsed=False), [], [], [], {})
         chunks = self.chunks_for(path, source)
-        wanted = {chunk_id(c): c for c in chunks}
-        existing = self.stored_ids(source)
-        new = [c for cid, c in wanted.items() if cid not in existing]
-        stale = sorted(existing - wanted.keys())
-        outcome.added, outcome.unchanged, outcome.removed = len(new), len(wanted) - len(new), len(stale)
-        if dry_run:
-            return outcome
-        if new:
-            self.write(new)
-        if stale:
-            self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(stale)), wait=True)
-        return outcome
+        file_fields = {"file_hash": digest, "chunk_count": len(chunks)}
+        wanted: dict[str, Chunk] = {}
+        for chunk in chunks:
+            wanted[chunk_id(chunk)] = Chunk(chunk.text, chunk.embed_text, {**chunk.metadata, **file_fields})
+        new = [chunk for cid, chunk in wanted.items() if cid not in stored]
+        restamp = [
+            cid
+            for cid in wanted
+            if cid in stored and (stored[cid].file_hash, stored[cid].chunk_count) != (digest, len(chunks))
+        ]
+        stale = sorted(set(stored) - wanted.keys())
+        stale_positions = {stored[cid].chunk_index for cid in stale}
+        updated = sum(1 for chunk in new if chunk.metadata["chunk_index"] in stale_positions)
+        outcome = FileOutcome(
+            source,
+            added=len(new) - updated,
+            updated=updated,
+            unchanged=len(wanted) - len(new),
+            removed=len(stale) - updated,
+        )
+        return FilePlan(outcome, new, restamp, stale, file_fields, [None] * len(new), waiting=len(new))
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def embed(self, chunks: Sequence[Chunk]) -> list[list[float]]:
+        """Dense vectors for `chunks`, in one call to the model."""
+        try:
+            return self.embeddings.embed_documents([c.embed_text for c in chunks])
+        except Exception as exc:
+            raise DependencyUnavailable(
+                "embeddings",
+                f"the embedding model failed ({type(exc).__name__}: {exc}). Every file keeps its previous "
+                "complete version; run the same ingest again to finish.",
+            ) from exc
+
+    def write(self, chunks: Sequence[Chunk], dense: Sequence[list[float]]) -> None:
+        """Upsert `chunks` with their dense vectors, in batches: the one place where a point's vectors are built."""
+        points = [
+            models.PointStruct(
+                id=chunk_id(chunk),
+                vector={DENSE_VECTOR: vector},
+                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata},
+            )
+            for chunk, vector in zip(chunks, dense, strict=True)
+        ]
+        for start in range(0, len(points), self.batch_size):
+            batch = points[start : start + self.batch_size]
+            upsert = functools.partial(self.client.upsert, self.collection, points=batch, wait=True)
+            self._store("writing chunks", upsert)
+
+    def finish_file(self, plan: FilePlan) -> None:
+        """Once all of a file's new chunks are stored: re-stamp its unchanged chunks, then delete its stale ones."""
+        if plan.restamp:
+            restamp = models.PointIdsList(points=list(plan.restamp))
+            self._store(
+                "updating chunk metadata",
+                lambda: self.client.set_payload(
+                    self.collection, payload=plan.file_fields, points=restamp, key=METADATA_KEY, wait=True
+                ),
+            )
+        if plan.stale:
+            selector = models.PointIdsList(points=list(plan.stale))
+            self._store(
+                "deleting stale chunks",
+                lambda: self.client.delete(self.collection, points_selector=selector, wait=True),
+            )
 
     def delete_source(self, source: str) -> int:
+        """Delete every chunk of `source`; returns how many there were."""
         ids = self.stored_ids(source)
         if ids:
-            self.client.delete(self.collection, points_selector=source_filter(source), wait=True)
+            self._store(
+                f"deleting {source}",
+                lambda: self.client.delete(self.collection, points_selector=source_filter(source), wait=True),
+            )
         return len(ids)
 
     def ingest(
@@ -224,29 +447,88 @@ class Indexer:
         base_dir: Path,
         prune: bool = False,
         dry_run: bool = False,
-        on_file: Callable[[FileOutcome], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> IngestReport:
-        """Ingest `files`; with `prune`, delete stored sources under `base_dir` that are not among them."""
+        """Ingest `files`; with `prune`, delete stored sources under `base_dir` that are not among them.
+
+        Raises `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
+        """
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
+        progress = Progress(len(files))
+        stored = self.stored_chunks()
+        to_embed: list[tuple[FilePlan, int]] = []  # (file, index of one of its new chunks), across files
+        embedding: list[FilePlan] = []  # files with chunks still to embed
+        ready: list[FilePlan] = []  # files whose new chunks are all embedded, not yet written
+
+        def commit() -> None:
+            """Write the ready files' chunks (batched across files), then finish each of those files."""
+            chunks = [chunk for plan in ready for chunk in plan.new]
+            vectors = [vector for plan in ready for vector in plan.vectors if vector is not None]
+            if chunks:
+                self.write(chunks, vectors)
+            for plan in ready:
+                self.finish_file(plan)
+            ready.clear()
+
+        def embed_batch(batch: list[tuple[FilePlan, int]]) -> None:
+            vectors = self.embed([plan.new[i] for plan, i in batch])
+            for (plan, i), vector in zip(batch, vectors, strict=True):
+                plan.vectors[i] = vector
+                plan.waiting -= 1
+            report.embedded += len(batch)
+            progress.chunks_written += len(batch)
+            for plan in [p for p in embedding if p.waiting == 0]:
+                embedding.remove(plan)
+                ready.append(plan)
+            if sum(len(plan.new) for plan in ready) >= self.batch_size:
+                commit()
+            if on_progress is not None:
+                on_progress(progress)
+
         seen: set[str] = set()
         for path in files:
             source = source_key(path, base_dir)
             seen.add(source)
             try:
-                outcome = self.ingest_file(path, source, dry_run)
+                plan = self.plan_file(path, source, stored.get(source, {}))
             except DocumentError as exc:
-                outcome = FileOutcome(source, error=exc.reason)
-                logger.warning("skipped %s: %s", path, exc.reason)
-            report.files.append(outcome)
-            if on_file is not None:
-                on_file(outcome)
+                report.files.append(FileOutcome(source, error=exc.reason))
+                logger.debug("skipped %s: %s", path, exc.reason)
+            else:
+                report.files.append(plan.outcome)
+                if not dry_run and plan.has_writes:
+                    (embedding if plan.new else ready).append(plan)
+                    to_embed.extend((plan, i) for i in range(len(plan.new)))
+            progress.files_done += 1
+            while len(to_embed) >= self.batch_size:
+                embed_batch(to_embed[: self.batch_size])
+                del to_embed[: self.batch_size]
+            if on_progress is not None:
+                on_progress(progress)
+        if to_embed:
+            embed_batch(to_embed)
+        commit()
         if prune:
             failed = {f.source for f in report.failed}
-            for source in sorted(self.stored_sources() - seen - failed):
+            for source in sorted(set(stored) - seen - failed):
                 if Path(source).is_absolute():
                     continue  # stored from outside the base folder: not ours to judge
                 report.pruned_sources.append(source)
-                report.pruned_chunks += len(self.stored_ids(source)) if dry_run else self.delete_source(source)
+                report.pruned_chunks += len(stored[source]) if dry_run else self.delete_source(source)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def delete_sources(self, sources: Sequence[str], dry_run: bool = False) -> IngestReport:
+        """Delete the named sources (as stored: relative to the base folder); unknown ones are reported failed."""
+        started = time.perf_counter()
+        report = IngestReport(dry_run=dry_run)
+        stored = self.stored_chunks()
+        for source in sources:
+            if source not in stored:
+                report.files.append(FileOutcome(source, error="no such source in the collection"))
+                continue
+            count = len(stored[source]) if dry_run else self.delete_source(source)
+            report.files.append(FileOutcome(source, removed=count))
         report.seconds = time.perf_counter() - started
         return report

@@ -1,7 +1,8 @@
 """Split a loaded document into chunks that follow its headings.
 
 Blocks are grouped into sections by heading; a section's blocks are packed into chunks of at most `chunk_size`
-tokens (the embedding model's own tokens, since that is where it truncates), carrying whole trailing paragraphs
+(counted by the given function: the embedding model's own tokens, since that is where it truncates, or
+characters when CHUNK_SIZE_UNIT=chars), carrying whole trailing paragraphs
 as overlap. Code blocks and tables stay whole unless one alone is larger than a chunk. Sections too small to
 stand alone are merged into the next one. Each chunk knows its heading path, and its embedding text starts with
 that path, which helps a passage match a question that names its chapter or section.
@@ -19,6 +20,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from ingest.loaders import Block, LoadedDocument
 
 TokenCounter = Callable[[str], int]
+_JOINER = "\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,11 @@ def sections_of(document: LoadedDocument) -> list[Section]:
         if root and path[0] != root[0]:
             path = root + path
         sections.append(Section(path))
-    return [s for s in sections if s.blocks]
+    with_text = [s for s in sections if s.blocks]
+    if not with_text and stack:
+        # Only headings: unstructured, without part-of-speech tags, takes short plain-text lines for titles.
+        return [Section(list(root), [Block("text", b.text, page=b.page) for b in document.blocks])]
+    return with_text
 
 
 def merge_small_sections(sections: list[Section], count: TokenCounter, min_tokens: int) -> list[Section]:
@@ -98,46 +104,74 @@ def merge_small_sections(sections: list[Section], count: TokenCounter, min_token
     return merged
 
 
-def pieces_of(section: Section, count: TokenCounter, options: SplitOptions) -> list[tuple[str, int]]:
-    """The section's blocks as (text, tokens), with any block larger than a chunk cut recursively."""
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A block's text (or a part of one), its size, and the PDF page it was read from."""
+
+    text: str
+    tokens: int
+    page: int | None = None
+
+
+def pieces_of(section: Section, count: TokenCounter, options: SplitOptions) -> list[Piece]:
+    """The section's blocks as pieces, with any block larger than a chunk cut recursively."""
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=options.chunk_size,
         chunk_overlap=options.chunk_overlap,
         length_function=count,
         separators=["\n\n", "\n", ". ", "; ", ", ", " ", ""],
     )
-    pieces: list[tuple[str, int]] = []
+    pieces: list[Piece] = []
     for block in section.blocks:
         text = render_block(block)
         tokens = count(text)
         if tokens <= options.chunk_size:
-            pieces.append((text, tokens))
+            pieces.append(Piece(text, tokens, block.page))
         else:
-            pieces.extend((part, count(part)) for part in splitter.split_text(text))
+            pieces.extend(Piece(part, count(part), block.page) for part in splitter.split_text(text))
     return pieces
 
 
-def pack(pieces: list[tuple[str, int]], options: SplitOptions) -> list[str]:
-    """Pack pieces into chunks up to `chunk_size`, starting each new chunk with trailing pieces as overlap."""
-    chunks: list[str] = []
-    current: list[tuple[str, int]] = []
+def pack(pieces: list[Piece], options: SplitOptions, joiner: int = 0) -> list[tuple[str, int | None]]:
+    """Pack pieces into chunks up to `chunk_size`, starting each new chunk with trailing pieces as overlap.
+
+    `joiner` is the size of the blank line between two pieces (2 in characters, 0 in most tokenizers). Each
+    chunk comes with the page of its first piece: where a reader finds the chunk's first words.
+    """
+    chunks: list[tuple[str, int | None]] = []
+    current: list[Piece] = []
     size = 0
-    for text, tokens in pieces:
-        if current and size + tokens > options.chunk_size:
-            chunks.append("\n\n".join(t for t, _ in current))
-            carry: list[tuple[str, int]] = []
+    for piece in pieces:
+        if current and size + joiner + piece.tokens > options.chunk_size:
+            chunks.append((_JOINER.join(p.text for p in current), current[0].page))
+            carry: list[Piece] = []
             carried = 0
-            for piece in reversed(current):
-                if carried + piece[1] > options.chunk_overlap or carried + piece[1] + tokens > options.chunk_size:
+            for previous in reversed(current):
+                cost = previous.tokens + (joiner if carry else 0)
+                if (
+                    carried + cost > options.chunk_overlap
+                    or carried + cost + joiner + piece.tokens > options.chunk_size
+                ):
                     break
-                carry.insert(0, piece)
-                carried += piece[1]
+                carry.insert(0, previous)
+                carried += cost
             current, size = carry, carried
-        current.append((text, tokens))
-        size += tokens
+        size += piece.tokens + (joiner if current else 0)
+        current.append(piece)
     if current:
-        chunks.append("\n\n".join(t for t, _ in current))
+        chunks.append((_JOINER.join(p.text for p in current), current[0].page))
     return chunks
+
+
+def json_safe(value: Any) -> Any:
+    """Front matter as JSON the store accepts: dates and other scalars become strings."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def split_document(
@@ -147,13 +181,16 @@ def split_document(
     options: SplitOptions,
     url: str | None = None,
 ) -> list[Chunk]:
-    """All chunks of one document, numbered in reading order, with the metadata a frontend links back with."""
+    """All chunks of one document, numbered in reading order, with the metadata a frontend links back with.
+
+    Front matter (Markdown, MDX) rides along under `front_matter`, made JSON-safe.
+    """
     chunks: list[Chunk] = []
+    front_matter = json_safe(document.metadata) if document.metadata else None
     sections = merge_small_sections(sections_of(document), count, options.min_section_tokens)
     for section in sections:
-        pages = [b.page for b in section.blocks if b.page is not None]
-        for text in pack(pieces_of(section, count, options), options):
-            path = section.heading_path
+        path = section.heading_path
+        for text, page in pack(pieces_of(section, count, options), options, count(_JOINER)):
             metadata: dict[str, Any] = {
                 "source": source,
                 "title": document.title,
@@ -163,10 +200,12 @@ def split_document(
                 "chunk_index": len(chunks),
                 "content_hash": content_hash(text),
             }
-            if pages:
-                metadata["page"] = pages[0]
+            if page is not None:
+                metadata["page"] = page
             if url:
                 metadata["url"] = url
+            if front_matter:
+                metadata["front_matter"] = front_matter
             embed_text = f"{' > '.join(path)}\n\n{text}" if path else text
             chunks.append(Chunk(text, embed_text, metadata))
     return chunks

@@ -76,3 +76,43 @@ def test_oversized_paragraph_is_split_recursively() -> None:
     chunks = split_document(doc, "x.md", approximate_tokens, SplitOptions(100, 20, min_section_tokens=1))
     assert len(chunks) > 5
     assert all(approximate_tokens(c.text) <= 100 for c in chunks)
+
+
+def test_chunk_page_is_the_page_of_its_first_text_not_the_sections() -> None:
+    pages = [Block("text", " ".join([f"page{n}"] * 40) + ".", page=n) for n in (1, 2, 3, 4)]
+    doc = LoadedDocument(Path("book.pdf"), "Book", pages)
+    chunks = split_document(doc, "book.pdf", words, SplitOptions(100, 0, min_section_tokens=1))
+    assert [c.metadata["page"] for c in chunks] == [1, 3]
+    assert chunks[1].text.startswith("page3")
+
+
+def test_oversized_pdf_page_keeps_its_page_on_every_part() -> None:
+    doc = LoadedDocument(
+        Path("book.pdf"),
+        "Book",
+        [Block("text", "short first page.", page=1), Block("text", ". ".join(["long"] * 300), page=2)],
+    )
+    chunks = split_document(doc, "book.pdf", words, SplitOptions(50, 0, min_section_tokens=1))
+    assert len(chunks) > 3
+    assert chunks[0].metadata["page"] == 1 and {c.metadata["page"] for c in chunks[1:]} == {2}
+
+
+def test_front_matter_rides_along_as_json_safe_metadata() -> None:
+    import datetime
+
+    doc = document(Block("heading", "Orchard", 1), paragraph("intro", 30))
+    doc.metadata = {"sidebar_position": 2, "date": datetime.date(2024, 5, 1), "tags": ["trees"]}
+    chunk = split_document(doc, "x.md", words, SplitOptions(100, 10, min_section_tokens=1))[0]
+    assert chunk.metadata["front_matter"] == {"sidebar_position": 2, "date": "2024-05-01", "tags": ["trees"]}
+
+
+def test_document_of_only_headings_is_kept_as_text() -> None:
+    doc = document(Block("heading", "Storage", 1), Block("heading", "Keep pears at one degree.", 1))
+    chunks = split_document(doc, "notes.txt", words, SplitOptions(100, 10, min_section_tokens=1))
+    assert len(chunks) == 1 and "Keep pears at one degree." in chunks[0].text
+
+
+def test_sizes_in_characters_when_counted_by_len() -> None:
+    doc = document(Block("heading", "Long", 1), *[paragraph(f"p{i}", 20) for i in range(20)])
+    chunks = split_document(doc, "x.md", len, SplitOptions(300, 50, min_section_tokens=1))
+    assert len(chunks) > 5 and all(len(c.text) <= 300 for c in chunks)

@@ -24,7 +24,7 @@ from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.recovery import open_qdrant, watch_qdrant
-from rag_api.routes import ask, health, pages, search
+from rag_api.routes import admin, ask, health, pages, search
 from rag_api.state import AppState, Overrides
 
 logger = logging.getLogger(__name__)
@@ -109,4 +109,5 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         app.include_router(module.router, dependencies=guarded)
     for module in (health, pages):
         app.include_router(module.router)
+    app.include_router(admin.router)  # guarded by an admin key in the router itself
     return app

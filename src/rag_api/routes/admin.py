@@ -1,0 +1,129 @@
+"""`POST /admin/ingest`: ingest files from the server's disk through the running service.
+
+This is the way through when the API server holds the embedded Qdrant store (one process at a time), so that
+`rag-ingest` cannot open it. Paths are relative to INGEST_ROOT (unset: the endpoint answers 404) and may not
+leave it; sources are stored relative to INGEST_ROOT, as `rag-ingest --base-dir INGEST_ROOT` would store them.
+The indexer runs in a worker thread, one ingest at a time (a second one gets 409), so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from chains.embeddings import embedding_dimension
+from chains.settings import Settings
+from chains.vectorstore import ensure_collection
+from ingest.indexer import DEFAULT_EXCLUDES, Indexer, IngestReport, discover_files
+from rag_api.auth import require_admin_key
+from rag_api.deps import State
+from rag_api.schemas import ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+
+
+class IngestRequest(BaseModel):
+    paths: list[str] = Field(
+        default_factory=list, max_length=1000, description="Files or folders, relative to the server's INGEST_ROOT"
+    )
+    include: list[str] = Field(default_factory=list, max_length=100, description="Globs of files to take")
+    exclude: list[str] = Field(default_factory=list, max_length=100, description="Globs of files to skip")
+    delete: list[str] = Field(
+        default_factory=list, max_length=1000, description="Stored sources to delete (relative to INGEST_ROOT)"
+    )
+    prune: bool = Field(False, description="Delete stored sources that are not among `paths`")
+    dry_run: bool = Field(False, description="Report what would change; write nothing")
+
+
+class FileResult(BaseModel):
+    source: str
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    error: str | None
+
+
+class IngestResponse(BaseModel):
+    dry_run: bool
+    files: list[FileResult]
+    failed: int
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    pruned_sources: list[str]
+    seconds: float
+    summary: str
+
+
+def _ingest_lock(request: Request) -> asyncio.Lock:
+    lock: asyncio.Lock | None = getattr(request.app.state, "ingest_lock", None)
+    if lock is None:
+        lock = request.app.state.ingest_lock = asyncio.Lock()
+    return lock
+
+
+def resolve_under(root: Path, relative: str) -> Path:
+    """`relative` inside `root`, or a 400 when it leaves the root or does not exist."""
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise HTTPException(400, f"path {relative!r} is outside INGEST_ROOT")
+    if not path.exists():
+        raise HTTPException(400, f"path {relative!r} does not exist under INGEST_ROOT")
+    return path
+
+
+def run_ingest(state_settings: Settings, indexer: Indexer, body: IngestRequest, files: list[Path]) -> IngestReport:
+    root = state_settings.ingest_root
+    assert root is not None
+    if not body.dry_run:
+        ensure_collection(indexer.client, state_settings, embedding_dimension(indexer.embeddings))
+    report = IngestReport(dry_run=body.dry_run)
+    if body.delete:
+        report = indexer.delete_sources(body.delete, body.dry_run)
+    if files:
+        ingested = indexer.ingest(files, root, body.prune, body.dry_run)
+        ingested.files[:0] = report.files
+        ingested.seconds += report.seconds
+        report = ingested
+    return report
+
+
+@router.post(
+    "/ingest",
+    response_model=IngestResponse,
+    summary="Ingest files from the server's disk (admin)",
+    responses={
+        400: {"model": ErrorResponse, "description": "A path outside INGEST_ROOT, or one that does not exist"},
+        401: {"model": ErrorResponse, "description": "No API key"},
+        403: {"model": ErrorResponse, "description": "Not an admin key, or ADMIN_API_KEYS unset"},
+        404: {"model": ErrorResponse, "description": "INGEST_ROOT is not set: server-side ingest is off"},
+        409: {"model": ErrorResponse, "description": "Another ingest is running"},
+        503: {"model": ErrorResponse, "description": "Qdrant or the embedding model failed; nothing half-written"},
+    },
+)
+async def ingest(body: IngestRequest, state: State, request: Request) -> IngestResponse:
+    """Ingest `paths` (relative to INGEST_ROOT) incrementally, like `rag-ingest`; failed files are listed."""
+    root = state.settings.ingest_root
+    if root is None:
+        raise HTTPException(404, "server-side ingest is disabled: set INGEST_ROOT on the server")
+    if not body.paths and not body.delete:
+        raise HTTPException(400, "give `paths` to ingest or `delete` sources")
+    paths = [resolve_under(root, p) for p in body.paths]
+    files = list(discover_files(paths, body.include, (*DEFAULT_EXCLUDES, *body.exclude)))
+    lock = _ingest_lock(request)
+    if lock.locked():
+        raise HTTPException(409, "another ingest is running; try again when it has finished")
+    async with lock:
+        indexer = Indexer(state.client, state.embeddings, state.settings)
+        report = await asyncio.to_thread(run_ingest, state.settings, indexer, body, files)
+    logger.info("admin ingest: %s", report.summary())
+    return IngestResponse.model_validate(report.as_dict())
