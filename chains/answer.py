@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
@@ -272,7 +272,10 @@ class Answerer:
 
     def messages_for(self, request: AnswerRequest, sources: Sequence[Source]) -> list[BaseMessage]:
         documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
-        history = [(t.role if t.role == "user" else "ai", t.content) for t in request.history[-6:]]
+        # Message objects, not (role, text) templates: a turn's braces must stay text, never template variables.
+        history: list[BaseMessage] = [
+            HumanMessage(t.content) if t.role == "user" else AIMessage(t.content) for t in request.history[-6:]
+        ]
         prompt = ChatPromptTemplate.from_messages([ANSWER_PROMPT.messages[0], *history, ANSWER_PROMPT.messages[1]])
         return prompt.format_messages(context=format_passages(documents), question=neutralise(request.question))
 

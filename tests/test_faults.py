@@ -92,8 +92,6 @@ async def client_for(settings: Settings, overrides: Overrides) -> AsyncIterator[
             yield client
 
 
-# qdrant-client checks the server's version in a thread at start-up; with the server down that thread fails.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_qdrant_server_refusing_starts_degraded_and_answers_503_naming_qdrant(
     settings: Settings, embeddings: LocalEmbeddings
 ) -> None:

@@ -19,7 +19,7 @@ from chains.models import build_chat_model
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection
-from rag_api.auth import require_api_key
+from rag_api.auth import document_optional_keys, require_api_key
 from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
@@ -110,4 +110,5 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
     for module in (health, pages):
         app.include_router(module.router)
     app.include_router(admin.router)  # guarded by an admin key in the router itself
+    document_optional_keys(app, settings, public_paths={"/ask", "/search"})
     return app

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Collection, Sequence
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from chains.settings import Settings
 from rag_api.deps import State
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (or use Bearer)")
@@ -82,3 +83,26 @@ def require_admin_key(request: Request, state: State, key: PresentedKey) -> None
     if not key_matches(key, state.settings.admin_api_keys):
         raise HTTPException(403, "this API key may not use admin endpoints")
     _remember_client(request, key)
+
+
+def document_optional_keys(app: FastAPI, settings: Settings, public_paths: Collection[str]) -> None:
+    """Without API_KEYS the public endpoints take a key but do not need one: say so in OpenAPI (`{}` = anonymous).
+    Admin endpoints always need their key, so they are left as they are."""
+    if settings.api_keys:
+        return
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, item in schema.get("paths", {}).items():
+                if path not in public_paths:
+                    continue
+                for operation in item.values():
+                    security = operation.get("security") if isinstance(operation, dict) else None
+                    if security and {} not in security:
+                        security.append({})
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

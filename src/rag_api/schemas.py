@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from chains.settings import MAX_HISTORY_TURNS, MAX_K, MAX_QUESTION_CHARS, MAX_SELECTED_CHARS
 
 MAX_TURN_CHARS = 8000
+# "Not only whitespace", spelled so that Python's, Rust's (pydantic-core) and JSON Schema's regexes agree:
+# Python counts \x1c-\x1f as whitespace, Unicode does not.
+NOT_BLANK = r"[^\s\x1c-\x1f]"
 
 
 def _not_blank(value: str) -> str:
@@ -34,7 +37,9 @@ class AskRequest(BaseModel):
         },
     )
 
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="The student's question.")
+    question: str = Field(
+        min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK, description="The student's question."
+    )
     stream: bool | None = Field(
         None, description="Stream server-sent events. Default: stream when the Accept header asks for them."
     )
@@ -86,7 +91,7 @@ class AskResponse(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK)
     k: int = Field(5, ge=1, le=MAX_K)
     sources: list[str] | None = Field(None, max_length=100)
     chapter: str | None = Field(None, max_length=500)

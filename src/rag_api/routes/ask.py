@@ -44,6 +44,18 @@ proxies from closing idle connections; `X-Accel-Buffering: no` turns off nginx b
 """
 
 
+# One event of the stream (OpenAPI 3.1 reads a text/event-stream `schema` as the schema of each event).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "sources", "token", "done", "error"]},
+        "data": {"type": "string", "description": "A JSON object: see the table above."},
+        "id": {"type": "string", "description": "1, 2, 3... in order"},
+    },
+}
+
+
 def to_answer_request(body: AskRequest) -> AnswerRequest:
     return AnswerRequest(
         question=body.question,
@@ -87,7 +99,7 @@ def wants_stream(body: AskRequest, accept: str | None) -> bool:
     summary="Ask the book a question",
     description=STREAM_DESCRIPTION,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
         **ERROR_RESPONSES,
     },
 )
