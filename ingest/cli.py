@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+from langchain_core.embeddings import Embeddings
 from pydantic import ValidationError
 from qdrant_client import QdrantClient
 
@@ -19,6 +21,7 @@ from chains.errors import DependencyUnavailable, RagError
 from chains.settings import Settings, settings_error_message
 from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
 from ingest.indexer import DEFAULT_EXCLUDES, Indexer, IngestReport, Progress, discover_files
+from ingest.splitter import approximate_tokens
 
 logger = logging.getLogger("ingest")
 
@@ -34,6 +37,44 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         raise click.UsageError(settings_error_message(exc)) from exc
+
+
+class LazyEmbeddings(Embeddings):
+    """The embedding model, loaded on first use: an unchanged re-ingest needs neither it nor its tokenizer.
+
+    `on_load` runs once with the model, before it is used (to check the collection against its vector size).
+    """
+
+    def __init__(self, settings: Settings, on_load: Callable[[Embeddings], None]) -> None:
+        self._settings = settings
+        self._on_load = on_load
+        self._model: Embeddings | None = None
+
+    def model(self) -> Embeddings:
+        if self._model is None:
+            model = build_embeddings(self._settings)
+            self._on_load(model)
+            self._model = model
+        return self._model
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.model().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.model().embed_query(text)
+
+    def count_tokens(self, text: str) -> int:
+        counter: Callable[[str], int] = getattr(self.model(), "count_tokens", approximate_tokens)
+        return counter(text)
+
+
+def _check_store(client: QdrantClient, settings: Settings, model: Embeddings, dry_run: bool) -> None:
+    """Make the collection (or check it) for `model`; a dry run only checks an existing one."""
+    dimension = embedding_dimension(model)
+    if not dry_run:
+        ensure_collection(client, settings, dimension)
+    elif client.collection_exists(settings.qdrant_collection):
+        check_collection(client, settings.qdrant_collection, dimension)
 
 
 def open_store(settings: Settings) -> QdrantClient:
@@ -107,12 +148,9 @@ def main(
     client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
     reports: list[IngestReport] = []
     try:
-        embeddings = build_embeddings(settings)
-        dimension = embedding_dimension(embeddings)
-        if not dry_run:
-            ensure_collection(client, settings, dimension)
-        elif client.collection_exists(settings.qdrant_collection):
-            check_collection(client, settings.qdrant_collection, dimension)
+        embeddings = LazyEmbeddings(settings, lambda model: _check_store(client, settings, model, dry_run))
+        if not dry_run and not client.collection_exists(settings.qdrant_collection):
+            embeddings.model()  # the collection is made for the model's vector size
         indexer = Indexer(client, embeddings, settings, batch_size=batch_size)
         if delete_sources:
             reports.append(indexer.delete_sources(delete_sources, dry_run))

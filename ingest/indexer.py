@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
-from chains.errors import DependencyUnavailable, DocumentError
+from chains.errors import DependencyUnavailable, DocumentError, RagError
 from chains.settings import Settings
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, point_id
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
@@ -392,6 +392,8 @@ class Indexer:
         """Dense vectors for `chunks`, in one call to the model."""
         try:
             return self.embeddings.embed_documents([c.embed_text for c in chunks])
+        except RagError:
+            raise
         except Exception as exc:
             raise DependencyUnavailable(
                 "embeddings",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient
 
 from chains.settings import Settings
@@ -57,6 +58,30 @@ def test_cli_ingests_prunes_and_dry_runs(settings: Settings, book_dir: Path, tmp
     assert pruned.exit_code == 0 and "1 files pruned" in pruned.stdout
     again = run_cli(settings, str(book_dir), "--base-dir", str(tmp_path), "--prune", "-q")
     assert "0 added, 0 updated" in again.stdout and "0 removed" in again.stdout
+
+
+def test_cli_unchanged_reingest_does_not_load_the_model(
+    settings: Settings, book_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ingest.cli
+
+    loads: list[str] = []
+    real_build = ingest.cli.build_embeddings
+
+    def counting_build(config: Settings) -> Embeddings:
+        loads.append(config.embedding_model)
+        return real_build(config)
+
+    monkeypatch.setattr(ingest.cli, "build_embeddings", counting_build)
+    assert run_cli(settings, str(book_dir), "--base-dir", str(tmp_path), "-q").exit_code == 0
+    assert len(loads) == 1
+    again = run_cli(settings, str(book_dir), "--base-dir", str(tmp_path), "-q")
+    assert again.exit_code == 0 and "2 unchanged" in again.stdout
+    assert len(loads) == 1  # every file hash matched: the model was never needed
+
+    (book_dir / "pruning.md").write_text("# Pruning\n\nCut plums in summer only.\n")
+    changed = run_cli(settings, str(book_dir), "--base-dir", str(tmp_path), "-q")
+    assert changed.exit_code == 0 and "1 updated" in changed.stdout and len(loads) == 2
 
 
 def test_cli_dry_run_on_a_fresh_store_creates_nothing(settings: Settings, book_dir: Path, tmp_path: Path) -> None:
