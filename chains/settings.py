@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_COLLECTION = "ai_book_rag_chunks"
@@ -25,7 +25,8 @@ MAX_K = 20
 class Settings(BaseSettings):
     """Every knob of the service, with the environment variable named after the field (upper case)."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty variable counts as unset (compose passes `${VAR:-}` as ""), so it falls back to the default.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # Qdrant: a server when QDRANT_URL is set, else an on-disk embedded store at QDRANT_PATH.
     qdrant_url: AnyHttpUrl | None = None
@@ -33,9 +34,18 @@ class Settings(BaseSettings):
     qdrant_path: Path = Path("data/qdrant")
     qdrant_collection: str = Field(DEFAULT_COLLECTION, pattern=r"^[A-Za-z0-9_\-]{1,255}$")
     qdrant_timeout_s: float = Field(10.0, gt=0, le=300)
-    qdrant_shards: int = Field(1, ge=1, le=64)
+    # Collection layout, applied when the collection is created (an existing collection keeps its own):
+    # shards and replicas for a cluster (QDRANT_SHARDS is the older name of QDRANT_SHARD_NUMBER), how many
+    # replicas must confirm a write, vectors and payload on disk, quantized vectors kept in RAM, HNSW options.
+    qdrant_shard_number: int = Field(
+        1, ge=1, le=64, validation_alias=AliasChoices("qdrant_shard_number", "qdrant_shards")
+    )
     qdrant_replication_factor: int = Field(1, ge=1, le=16)
+    qdrant_write_consistency_factor: int | None = Field(None, ge=1, le=16)
     qdrant_on_disk: bool = False
+    qdrant_quantization: Literal["none", "scalar", "binary"] = "none"
+    qdrant_hnsw_m: int | None = Field(None, ge=4, le=128)
+    qdrant_hnsw_ef_construct: int | None = Field(None, ge=4, le=1024)
 
     # Embeddings: a packaged local model by default, OpenAI (or compatible) when chosen.
     embedding_provider: Literal["local", "openai"] = "local"
@@ -129,6 +139,14 @@ class Settings(BaseSettings):
             )
         if self.embedding_provider == "openai" and self.openai_api_key is None and self.openai_base_url is None:
             raise ValueError("EMBEDDING_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+        if (
+            self.qdrant_write_consistency_factor is not None
+            and self.qdrant_write_consistency_factor > self.qdrant_replication_factor
+        ):
+            raise ValueError(
+                f"QDRANT_WRITE_CONSISTENCY_FACTOR ({self.qdrant_write_consistency_factor}) cannot exceed "
+                f"QDRANT_REPLICATION_FACTOR ({self.qdrant_replication_factor})"
+            )
         if "*" in self.cors_origins and len(self.cors_origins) > 1:
             raise ValueError("CORS_ORIGINS: '*' cannot be combined with other origins")
         for name, keys in (("API_KEYS", self.api_keys), ("ADMIN_API_KEYS", self.admin_api_keys)):

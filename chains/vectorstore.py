@@ -69,23 +69,60 @@ def ensure_collection(client: QdrantClient, settings: Settings, dimension: int) 
     if client.collection_exists(name):
         check_collection(client, name, dimension)
         return
-    logger.info("creating collection %s (dimension %d)", name, dimension)
-    client.create_collection(
+    logger.info(
+        "creating collection %s (dimension %d, %d shard(s), replication %d, on_disk=%s, quantization=%s)",
         name,
-        vectors_config={
-            DENSE_VECTOR: models.VectorParams(
-                size=dimension, distance=models.Distance.COSINE, on_disk=settings.qdrant_on_disk or None
-            )
-        },
-        sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-        shard_number=settings.qdrant_shards,
-        replication_factor=settings.qdrant_replication_factor,
-        on_disk_payload=settings.qdrant_on_disk or None,
+        dimension,
+        settings.qdrant_shard_number,
+        settings.qdrant_replication_factor,
+        settings.qdrant_on_disk,
+        settings.qdrant_quantization,
     )
+    client.create_collection(name, **collection_layout(settings, dimension))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
         for field, schema in INDEXED_FIELDS.items():
             client.create_payload_index(name, field_name=field, field_schema=schema)
+
+
+def collection_layout(settings: Settings, dimension: int) -> dict[str, Any]:
+    """The `create_collection` arguments that the settings ask for (a pure function, so tests can read it).
+
+    HNSW and quantization are set on the dense vector itself: the sparse vector takes neither. `on_disk` and
+    `on_disk_payload` are the deprecated spellings in qdrant-client 1.20, kept on purpose: servers before 1.20
+    do not know their replacement (`memory`). The embedded store ignores shards, replication, write consistency
+    and payload placement (it is one process with no cluster); a server applies them.
+    """
+    on_disk = settings.qdrant_on_disk or None
+    hnsw = None
+    if settings.qdrant_hnsw_m is not None or settings.qdrant_hnsw_ef_construct is not None:
+        hnsw = models.HnswConfigDiff(m=settings.qdrant_hnsw_m, ef_construct=settings.qdrant_hnsw_ef_construct)
+    dense = models.VectorParams(
+        size=dimension,
+        distance=models.Distance.COSINE,
+        on_disk=on_disk,
+        hnsw_config=hnsw,
+        quantization_config=quantization_config(settings.qdrant_quantization),
+    )
+    return {
+        "vectors_config": {DENSE_VECTOR: dense},
+        "sparse_vectors_config": {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        "shard_number": settings.qdrant_shard_number,
+        "replication_factor": settings.qdrant_replication_factor,
+        "write_consistency_factor": settings.qdrant_write_consistency_factor,
+        "on_disk_payload": on_disk,
+    }
+
+
+def quantization_config(kind: str) -> models.QuantizationConfig | None:
+    """QDRANT_QUANTIZATION as Qdrant's config: compressed vectors kept in RAM, the originals (on disk) rescore."""
+    if kind == "scalar":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+        )
+    if kind == "binary":
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    return None
 
 
 def check_collection(client: QdrantClient, name: str, dimension: int) -> None:

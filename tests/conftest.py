@@ -26,6 +26,7 @@ from rag_api.state import Overrides
 
 QDRANT_URL = os.environ.get("QDRANT_URL")
 CLOSED_PORT_URL = "http://127.0.0.1:9/v1"
+SERVER_SKIP_REASON = "needs a Qdrant server: set QDRANT_URL=http://127.0.0.1:6333 after `docker compose up -d qdrant`"
 
 SAMPLE_CHAPTER = """---
 title: Watering Young Trees
@@ -51,6 +52,16 @@ moisture-log --probe A3 --interval 15m
 
 It writes one line every fifteen minutes to the log file.
 """
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `qdrant_server` only make sense against a server: skip them, saying how, without one."""
+    if QDRANT_URL:
+        return
+    skip = pytest.mark.skip(reason=SERVER_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("qdrant_server") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
