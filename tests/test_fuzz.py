@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from qdrant_client import QdrantClient
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
@@ -28,6 +29,9 @@ from tests.live import free_port, serve
 pytestmark = pytest.mark.integration
 
 FUZZ_EXAMPLES = 40
+# Rules JSON Schema cannot state are checked by the route and answered 422, so there a schema-valid body may be
+# refused: /api/chat needs text in the *last* user message, within MAX_QUESTION_CHARS over all its text parts.
+EXCLUDED_CHECKS = {"/api/chat": [positive_data_acceptance]}
 
 
 @pytest.fixture
@@ -48,6 +52,7 @@ def test_every_operation_answers_within_its_documented_contract(live_schema: sch
     operations = [result.ok() for result in live_schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/ask", "/search", "/health", "/ready"}
     for operation in operations:
+        excluded = EXCLUDED_CHECKS.get(operation.path)
 
         @given(case=operation.as_strategy())
         @settings(
@@ -57,6 +62,6 @@ def test_every_operation_answers_within_its_documented_contract(live_schema: sch
             suppress_health_check=list(HealthCheck),
         )
         def fuzz(case: schemathesis.Case) -> None:
-            case.call_and_validate()
+            case.call_and_validate(excluded_checks=excluded)  # noqa: B023 (run at once, in this iteration)
 
         fuzz()

@@ -24,7 +24,7 @@ from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.recovery import open_qdrant, watch_qdrant
-from rag_api.routes import admin, ask, health, pages, search
+from rag_api.routes import admin, ask, chat, health, pages, search
 from rag_api.state import AppState, Overrides
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """Ask questions about a book and get answers grounded in its text, with sources.
 
 `POST /ask` answers as JSON or streams server-sent events (see its description for the event protocol);
+`POST /api/chat` streams the same answer as the AI SDK's UI message stream, for `useChat` frontends;
 `POST /search` returns passages only; `GET /health` and `GET /ready` report on the dependencies."""
 
 
@@ -105,10 +106,10 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
-    for module in (ask, search):
+    for module in (ask, chat, search):
         app.include_router(module.router, dependencies=guarded)
     for module in (health, pages):
         app.include_router(module.router)
     app.include_router(admin.router)  # guarded by an admin key in the router itself
-    document_optional_keys(app, settings, public_paths={"/ask", "/search"})
+    document_optional_keys(app, settings, public_paths={"/ask", "/api/chat", "/search"})
     return app

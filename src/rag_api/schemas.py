@@ -137,3 +137,81 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- POST /api/chat: the body the AI SDK's DefaultChatTransport sends (useChat) ---
+
+MAX_CHAT_MESSAGES = 500
+MAX_MESSAGE_PARTS = 100
+MAX_PART_TEXT_CHARS = 100_000
+
+
+class ChatQuestionOptions(BaseModel):
+    """What the reader attached to a question: the metadata of the last user message, as `sendMessage` sets it."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    selected_text: str | None = Field(
+        None,
+        alias="selectedText",
+        max_length=MAX_SELECTED_CHARS,
+        description="Text the reader selected on the page; used as the first passage.",
+    )
+    selected_from: str | None = Field(
+        None, alias="selectedFrom", max_length=500, description="The page or chapter the selection is from."
+    )
+    chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
+    sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
+    k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages to retrieve.")
+
+
+class UIMessagePartIn(BaseModel):
+    """One part of a UI message. Only `text` parts are read; other parts (sources, files, data) are passed over."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=200)
+    text: str | None = Field(None, max_length=MAX_PART_TEXT_CHARS)
+
+
+class UIMessageIn(BaseModel):
+    """A message of the conversation as the AI SDK keeps it (`UIMessage`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(max_length=200)
+    role: Literal["system", "user", "assistant"]
+    parts: list[UIMessagePartIn] = Field(max_length=MAX_MESSAGE_PARTS)
+    metadata: ChatQuestionOptions | None = Field(
+        None, description="On the last user message: the selected text and search filters for this question."
+    )
+
+
+class ChatRequest(BaseModel):
+    """The AI SDK chat request (`DefaultChatTransport`): the last user message is the question, earlier messages
+    are the conversation. Fields the transport's `body` option adds are ignored."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "chat-1",
+                    "messages": [
+                        {
+                            "id": "m1",
+                            "role": "user",
+                            "parts": [{"type": "text", "text": "How deep should the planting hole be?"}],
+                            "metadata": {"selectedText": "Dig the planting hole twice as wide as the roots."},
+                        }
+                    ],
+                    "trigger": "submit-message",
+                }
+            ]
+        },
+    )
+
+    id: str | None = Field(None, max_length=200, description="The chat's id.")
+    messages: list[UIMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
+    trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
+    message_id: str | None = Field(None, alias="messageId", max_length=200)

@@ -1,0 +1,154 @@
+"""From the answer's events to the AI SDK's UI message stream (protocol v1), the wire format of `useChat`.
+
+Checked against the `UIMessageChunk` type and `UI_MESSAGE_STREAM_HEADERS` of the `ai` npm package, version
+7.0.173 (the version tests/js pins). One answer is one assistant message:
+
+    start -> data-status (transient) -> source-document x n -> data-status (transient)
+          -> text-start, text-delta..., text-end -> finish -> [DONE]
+
+On purpose: sources come before any text, one `source-document` per passage, so a reader sees what the answer
+stands on while it is written; the passage number the answer cites as [n], its text, score, page and URL ride
+in `providerMetadata.bookrag`. A failure after the stream started ends the open text part, then sends one
+`error` chunk (the safe message of `rag_api.errors.classify`, never internal text) and `[DONE]`: the client
+sees a clean end. `finishReason` and `text-end.citations` are left out: older clients (ai 5) reject chunk
+fields they do not know, and the answer's citations are in the finish metadata instead.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from typing import Any
+
+from sse_starlette import ServerSentEvent
+
+from chains.answer import (
+    AnswerEvent,
+    DoneEvent,
+    ErrorEvent,
+    Source,
+    SourcesEvent,
+    StatusEvent,
+    TokenEvent,
+)
+from rag_api.streaming import guard
+
+# The headers of `UI_MESSAGE_STREAM_HEADERS` that EventSourceResponse does not set itself (it sets the content
+# type, `Connection: keep-alive` and `X-Accel-Buffering: no`).
+UI_MESSAGE_STREAM_HEADERS = {"Cache-Control": "no-cache", "x-vercel-ai-ui-message-stream": "v1"}
+PROVIDER = "bookrag"  # the providerMetadata key of the service's own fields
+TEXT_PART_ID = "answer"  # one text part an answer
+SEP = "\n"  # lines end as the AI SDK's own server writes them (sse-starlette's default is CRLF)
+_MEDIA_TYPES = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+}
+
+Chunk = dict[str, Any]
+
+
+def new_message_id() -> str:
+    return f"msg-{uuid.uuid4().hex}"
+
+
+def media_type(source: Source) -> str:
+    """The media type of the file a passage comes from (text/plain for a reader's selection)."""
+    return _MEDIA_TYPES.get(PurePosixPath(source.source).suffix.lower(), "text/plain")
+
+
+def source_id(source: Source) -> str:
+    """The same id for the same passage in every answer: its file and chunk index (S<n> for a selection)."""
+    if source.chunk_index is None:
+        return f"S{source.number}"
+    return f"{source.source}#{source.chunk_index}"
+
+
+def source_document(source: Source) -> Chunk:
+    return {
+        "type": "source-document",
+        "sourceId": source_id(source),
+        "mediaType": media_type(source),
+        "title": source.label,
+        "filename": source.source,
+        "providerMetadata": {
+            PROVIDER: {
+                "number": source.number,
+                "score": source.score,
+                "url": source.url,
+                "page": source.page,
+                "chunkIndex": source.chunk_index,
+                "headingPath": list(source.heading_path),
+                "text": source.text,
+            }
+        },
+    }
+
+
+def finish_metadata(event: DoneEvent, request_id: str | None) -> dict[str, Any]:
+    """The assistant message's metadata once it is whole (camelCase, as JavaScript reads it)."""
+    usage = None
+    if event.usage is not None:
+        usage = {
+            "inputTokens": event.usage.get("input_tokens"),
+            "outputTokens": event.usage.get("output_tokens"),
+            "totalTokens": event.usage.get("total_tokens"),
+        }
+    return {
+        "answerId": event.answer_id,
+        "mode": event.mode,
+        "citations": event.citations,
+        "usage": usage,
+        "timings": {
+            "retrievalMs": event.timings.retrieval_ms,
+            "firstTokenMs": event.timings.first_token_ms,
+            "totalMs": event.timings.total_ms,
+        },
+        "requestId": request_id,
+    }
+
+
+async def ui_message_chunks(
+    events: AsyncIterator[AnswerEvent], request_id: str | None, message_id: str
+) -> AsyncIterator[Chunk]:
+    """The UI message chunks of one answer, ending with `finish` or `error` (not on cancellation)."""
+    yield {"type": "start", "messageId": message_id}
+    text_open = False
+    async for event in guard(events, request_id):
+        if isinstance(event, TokenEvent):
+            if not text_open:
+                text_open = True
+                yield {"type": "text-start", "id": TEXT_PART_ID}
+            yield {"type": "text-delta", "id": TEXT_PART_ID, "delta": event.text}
+        elif isinstance(event, StatusEvent):
+            yield {"type": "data-status", "id": "status", "data": {"stage": event.stage}, "transient": True}
+        elif isinstance(event, SourcesEvent):
+            for source in event.sources:
+                yield source_document(source)
+        else:
+            if text_open:
+                yield {"type": "text-end", "id": TEXT_PART_ID}
+            if isinstance(event, DoneEvent):
+                yield {"type": "finish", "messageMetadata": finish_metadata(event, request_id)}
+            elif isinstance(event, ErrorEvent):
+                yield {"type": "message-metadata", "messageMetadata": {"error": {"code": event.code}}}
+                yield {"type": "error", "errorText": event.message}
+
+
+def _dumps(chunk: Chunk) -> str:
+    return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+
+
+async def ui_message_sse(
+    events: AsyncIterator[AnswerEvent], request_id: str | None, message_id: str
+) -> AsyncIterator[ServerSentEvent]:
+    """`/api/chat`'s stream: `data: <chunk JSON>` lines, then `data: [DONE]`."""
+    async for chunk in ui_message_chunks(events, request_id, message_id):
+        yield ServerSentEvent(data=_dumps(chunk), sep=SEP)
+    yield ServerSentEvent(data="[DONE]", sep=SEP)

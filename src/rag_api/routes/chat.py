@@ -1,0 +1,127 @@
+"""`POST /api/chat`: the answer as the AI SDK's UI message stream, for frontends built on `useChat`.
+
+The same answer as `/ask` (one `Answerer.stream`, the same deadline, limits, keys and rate limit), in another
+wire format (`rag_api.aisdk`). The AI SDK sends the whole conversation each time, so the conversation is cut to
+its last MAX_HISTORY_TURNS turns (and each turn to MAX_TURN_CHARS) instead of being refused as `/ask` would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from sse_starlette import EventSourceResponse
+
+from chains.answer import AnswerRequest, Turn
+from chains.guard import within_deadline
+from chains.settings import Settings
+from rag_api.aisdk import SEP, UI_MESSAGE_STREAM_HEADERS, new_message_id, ui_message_sse
+from rag_api.deps import RequestId, State
+from rag_api.errors import ERROR_RESPONSES
+from rag_api.middleware import note_access
+from rag_api.routes.ask import SSE_PING_SECONDS, SSE_SEND_TIMEOUT_SECONDS, noting_done
+from rag_api.schemas import MAX_TURN_CHARS, ChatQuestionOptions, ChatRequest, UIMessageIn
+
+router = APIRouter(tags=["answers"])
+
+CHAT_DESCRIPTION = """
+For frontends built on the AI SDK (`useChat` with `DefaultChatTransport({ api: "<base>/api/chat" })`): takes
+the chat request it sends and answers with its **UI message stream** (protocol v1, header
+`x-vercel-ai-ui-message-stream: v1`): server-sent events whose data is one JSON chunk each, in this order:
+
+| chunk (`type` and fields) | when |
+|---|---|
+| `start`: `messageId` | first |
+| `data-status`: `data: {"stage": "retrieving" \\| "generating"}`, `transient: true` | typing indicator |
+| `source-document`: `sourceId`, `mediaType`, `title`, `filename`, `providerMetadata.bookrag` | each passage |
+| `text-start`, `text-delta` (`delta`)..., `text-end` | the answer, after the sources |
+| `finish`: `messageMetadata` (`answerId`, `mode`, `citations`, `usage`, `timings`) | a whole answer |
+| `error`: `errorText` | instead of `finish`, on a failure after the stream started |
+
+`providerMetadata.bookrag.number` is the number the answer cites as [n]; its `text`, `score`, `page` and `url`
+are there too. The stream ends with `data: [DONE]`.
+
+The last user message is the question; its `metadata` may carry `selectedText`, `selectedFrom`, `chapter`,
+`sources` and `k` (as `/ask`'s fields). Earlier messages are the conversation (the last MAX_HISTORY_TURNS).
+"""
+
+# One server-sent event of the stream (OpenAPI 3.1 reads a text/event-stream `schema` as the schema of each event).
+CHUNK_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "A UI message chunk as JSON, or [DONE] last."}},
+}
+
+
+def _invalid(location: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *location), "msg": message, "type": kind}])
+
+
+def message_text(message: UIMessageIn) -> str:
+    return "\n".join(part.text for part in message.parts if part.type == "text" and part.text).strip()
+
+
+def question_options(message: UIMessageIn, index: int, settings: Settings) -> ChatQuestionOptions:
+    """The last user message's metadata, within the configured limits (422 `invalid_request` otherwise)."""
+    options = message.metadata or ChatQuestionOptions()
+    where = ("messages", index, "metadata")
+    if options.selected_text is not None and len(options.selected_text) > settings.max_selected_chars:
+        limit = settings.max_selected_chars
+        raise _invalid((*where, "selectedText"), f"must have at most {limit} characters (MAX_SELECTED_CHARS)")
+    if options.k is not None and options.k > settings.max_k:
+        raise _invalid((*where, "k"), f"must be at most {settings.max_k} (MAX_K)")
+    return options
+
+
+def to_answer_request(body: ChatRequest, settings: Settings) -> AnswerRequest:
+    """The question (last user message), the conversation before it, and the reader's selection and filters."""
+    index = next((i for i in range(len(body.messages) - 1, -1, -1) if body.messages[i].role == "user"), None)
+    if index is None:
+        raise _invalid(("messages",), "must contain a user message (the question)")
+    question = message_text(body.messages[index])
+    if not question:
+        raise _invalid(("messages", index, "parts"), "the last user message has no text")
+    if len(question) > settings.max_question_chars:
+        limit = settings.max_question_chars
+        raise _invalid(("messages", index, "parts"), f"must have at most {limit} characters (MAX_QUESTION_CHARS)")
+    options = question_options(body.messages[index], index, settings)
+    turns = [
+        Turn(message.role, message_text(message)[:MAX_TURN_CHARS])
+        for message in body.messages[:index]
+        if message.role != "system" and message_text(message)
+    ]
+    history = turns[-settings.max_history_turns :] if settings.max_history_turns else []
+    return AnswerRequest(
+        question=question,
+        history=tuple(history),
+        selected_text=options.selected_text or None,
+        selected_from=options.selected_from,
+        k=options.k,
+        sources=options.sources,
+        chapter=options.chapter,
+    )
+
+
+@router.post(
+    "/api/chat",
+    response_class=EventSourceResponse,
+    summary="Ask the book, as the AI SDK's useChat does",
+    description=CHAT_DESCRIPTION,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": CHUNK_EVENT_SCHEMA}}, "description": "UI message stream"},
+        **ERROR_RESPONSES,
+    },
+)
+async def chat(body: ChatRequest, state: State, request_id: RequestId, http: Request) -> EventSourceResponse:
+    request = to_answer_request(body, state.settings)
+    if state.settings.log_questions:
+        note_access(http, question=request.question)
+    events = within_deadline(noting_done(state.answerer.stream(request), http), state.settings.request_timeout_s)
+    return EventSourceResponse(
+        ui_message_sse(events, request_id, new_message_id()),
+        ping=SSE_PING_SECONDS,
+        send_timeout=SSE_SEND_TIMEOUT_SECONDS,
+        sep=SEP,
+        headers={**UI_MESSAGE_STREAM_HEADERS, "X-Request-ID": request_id or ""},
+    )
