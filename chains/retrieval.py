@@ -1,7 +1,14 @@
-"""The book retriever: one query embedding, one Qdrant query, documents with their score and metadata.
+"""The book retriever: one query embedding, one Qdrant query (dense, or dense + sparse fused), scored documents.
 
-It wraps langchain-qdrant's vector store as a LangChain `BaseRetriever`, so callbacks and tracing see it like
-any retriever. Per-call options (`k`, `sources`, `chapter`) come as keyword arguments to `invoke`/`ainvoke`.
+Hybrid mode sends one `query_points` request with two prefetches, dense cosine and the local BM25-style sparse
+vector (`chains.sparse`), each fetching several times `k` candidates, fused by reciprocal rank (RRF). It goes to
+the Qdrant client directly rather than through langchain-qdrant's hybrid mode, which prefetches only `k` per
+vector and needs a FastEmbed model download; it still is a LangChain `BaseRetriever` returning `Document`s.
+
+Each document's metadata gains `score`, its dense cosine similarity to the query whatever the mode (what the
+answer's relevance threshold compares), `rank` (1-based), and in hybrid mode `fusion_score` (RRF). Optional
+steps after fusion: a cross-encoder reranker (`chains.rerank`) and MMR for diversity. Per-call options (`k`,
+`sources`, `chapter`) come as keyword arguments to `invoke`/`ainvoke`.
 """
 
 from __future__ import annotations
@@ -10,8 +17,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
@@ -20,11 +28,16 @@ from qdrant_client import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from chains.errors import DependencyUnavailable
-from chains.vectorstore import METADATA_KEY, BookVectorStore
+from chains.rerank import Reranker
+from chains.settings import Settings
+from chains.sparse import encode_query
+from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore
 
 logger = logging.getLogger(__name__)
 
 _QDRANT_ERRORS = (ResponseHandlingException, UnexpectedResponse, ConnectionError, OSError, RuntimeError)
+RetrievalMode = Literal["dense", "hybrid"]
+FusionMethod = Literal["rrf", "dbsf"]
 
 
 def build_filter(sources: Sequence[str] | None = None, chapter: str | None = None) -> models.Filter | None:
@@ -37,22 +50,130 @@ def build_filter(sources: Sequence[str] | None = None, chapter: str | None = Non
     return models.Filter(must=conditions) if conditions else None
 
 
+def cosine_similarities(query: Sequence[float], vectors: Sequence[Sequence[float]]) -> list[float]:
+    """Cosine similarity of `query` to each of `vectors` (0 for an empty or zero vector)."""
+    if not vectors:
+        return []
+    matrix = np.asarray(vectors, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(q))
+    dots = matrix @ q
+    return [float(d / n) if n else 0.0 for d, n in zip(dots, norms, strict=True)]
+
+
+def mmr_order(relevance: Sequence[float], vectors: Sequence[Sequence[float]], k: int, lambda_mult: float) -> list[int]:
+    """Maximal marginal relevance: pick, one at a time, the candidate most relevant and least like those picked."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    similarity = matrix @ matrix.T
+    gains = np.asarray(relevance, dtype=np.float32)
+    picked: list[int] = []
+    redundancy = np.zeros(len(relevance), dtype=np.float32)
+    available = np.ones(len(relevance), dtype=bool)
+    while available.any() and len(picked) < k:
+        score = lambda_mult * gains - (1 - lambda_mult) * redundancy
+        score[~available] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        available[best] = False
+        redundancy = np.maximum(redundancy, similarity[best])
+    return picked
+
+
 class BookRetriever(BaseRetriever):
-    """Top-k passages for a query; each document's metadata gains `score` (cosine similarity)."""
+    """Top-k passages for a query; see the module docstring for what each document's metadata holds."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     vector_store: BookVectorStore
     k: int = 5
+    mode: RetrievalMode = "hybrid"
+    # How the two candidate lists merge: reciprocal rank (weights per list: dense 1, sparse `sparse_weight`)
+    # or distribution-based score fusion (scores normalised by their spread, then added).
+    fusion: FusionMethod = "dbsf"
+    sparse_weight: float = 1.0
+    # Candidates per prefetch (and for reranking / MMR): max(candidates_per_k x k, min_candidates).
+    candidates_per_k: int = 4
+    min_candidates: int = 20
+    reranker: Reranker | None = None
+    mmr: bool = False
+    mmr_lambda: float = 0.7
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
 
-    def _search(self, vector: list[float], k: int, query_filter: models.Filter | None) -> list[Document]:
+    @classmethod
+    def from_settings(
+        cls, vector_store: BookVectorStore, settings: Settings, reranker: Reranker | None = None
+    ) -> BookRetriever:
+        return cls(
+            vector_store=vector_store,
+            k=settings.retrieval_k,
+            mode=settings.retrieval_mode,
+            fusion=settings.retrieval_fusion,
+            sparse_weight=settings.retrieval_sparse_weight,
+            candidates_per_k=settings.retrieval_candidates_per_k,
+            min_candidates=settings.retrieval_min_candidates,
+            reranker=reranker,
+            mmr=settings.retrieval_mmr,
+            mmr_lambda=settings.retrieval_mmr_lambda,
+            max_retries=settings.qdrant_max_retries,
+            retry_backoff_s=settings.qdrant_retry_backoff_s,
+        )
+
+    def candidate_count(self, k: int) -> int:
+        return max(self.candidates_per_k * k, self.min_candidates, k)
+
+    def _query_points(
+        self, vector: list[float], text: str, limit: int, query_filter: models.Filter | None
+    ) -> list[models.ScoredPoint]:
+        client = self.vector_store.client
+        collection = self.vector_store.collection_name
+        sparse = encode_query(text) if self.mode == "hybrid" else None
+        if not sparse:  # dense mode, or a query with no indexable words
+            return client.query_points(
+                collection,
+                query=vector,
+                using=DENSE_VECTOR,
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+                with_vectors=[DENSE_VECTOR],
+            ).points
+        prefetch_limit = self.candidate_count(limit)
+        prefetch = [
+            models.Prefetch(query=vector, using=DENSE_VECTOR, filter=query_filter, limit=prefetch_limit),
+            models.Prefetch(
+                query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                using=SPARSE_VECTOR,
+                filter=query_filter,
+                limit=prefetch_limit,
+            ),
+        ]
+        return client.query_points(
+            collection,
+            prefetch=prefetch,
+            query=self._fusion_query(),
+            query_filter=query_filter,
+            limit=limit,
+            with_payload=True,
+            with_vectors=[DENSE_VECTOR],
+        ).points
+
+    def _fusion_query(self) -> models.Query:
+        if self.fusion == "dbsf":
+            return models.FusionQuery(fusion=models.Fusion.DBSF)
+        if self.sparse_weight == 1.0:  # plain RRF: understood by every Qdrant server with the query API
+            return models.FusionQuery(fusion=models.Fusion.RRF)
+        return models.RrfQuery(rrf=models.Rrf(weights=[1.0, self.sparse_weight]))
+
+    def _search(self, vector: list[float], text: str, k: int, query_filter: models.Filter | None) -> list[Document]:
+        rearranging = self.reranker is not None or self.mmr
+        limit = self.candidate_count(k) if rearranging else k
         attempt = 0
         while True:
             try:
-                scored = self.vector_store.similarity_search_with_score_by_vector(vector, k=k, filter=query_filter)
+                points = self._query_points(vector, text, limit, query_filter)
                 break
             except _QDRANT_ERRORS as exc:
                 if attempt >= self.max_retries:
@@ -60,11 +181,41 @@ class BookRetriever(BaseRetriever):
                     raise DependencyUnavailable("qdrant", "the vector store (Qdrant) is unreachable") from exc
                 time.sleep(self.retry_backoff_s * 2**attempt)
                 attempt += 1
-        documents = []
-        for document, score in scored:
-            document.metadata["score"] = float(score)
+        return self._documents(points, vector, text, k)
+
+    def _documents(self, points: list[models.ScoredPoint], vector: list[float], text: str, k: int) -> list[Document]:
+        documents: list[Document] = []
+        vectors: list[list[float]] = []
+        for point in points:
+            stored = point.vector.get(DENSE_VECTOR) if isinstance(point.vector, dict) else None
+            vectors.append([float(x) for x in stored] if isinstance(stored, list) else [])  # type: ignore[arg-type]
+            document = BookVectorStore._document_from_point(
+                point, self.vector_store.collection_name, self.vector_store.content_payload_key, METADATA_KEY
+            )
+            if self.mode == "hybrid":
+                document.metadata["fusion_score"] = float(point.score)
             documents.append(document)
-        return documents
+        if all(vectors):
+            for document, similarity in zip(documents, cosine_similarities(vector, vectors), strict=True):
+                document.metadata["score"] = similarity
+        else:  # a point without a dense vector: only possible in dense mode, where the score is the cosine
+            for document, point in zip(documents, points, strict=True):
+                document.metadata["score"] = float(point.score)
+        order = list(range(len(documents)))
+        if self.reranker is not None and documents:
+            scores = self.reranker.score(text, [d.page_content for d in documents])
+            for document, score in zip(documents, scores, strict=True):
+                document.metadata["rerank_score"] = score
+            order.sort(key=lambda i: -scores[i])
+        if self.mmr and documents and all(vectors):
+            # Relevance is the dense cosine, as in LangChain's MMR; the candidates are what fusion/reranking kept.
+            relevance = [float(documents[i].metadata["score"]) for i in order]
+            picked = mmr_order(relevance, [vectors[i] for i in order], k, self.mmr_lambda)
+            order = [order[i] for i in picked]
+        ranked = [documents[i] for i in order[:k]]
+        for rank, document in enumerate(ranked, start=1):
+            document.metadata["rank"] = rank
+        return ranked
 
     def _options(self, kwargs: dict[str, Any]) -> tuple[int, models.Filter | None]:
         k = int(kwargs.get("k") or self.k)
@@ -76,7 +227,7 @@ class BookRetriever(BaseRetriever):
         k, query_filter = self._options(kwargs)
         embeddings = self.vector_store.embeddings
         assert embeddings is not None  # a dense store always has them
-        return self._search(embeddings.embed_query(query), k, query_filter)
+        return self._search(embeddings.embed_query(query), query, k, query_filter)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
@@ -89,4 +240,4 @@ class BookRetriever(BaseRetriever):
         except Exception as exc:  # any embedding failure (endpoint down, bad key) means "embeddings unavailable"
             logger.warning("query embedding failed: %s: %s", type(exc).__name__, exc)
             raise DependencyUnavailable("embeddings", "the embedding model is unavailable") from exc
-        return await asyncio.to_thread(self._search, vector, k, query_filter)
+        return await asyncio.to_thread(self._search, vector, query, k, query_filter)

@@ -68,7 +68,23 @@ class Settings(BaseSettings):
     # What CHUNK_SIZE and CHUNK_OVERLAP count: the embedding model's tokens, or characters.
     chunk_size_unit: Literal["tokens", "chars"] = "tokens"
     retrieval_k: int = Field(5, ge=1, le=50)
+    # dense: cosine similarity only; hybrid: dense + a local BM25-style sparse vector, fused by Qdrant (RRF).
+    retrieval_mode: Literal["dense", "hybrid"] = "hybrid"
+    # How hybrid mode merges the dense and sparse candidate lists: reciprocal rank fusion (weights: dense 1,
+    # sparse RETRIEVAL_SPARSE_WEIGHT) or distribution-based score fusion (keeps how far ahead a match is).
+    retrieval_fusion: Literal["rrf", "dbsf"] = "dbsf"
+    retrieval_sparse_weight: float = Field(1.0, gt=0.0, le=10.0)
+    # Candidates fetched per vector before fusion (and for reranking/MMR): max(PER_K x k, MIN_CANDIDATES).
+    retrieval_candidates_per_k: int = Field(4, ge=1, le=50)
+    retrieval_min_candidates: int = Field(20, ge=1, le=500)
+    # MMR over the fused candidates, trading relevance (lambda 1) for diversity (lambda 0).
+    retrieval_mmr: bool = False
+    retrieval_mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
+    # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
+    # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md).
     retrieval_score_threshold: float = Field(0.25, ge=-1.0, le=1.0)
+    # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
+    rerank_model: Path | None = None
     book_base_url: AnyHttpUrl | None = None
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
     ingest_root: Path | None = None

@@ -135,12 +135,25 @@ def check_collection(client: QdrantClient, name: str, dimension: int) -> None:
             f"collection {name!r} has no dense vector named {DENSE_VECTOR!r}; it was not made by this project. "
             "Use another QDRANT_COLLECTION or delete it."
         )
+    sparse = info.config.params.sparse_vectors or {}
+    if SPARSE_VECTOR not in sparse:
+        raise CollectionMismatch(
+            f"collection {name!r} has no sparse vector named {SPARSE_VECTOR!r}, which hybrid retrieval and ingest "
+            "need; it was not made by this project. Ingest into a fresh collection (another QDRANT_COLLECTION, "
+            "or delete this one and run rag-ingest again)."
+        )
     if params.size != dimension:
         raise CollectionMismatch(
             f"collection {name!r} stores {params.size}-dimensional vectors but the embedding model makes "
             f"{dimension}-dimensional ones. Use the model it was built with, another QDRANT_COLLECTION, "
             "or re-ingest into a fresh collection."
         )
+
+
+def points_without_sparse(client: QdrantClient, name: str) -> int:
+    """How many stored points lack the sparse vector (ingested before hybrid retrieval existed)."""
+    lacking = models.Filter(must_not=[models.HasVectorCondition(has_vector=SPARSE_VECTOR)])
+    return client.count(name, count_filter=lacking, exact=True).count
 
 
 class BookVectorStore(QdrantVectorStore):

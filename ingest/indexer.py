@@ -31,7 +31,8 @@ from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, RagError
 from chains.settings import Settings
-from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, point_id
+from chains.sparse import encode_document
+from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
 SPLIT_VERSION = "2"
+# What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
+# added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
+VECTOR_LAYOUT = "dense+sparse-bm25-1"
 # Per-file fields on every chunk; they are not part of a chunk's identity.
 FILE_FIELDS = ("file_hash", "chunk_count")
 _SCROLL_PAGE = 1024
@@ -228,7 +232,9 @@ def source_url(source: str, base_url: str | None, slug: object = None) -> str | 
 def chunk_id(chunk: Chunk) -> str:
     """The point id: from the source, the position and everything stored about the chunk but its file fields."""
     meta = {k: v for k, v in chunk.metadata.items() if k not in FILE_FIELDS}
-    identity = json.dumps({"embed": chunk.embed_text, "text": chunk.text, "meta": meta}, sort_keys=True)
+    identity = json.dumps(
+        {"embed": chunk.embed_text, "text": chunk.text, "meta": meta, "vectors": VECTOR_LAYOUT}, sort_keys=True
+    )
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
     return point_id(f"{meta['source']}\x00{meta['chunk_index']}\x00{digest}")
 
@@ -401,12 +407,19 @@ class Indexer:
                 "complete version; run the same ingest again to finish.",
             ) from exc
 
+    def sparse_vector(self, chunk: Chunk) -> dict[str, models.SparseVector]:
+        """The chunk's BM25-style sparse vector (from the same text as its dense one), when it has any terms."""
+        encoding = encode_document(chunk.embed_text)
+        if not encoding:
+            return {}
+        return {SPARSE_VECTOR: models.SparseVector(indices=encoding.indices, values=encoding.values)}
+
     def write(self, chunks: Sequence[Chunk], dense: Sequence[list[float]]) -> None:
-        """Upsert `chunks` with their dense vectors, in batches: the one place where a point's vectors are built."""
+        """Upsert `chunks` with their dense and sparse vectors, in batches: the one place where points are built."""
         points = [
             models.PointStruct(
                 id=chunk_id(chunk),
-                vector={DENSE_VECTOR: vector},
+                vector={DENSE_VECTOR: vector, **self.sparse_vector(chunk)},
                 payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata},
             )
             for chunk, vector in zip(chunks, dense, strict=True)

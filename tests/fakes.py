@@ -9,7 +9,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
 
@@ -71,3 +71,23 @@ class FailingChatModel(GenericFakeChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         for chunk in self._stream(messages, stop):
             yield chunk
+
+
+class RecordingChatModel(GenericFakeChatModel):
+    """Answers with scripted messages in turn (streamed word by word) and records the messages of every call."""
+
+    prompts: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.prompts.append(list(messages))
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+def recording_model(*answers: str) -> RecordingChatModel:
+    return RecordingChatModel(messages=iter([AIMessage(content=a) for a in answers]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from langchain_core.tracers.context import collect_runs
 from qdrant_client import QdrantClient
 
 from chains.answer import (
@@ -22,7 +23,7 @@ from chains.prompts import NOT_IN_BOOK
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store
-from tests.fakes import CountingChatModel, scripted_model
+from tests.fakes import CountingChatModel, recording_model, scripted_model
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +86,49 @@ async def test_extractive_answer_without_a_model_is_labelled(retriever: BookRetr
 async def test_lcel_chain_answers_from_the_same_parts(retriever: BookRetriever) -> None:
     chain = build_answer_chain(retriever, scripted_model("Twenty litres [1]."))
     assert await chain.ainvoke("How much water for a young tree?") == "Twenty litres [1]."
+
+
+async def test_follow_up_is_rewritten_by_the_model_and_retrieval_uses_the_rewrite(
+    retriever: BookRetriever, settings: Settings
+) -> None:
+    rewrite = "When should apple trees be pruned?"
+    model = recording_model(rewrite, "In late winter [1].")
+    request = AnswerRequest(
+        "and when should I do that?",
+        history=(Turn("user", "How do I prune apple trees?"), Turn("assistant", "Cut above a bud [1].")),
+    )
+    with collect_runs() as runs:
+        answer = await Answerer(retriever, model, settings).answer(request)
+
+    condense = model.prompts[0][-1].text
+    assert "How do I prune apple trees?" in condense and "and when should I do that?" in condense
+    retrievals = [run for run in runs.traced_runs if run.run_type == "retriever"]
+    assert [run.inputs["query"] for run in retrievals] == [rewrite]
+    assert len(model.prompts) == 2 and rewrite not in model.prompts[1][-1].text  # the answer sees the real question
+    assert "late winter" in answer.sources[0].text
+
+
+async def test_citations_are_numbers_of_the_sources_sent_to_the_model(
+    retriever: BookRetriever, settings: Settings
+) -> None:
+    model = recording_model("Prune in late winter [2], and water young trees weekly [1]. See also [9].")
+    answer = await Answerer(retriever, model, settings.model_copy(update={"retrieval_score_threshold": -1.0})).answer(
+        AnswerRequest("How do I care for young apple trees?")
+    )
+    assert answer.citations == [2, 1]  # in order of use; [9] names no passage
+    assert [s.number for s in answer.sources] == list(range(1, len(answer.sources) + 1))
+    prompt = model.prompts[0][-1].text
+    for source in answer.sources:
+        assert source.source in {"book/watering.md", "book/pruning.md"}
+        block = prompt.split(f'<passage number="{source.number}"', 1)[1].split("</passage>", 1)[0]
+        assert source.text in block  # number n in the answer is the passage numbered n in the prompt
+
+
+async def test_out_of_book_question_with_hybrid_retrieval_is_refused_without_a_model_call(
+    retriever: BookRetriever, settings: Settings
+) -> None:
+    assert retriever.mode == "hybrid"
+    model = recording_model("should never be used")
+    answer = await Answerer(retriever, model, settings).answer(AnswerRequest("Who won the World Cup in 1998?"))
+    assert (answer.mode, answer.text, answer.sources, answer.citations) == ("not_in_book", NOT_IN_BOOK, [], [])
+    assert model.prompts == []

@@ -11,14 +11,16 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
 from chains.models import build_chat_model
+from chains.rerank import build_reranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
-from chains.vectorstore import build_vector_store, ensure_collection
+from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
 from rag_api.auth import document_optional_keys, require_api_key
 from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
@@ -36,6 +38,24 @@ DESCRIPTION = """Ask questions about a book and get answers grounded in its text
 `POST /search` returns passages only; `GET /health` and `GET /ready` report on the dependencies."""
 
 
+def warn_if_sparse_missing(client: QdrantClient, settings: Settings) -> None:
+    """Hybrid retrieval over points ingested before it existed works as dense-only for them: say so."""
+    if settings.retrieval_mode != "hybrid":
+        return
+    try:
+        lacking = points_without_sparse(client, settings.qdrant_collection)
+    except Exception as exc:  # informative only: never a reason to refuse to start
+        logger.debug("could not count points without a sparse vector: %s", exc)
+        return
+    if lacking:
+        logger.warning(
+            "%d points in collection %s have no sparse vector (ingested before hybrid retrieval): lexical matching "
+            "skips them; run rag-ingest again to rewrite them, or set RETRIEVAL_MODE=dense",
+            lacking,
+            settings.qdrant_collection,
+        )
+
+
 def build_state(settings: Settings, overrides: Overrides) -> AppState:
     embeddings = overrides.embeddings or build_embeddings(settings)
     client, collection_error = (overrides.client, None) if overrides.client else open_qdrant(settings)
@@ -49,13 +69,10 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
         except Exception as exc:  # Qdrant down at start-up: serve degraded, /ready says why
             collection_error = f"Qdrant unreachable at start-up ({type(exc).__name__})"
             logger.error("%s", collection_error)
+        else:
+            warn_if_sparse_missing(client, settings)
     store = build_vector_store(client, settings, embeddings)
-    retriever = BookRetriever(
-        vector_store=store,
-        k=settings.retrieval_k,
-        max_retries=settings.qdrant_max_retries,
-        retry_backoff_s=settings.qdrant_retry_backoff_s,
-    )
+    retriever = BookRetriever.from_settings(store, settings, overrides.reranker or build_reranker(settings))
     chat_model = overrides.chat_model or build_chat_model(settings)
     answerer = Answerer(retriever, chat_model, settings)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)

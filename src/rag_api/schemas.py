@@ -101,7 +101,10 @@ class SearchRequest(BaseModel):
 
 class SearchResult(BaseModel):
     text: str
-    score: float
+    score: float = Field(
+        description="Cosine similarity of the passage to the query (what the answer's relevance threshold compares). "
+        "Results come in retrieval order (`metadata.rank`), which in hybrid mode need not follow this score."
+    )
     metadata: dict[str, Any]
 
 

@@ -9,6 +9,7 @@ from langchain_core.language_models import BaseChatModel
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
+from chains.rerank import Reranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from rag_api.ratelimit import TokenBuckets
@@ -35,3 +36,4 @@ class Overrides:
     chat_model: BaseChatModel | None = None
     embeddings: Embeddings | None = None
     client: QdrantClient | None = None
+    reranker: Reranker | None = None

@@ -1,0 +1,34 @@
+"""The retrieval evaluation harness runs end to end on a tiny book (no metric is asserted: numbers go in docs/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.eval_retrieval import run
+from chains.embeddings import LocalEmbeddings
+
+pytestmark = pytest.mark.integration
+
+
+def test_eval_harness_runs_end_to_end_on_a_tiny_book(
+    embeddings: LocalEmbeddings, book_dir: Path, tmp_path: Path
+) -> None:
+    questions = tmp_path / "questions.jsonl"
+    rows = [
+        {"question": "How much water for a young tree?", "source": "watering.md", "answer_contains": "twenty litres"},
+        {"question": "What are the three Ds?", "source": "pruning.md", "answer_contains": "dead, damaged"},
+    ]
+    questions.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    out_of_book = tmp_path / "out.jsonl"
+    out_of_book.write_text(json.dumps({"question": "What is the capital of Mongolia?"}), encoding="utf-8")
+
+    reports, markdown = run({"tiny": (book_dir, questions)}, embeddings, out_of_book_path=out_of_book, scale=30)
+
+    names = [outcome.name for outcome in reports[0].outcomes]
+    assert names[0] == "LangChain baseline" and "hybrid DBSF" in names
+    assert all(len(outcome.ranks) == 2 for outcome in reports[0].outcomes)
+    assert "| tiny (2 q) | LangChain baseline |" in markdown
+    assert "## Latency at scale" in markdown and "| 30 chunks | hybrid DBSF |" in markdown
