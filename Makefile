@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 BOOK   ?= sample_book
 
-.PHONY: run test install lint typecheck pytest ingest serve clean
+.PHONY: run test install chromium lint typecheck pytest ingest serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,20 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
-	$(BIN)/pytest
+# The browser test (tests/test_browser.py) drives Debian's chromium through Playwright (never `playwright install`).
+# Installed here when we are root with apt-get; otherwise say why that test will skip.
+CHROMIUM ?= /usr/bin/chromium
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser test"; \
+		$(APT_CHROMIUM) || { apt-get update -qq && $(APT_CHROMIUM); } \
+			|| echo "chromium could not be installed: the browser test will skip"; \
+	else echo "no $(CHROMIUM) and not root with apt-get: the browser test will skip"; fi
+
+pytest: install chromium
+	CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 test: lint typecheck pytest
 

@@ -19,12 +19,16 @@ def scripted_model(*answers: str) -> GenericFakeChatModel:
 
 
 class CountingChatModel(GenericFakeChatModel):
-    """Streams a long answer slowly and counts the chunks it produced, to see when generation stops."""
+    """Streams a long answer slowly and counts the chunks it produced, to see when generation stops; records
+    whether a stream was stopped before its end (cancelled or closed) and the event loop it ran on."""
 
     chunks_produced: int = 0
     calls: int = 0
     delay_s: float = 0.02
     words: int = 500
+    stopped_early: bool = False
+    finished: bool = False
+    loop: Any = None
     prompts: list[list[BaseMessage]] = Field(default_factory=list)
     messages: Iterator[AIMessage | str] = Field(default_factory=lambda: iter(()))
 
@@ -37,10 +41,37 @@ class CountingChatModel(GenericFakeChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         self.calls += 1
         self.prompts.append(messages)
-        for index in range(self.words):
-            await asyncio.sleep(self.delay_s)
-            self.chunks_produced += 1
-            yield ChatGenerationChunk(message=AIMessageChunk(content=f"word{index} "))
+        self.loop = asyncio.get_running_loop()
+        try:
+            for index in range(self.words):
+                await asyncio.sleep(self.delay_s)
+                self.chunks_produced += 1
+                yield ChatGenerationChunk(message=AIMessageChunk(content=f"word{index} "))
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stopped_early = True
+            raise
+        finally:
+            self.finished = True
+
+
+class UsageChatModel(GenericFakeChatModel):
+    """Streams `answer` word by word, then a last empty chunk with token counts, like OpenAI with usage on."""
+
+    answer: str = "Twenty litres a week [1]."
+    messages: Iterator[AIMessage | str] = Field(default_factory=lambda: iter(()))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        words = self.answer.split(" ")
+        for index, word in enumerate(words):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word if index == 0 else f" {word}"))
+        usage = {"input_tokens": 120, "output_tokens": len(words), "total_tokens": 120 + len(words)}
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))  # type: ignore[arg-type]
 
 
 class FailingChatModel(GenericFakeChatModel):

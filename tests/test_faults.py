@@ -187,6 +187,8 @@ async def test_unexpected_error_is_json_500_with_the_request_id_that_the_log_sho
             "error": {
                 "code": "internal_error",
                 "message": "an unexpected error occurred; it has been logged",
+                "type": "server_error",
+                "param": None,
                 "request_id": "trace-me-42",
             }
         }

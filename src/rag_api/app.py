@@ -26,7 +26,7 @@ from rag_api.errors import error_response, install_error_handlers
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.recovery import open_qdrant, watch_qdrant
-from rag_api.routes import admin, ask, chat, health, pages, search
+from rag_api.routes import admin, ask, chat, health, openai_api, pages, search
 from rag_api.state import AppState, Overrides
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ DESCRIPTION = """Ask questions about a book and get answers grounded in its text
 
 `POST /ask` answers as JSON or streams server-sent events (see its description for the event protocol);
 `POST /api/chat` streams the same answer as the AI SDK's UI message stream, for `useChat` frontends;
-`POST /search` returns passages only; `GET /health` and `GET /ready` report on the dependencies."""
+`POST /v1/chat/completions` and `GET /v1/models` answer OpenAI clients; `POST /search` returns passages only;
+`GET /health` and `GET /ready` report on the dependencies."""
 
 
 def warn_if_sparse_missing(client: QdrantClient, settings: Settings) -> None:
@@ -123,10 +124,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
-    for module in (ask, chat, search):
+    for module in (ask, chat, search, openai_api):
         app.include_router(module.router, dependencies=guarded)
     for module in (health, pages):
         app.include_router(module.router)
     app.include_router(admin.router)  # guarded by an admin key in the router itself
-    document_optional_keys(app, settings, public_paths={"/ask", "/api/chat", "/search"})
+    public_paths = {"/ask", "/api/chat", "/search", "/v1/chat/completions", "/v1/models"}
+    document_optional_keys(app, settings, public_paths=public_paths)
     return app

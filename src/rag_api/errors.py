@@ -1,5 +1,9 @@
 """Every failure as a JSON error with a stable code, mapped to HTTP in this one place.
 
+The body is `{"error": {"code", "message", "type", "param", "request_id"}}`: OpenAI's error shape (`type` is one of
+OpenAI's error types, `param` the offending field or null) plus the request id, so that OpenAI clients of
+`/v1/chat/completions` read every error of this service, including those from auth and the rate limiter.
+
 Clients see the message of a `RagError` (written to be shown) but never the text of an unexpected exception:
 that is logged with the request id, which the response carries too.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,13 +65,40 @@ def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    if status >= 500:
+        return "server_error"
+    return _ERROR_TYPES.get(status, "invalid_request_error")
+
+
+def error_body(
+    status: int, code: str, message: str, request_id: str | None, param: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    error = {"code": code, "message": message, "type": error_type(status), "param": param, "request_id": request_id}
+    return {"error": error}
+
+
 def error_response(
-    status: int, code: str, message: str, request_id: str | None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    request_id: str | None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
     all_headers = dict(headers or {})
     if request_id:
         all_headers["X-Request-ID"] = request_id
-    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    body = error_body(status, code, message, request_id, param)
     return JSONResponse(body, status_code=status, headers=all_headers or None)
 
 
@@ -88,17 +120,20 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+def _location(error: Any) -> str:
+    return ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    parts = [f"{_location(error)}: {error.get('msg', 'invalid')}" for error in exc.errors()[:5]]
     return "; ".join(parts) or "invalid request"
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, "invalid_request", _validation_message(exc), request_id_of(request))
+    errors = exc.errors()
+    param = _location(errors[0]) if errors else None
+    return error_response(422, "invalid_request", _validation_message(exc), request_id_of(request), param=param)
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:

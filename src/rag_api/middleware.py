@@ -18,6 +18,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag_api.errors import error_body
+
 logger = logging.getLogger("rag_api.access")
 errors_logger = logging.getLogger("rag_api.errors")
 
@@ -40,7 +42,7 @@ def note_access(request: Request, **fields: Any) -> None:
 
 
 def _json_error(status: int, code: str, message: str, request_id: str) -> tuple[Message, Message]:
-    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    body = json.dumps(error_body(status, code, message, request_id)).encode()
     start: Message = {
         "type": "http.response.start",
         "status": status,

@@ -133,8 +133,16 @@ class HealthResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    """OpenAI's error shape (message, type, param, code) plus the request id."""
+
+    code: str = Field(description="Stable, for programs: invalid_request, unauthorized, rate_limited, ...")
+    message: str = Field(description="For people: what went wrong and what to do.")
+    type: str = Field(
+        "invalid_request_error",
+        description="OpenAI's error type: invalid_request_error, authentication_error, permission_error, "
+        "not_found_error, rate_limit_error or server_error.",
+    )
+    param: str | None = Field(None, description="The request field at fault, when there is one.")
     request_id: str | None = None
 
 

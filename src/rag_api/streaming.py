@@ -1,8 +1,14 @@
-"""From the answer's events to the `/ask` wire format (server-sent events), with one error event on failure.
+"""From the answer's events to streamed responses: the shared plumbing and the `/ask` wire format.
 
-`guard` is shared by every streaming encoder: once the first byte is sent an error can no longer be an HTTP
-status, so a failure becomes the stream's last event. Cancellation (the client went away) is logged and
-re-raised, never turned into an event: nobody is listening.
+Every streaming encoder (`/ask` events here, OpenAI chunks in `rag_api.openai_compat`, other protocols beside it)
+reads `answer_events(...)`: the chain's events with waiting token deltas merged (`coalesce_tokens`) and a failure
+turned into one final `ErrorEvent` (`guard`). Once the first byte is sent an error can no longer be an HTTP
+status, so it becomes the stream's last event. Cancellation (the client went away) is logged and re-raised, never
+turned into an event: nobody is listening.
+
+On purpose: events are encoded to bytes here rather than as `ServerSentEvent` objects, and a token event is
+written from a template with only its text JSON-encoded. A token is the one event that repeats hundreds of times
+a stream; this keeps its cost to one small `json.dumps` and one string format (see docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from sse_starlette import ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from chains.answer import (
     AnswerEvent,
@@ -28,6 +35,69 @@ from chains.answer import (
 from rag_api.errors import classify
 
 logger = logging.getLogger(__name__)
+
+# A comment line every 15 s keeps proxies and load balancers from closing a quiet stream (e.g. while the model
+# thinks); a client that stops reading for 30 s is given up on, which cancels its generation.
+SSE_PING_SECONDS = 15
+SSE_SEND_TIMEOUT_SECONDS = 30
+# No proxy may buffer, store or re-encode (compress) the stream: each would hold tokens back.
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
+async def _close(events: AsyncIterator[Any]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def coalesce_tokens(events: AsyncIterator[AnswerEvent]) -> AsyncIterator[AnswerEvent]:
+    """Pass `events` through, merging token deltas that are already waiting into one `TokenEvent`.
+
+    A task reads `events` ahead while the previous event is being encoded and sent. A token that arrives alone goes
+    out at once (the first token is never held back, nothing waits on a timer); only tokens that piled up while the
+    server was busy are merged, so a client sees the same text no sooner and no later, in fewer events. Closing
+    this iterator (the client went away) cancels the reader and so the model call.
+    """
+    pending: deque[AnswerEvent | _Failed | None] = deque()
+    arrived = asyncio.Event()
+
+    async def read_ahead() -> None:
+        try:
+            async for event in events:
+                pending.append(event)
+                arrived.set()
+            pending.append(None)
+        except Exception as exc:  # handed to the consumer, which raises it in its own task
+            pending.append(_Failed(exc))
+        finally:
+            arrived.set()
+            await _close(events)
+
+    reader = asyncio.create_task(read_ahead(), name="answer-read-ahead")
+    try:
+        while True:
+            while not pending:
+                arrived.clear()
+                await arrived.wait()
+            item = pending.popleft()
+            if item is None:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            if isinstance(item, TokenEvent) and pending and isinstance(pending[0], TokenEvent):
+                parts = [item.text]
+                while pending and isinstance(pending[0], TokenEvent):
+                    parts.append(pending.popleft().text)  # type: ignore[union-attr]
+                item = TokenEvent("".join(parts))
+            yield item
+    finally:
+        reader.cancel()
+        await asyncio.wait({reader})
 
 
 async def guard(events: AsyncIterator[AnswerEvent], request_id: str | None) -> AsyncIterator[AnswerEvent]:
@@ -46,17 +116,32 @@ async def guard(events: AsyncIterator[AnswerEvent], request_id: str | None) -> A
             logger.warning("request %s: stream failed: %s: %s", request_id, info.code, info.message)
         yield ErrorEvent(info.code, info.message)
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close(events)
+
+
+def answer_events(events: AsyncIterator[AnswerEvent], request_id: str | None) -> AsyncIterator[AnswerEvent]:
+    """What every streaming encoder reads: the events, token deltas coalesced, ending in done or one error."""
+    return guard(coalesce_tokens(events), request_id)
+
+
+def sse_response(chunks: AsyncIterator[bytes], request_id: str | None) -> EventSourceResponse:
+    """A server-sent-events response with heartbeats, a send timeout and no proxy buffering."""
+    return EventSourceResponse(
+        chunks,
+        ping=SSE_PING_SECONDS,
+        send_timeout=SSE_SEND_TIMEOUT_SECONDS,
+        sep="\n",
+        headers={**SSE_HEADERS, "X-Request-ID": request_id or ""},
+    )
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON, UTF-8 kept as is (never contains a newline, so it is one `data:` line)."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def source_json(source: Source) -> dict[str, Any]:
     return asdict(source)
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
@@ -78,10 +163,17 @@ def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
     return "error", {"code": event.code, "message": event.message}
 
 
-async def ask_sse(events: AsyncIterator[AnswerEvent], request_id: str | None) -> AsyncIterator[ServerSentEvent]:
-    """`/ask`'s stream: named events with sequential ids and JSON data."""
+def encode_sse(name: str, event_id: int, data: str) -> bytes:
+    return f"event: {name}\nid: {event_id}\ndata: {data}\n\n".encode()
+
+
+async def ask_sse(events: AsyncIterator[AnswerEvent], request_id: str | None) -> AsyncIterator[bytes]:
+    """`/ask`'s stream: named events with sequential ids and JSON data (docs/streaming.md)."""
     sequence = 0
-    async for event in guard(events, request_id):
+    async for event in answer_events(events, request_id):
         sequence += 1
+        if isinstance(event, TokenEvent):  # the hot path: no dict, one small dumps
+            yield f'event: token\nid: {sequence}\ndata: {{"text":{dumps(event.text)}}}\n\n'.encode()
+            continue
         name, data = event_payload(event)
-        yield ServerSentEvent(data=_dumps(data), event=name, id=str(sequence))
+        yield encode_sse(name, sequence, dumps(data))

@@ -2,45 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
-from chains.answer import AnswerEvent, AnswerRequest, DoneEvent, Timings, Turn
-from chains.guard import call_within_deadline, within_deadline
+from chains.answer import AnswerRequest, Turn
+from rag_api.answering import stream_answer, whole_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.limits import check_ask_limits
 from rag_api.middleware import note_access
 from rag_api.schemas import AskRequest, AskResponse, SourceOut, TimingsOut
-from rag_api.streaming import ask_sse
+from rag_api.streaming import ask_sse, sse_response
 
 router = APIRouter(tags=["answers"])
-
-SSE_PING_SECONDS = 15
-SSE_SEND_TIMEOUT_SECONDS = 30
 
 STREAM_DESCRIPTION = """
 Answers the question from the book's passages, with numbered sources that the answer cites as [1], [2].
 
-**JSON** (default): one `AskResponse`.
+**JSON** (default): one `AskResponse`, the same content as the stream folded (text, sources, citations).
 
-**Server-sent events**: send `"stream": true` or `Accept: text/event-stream`. Events, in this order, each with
-an increasing `id` and JSON `data`:
+**Server-sent events**: send `"stream": true`, or `Accept: text/event-stream` with no `stream` field. Events come
+in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`:
 
 | event | data | when |
 |---|---|---|
-| `status` | `{"stage": "retrieving" \\| "generating"}` | work starts; the model starts (typing indicator) |
-| `sources` | `{"sources": [Source, ...]}` | once, before the first token |
-| `token` | `{"text": "..."}` | each text delta of the answer |
+| `status` | `{"stage": "retrieving"}` | first: the search starts (show a typing indicator) |
+| `sources` | `{"sources": [Source, ...]}` | once, before the first token (may be `[]`: not in the book) |
+| `status` | `{"stage": "generating"}` | the chat model starts (absent when no model is called) |
+| `token` | `{"text": "..."}` | text deltas of the answer, in order; append them (one may carry several model tokens) |
 | `done` | `{"answer_id", "mode", "citations", "usage", "timings"}` | last event of a successful answer |
 | `error` | `{"code", "message"}` | last event when something fails after the stream started |
 
-Every stream ends with exactly one `done` or `error`. Comment lines (`: ping`) are sent every 15 s to keep
-proxies from closing idle connections; `X-Accel-Buffering: no` turns off nginx buffering.
+`Source` is `{number, source, title, heading_path, url, page, chunk_index, score, text}` (as in `AskResponse`).
+`usage` is `{input_tokens, output_tokens, total_tokens}` when the model reports it, else `null`; `timings` is
+`{retrieval_ms, first_token_ms, total_ms}` (`first_token_ms` is `null` when no model was called).
+
+Every stream ends with exactly one `done` or `error`, then the response ends. Errors before the stream starts
+(401, 413, 422, 429) are ordinary JSON error responses. Comment lines (`: ping ...`) come every 15 s so that proxies
+keep idle connections open; `Cache-Control: no-cache, no-transform` and `X-Accel-Buffering: no` stop proxy
+buffering. Closing the connection cancels the answer: the chat model stops being called.
+
+```
+event: status
+id: 1
+data: {"stage":"retrieving"}
+
+event: sources
+id: 2
+data: {"sources":[{"number":1,"source":"watering.md","heading_path":["Watering","Mulch"],...}]}
+
+event: status
+id: 3
+data: {"stage":"generating"}
+
+event: token
+id: 4
+data: {"text":"Eight centimetres"}
+
+event: done
+id: 9
+data: {"answer_id":"4f1c...","mode":"generated","citations":[1],"usage":null,"timings":{...}}
+```
 """
 
 
@@ -66,25 +91,6 @@ def to_answer_request(body: AskRequest) -> AnswerRequest:
         sources=body.sources,
         chapter=body.chapter,
     )
-
-
-def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None) -> None:
-    """Retrieval and model time and token counts for the access log line."""
-    if timings is not None:
-        note_access(
-            http,
-            retrieval_ms=round(timings.retrieval_ms, 1),
-            model_ms=round(timings.total_ms - timings.retrieval_ms, 1),
-        )
-    if usage:
-        note_access(http, input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"))
-
-
-async def noting_done(events: AsyncIterator[AnswerEvent], http: Request) -> AsyncIterator[AnswerEvent]:
-    async for event in events:
-        if isinstance(event, DoneEvent):
-            note_answer(http, event.timings, event.usage)
-        yield event
 
 
 def wants_stream(body: AskRequest, accept: str | None) -> bool:
@@ -114,17 +120,9 @@ async def ask(
     if state.settings.log_questions:
         note_access(http, question=body.question)
     request = to_answer_request(body)
-    deadline = state.settings.request_timeout_s
     if wants_stream(body, accept):
-        events = within_deadline(noting_done(state.answerer.stream(request), http), deadline)
-        return EventSourceResponse(
-            ask_sse(events, request_id),
-            ping=SSE_PING_SECONDS,
-            send_timeout=SSE_SEND_TIMEOUT_SECONDS,
-            headers={"X-Request-ID": request_id or ""},
-        )
-    answer = await call_within_deadline(state.answerer.answer(request), deadline)
-    note_answer(http, answer.timings, answer.usage)
+        return sse_response(ask_sse(stream_answer(state, request, http), request_id), request_id)
+    answer = await whole_answer(state, request, http)
     assert answer.timings is not None
     return AskResponse(
         answer_id=answer.answer_id,

@@ -14,14 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 
 from chains.answer import AnswerRequest, Turn
-from chains.guard import within_deadline
 from chains.settings import Settings
 from rag_api.aisdk import SEP, UI_MESSAGE_STREAM_HEADERS, new_message_id, ui_message_sse
+from rag_api.answering import stream_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.middleware import note_access
-from rag_api.routes.ask import SSE_PING_SECONDS, SSE_SEND_TIMEOUT_SECONDS, noting_done
 from rag_api.schemas import MAX_TURN_CHARS, ChatQuestionOptions, ChatRequest, UIMessageIn
+from rag_api.streaming import SSE_PING_SECONDS, SSE_SEND_TIMEOUT_SECONDS
 
 router = APIRouter(tags=["answers"])
 
@@ -117,9 +117,8 @@ async def chat(body: ChatRequest, state: State, request_id: RequestId, http: Req
     request = to_answer_request(body, state.settings)
     if state.settings.log_questions:
         note_access(http, question=request.question)
-    events = within_deadline(noting_done(state.answerer.stream(request), http), state.settings.request_timeout_s)
     return EventSourceResponse(
-        ui_message_sse(events, request_id, new_message_id()),
+        ui_message_sse(stream_answer(state, request, http), request_id, new_message_id()),
         ping=SSE_PING_SECONDS,
         send_timeout=SSE_SEND_TIMEOUT_SECONDS,
         sep=SEP,

@@ -1,0 +1,44 @@
+"""How every answer route runs the answerer: under the request deadline, noting timings and token counts for
+the access log. Routes differ only in how they parse the question and encode the result."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+
+from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, Timings
+from chains.guard import call_within_deadline, within_deadline
+from rag_api.middleware import note_access
+from rag_api.state import AppState
+
+
+def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None) -> None:
+    """Retrieval and model time and token counts for the access log line."""
+    if timings is not None:
+        note_access(
+            http,
+            retrieval_ms=round(timings.retrieval_ms, 1),
+            model_ms=round(timings.total_ms - timings.retrieval_ms, 1),
+        )
+    if usage:
+        note_access(http, input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"))
+
+
+async def _noting_done(events: AsyncIterator[AnswerEvent], http: Request) -> AsyncIterator[AnswerEvent]:
+    async for event in events:
+        if isinstance(event, DoneEvent):
+            note_answer(http, event.timings, event.usage)
+        yield event
+
+
+def stream_answer(state: AppState, request: AnswerRequest, http: Request) -> AsyncIterator[AnswerEvent]:
+    """The answer's events, ending with `DeadlineExceeded` past REQUEST_TIMEOUT_S."""
+    return within_deadline(_noting_done(state.answerer.stream(request), http), state.settings.request_timeout_s)
+
+
+async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:
+    """The whole answer at once (the same events, folded), within REQUEST_TIMEOUT_S."""
+    answer = await call_within_deadline(state.answerer.answer(request), state.settings.request_timeout_s)
+    note_answer(http, answer.timings, answer.usage)
+    return answer

@@ -1,0 +1,240 @@
+"""The OpenAI chat-completions wire format over the same answer: request and response models, the question and
+history from `messages`, and the encoder from answer events to `chat.completion.chunk`s.
+
+On purpose: the book's prompt is fixed, so `system`/`developer`/`tool` messages and sampling options (temperature,
+max_tokens, n, tools...) are accepted and ignored, and any `model` name is answered by the book. The extra fields
+`sources`, `citations`, `answer_id` and `mode` carry what an OpenAI response has no room for (docs/streaming.md).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, ErrorEvent, SourcesEvent, TokenEvent, Turn
+from chains.settings import Settings
+from rag_api.errors import error_body
+from rag_api.schemas import MAX_TURN_CHARS, SourceOut
+from rag_api.streaming import answer_events, dumps, source_json
+
+MODEL_ID = "bookrag"
+MAX_MESSAGES = 200
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(max_length=64, description="Only `text` parts are read; others (images...) are ignored.")
+    text: str | None = Field(None, max_length=MAX_TURN_CHARS)
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: (
+        Annotated[str, Field(max_length=MAX_TURN_CHARS)] | Annotated[list[TextPart], Field(max_length=100)] | None
+    ) = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request body. The last message is the question (a `user` message); earlier `user` and `assistant`
+    messages are the conversation. Other fields of OpenAI's API are accepted and ignored."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"model": MODEL_ID, "messages": [{"role": "user", "content": "How deep should mulch be?"}]},
+            ]
+        },
+    )
+
+    model: str = Field(MODEL_ID, max_length=256, description="Any name: the book answers.")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: Literal["stop"] = "stop"
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's `chat.completion`, plus this service's `sources`, `citations`, `answer_id` and `mode`."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage | None = Field(description="Token counts when the chat model reports them, else null.")
+    sources: list[SourceOut] = Field(description="The passages the answer was written from, cited as [number].")
+    citations: list[int] = Field(description="Numbers of the sources the answer cites.")
+    answer_id: str
+    mode: Literal["generated", "extractive", "not_in_book"]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# One streamed chunk, for the OpenAPI document (a `data:` line; the stream ends with `data: [DONE]`).
+CHUNK_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": 'A `chat.completion.chunk` as JSON, an `{"error": ...}` object, or `[DONE]`.',
+        }
+    },
+}
+
+
+def _text(content: str | list[TextPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text or "" for part in content if part.type == "text")
+
+
+def _invalid(message: str, field: str = "messages") -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def to_answer_request(body: ChatCompletionRequest, settings: Settings) -> AnswerRequest:
+    """The last message as the question, earlier user/assistant messages as history; the /ask limits apply."""
+    last = body.messages[-1]
+    question = _text(last.content).strip()
+    if last.role != "user" or not question:
+        raise _invalid("the last message must be a user message with text: it is the question")
+    if len(question) > settings.max_question_chars:
+        raise _invalid(f"the question must have at most {settings.max_question_chars} characters (MAX_QUESTION_CHARS)")
+    turns: list[Turn] = []
+    for message in body.messages[:-1]:
+        text = _text(message.content).strip()
+        if text and (message.role == "user" or message.role == "assistant"):
+            turns.append(Turn(message.role, text))
+    # A chat UI sends the whole conversation: keep the most recent turns that the limit allows.
+    history = tuple(turns[-settings.max_history_turns :]) if settings.max_history_turns else ()
+    return AnswerRequest(question=question, history=history)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage_out(usage: dict[str, int] | None) -> dict[str, int] | None:
+    if not usage:
+        return None
+    return {
+        "prompt_tokens": usage.get("input_tokens", 0),
+        "completion_tokens": usage.get("output_tokens", 0),
+        "total_tokens": usage.get("total_tokens", 0),
+    }
+
+
+def chat_completion(answer: Answer, completion: str, model: str) -> ChatCompletion:
+    usage = usage_out(answer.usage)
+    return ChatCompletion(
+        id=completion,
+        created=int(time.time()),
+        model=model,
+        choices=[ChatChoice(message=ChatMessageOut(content=answer.text))],
+        usage=ChatUsage(**usage) if usage else None,
+        sources=[SourceOut(**asdict(s)) for s in answer.sources],
+        citations=answer.citations,
+        answer_id=answer.answer_id,
+        mode=answer.mode,
+    )
+
+
+def model_list(created: int) -> ModelList:
+    return ModelList(data=[ModelCard(id=MODEL_ID, created=created, owned_by="bookrag")])
+
+
+def _data(payload: str) -> bytes:
+    return f"data: {payload}\n\n".encode()
+
+
+async def chat_chunks(
+    events: AsyncIterator[AnswerEvent],
+    request_id: str | None,
+    completion: str,
+    model: str,
+    include_usage: bool = False,
+) -> AsyncIterator[bytes]:
+    """The `data:` lines of a streamed chat completion.
+
+    The first chunk carries the role and `sources` (as soon as retrieval is done, before any text); each token
+    event becomes one `delta.content` chunk; the last chunk has `finish_reason: "stop"` with `citations`,
+    `answer_id` and `mode`; then a usage chunk when `include_usage` was asked for, and `[DONE]`. A failure
+    after the stream started is one `{"error": {...}}` line (OpenAI's shape, which OpenAI clients raise), with no
+    `[DONE]` after it.
+    """
+    head = {"id": completion, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    # Everything but the text is the same for every token chunk: build it once.
+    token_prefix = dumps(head)[:-1] + ',"choices":[{"index":0,"delta":{"content":'
+    token_suffix = '},"finish_reason":null}]}'
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _data(dumps({**head, "choices": [choice], **extra}))
+
+    sent_role = False
+    async for event in answer_events(events, request_id):
+        if isinstance(event, TokenEvent):
+            if not sent_role:
+                sent_role = True
+                yield chunk({"role": "assistant", "content": ""})
+            yield _data(token_prefix + dumps(event.text) + token_suffix)
+        elif isinstance(event, SourcesEvent):
+            sent_role = True
+            yield chunk({"role": "assistant", "content": ""}, sources=[source_json(s) for s in event.sources])
+        elif isinstance(event, DoneEvent):
+            yield chunk({}, "stop", citations=event.citations, answer_id=event.answer_id, mode=event.mode)
+            if include_usage:
+                yield _data(dumps({**head, "choices": [], "usage": usage_out(event.usage)}))
+            yield b"data: [DONE]\n\n"
+        elif isinstance(event, ErrorEvent):
+            # Past the headers every failure is the server's side (type server_error); `code` tells which.
+            yield _data(dumps(error_body(500, event.code, event.message, request_id)))
+
+
+def included_usage(body: ChatCompletionRequest) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage

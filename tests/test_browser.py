@@ -1,0 +1,148 @@
+"""The chat page in a real browser: headless Debian Chromium driven by Playwright, against a live server on
+127.0.0.1 with a fake chat model. Skipped, with the reason, when Chromium is not installed (`make test` installs it
+with apt-get when it can)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from qdrant_client import QdrantClient
+
+from chains.embeddings import LocalEmbeddings
+from chains.settings import Settings
+from rag_api.app import create_app
+from rag_api.state import Overrides
+from tests.fakes import CountingChatModel, FailingChatModel
+from tests.live import free_port, serve
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+QUESTION = "How much should I water a young tree?"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium when run as root with apt-get; "
+        "or `apt-get install -y chromium`, or set CHROMIUM to a Chromium binary",
+    ),
+]
+
+# Records every text the typing indicator shows, however briefly.
+WATCH_STATUS = """
+window.__statuses = [];
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('.typing')) {
+    if (!el.hidden && window.__statuses.at(-1) !== el.textContent) window.__statuses.push(el.textContent);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
+"""
+
+
+@asynccontextmanager
+async def chromium_page() -> AsyncIterator[Any]:
+    """A page in headless Chromium (not a fixture: Playwright must run on the test's own event loop)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield await browser.new_page()
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+def live_app(
+    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
+) -> Callable[[BaseChatModel], Any]:
+    @contextmanager
+    def start(model: BaseChatModel) -> Iterator[str]:
+        app = create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
+        with serve(app, free_port()) as base_url:
+            yield base_url
+
+    return start
+
+
+async def ask(page: Any, question: str) -> None:
+    await page.fill("#question", question)
+    await page.press("#question", "Enter")
+
+
+async def test_chat_page_streams_tokens_shows_sources_and_sends_the_conversation(
+    live_app: Callable[[BaseChatModel], Any],
+) -> None:
+    from playwright.async_api import expect
+
+    # Two answers of 60 words, 40 ms apart; the follow-up is first condensed (one `ainvoke`).
+    model = CountingChatModel(delay_s=0.04, words=60, messages=iter([AIMessage(content=QUESTION)]))
+    with live_app(model) as base_url:
+        async with chromium_page() as page:
+            await page.add_init_script(WATCH_STATUS)
+            await page.goto(base_url)
+            await ask(page, QUESTION)
+
+            answer = page.locator(".turn").nth(0).locator(".answer")
+            await expect(answer).to_contain_text("word1 ")
+            partial = await answer.inner_text()
+            assert "word59" not in partial, "tokens arrive one after another, not all at the end"
+            await expect(answer).to_have_class("answer streaming")
+            await expect(page.locator("#cancel")).to_be_visible()
+
+            link = page.locator(".turn").nth(0).locator(".sources a").first
+            await expect(link).to_contain_text("Watering Young Trees")
+            await expect(page.locator("#cancel")).to_be_hidden(timeout=30_000)
+            await expect(answer).to_contain_text("word59")
+            assert await page.locator(".error").count() == 0
+            statuses = await page.evaluate("window.__statuses")
+            assert "Searching the book" in statuses and "Writing the answer" in statuses
+
+            await ask(page, "And in a heat wave?")
+            await expect(page.locator(".turn").nth(1).locator(".answer")).to_contain_text("word59", timeout=30_000)
+            follow_up_prompt = model.prompts[-1]
+            assert any(isinstance(m, AIMessage) and "word0 word1" in str(m.content) for m in follow_up_prompt)
+
+
+async def test_chat_page_stop_cancels_the_answer_and_selected_text_is_sent(
+    live_app: Callable[[BaseChatModel], Any],
+) -> None:
+    from playwright.async_api import expect
+
+    model = CountingChatModel(delay_s=0.02, words=2000)
+    with live_app(model) as base_url:
+        async with chromium_page() as page:
+            await page.goto(base_url)
+            await page.fill("#selection", "The drip logger writes one line every fifteen minutes.")
+            await ask(page, "What does this mean?")
+            turn = page.locator(".turn").nth(0)
+            await expect(turn.locator(".sources a").first).to_have_text("Selected text")
+            await expect(turn.locator(".answer")).to_contain_text("word2 ")
+            await page.click("#cancel")
+            await expect(turn.locator(".error")).to_have_text("Stopped.")
+            await expect(page.locator("#send")).to_be_visible()
+            for _ in range(250):
+                if model.finished:
+                    break
+                await asyncio.sleep(0.02)
+            assert model.stopped_early and model.chunks_produced < model.words, "Stop cancels generation on the server"
+
+
+async def test_chat_page_shows_the_error_event(live_app: Callable[[BaseChatModel], Any]) -> None:
+    from playwright.async_api import expect
+
+    with live_app(FailingChatModel(fail_after=2)) as base_url:
+        async with chromium_page() as page:
+            await page.goto(base_url)
+            await ask(page, QUESTION)
+            turn = page.locator(".turn").nth(0)
+            await expect(turn.locator(".error")).to_contain_text("internal_error")
+            await expect(turn.locator(".answer")).to_have_text("partial0 partial1 ")
