@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     qdrant_retry_backoff_s: float = Field(0.2, ge=0, le=30)
     qdrant_recheck_s: float = Field(5.0, gt=0, le=3600)
 
+    # Streamed token deltas that arrive within this many ms of the previous token event are sent together as one
+    # event (the first token never waits). 0: merge only deltas already waiting. See docs/streaming.md.
+    stream_coalesce_ms: float = Field(25.0, ge=0, le=1000)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

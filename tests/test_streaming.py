@@ -165,6 +165,15 @@ async def test_coalescing_merges_tokens_that_are_already_waiting() -> None:
     assert await _collect(coalesce_tokens(burst())) == [StatusEvent("generating"), TokenEvent("a b c")]
 
 
+async def test_coalescing_window_sends_the_first_token_at_once_and_merges_fast_ones() -> None:
+    async def fast() -> AsyncIterator[AnswerEvent]:
+        for word in ("a ", "b ", "c ", "d"):
+            yield TokenEvent(word)
+            await asyncio.sleep(0.001)
+
+    assert await _collect(coalesce_tokens(fast(), window_s=0.3)) == [TokenEvent("a "), TokenEvent("b c d")]
+
+
 async def test_coalescing_sends_a_lone_token_at_once() -> None:
     released = asyncio.Event()
 

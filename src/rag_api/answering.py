@@ -11,6 +11,7 @@ from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, Timings
 from chains.guard import call_within_deadline, within_deadline
 from rag_api.middleware import note_access
 from rag_api.state import AppState
+from rag_api.streaming import coalesce_tokens
 
 
 def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None) -> None:
@@ -33,8 +34,11 @@ async def _noting_done(events: AsyncIterator[AnswerEvent], http: Request) -> Asy
 
 
 def stream_answer(state: AppState, request: AnswerRequest, http: Request) -> AsyncIterator[AnswerEvent]:
-    """The answer's events, ending with `DeadlineExceeded` past REQUEST_TIMEOUT_S."""
-    return within_deadline(_noting_done(state.answerer.stream(request), http), state.settings.request_timeout_s)
+    """The answer's events for an encoder (wrap them in `rag_api.streaming.guard`): token deltas coalesced
+    (STREAM_COALESCE_MS), ending with `DeadlineExceeded` past REQUEST_TIMEOUT_S."""
+    settings = state.settings
+    events = within_deadline(_noting_done(state.answerer.stream(request), http), settings.request_timeout_s)
+    return coalesce_tokens(events, settings.stream_coalesce_ms / 1000)
 
 
 async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:

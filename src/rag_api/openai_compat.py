@@ -21,7 +21,7 @@ from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, ErrorEv
 from chains.settings import Settings
 from rag_api.errors import error_body
 from rag_api.schemas import MAX_TURN_CHARS, SourceOut
-from rag_api.streaming import answer_events, dumps, source_json
+from rag_api.streaming import dumps, guard, source_json
 
 MODEL_ID = "bookrag"
 MAX_MESSAGES = 200
@@ -217,7 +217,7 @@ async def chat_chunks(
         return _data(dumps({**head, "choices": [choice], **extra}))
 
     sent_role = False
-    async for event in answer_events(events, request_id):
+    async for event in guard(events, request_id):
         if isinstance(event, TokenEvent):
             if not sent_role:
                 sent_role = True
