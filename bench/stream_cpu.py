@@ -1,7 +1,8 @@
 """Server CPU per streamed token, for `/ask` (SSE events) and `/v1/chat/completions` (OpenAI chunks).
 
     .venv/bin/python -m bench.stream_cpu                        # 200 answers of 200 tokens per endpoint
-    .venv/bin/python -m bench.stream_cpu --server-bin OTHER/.venv/bin/rag-api   # another checkout, same load
+    .venv/bin/python -m bench.stream_cpu --server-src ../other-checkout        # that code's server, same load
+    STREAM_COALESCE_MS=0 .venv/bin/python -m bench.stream_cpu                  # without the coalescing window
 
 A small book is ingested into a temporary embedded store; `bench.fake_model_server` (its own process, so its CPU is
 not counted) streams `--tokens` words per answer with no delay; `rag-api` runs as a subprocess. After a warm-up, each
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200, help="answers per endpoint")
     parser.add_argument("--tokens", type=int, default=200, help="model tokens per answer")
     parser.add_argument("--concurrency", type=int, default=8, help="answers streaming at once")
-    parser.add_argument("--server-bin", default=str(Path(sys.executable).parent / "rag-api"))
+    parser.add_argument("--server-src", type=Path, help="run the server from this checkout (e.g. an older commit)")
     args = parser.parse_args()
 
     model_port, api_port = free_port(), free_port()
@@ -94,6 +95,10 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
         }
         env.pop("QDRANT_URL", None)
+        server_env = dict(env)
+        if args.server_src:
+            source = args.server_src.resolve()
+            server_env["PYTHONPATH"] = os.pathsep.join([str(source / "src"), str(source)])
         book = Path(tmp) / "book"
         book.mkdir()
         for name, text in BOOK.items():
@@ -104,9 +109,16 @@ def main() -> None:
              "--tokens", str(args.tokens), "--delay-ms", "0"],
             cwd=ROOT, env=env,
         )  # fmt: skip
-        api = subprocess.Popen([args.server_bin, "--host", "127.0.0.1", "--port", str(api_port)], cwd=ROOT, env=env)
+        serve = [sys.executable, "-m", "rag_api.main", "--host", "127.0.0.1", "--port", str(api_port)]
+        api = subprocess.Popen(serve, cwd=args.server_src or ROOT, env=server_env)
         base_url = f"http://127.0.0.1:{api_port}"
-        report: dict[str, object] = {"streams": args.streams, "tokens": args.tokens, "concurrency": args.concurrency}
+        report: dict[str, object] = {
+            "streams": args.streams,
+            "tokens": args.tokens,
+            "concurrency": args.concurrency,
+            "server": str(args.server_src or ROOT),
+            "STREAM_COALESCE_MS": os.environ.get("STREAM_COALESCE_MS", "default"),
+        }
         try:
             wait_ready(base_url, api, 120)
             for path, body in endpoints.items():
