@@ -1,14 +1,18 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make run   creates .venv, installs, ingests the sample book, serves http://127.0.0.1:8000
 #   make test  creates .venv, installs with the dev tools, runs ruff, mypy and the tests
+#   make bench runs the benchmark harness (bench/, figures for docs/benchmarks.md): about 10 minutes
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 BOOK   ?= sample_book
+# The benchmarks' book (real chapters, padded to 5,000 chunks) and the book whose ingest is timed.
+BENCH_BOOK        ?= /work/shared/corpus/humanoid-book
+BENCH_INGEST_BOOK ?= /work/shared/corpus/humanoid-book
 
-.PHONY: run test install chromium lint typecheck pytest ingest serve clean
+.PHONY: run test install chromium lint typecheck pytest ingest serve clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,5 +59,13 @@ pytest: install chromium
 
 test: lint typecheck pytest
 
+# The bench extra (LangServe) is installed here only, so that `make test` stays lean.
+bench: install
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	mkdir -p bench/results
+	$(BIN)/python -m bench.stream_bench --book $(BENCH_BOOK) --out bench/results/stream.json
+	$(BIN)/python -m bench.retrieval_bench
+	$(BIN)/python -m bench.ingest_bench $(BENCH_INGEST_BOOK)
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .bench-cache

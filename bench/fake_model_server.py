@@ -5,7 +5,9 @@
 `POST /v1/chat/completions` answers with `--tokens` words that cite passage [1], streamed one chunk per word
 `--delay-ms` apart (`"stream": true`, with a final usage chunk when `stream_options.include_usage` is set), or
 all at once. `GET /v1/models` lists the one model. It never calls anything and costs almost no CPU, so a load
-test measures the RAG service, not the model.
+test measures the RAG service, not the model. `POST /bench/config` with `{"tokens": N, "delay_ms": D}` changes
+both for later requests, so that one run of a benchmark can switch between an instant and a paced model without
+restarting the servers that call it.
 """
 
 from __future__ import annotations
@@ -30,13 +32,24 @@ def _words(count: int) -> list[str]:
 
 
 def build_app(tokens: int = 40, delay_s: float = 0.01) -> Starlette:
+    config = {"tokens": tokens, "delay_s": delay_s}
+
+    async def configure(request: Request) -> Response:
+        body = await request.json()
+        if "tokens" in body:
+            config["tokens"] = max(1, int(body["tokens"]))
+        if "delay_ms" in body:
+            config["delay_s"] = max(0.0, float(body["delay_ms"]) / 1000)
+        return JSONResponse({"tokens": config["tokens"], "delay_ms": config["delay_s"] * 1000})
+
     async def models(_: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
 
     async def chat(request: Request) -> Response:
         body = await request.json()
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        words = _words(tokens)
+        words = _words(int(config["tokens"]))
+        delay_s = float(config["delay_s"])
         total = prompt_tokens + len(words)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": total}
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
@@ -69,7 +82,9 @@ def build_app(tokens: int = 40, delay_s: float = 0.01) -> Starlette:
         async def stream() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
             for word in words:
-                await asyncio.sleep(delay_s)
+                # No pause at all when instant: even sleep(0) would add a trip through the event loop per word.
+                if delay_s:
+                    await asyncio.sleep(delay_s)
                 yield chunk({"content": word})
             yield chunk({}, "stop")
             if include_usage:
@@ -80,7 +95,11 @@ def build_app(tokens: int = 40, delay_s: float = 0.01) -> Starlette:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     return Starlette(
-        routes=[Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
+        routes=[
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/bench/config", configure, methods=["POST"]),
+        ]
     )
 
 

@@ -1,0 +1,441 @@
+"""Time to the first events and streaming cost: bookrag's `/ask` next to the plain ways of serving the same chain.
+
+    .venv/bin/python -m bench.stream_bench                       # d2l (~5,000 chunks), all targets: a few minutes
+    .venv/bin/python -m bench.stream_bench --out bench/results/stream.json
+
+Each target is a server process of its own on 127.0.0.1, over the same cached store (`bench.book_store`), calling
+the same fake OpenAI-compatible model server (`bench.fake_model_server`, another process, so its CPU is not counted):
+
+- `bookrag`: the product (`rag-api`), `POST /ask` with `"stream": true`.
+- `reference`: `bench.reference_app`, `chain.astream_events(version="v2")` mapped to `EventSourceResponse`.
+- `langserve`: the same process with LangServe's `add_routes`, `POST /langserve/stream` (only when it imports).
+
+Per target, in this order:
+1. warm-up: a few streams (the model, the store and the code paths are hot afterwards);
+2. first events: request -> `sources` event and -> first `token` event, p50/p95, at each `--clients` level, the
+   model answering instantly; every question is new to the server (no cached query embedding);
+3. CPU per token: `--cpu-streams` answers of `--cpu-tokens` tokens each, `--cpu-concurrency` at a time, the model
+   instant; the server's CPU seconds (/proc/PID/stat, all threads) over the run divided by the model tokens streamed;
+   the questions repeat (their embedding is cached), so the figure is the cost of streaming, not of embedding;
+4. concurrent streams: the model paced at `--paced-delay-ms` per token; `--steps` streams at once, step after step,
+   until the p95 delay between consecutive `token` events is over 100 ms (or a stream fails): the last step under
+   it is the number of streams one worker sustains.
+
+The load generator shares the machine with the server: on 2 cores read the figures as this machine's, not as
+absolutes. The load average is recorded at the start and end of every target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.book_store import DEFAULT_BOOK, DEFAULT_SIZE, BookStore, ensure_book_store
+
+TEMPLATES = [
+    "What does the book say about {}?", "Explain {}.", "How does {} work?", "Why does {} matter?",
+    "Give an example of {}.", "What should I know about {}?", "Summarise {}.",
+]  # fmt: skip
+
+
+def questions_for(store: BookStore, warm: int = 8) -> tuple[list[str], list[str]]:
+    """Questions about the book's own headings: `warm` to repeat (their embedding gets cached) and the rest, each
+    new to the server, for the first-event runs."""
+    headings = list(store.headings) or ["the book"]
+    asked = [t.format(h) for t in TEMPLATES for h in headings]
+    return asked[:warm], asked[warm:]
+
+
+def take(questions: Sequence[str], count: int, start: int = 0) -> list[str]:
+    """`count` distinct questions from `start` on (numbered variants once the list runs out)."""
+    out = []
+    for i in range(start, start + count):
+        base = questions[i % len(questions)]
+        out.append(base if i < len(questions) else f"{base} (variant {i // len(questions)})")
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    path: str
+    token_event: str
+    sources_event: str | None
+
+    def body(self, question: str) -> dict[str, Any]:
+        if self.name == "langserve":
+            return {"input": question}
+        if self.name == "bookrag":
+            return {"question": question, "stream": True}
+        return {"question": question}
+
+
+BOOKRAG = Target("bookrag", "/ask", "token", "sources")
+REFERENCE = Target("reference", "/ask", "token", "sources")
+LANGSERVE = Target("langserve", "/langserve/stream", "data", None)
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None or seconds != seconds else round(seconds * 1000, 1)
+
+
+def run(streams_fn: Any) -> list[common.Stream]:
+    with common.new_event_loop_runner() as runner:
+        result: list[common.Stream] = runner.run(streams_fn())
+    return result
+
+
+def ok_streams(streams: Sequence[common.Stream], target: Target) -> list[common.Stream]:
+    return [s for s in streams if s.error is None and s.status == 200 and s.count(target.token_event) > 0]
+
+
+def first_events(
+    server: common.Server,
+    target: Target,
+    clients: Sequence[int],
+    per_client: int,
+    questions: Sequence[str],
+    min_requests: int = 20,
+) -> list[dict[str, Any]]:
+    rows = []
+    used = 0
+    for level in clients:
+        count = max(level * per_client, min_requests)
+        bodies = [target.body(q) for q in take(questions, count, used)]
+        used += count
+        streams = run(lambda b=bodies, c=level: common.run_clients(server.port, target.path, b, c))
+        good = ok_streams(streams, target)
+        token = [t for s in good if (t := s.first(target.token_event)) is not None]
+        sources = [t for s in good if target.sources_event and (t := s.first(target.sources_event)) is not None]
+        rows.append(
+            {
+                "clients": level,
+                "requests": len(bodies),
+                "failed": len(bodies) - len(good),
+                "sources_p50_ms": ms(common.percentile(sources, 50)) if sources else None,
+                "sources_p95_ms": ms(common.percentile(sources, 95)) if sources else None,
+                "token_p50_ms": ms(common.percentile(token, 50)),
+                "token_p95_ms": ms(common.percentile(token, 95)),
+            }
+        )
+    return rows
+
+
+def cpu_per_token(
+    server: common.Server,
+    model: common.Server,
+    target: Target,
+    warm: Sequence[str],
+    streams_count: int,
+    tokens: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    bodies = [target.body(warm[i % len(warm)]) for i in range(streams_count)]
+    server_before, model_before, client_before = (
+        common.cpu_seconds(server.pid),
+        common.cpu_seconds(model.pid),
+        time.process_time(),
+    )
+    started = time.perf_counter()
+    streams = run(lambda: common.run_clients(server.port, target.path, bodies, concurrency))
+    wall = time.perf_counter() - started
+    server_cpu = common.cpu_seconds(server.pid) - server_before
+    good = ok_streams(streams, target)
+    events = sum(s.count(target.token_event) for s in good)
+    model_tokens = len(good) * tokens
+    return {
+        "streams": len(bodies),
+        "failed": len(bodies) - len(good),
+        "model_tokens": model_tokens,
+        "token_events": events,
+        "server_cpu_s": round(server_cpu, 3),
+        "wall_s": round(wall, 2),
+        "cpu_ms_per_model_token": round(server_cpu / model_tokens * 1000, 4) if model_tokens else None,
+        "cpu_ms_per_token_event": round(server_cpu / events * 1000, 4) if events else None,
+        "model_server_cpu_s": round(common.cpu_seconds(model.pid) - model_before, 3),
+        "client_cpu_s": round(time.process_time() - client_before, 3),
+    }
+
+
+def max_streams(
+    server: common.Server, target: Target, warm: Sequence[str], steps: Sequence[int], limit_ms: float, deadline: float
+) -> dict[str, Any]:
+    rows = []
+    sustained = 0
+    for level in steps:
+        if time.monotonic() > deadline:
+            rows.append({"streams": level, "skipped": "time budget spent"})
+            break
+        bodies = [target.body(warm[i % len(warm)]) for i in range(level)]
+        cpu_before, started = common.cpu_seconds(server.pid), time.perf_counter()
+        streams = run(lambda b=bodies, c=level: common.run_clients(server.port, target.path, b, c))
+        wall = time.perf_counter() - started
+        good = ok_streams(streams, target)
+        gaps = [g for s in good for g in s.gaps(target.token_event)]
+        p95 = common.percentile(gaps, 95)
+        passed = len(good) == level and p95 * 1000 < limit_ms
+        rows.append(
+            {
+                "streams": level,
+                "failed": level - len(good),
+                "gap_p50_ms": ms(common.percentile(gaps, 50)),
+                "gap_p95_ms": ms(p95),
+                "server_cpu_share": round((common.cpu_seconds(server.pid) - cpu_before) / wall, 2),
+                "passed": passed,
+            }
+        )
+        if not passed:
+            break
+        sustained = level
+    return {"sustained": sustained, "limit_ms": limit_ms, "steps": rows}
+
+
+def astream_floor(model: common.Server, streams_count: int, tokens: int, concurrency: int) -> dict[str, Any]:
+    """CPU per token of `ChatOpenAI.astream` alone, in this process: what any route pays to receive tokens."""
+    import asyncio
+
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(
+        model="fake-model", base_url=f"{model.base_url}/v1", api_key="not-needed", streaming=True, stream_usage=True
+    )  # type: ignore[call-arg]
+
+    async def all_streams() -> int:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> int:
+            async with slots:
+                return len([chunk async for chunk in chat.astream(f"question {i}") if chunk.content])
+
+        return sum(await asyncio.gather(*(one(i) for i in range(streams_count))))
+
+    with common.new_event_loop_runner() as runner:
+        runner.run(all_streams())  # warm-up: client pool, imports
+        before = time.process_time()
+        received = runner.run(all_streams())
+        cpu = time.process_time() - before
+    return {"model_tokens": received, "cpu_s": round(cpu, 3), "cpu_ms_per_model_token": round(cpu / received * 1000, 4)}
+
+
+def progress(message: str) -> None:
+    print(f"[stream_bench {time.strftime('%H:%M:%S')}] {message} (load {common.load_average()})", file=sys.stderr)
+
+
+def server_argv(kind: str, port: int, with_langserve: bool) -> list[str]:
+    if kind == "bookrag":
+        return [str(Path(sys.executable).parent / "rag-api"), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "bench.reference_app", "--port", str(port)]
+    return argv + (["--langserve"] if with_langserve else [])
+
+
+def server_env(store: BookStore, model: common.Server) -> dict[str, str]:
+    env = {
+        **os.environ,
+        **store.env(),
+        "CHAT_MODEL": "fake-model",
+        "OPENAI_BASE_URL": f"{model.base_url}/v1",
+        "OPENAI_API_KEY": "not-needed",
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "MODEL_MAX_CONCURRENCY": "10000",
+        "MODEL_QUEUE_TIMEOUT_S": "60",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("QDRANT_URL", None)
+    return env
+
+
+def bench_target(
+    target: Target, server: common.Server, store: BookStore, model: common.Server, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every measurement of one route of a running server."""
+    result: dict[str, Any] = {"target": target.name, "load_average_start": common.load_average()}
+    warm, fresh = questions_for(store)
+    common.configure_fake_model(model, args.first_tokens, 0)
+    run(lambda: common.run_clients(server.port, target.path, [target.body(q) for q in warm], 1))
+    progress(f"{target.name}: first events")
+    # Each route gets its own new questions: the reference routes share a process (and its embedding cache).
+    offset = {"bookrag": 0, "reference": 0, "langserve": len(fresh) // 2}[target.name]
+    result["first_events"] = first_events(
+        server, target, args.clients, args.per_client, fresh[offset:], args.min_requests
+    )
+    common.configure_fake_model(model, args.cpu_tokens, 0)
+    progress(f"{target.name}: CPU per token")
+    result["cpu"] = cpu_per_token(server, model, target, warm, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
+    common.configure_fake_model(model, args.paced_tokens, args.paced_delay_ms)
+    progress(f"{target.name}: concurrent streams")
+    deadline = time.monotonic() + args.step_budget_s
+    result["concurrency"] = max_streams(server, target, warm, args.steps, args.gap_limit_ms, deadline)
+    result["rss_mb"] = round(common.rss_mb(server.pid), 1)
+    result["load_average_end"] = common.load_average()
+    return result
+
+
+def bench_server(
+    kind: str, targets: Sequence[Target], store: BookStore, model: common.Server, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Start the server of `kind` (bookrag or reference) and measure each of its routes in `targets`."""
+    port = common.free_port()
+    with_langserve = LANGSERVE in targets
+    progress(f"{kind}: starting the server")
+    started = time.monotonic()
+    argv = server_argv(kind, port, with_langserve)
+    results = {}
+    with common.server(kind, argv, server_env(store, model), port, "/ready") as server:
+        start_s = round(time.monotonic() - started, 1)
+        for target in targets:
+            results[target.name] = {**bench_target(target, server, store, model, args), "server_start_s": start_s}
+    return results
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ours = results.get("bookrag")
+    out: dict[str, Any] = {}
+    if ours is None:
+        return out
+    for name, other in results.items():
+        if name == "bookrag" or "cpu" not in other:
+            continue
+        mine, theirs = ours["cpu"]["cpu_ms_per_model_token"], other["cpu"]["cpu_ms_per_model_token"]
+        streams_mine, streams_theirs = ours["concurrency"]["sustained"], other["concurrency"]["sustained"]
+        out[name] = {
+            "cpu_per_token_bookrag_over_other": round(mine / theirs, 3) if mine and theirs else None,
+            "sustained_streams_bookrag_over_other": round(streams_mine / streams_theirs, 2) if streams_theirs else None,
+        }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [common.machine_markdown(report["machine"]), ""]
+    lines.append(
+        f"Book: `{report['book']}`, {report['chunks']} chunks in the embedded store "
+        f"({report['real_chunks']} real, the rest padding)."
+    )
+    lines += [
+        "",
+        "| target | clients | sources p50 / p95 ms | first token p50 / p95 ms | failed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, res in report["targets"].items():
+        if "error" in res:
+            lines.append(f"| {name} | - | {res['error']} | | |")
+            continue
+        for row in res["first_events"]:
+            src = f"{row['sources_p50_ms']} / {row['sources_p95_ms']}" if row["sources_p50_ms"] is not None else "n/a"
+            tok = f"{row['token_p50_ms']} / {row['token_p95_ms']}"
+            lines.append(f"| {name} | {row['clients']} | {src} | {tok} | {row['failed']}/{row['requests']} |")
+    lines += [
+        "",
+        "| target | CPU ms / model token | CPU ms / token event | token events | sustained streams (p95 gap < "
+        f"{report['gap_limit_ms']:g} ms) | load avg start -> end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, res in report["targets"].items():
+        if "error" in res:
+            continue
+        cpu, conc = res["cpu"], res["concurrency"]
+        lines.append(
+            f"| {name} | {cpu['cpu_ms_per_model_token']} | {cpu['cpu_ms_per_token_event']} | {cpu['token_events']} "
+            f"| {conc['sustained']} | {res['load_average_start']} -> {res['load_average_end']} |"
+        )
+    if "floor" in report:
+        lines.append(f"| `ChatOpenAI.astream` alone | {report['floor']['cpu_ms_per_model_token']} | | | | |")
+    lines.append("")
+    for name, ratio in report["ratios"].items():
+        lines.append(f"- bookrag / {name}: CPU per token {ratio['cpu_per_token_bookrag_over_other']}, "
+                     f"sustained streams {ratio['sustained_streams_bookrag_over_other']}x")  # fmt: skip
+    lines.append("")
+    lines.append("Concurrency steps (streams: p95 gap ms, server CPU share):")
+    for name, res in report["targets"].items():
+        if "error" in res:
+            continue
+        steps = ", ".join(
+            f"{s['streams']}: {s.get('gap_p95_ms')} ms, {s.get('server_cpu_share')}"
+            + ("" if s.get("passed") else " (over)")
+            for s in res["concurrency"]["steps"]
+            if "skipped" not in s
+        )
+        lines.append(f"- {name}: {steps}")
+    return "\n".join(lines)
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--book", type=Path, default=DEFAULT_BOOK, help="a folder of chapters, ingested once")
+    parser.add_argument("--pad-to", type=int, default=DEFAULT_SIZE, help="chunks in the store, padding included")
+    parser.add_argument("--targets", default="bookrag,reference,langserve")
+    parser.add_argument("--clients", type=int_list, default=[1, 10, 100], help="concurrent clients per level")
+    parser.add_argument("--per-client", type=int, default=3, help="requests per client")
+    parser.add_argument("--min-requests", type=int, default=20, help="at least this many requests a level")
+    parser.add_argument("--first-tokens", type=int, default=20, help="tokens an answer in the first-event runs")
+    parser.add_argument("--cpu-streams", type=int, default=60)
+    parser.add_argument("--cpu-tokens", type=int, default=200)
+    parser.add_argument("--cpu-concurrency", type=int, default=10)
+    parser.add_argument("--paced-tokens", type=int, default=60)
+    parser.add_argument("--paced-delay-ms", type=float, default=20.0, help="the model's pause between tokens")
+    parser.add_argument("--steps", type=int_list, default=[25, 50, 100, 200, 300, 400, 600, 800])
+    parser.add_argument("--gap-limit-ms", type=float, default=100.0)
+    parser.add_argument("--step-budget-s", type=float, default=120.0, help="time for the concurrency steps a target")
+    parser.add_argument("--no-floor", action="store_true", help="skip the ChatOpenAI.astream floor")
+    parser.add_argument("--cache-dir", type=Path, default=common.CACHE_DIR, help="where the book's store is kept")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    args = parser.parse_args(argv)
+
+    common.raise_open_files_limit()
+    info = common.machine()
+    progress("ingesting the book (cached)")
+    store = ensure_book_store(args.book, args.pad_to, args.cache_dir)
+    targets = {t.name: t for t in (BOOKRAG, REFERENCE, LANGSERVE)}
+    chosen = [targets[name] for name in args.targets.split(",") if name]
+    results: dict[str, dict[str, Any]] = {}
+    env = {**os.environ}
+    if LANGSERVE in chosen:
+        from bench.reference_app import langserve_error
+
+        reason = langserve_error()
+        if reason is not None:
+            results[LANGSERVE.name] = {"error": f"langserve does not import: {reason}"}
+            chosen.remove(LANGSERVE)
+    with common.fake_model_server(env, args.first_tokens, 0) as model:
+        if BOOKRAG in chosen:
+            results.update(bench_server("bookrag", [BOOKRAG], store, model, args))
+        others = [t for t in chosen if t is not BOOKRAG]
+        if others:
+            results.update(bench_server("reference", others, store, model, args))
+        if not args.no_floor:
+            common.configure_fake_model(model, args.cpu_tokens, 0)
+            floor = astream_floor(model, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
+    report: dict[str, Any] = {
+        "machine": info,
+        "book": str(store.book),
+        "chunks": store.chunks,
+        "real_chunks": store.real_chunks,
+        "gap_limit_ms": args.gap_limit_ms,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "targets": results,
+        "ratios": ratios(results),
+        "load_average_end": common.load_average(),
+    }
+    if not args.no_floor:
+        report["floor"] = floor
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str) if args.json else markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
