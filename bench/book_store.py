@@ -7,8 +7,9 @@ padded with synthetic chunks to the size asked for.
 The real part is the product's own ingest (`rag-ingest`, default chunk settings), so questions find real passages.
 The padding is on purpose: embedding 5,000 real chunks takes 8 minutes on a quiet 2-core machine and close to an
 hour on a busy one, while the embedded store searches by brute force, so its latency depends on how many vectors
-it holds, not on what they mean. Padding chunks have random unit vectors (cosine near 0 to any question: they never
-pass the score threshold) and payloads shaped like real ones, under the source prefix `_bench_padding/`.
+it holds, not on what they mean. Padding chunks have random unit dense vectors (cosine near 0 to any question: they
+never pass the score threshold), payloads shaped like real ones (under the source prefix `_bench_padding/`) and
+the sparse vectors of their text, so that hybrid retrieval searches as many sparse vectors as a real book's.
 
 The store lives in `BENCH_CACHE_DIR` (default `.bench-cache/` in the repository); `rag-ingest` is incremental,
 so a later run finds every file unchanged and takes a couple of seconds. Delete the folder to start again.
@@ -33,6 +34,8 @@ from bench.common import CACHE_DIR, ROOT
 DEFAULT_BOOK = Path(os.environ.get("BENCH_BOOK", "/work/shared/corpus/humanoid-book"))
 DEFAULT_SIZE = 5000
 COLLECTION = "bench_book"
+# Part of the cache key: a store written by an older layout (before sparse vectors) is not reused.
+STORE_LAYOUT = "dense+sparse-1"
 PADDING_PREFIX = "_bench_padding/"
 _PADDING_NAMESPACE = uuid.UUID("0b5c3f7e-2d1a-4c8e-9f6b-7a1e5d3c2b10")
 _TEXT = (
@@ -84,7 +87,14 @@ def add_synthetic_points(client: Any, collection: str, start: int, count: int, d
     import numpy as np
     from qdrant_client import models
 
-    from chains.vectorstore import DENSE_VECTOR
+    from chains.sparse import encode_document
+    from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR
+
+    def vectors_of(dense: list[float], text: str) -> dict[str, Any]:
+        sparse = encode_document(text)
+        if not sparse.indices:
+            return {DENSE_VECTOR: dense}
+        return {DENSE_VECTOR: dense, SPARSE_VECTOR: models.SparseVector(indices=sparse.indices, values=sparse.values)}
 
     batch = 2000
     for first in range(start, start + count, batch):
@@ -93,11 +103,12 @@ def add_synthetic_points(client: Any, collection: str, start: int, count: int, d
         rng = random.Random(first)
         vectors = generator.standard_normal((size, dimension)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        payloads = [synthetic_payload(first + i, rng, prefix) for i in range(size)]
         points = [
             models.PointStruct(
                 id=str(uuid.uuid5(_PADDING_NAMESPACE, f"{prefix}{first + i}")),
-                vector={DENSE_VECTOR: vectors[i].tolist()},
-                payload=synthetic_payload(first + i, rng, prefix),
+                vector=vectors_of(vectors[i].tolist(), payloads[i]["page_content"]),
+                payload=payloads[i],
             )
             for i in range(size)
         ]
@@ -148,7 +159,7 @@ def ensure_book_store(
 ) -> BookStore:
     """Ingest `book` into its cached store (quick when nothing changed), pad it to `pad_to` points, describe it."""
     book = book.resolve()
-    key = hashlib.sha256(str(book).encode()).hexdigest()[:10]
+    key = hashlib.sha256(f"{book}:{STORE_LAYOUT}".encode()).hexdigest()[:10]
     qdrant_path = cache_dir / f"book-{book.name}-{key}" / "qdrant"
     qdrant_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "QDRANT_PATH": str(qdrant_path), "QDRANT_COLLECTION": COLLECTION}

@@ -41,7 +41,7 @@ def build_chain(settings: Settings) -> tuple[Any, Any]:
     """The LCEL chain over the product's retriever and model, and the Qdrant client to close at the end."""
     embeddings = build_embeddings(settings)
     client = build_qdrant_client(settings)
-    retriever = BookRetriever(vector_store=build_vector_store(client, settings, embeddings), k=settings.retrieval_k)
+    retriever = BookRetriever.from_settings(build_vector_store(client, settings, embeddings), settings)
     model = build_chat_model(settings)
     if model is None:
         raise SystemExit("CHAT_MODEL must be set: the reference routes stream a chat model's tokens")

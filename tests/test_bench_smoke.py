@@ -70,7 +70,8 @@ def test_retrieval_bench_measures_each_store_size(tmp_path: Path, embeddings: Lo
     )
     assert [row["chunks"] for row in report["sizes"]] == [50, 120]
     assert report["sizes"][0]["written_s"] is not None
-    again = retrieval_bench.main(["--sizes", "50", "--queries", "2", "--cache-dir", str(tmp_path), "--json"], embeddings)
+    argv = ["--sizes", "50", "--queries", "2", "--cache-dir", str(tmp_path), "--json"]
+    again = retrieval_bench.main(argv, embeddings)
     assert again["sizes"][0]["written_s"] is None  # the cached store is reused
 
 
