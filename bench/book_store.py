@@ -154,20 +154,48 @@ def _dimension(client: Any, collection: str) -> int:
     return int(vectors[DENSE_VECTOR].size)
 
 
+def ingest_in_process(book: Path, qdrant_path: Path, embeddings: Any) -> None:
+    """The same ingest as `rag-ingest`, with an embedding model already loaded (the smoke test's)."""
+    from chains.settings import Settings
+    from chains.vectorstore import build_qdrant_client, ensure_collection
+    from ingest.indexer import Indexer, discover_files
+
+    settings = Settings(_env_file=None, qdrant_path=qdrant_path, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
+    client = build_qdrant_client(settings)
+    try:
+        ensure_collection(client, settings, embeddings.dimension)
+        report = Indexer(client, embeddings, settings, embeddings.count_tokens).ingest(
+            list(discover_files([book])), book.parent
+        )
+    finally:
+        client.close()
+    if report.failed:
+        raise RuntimeError(report.summary())
+
+
 def ensure_book_store(
-    book: Path = DEFAULT_BOOK, pad_to: int = DEFAULT_SIZE, cache_dir: Path = CACHE_DIR, quiet: bool = True
+    book: Path = DEFAULT_BOOK,
+    pad_to: int = DEFAULT_SIZE,
+    cache_dir: Path = CACHE_DIR,
+    quiet: bool = True,
+    embeddings: Any = None,
 ) -> BookStore:
-    """Ingest `book` into its cached store (quick when nothing changed), pad it to `pad_to` points, describe it."""
+    """Ingest `book` into its cached store (quick when nothing changed), pad it to `pad_to` points, describe it.
+
+    `rag-ingest` does the ingest, unless a loaded local embedding model is given (`embeddings`)."""
     book = book.resolve()
     key = hashlib.sha256(f"{book}:{STORE_LAYOUT}".encode()).hexdigest()[:10]
     qdrant_path = cache_dir / f"book-{book.name}-{key}" / "qdrant"
     qdrant_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "QDRANT_PATH": str(qdrant_path), "QDRANT_COLLECTION": COLLECTION}
-    env.pop("QDRANT_URL", None)
-    # No --prune: it would delete the padding, whose sources are not files of the book.
-    argv = [sys.executable, "-m", "ingest.cli", str(book), "--base-dir", str(book.parent)]
     started = time.perf_counter()
-    subprocess.run(argv + (["-q"] if quiet else []), cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    if embeddings is not None:
+        ingest_in_process(book, qdrant_path, embeddings)
+    else:
+        env = {**os.environ, "QDRANT_PATH": str(qdrant_path), "QDRANT_COLLECTION": COLLECTION}
+        env.pop("QDRANT_URL", None)
+        # No --prune: it would delete the padding, whose sources are not files of the book.
+        argv = [sys.executable, "-m", "ingest.cli", str(book), "--base-dir", str(book.parent)]
+        subprocess.run(argv + (["-q"] if quiet else []), cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     total, real, headings = pad_and_describe(qdrant_path, COLLECTION, pad_to)
     return BookStore(book, qdrant_path, COLLECTION, total, real, seconds, headings)

@@ -145,28 +145,48 @@ def _get_status(port: int, path: str) -> int | None:
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+
+
 @contextlib.contextmanager
-def server(
-    name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str, ready_seconds: float = 180
-) -> Iterator[Server]:
-    """Start `argv`, wait until GET `ready_path` answers 200, stop it (terminate, then kill) on the way out."""
-    process = subprocess.Popen(argv, cwd=ROOT, env=env)
+def servers(specs: Sequence[ServerSpec], ready_seconds: float = 300) -> Iterator[list[Server]]:
+    """Start every server at once (their start-ups overlap), wait until each answers GET `ready_path` with 200,
+    stop them all (terminate, then kill) on the way out."""
+    started: list[Server] = []
     try:
+        for spec in specs:
+            started.append(Server(spec.name, subprocess.Popen(spec.argv, cwd=ROOT, env=spec.env), spec.port))
         deadline = time.monotonic() + ready_seconds
-        while _get_status(port, ready_path) != 200:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode} before it was ready")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} was not ready within {ready_seconds} s")
-            time.sleep(0.2)
-        yield Server(name, process, port)
+        for spec, running in zip(specs, started, strict=True):
+            while _get_status(spec.port, spec.ready_path) != 200:
+                if running.process.poll() is not None:
+                    raise RuntimeError(f"{spec.name} exited with {running.process.returncode} before it was ready")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{spec.name} was not ready within {ready_seconds} s")
+                time.sleep(0.2)
+        yield started
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        for running in started:
+            running.process.terminate()
+        for running in started:
+            try:
+                running.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def server(name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str) -> Iterator[Server]:
+    """One server: see `servers`."""
+    with servers([ServerSpec(name, argv, env, port, ready_path)]) as (running,):
+        yield running
 
 
 def fake_model_server(

@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -236,12 +238,13 @@ def server_argv(kind: str, port: int, with_langserve: bool) -> list[str]:
     return argv + (["--langserve"] if with_langserve else [])
 
 
-def server_env(store: BookStore, model: common.Server) -> dict[str, str]:
+def server_env(store: BookStore, model_url: str, qdrant_path: Path) -> dict[str, str]:
     env = {
         **os.environ,
         **store.env(),
+        "QDRANT_PATH": str(qdrant_path),
         "CHAT_MODEL": "fake-model",
-        "OPENAI_BASE_URL": f"{model.base_url}/v1",
+        "OPENAI_BASE_URL": f"{model_url}/v1",
         "OPENAI_API_KEY": "not-needed",
         "RATE_LIMIT_PER_MINUTE": "0",
         "MODEL_MAX_CONCURRENCY": "10000",
@@ -278,21 +281,46 @@ def bench_target(
     return result
 
 
-def bench_server(
-    kind: str, targets: Sequence[Target], store: BookStore, model: common.Server, args: argparse.Namespace
-) -> dict[str, dict[str, Any]]:
-    """Start the server of `kind` (bookrag or reference) and measure each of its routes in `targets`."""
-    port = common.free_port()
-    with_langserve = LANGSERVE in targets
-    progress(f"{kind}: starting the server")
+def bench_servers(
+    targets: Sequence[Target], store: BookStore, args: argparse.Namespace, scratch: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Start the fake model server and the servers `targets` need all at once (bookrag's `rag-api`; the reference
+    app, with LangServe when asked for), then measure each route in turn while the other server idles. The
+    reference app gets a copy of the store: the embedded store opens in one process at a time."""
+    model_port = common.free_port()
+    model_argv = [sys.executable, "-m", "bench.fake_model_server", "--port", str(model_port)]
+    model_argv += ["--tokens", str(args.first_tokens), "--delay-ms", "0"]
+    specs = [common.ServerSpec("fake model server", model_argv, {**os.environ}, model_port, "/v1/models")]
+    model_url = f"http://127.0.0.1:{model_port}"
+    kinds = {"bookrag": [t for t in targets if t is BOOKRAG], "reference": [t for t in targets if t is not BOOKRAG]}
+    for kind, routes in kinds.items():
+        if not routes:
+            continue
+        qdrant_path = store.qdrant_path
+        if kind == "reference":
+            qdrant_path = scratch / "reference-store"
+            shutil.copytree(store.qdrant_path, qdrant_path)
+        port = common.free_port()
+        env = server_env(store, model_url, qdrant_path)
+        specs.append(common.ServerSpec(kind, server_argv(kind, port, LANGSERVE in routes), env, port, "/ready"))
+    progress("starting the servers: " + ", ".join(spec.name for spec in specs))
     started = time.monotonic()
-    argv = server_argv(kind, port, with_langserve)
-    results = {}
-    with common.server(kind, argv, server_env(store, model), port, "/ready") as server:
+    results: dict[str, dict[str, Any]] = {}
+    floor = None
+    with common.servers(specs) as running:
         start_s = round(time.monotonic() - started, 1)
-        for target in targets:
-            results[target.name] = {**bench_target(target, server, store, model, args), "server_start_s": start_s}
-    return results
+        model, by_kind = running[0], {server.name: server for server in running[1:]}
+        for kind, routes in kinds.items():
+            for target in routes:
+                results[target.name] = {
+                    **bench_target(target, by_kind[kind], store, model, args),
+                    "servers_start_s": start_s,
+                }
+        if not args.no_floor:
+            common.configure_fake_model(model, args.cpu_tokens, 0)
+            progress("ChatOpenAI.astream floor")
+            floor = astream_floor(model, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
+    return results, floor
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -370,7 +398,8 @@ def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str, Any]:
+    """Run the benchmark (`embeddings`: a loaded local model to ingest the book with, instead of `rag-ingest`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--book", type=Path, default=DEFAULT_BOOK, help="a folder of chapters, ingested once")
     parser.add_argument("--pad-to", type=int, default=DEFAULT_SIZE, help="chunks in the store, padding included")
@@ -396,11 +425,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.raise_open_files_limit()
     info = common.machine()
     progress("ingesting the book (cached)")
-    store = ensure_book_store(args.book, args.pad_to, args.cache_dir)
+    store = ensure_book_store(args.book, args.pad_to, args.cache_dir, embeddings=embeddings)
     targets = {t.name: t for t in (BOOKRAG, REFERENCE, LANGSERVE)}
     chosen = [targets[name] for name in args.targets.split(",") if name]
     results: dict[str, dict[str, Any]] = {}
-    env = {**os.environ}
     if LANGSERVE in chosen:
         from bench.reference_app import langserve_error
 
@@ -408,15 +436,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if reason is not None:
             results[LANGSERVE.name] = {"error": f"langserve does not import: {reason}"}
             chosen.remove(LANGSERVE)
-    with common.fake_model_server(env, args.first_tokens, 0) as model:
-        if BOOKRAG in chosen:
-            results.update(bench_server("bookrag", [BOOKRAG], store, model, args))
-        others = [t for t in chosen if t is not BOOKRAG]
-        if others:
-            results.update(bench_server("reference", others, store, model, args))
-        if not args.no_floor:
-            common.configure_fake_model(model, args.cpu_tokens, 0)
-            floor = astream_floor(model, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
+    with tempfile.TemporaryDirectory(prefix="bookrag-stream-bench-") as scratch:
+        measured, floor = bench_servers(chosen, store, args, Path(scratch))
+    results.update(measured)
     report: dict[str, Any] = {
         "machine": info,
         "book": str(store.book),
@@ -428,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ratios": ratios(results),
         "load_average_end": common.load_average(),
     }
-    if not args.no_floor:
+    if floor is not None:
         report["floor"] = floor
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,9 @@ def stream_bench_book() -> dict[str, str]:
     return BOOK
 
 
-def test_stream_bench_measures_each_route_end_to_end(tiny_book: Path, tmp_path: Path) -> None:
+def test_stream_bench_measures_each_route_end_to_end(
+    tiny_book: Path, tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
     targets = "bookrag,reference" if LANGSERVE_MISSING else "bookrag,reference,langserve"
     report = stream_bench.main(
         [
@@ -44,7 +46,8 @@ def test_stream_bench_measures_each_route_end_to_end(tiny_book: Path, tmp_path: 
             "--targets", targets, "--clients", "1,2", "--per-client", "1", "--min-requests", "2",
             "--first-tokens", "3", "--cpu-streams", "2", "--cpu-tokens", "5", "--cpu-concurrency", "2",
             "--paced-tokens", "3", "--paced-delay-ms", "1", "--steps", "2", "--step-budget-s", "20", "--json",
-        ]
+        ],
+        embeddings=embeddings,
     )  # fmt: skip
     assert report["chunks"] == 40 and 0 < report["real_chunks"] < 40
     for name in targets.split(","):
