@@ -16,6 +16,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# (hadolint reads the optional --index-url as the package and asks for a pin: torch is pinned.)
+# hadolint ignore=DL3013
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 
 WORKDIR /src
@@ -35,10 +37,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --create-home --uid 10001 app
+RUN groupadd --gid 10001 app && useradd --create-home --uid 10001 --gid 10001 app
 WORKDIR /app
 COPY --chown=app:app sample_book ./sample_book
-USER app
+USER 10001:10001
 
 # Fail the build, not the first request, if the packaged model cannot be loaded offline.
 RUN python -c "from chains.embeddings import build_embeddings, embedding_dimension; \

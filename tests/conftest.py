@@ -66,7 +66,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _no_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "CHAT_MODEL", "EMBEDDING_PROVIDER", "QDRANT_COLLECTION"):
+    # Tracing stays off too: it would send the tests' questions and passages to LangSmith.
+    for name in (
+        "OPENAI_API_KEY",
+        "CHAT_MODEL",
+        "EMBEDDING_PROVIDER",
+        "QDRANT_COLLECTION",
+        "LANGSMITH_TRACING",
+        "LANGSMITH_API_KEY",
+        "LANGCHAIN_TRACING_V2",
+        "LANGCHAIN_API_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_BASE_URL", CLOSED_PORT_URL)
 

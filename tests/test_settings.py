@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from chains.settings import DEFAULT_COLLECTION, Settings, settings_error_message
 
 
-def test_defaults_need_no_keys_or_servers() -> None:
+def test_defaults_need_no_keys_or_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QDRANT_URL", raising=False)  # set when the suite runs against a server
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.qdrant_url is None and settings.qdrant_collection == DEFAULT_COLLECTION
     assert settings.embedding_provider == "local" and not settings.chat_model_configured

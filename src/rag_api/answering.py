@@ -1,5 +1,5 @@
 """How every answer route runs the answerer: under the request deadline, noting timings and token counts for
-the access log. Routes differ only in how they parse the question and encode the result."""
+the access log and the metrics. Routes differ only in how they parse the question and encode the result."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator
 
 from fastapi import Request
 
-from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, Timings
+from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, Timings, TokenEvent
 from chains.guard import call_within_deadline, within_deadline
+from rag_api.metrics import metrics_of
 from rag_api.middleware import note_access
 from rag_api.state import AppState
 from rag_api.streaming import coalesce_tokens
 
 
-def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None) -> None:
-    """Retrieval and model time and token counts for the access log line."""
+def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None, mode: str | None = None) -> None:
+    """Retrieval and model time and token counts for the access log line and the metrics."""
+    metrics = metrics_of(http)
+    if metrics is not None and timings is not None and mode is not None:
+        metrics.observe_answer(mode, timings.retrieval_ms, timings.total_ms, timings.first_token_ms, usage)
     if timings is not None:
         note_access(
             http,
@@ -27,9 +31,14 @@ def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | 
 
 
 async def _noting_done(events: AsyncIterator[AnswerEvent], http: Request) -> AsyncIterator[AnswerEvent]:
+    metrics = metrics_of(http)
+    endpoint = getattr(http.scope.get("route"), "path", None) or http.url.path  # /ask, /api/chat, /v1/...
     async for event in events:
-        if isinstance(event, DoneEvent):
-            note_answer(http, event.timings, event.usage)
+        if isinstance(event, TokenEvent) and metrics is not None:
+            # the model's deltas, counted before coalescing joins them into fewer events
+            metrics.tokens_streamed.labels(endpoint).inc()
+        elif isinstance(event, DoneEvent):
+            note_answer(http, event.timings, event.usage, event.mode)
         yield event
 
 
@@ -44,5 +53,5 @@ def stream_answer(state: AppState, request: AnswerRequest, http: Request) -> Asy
 async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:
     """The whole answer at once (the same events, folded), within REQUEST_TIMEOUT_S."""
     answer = await call_within_deadline(state.answerer.answer(request), state.settings.request_timeout_s)
-    note_answer(http, answer.timings, answer.usage)
+    note_answer(http, answer.timings, answer.usage, answer.mode)
     return answer

@@ -23,10 +23,11 @@ from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
 from rag_api.auth import document_optional_keys, require_api_key
 from rag_api.errors import error_response, install_error_handlers
+from rag_api.metrics import build_metrics
 from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.recovery import open_qdrant, watch_qdrant
-from rag_api.routes import admin, ask, chat, health, openai_api, pages, search
+from rag_api.routes import admin, ask, chat, health, metrics, openai_api, pages, search
 from rag_api.state import AppState, Overrides
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
                 state.client.close()
 
     app = FastAPI(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.metrics = build_metrics()
     install_error_handlers(app)
 
     @app.exception_handler(BodyTooLarge)
@@ -121,12 +123,12 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Accept"],
         expose_headers=["X-Request-ID"],
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
     for module in (ask, chat, search, openai_api):
         app.include_router(module.router, dependencies=guarded)
-    for module in (health, pages):
+    for module in (health, metrics, pages):
         app.include_router(module.router)
     app.include_router(admin.router)  # guarded by an admin key in the router itself
     public_paths = {"/ask", "/api/chat", "/search", "/v1/chat/completions", "/v1/models"}

@@ -3,7 +3,8 @@ limit, and a last-resort JSON 500 for an exception nothing else handled.
 
 Pure ASGI (not `BaseHTTPMiddleware`) so that streamed responses pass through untouched and cheaply. Routes add
 fields to the access line (retrieval and model ms, token counts, the question when LOG_QUESTIONS is on) with
-`note_access(request, ...)`: the line is written once the response, streamed or not, has ended.
+`note_access(request, ...)`: the line is written once the response, streamed or not, has ended. The same
+moment feeds the request count and latency metrics (rag_api.metrics), when the app has them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag_api.errors import error_body
+from rag_api.metrics import UNMATCHED_ROUTE, Metrics
 
 logger = logging.getLogger("rag_api.access")
 errors_logger = logging.getLogger("rag_api.errors")
@@ -52,9 +54,10 @@ def _json_error(status: int, code: str, message: str, request_id: str) -> tuple[
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,6 +97,9 @@ class RequestContextMiddleware:
                 await self._send_error(send_with_id, 500, "internal_error", message, request_id)
         finally:
             self._log(scope, request_id, status, started, access)
+            if self.metrics is not None:
+                route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+                self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - started)
 
     @property
     def _too_large_message(self) -> str:
