@@ -10,8 +10,9 @@ from chains.settings import MAX_HISTORY_TURNS, MAX_K, MAX_QUESTION_CHARS, MAX_SE
 
 MAX_TURN_CHARS = 8000
 # "Not only whitespace", spelled so that Python's, Rust's (pydantic-core) and JSON Schema's regexes agree:
-# Python counts \x1c-\x1f as whitespace, Unicode does not.
-NOT_BLANK = r"[^\s\x1c-\x1f]"
+# Python counts \x1c-\x1f as whitespace, Unicode does not; Python and Rust count \x85 (NEL), ECMAScript does
+# not; ECMAScript counts \ufeff (BOM), Python and Rust do not.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
 
 
 def _not_blank(value: str) -> str:
