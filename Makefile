@@ -12,7 +12,7 @@ BOOK   ?= sample_book
 BENCH_BOOK        ?= /work/shared/corpus/humanoid-book
 BENCH_INGEST_BOOK ?= /work/shared/corpus/humanoid-book
 
-.PHONY: run test install chromium lint typecheck pytest ingest serve clean bench
+.PHONY: run test install chromium js-deps lint typecheck pytest ingest serve clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# The AI SDK client test (tests/test_chat_js.py) runs the `ai` package pinned in tests/js; without npm it skips.
+JS_DEPS := tests/js/node_modules/.package-lock.json
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/js --prefer-offline --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: not installing tests/js; the AI SDK client test (tests/test_chat_js.py) will be skipped"; \
+	fi
+
+js-deps: $(JS_DEPS)
 
 ingest: install
 	$(BIN)/rag-ingest $(BOOK) --prune
@@ -54,7 +65,7 @@ chromium:
 			|| echo "chromium could not be installed: the browser test will skip"; \
 	else echo "no $(CHROMIUM) and not root with apt-get: the browser test will skip"; fi
 
-pytest: install chromium
+pytest: install chromium js-deps
 	CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 test: lint typecheck pytest
@@ -68,4 +79,4 @@ bench: install
 	$(BIN)/python -m bench.ingest_bench $(BENCH_INGEST_BOOK)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .bench-cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .bench-cache tests/js/node_modules

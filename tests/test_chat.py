@@ -21,8 +21,10 @@ from langchain_core.messages import AIMessage
 from pydantic import SecretStr
 from qdrant_client import QdrantClient
 
+from chains.answer import Source
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
+from rag_api.aisdk import media_type, source_document, source_id
 from rag_api.app import create_app
 from rag_api.routes.chat import to_answer_request
 from rag_api.schemas import ChatRequest
@@ -91,6 +93,21 @@ def test_question_over_the_configured_limit_is_refused() -> None:
         to_answer_request(body, Settings(_env_file=None, max_question_chars=100))  # type: ignore[call-arg]
 
 
+def test_source_media_type_and_id_follow_the_passage() -> None:
+    def source(path: str, chunk_index: int | None) -> Source:
+        return Source(1, "text", 0.5, path, None, ["A", "B"], None, None, chunk_index)
+
+    assert [media_type(source(p, 0)) for p in ("a.md", "b.MDX", "c.pdf", "d.rst", "e.bin")] == [
+        "text/markdown",
+        "text/markdown",
+        "application/pdf",
+        "text/x-rst",
+        "text/plain",
+    ]
+    assert source_id(source("book/a.md", 3)) == "book/a.md#3" and source_id(source("selected text", None)) == "S1"
+    assert source_document(source("book/a.md", 3))["title"] == "A > B"
+
+
 # --- the stream -----------------------------------------------------------------------------------------------
 
 
@@ -155,6 +172,7 @@ async def test_chat_streams_start_status_sources_text_finish_then_done(client: A
     assert meta["number"] == 1 and "twenty litres" in meta["text"] and meta["score"] > 0
     assert [s["providerMetadata"]["bookrag"]["number"] for s in sources] == list(range(1, len(sources) + 1))
 
+    assert payloads[-1]["finishReason"] == "stop"
     finish = payloads[-1]["messageMetadata"]
     assert finish["mode"] == "generated" and finish["citations"] == [1]
     assert finish["timings"]["totalMs"] >= finish["timings"]["retrievalMs"] > 0

@@ -8,10 +8,11 @@ Checked against the `UIMessageChunk` type and `UI_MESSAGE_STREAM_HEADERS` of the
 
 On purpose: sources come before any text, one `source-document` per passage, so a reader sees what the answer
 stands on while it is written; the passage number the answer cites as [n], its text, score, page and URL ride
-in `providerMetadata.bookrag`. A failure after the stream started ends the open text part, then sends one
-`error` chunk (the safe message of `rag_api.errors.classify`, never internal text) and `[DONE]`: the client
-sees a clean end. `finishReason` and `text-end.citations` are left out: older clients (ai 5) reject chunk
-fields they do not know, and the answer's citations are in the finish metadata instead.
+in `providerMetadata.bookrag`. A failure after the stream started ends the open text part, sends one
+`message-metadata` chunk with the error code and one `error` chunk (the safe message of
+`rag_api.errors.classify`, never internal text), then `[DONE]`: the client sees a clean end. Every field used
+here is also in the chunk schema of ai 5.0.277; `text-end.citations` (new in ai 7) is left out, the answer's
+cited numbers are in the finish metadata.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ SEP = "\n"  # lines end as the AI SDK's own server writes them (sse-starlette's 
 _MEDIA_TYPES = {
     ".md": "text/markdown",
     ".markdown": "text/markdown",
+    ".mdx": "text/markdown",  # its JSX is dropped at ingest: the passages are Markdown
+    ".rst": "text/x-rst",
     ".txt": "text/plain",
     ".html": "text/html",
     ".htm": "text/html",
@@ -135,7 +138,7 @@ async def ui_message_chunks(
             if text_open:
                 yield {"type": "text-end", "id": TEXT_PART_ID}
             if isinstance(event, DoneEvent):
-                yield {"type": "finish", "messageMetadata": finish_metadata(event, request_id)}
+                yield {"type": "finish", "finishReason": "stop", "messageMetadata": finish_metadata(event, request_id)}
             elif isinstance(event, ErrorEvent):
                 yield {"type": "message-metadata", "messageMetadata": {"error": {"code": event.code}}}
                 yield {"type": "error", "errorText": event.message}
