@@ -4,13 +4,15 @@
 
 Ingests sample_book/ into a fresh embedded store (a temporary folder), starts `rag-api` against the fake
 OpenAI-compatible model server (`bench.fake_model_server`, no delay between tokens) and sends `--requests`
-sequential streaming requests per route and round, reading every stream to its end. The server process's CPU time
-(user + system, from /proc) is read around each batch. Each batch is run with short answers (`--small` tokens)
-and long ones (`--large` tokens), so that the per-token figure is the slope between them: the fixed cost of a
-request (embedding the question, the Qdrant query, the prompt) cancels out. Routes alternate within a round.
+sequential streaming requests per route and round, reading every stream to its end. A token is one chunk of
+the model's stream; the server may coalesce several into one text event (STREAM_COALESCE_MS). The server
+process's CPU time (user + system, from /proc) is read around each batch. Each batch is run with short
+answers (`--small` tokens) and long ones (`--large` tokens), so that the per-token figure is the slope between
+them: the fixed cost of a request (embedding the question, the Qdrant query, the prompt) cancels out. Routes
+alternate within a round.
 
 It also times the two encoders alone, in this process (`--encoder-tokens` token events through `ask_sse` and
-through `ui_message_sse`, with the bytes sse-starlette would send), to show what the wire format itself costs.
+through `ui_message_sse`, to the bytes sent), to show what the wire format itself costs.
 
 Read the figures as relative on a shared machine: CPU time is steadier than wall time, but other processes on
 the same cores still move it by several per cent.
@@ -63,7 +65,7 @@ def body_for(route: str, question: str) -> dict[str, object]:
 
 
 def tokens_in(route: str, client: httpx.Client, question: str) -> int:
-    """Send one question and read its stream to the end; the number of text pieces streamed."""
+    """Send one question and read its stream to the end; the number of text events (tokens may be coalesced)."""
     tokens, last = 0, ""
     with client.stream("POST", route, json=body_for(route, question)) as response:
         response.raise_for_status()
@@ -83,18 +85,18 @@ def tokens_in(route: str, client: httpx.Client, question: str) -> int:
 class Batch:
     cpu_s: float = 0.0
     requests: int = 0
-    tokens: int = 0
+    text_events: int = 0
 
 
 @dataclass
 class Figures:
     batches: dict[tuple[str, int], Batch] = field(default_factory=dict)
 
-    def add(self, route: str, size: int, cpu_s: float, requests: int, tokens: int) -> None:
+    def add(self, route: str, size: int, cpu_s: float, requests: int, text_events: int) -> None:
         batch = self.batches.setdefault((route, size), Batch())
         batch.cpu_s += cpu_s
         batch.requests += requests
-        batch.tokens += tokens
+        batch.text_events += text_events
 
 
 def run_batch(route: str, base_url: str, pid: int, questions: list[str], requests: int) -> tuple[float, int]:
@@ -139,18 +141,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def report(figures: Figures, small: int, large: int) -> dict[str, object]:
+    """Per route: CPU per request at each answer length, and the slope per model token between them."""
     routes: dict[str, object] = {}
     for route in ROUTES:
         short, long = figures.batches[(route, small)], figures.batches[(route, large)]
         per_request_short = short.cpu_s / short.requests
         per_request_long = long.cpu_s / long.requests
-        tokens_short = short.tokens / short.requests
-        tokens_long = long.tokens / long.requests
         routes[route] = {
             "requests_per_size": short.requests,
-            "tokens_per_answer": [round(tokens_short, 1), round(tokens_long, 1)],
+            "text_events_per_answer": [
+                round(short.text_events / short.requests, 1),
+                round(long.text_events / long.requests, 1),
+            ],
             "cpu_ms_per_request": [round(per_request_short * 1000, 2), round(per_request_long * 1000, 2)],
-            "cpu_us_per_token": round((per_request_long - per_request_short) / (tokens_long - tokens_short) * 1e6, 1),
+            "cpu_us_per_token": round((per_request_long - per_request_short) / (large - small) * 1e6, 1),
         }
     return routes
 
@@ -171,7 +175,7 @@ def encoder_us_per_token(tokens: int) -> dict[str, float]:
 
     async def drain(encoder: str) -> int:
         stream = ask_sse(answer_events(), "r") if encoder == "/ask" else ui_message_sse(answer_events(), "r", "m")
-        return sum([len(event.encode()) async for event in stream])
+        return sum([len(chunk) async for chunk in stream])
 
     results = {}
     for encoder in ROUTES:

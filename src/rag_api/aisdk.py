@@ -17,13 +17,10 @@ cited numbers are in the finish metadata.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any
-
-from sse_starlette import ServerSentEvent
 
 from chains.answer import (
     AnswerEvent,
@@ -34,14 +31,15 @@ from chains.answer import (
     StatusEvent,
     TokenEvent,
 )
-from rag_api.streaming import guard
+from rag_api.streaming import dumps, guard
 
 # The headers of `UI_MESSAGE_STREAM_HEADERS` that EventSourceResponse does not set itself (it sets the content
 # type, `Connection: keep-alive` and `X-Accel-Buffering: no`).
 UI_MESSAGE_STREAM_HEADERS = {"Cache-Control": "no-cache", "x-vercel-ai-ui-message-stream": "v1"}
 PROVIDER = "bookrag"  # the providerMetadata key of the service's own fields
 TEXT_PART_ID = "answer"  # one text part an answer
-SEP = "\n"  # lines end as the AI SDK's own server writes them (sse-starlette's default is CRLF)
+SEP = "\n"  # lines end as the AI SDK's own server writes them (sse-starlette's default is CRLF): pings too
+DONE = b"data: [DONE]\n\n"
 _MEDIA_TYPES = {
     ".md": "text/markdown",
     ".markdown": "text/markdown",
@@ -117,41 +115,49 @@ def finish_metadata(event: DoneEvent, request_id: str | None) -> dict[str, Any]:
     }
 
 
-async def ui_message_chunks(
-    events: AsyncIterator[AnswerEvent], request_id: str | None, message_id: str
-) -> AsyncIterator[Chunk]:
-    """The UI message chunks of one answer, ending with `finish` or `error` (not on cancellation)."""
-    yield {"type": "start", "messageId": message_id}
-    text_open = False
-    async for event in guard(events, request_id):
-        if isinstance(event, TokenEvent):
-            if not text_open:
-                text_open = True
-                yield {"type": "text-start", "id": TEXT_PART_ID}
-            yield {"type": "text-delta", "id": TEXT_PART_ID, "delta": event.text}
-        elif isinstance(event, StatusEvent):
-            yield {"type": "data-status", "id": "status", "data": {"stage": event.stage}, "transient": True}
-        elif isinstance(event, SourcesEvent):
-            for source in event.sources:
-                yield source_document(source)
-        else:
-            if text_open:
-                yield {"type": "text-end", "id": TEXT_PART_ID}
-            if isinstance(event, DoneEvent):
-                yield {"type": "finish", "finishReason": "stop", "messageMetadata": finish_metadata(event, request_id)}
-            elif isinstance(event, ErrorEvent):
-                yield {"type": "message-metadata", "messageMetadata": {"error": {"code": event.code}}}
-                yield {"type": "error", "errorText": event.message}
+def status_chunk(event: StatusEvent) -> Chunk:
+    """A typing indicator: transient, so `onData` sees it and the message does not keep it."""
+    return {"type": "data-status", "id": "status", "data": {"stage": event.stage}, "transient": True}
 
 
-def _dumps(chunk: Chunk) -> str:
-    return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+def closing_chunks(event: DoneEvent | ErrorEvent, text_open: bool, request_id: str | None) -> list[Chunk]:
+    """The last chunks of an answer: the end of its text part, then `finish`, or the error."""
+    chunks: list[Chunk] = [{"type": "text-end", "id": TEXT_PART_ID}] if text_open else []
+    if isinstance(event, DoneEvent):
+        chunks.append({"type": "finish", "finishReason": "stop", "messageMetadata": finish_metadata(event, request_id)})
+    else:
+        chunks.append({"type": "message-metadata", "messageMetadata": {"error": {"code": event.code}}})
+        chunks.append({"type": "error", "errorText": event.message})
+    return chunks
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """One server-sent event: `data: <JSON>` and a blank line (JSON escapes newlines, so one line suffices)."""
+    return b"data: " + dumps(chunk).encode() + b"\n\n"
+
+
+_DELTA = 'data: {"type":"text-delta","id":"' + TEXT_PART_ID + '","delta":%s}\n\n'
 
 
 async def ui_message_sse(
     events: AsyncIterator[AnswerEvent], request_id: str | None, message_id: str
-) -> AsyncIterator[ServerSentEvent]:
-    """`/api/chat`'s stream: `data: <chunk JSON>` lines, then `data: [DONE]`."""
-    async for chunk in ui_message_chunks(events, request_id, message_id):
-        yield ServerSentEvent(data=_dumps(chunk), sep=SEP)
-    yield ServerSentEvent(data="[DONE]", sep=SEP)
+) -> AsyncIterator[bytes]:
+    """`/api/chat`'s stream: `data: <chunk JSON>` lines ending with `finish` or `error`, then `data: [DONE]`
+    (nothing more once cancelled)."""
+    yield encode_chunk({"type": "start", "messageId": message_id})
+    text_open = False
+    async for event in guard(events, request_id):
+        if isinstance(event, TokenEvent):  # the hot path: no dict, one small dumps
+            if not text_open:
+                text_open = True
+                yield encode_chunk({"type": "text-start", "id": TEXT_PART_ID})
+            yield (_DELTA % dumps(event.text)).encode()
+        elif isinstance(event, StatusEvent):
+            yield encode_chunk(status_chunk(event))
+        elif isinstance(event, SourcesEvent):
+            for source in event.sources:
+                yield encode_chunk(source_document(source))
+        else:
+            for chunk in closing_chunks(event, text_open, request_id):
+                yield encode_chunk(chunk)
+    yield DONE
