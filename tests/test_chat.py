@@ -271,10 +271,10 @@ async def test_chat_rejects_bad_bodies_with_422_before_streaming(bare_client: As
 
 
 @pytest.mark.integration
-async def test_chat_ignores_extra_body_fields_the_transport_may_add(client: AsyncClient) -> None:
-    body = {**chat_body(user(QUESTION)), "messageId": None, "someAppField": {"x": 1}}
+async def test_chat_regenerates_and_ignores_fields_the_transport_body_option_adds(client: AsyncClient) -> None:
+    body = {**chat_body(user(QUESTION)), "trigger": "regenerate-message", "messageId": "a1", "bookId": {"x": 1}}
     payloads, _ = await chunks_of(client, body)
-    assert types_of(payloads)[-1] == "finish"
+    assert types_of(payloads)[-1] == "finish" and text_of(payloads) == ANSWER
 
 
 @pytest.mark.integration
