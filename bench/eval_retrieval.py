@@ -44,6 +44,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from qdrant_client import QdrantClient, models
 
 from chains.embeddings import LocalEmbeddings, packaged_model_path
+from chains.local_index import LocalIndex
 from chains.rerank import CrossEncoderReranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -63,9 +64,12 @@ K = 5
 DEFAULT_CONFIG = "hybrid DBSF"
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
+    "hybrid DBSF (the default)": {"mode": "hybrid", "fusion": "dbsf"},
+    "hybrid DBSF, chapter filter": {"mode": "hybrid", "fusion": "dbsf", "filtered": True},
     "hybrid RRF": {"mode": "hybrid", "fusion": "rrf"},
-    "hybrid DBSF": {"mode": "hybrid", "fusion": "dbsf"},
     "hybrid DBSF + MMR": {"mode": "hybrid", "fusion": "dbsf", "mmr": True},
+    "dense, local mode's own search": {"mode": "dense", "memory": False},
+    "hybrid DBSF, local mode's own search": {"mode": "hybrid", "fusion": "dbsf", "memory": False},
 }
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
@@ -85,6 +89,7 @@ class Outcome:
     ranks: list[int | None] = field(default_factory=list)  # 1-based rank of the first hit, None if none in top k
     latencies_ms: list[float] = field(default_factory=list)
     top_scores: list[float] = field(default_factory=list)  # dense cosine of the best passage
+    hit_scores: list[float | None] = field(default_factory=list)  # dense cosine of the first hit, if any
 
     def hit_at(self, n: int) -> float:
         return sum(1 for r in self.ranks if r is not None and r <= n) / len(self.ranks)
@@ -132,6 +137,7 @@ def evaluate(name: str, search: Callable[[str], list[Document]], questions: Sequ
         outcome.latencies_ms.append((time.perf_counter() - started) * 1000)
         rank = next((i for i, d in enumerate(documents, start=1) if is_hit(d, question)), None)
         outcome.ranks.append(rank)
+        outcome.hit_scores.append(None if rank is None else float(documents[rank - 1].metadata.get("score", 0.0)))
         outcome.top_scores.append(float(documents[0].metadata.get("score", 0.0)) if documents else 0.0)
     return outcome
 
@@ -173,7 +179,10 @@ def configurations(
     store = build_vector_store(client, settings, embeddings)
 
     def make(**options: Any) -> BookRetriever:
-        return BookRetriever(vector_store=store, k=K, **options)
+        # As the service runs on the embedded store: searched in the in-memory index (chains.local_index).
+        return BookRetriever(vector_store=store, k=K, local_index=index, **options)
+
+    index = LocalIndex(settings.qdrant_collection)
 
     configs = {
         "dense": make(mode="dense"),
@@ -255,17 +264,26 @@ def threshold_table(reports: Sequence[BookReport]) -> str:
                     f"| {report.name} | {label} ({len(scores)} q) | {min(scores):.3f} | {percentile(scores, 0.1):.3f} "
                     f"| {percentile(scores, 0.5):.3f} | {max(scores):.3f} |"
                 )
-    lines += ["", "| threshold | " + " | ".join(f"{r.name}: answered / refused" for r in reports) + " |"]
-    lines.append("|---:|" + "---:|" * len(reports))
+    lines += [
+        "",
+        "In-book questions answered (best passage at or above the threshold), in-book questions whose answering "
+        "passage is in the top 5 and itself passes the threshold (it reaches the model), out-of-book questions "
+        "refused:",
+        "",
+        "| threshold | " + " | ".join(f"{r.name}: answered / answer kept / refused" for r in reports) + " |",
+        "|---:|" + "---:|" * len(reports),
+    ]
     for threshold in THRESHOLDS:
         cells = []
         for report in reports:
             assert report.in_book is not None
-            answered = sum(1 for s in report.in_book.top_scores if s >= threshold) / max(1, len(report.in_book.ranks))
+            asked = max(1, len(report.in_book.ranks))
+            answered = sum(1 for s in report.in_book.top_scores if s >= threshold) / asked
+            kept = sum(1 for s in report.in_book.hit_scores if s is not None and s >= threshold) / asked
             refused = sum(1 for s in report.out_of_book_scores if s < threshold) / max(
                 1, len(report.out_of_book_scores)
             )
-            cells.append(f"{answered:.2f} / {refused:.2f}")
+            cells.append(f"{answered:.2f} / {kept:.2f} / {refused:.2f}")
         lines.append(f"| {threshold:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -303,7 +321,12 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                     vector: dict[str, Any] = {DENSE_VECTOR: [x / norm for x in raw]}
                     if sparse:
                         vector[SPARSE_VECTOR] = models.SparseVector(indices=sparse.indices, values=sparse.values)
-                    metadata = {"source": f"scale/{(start + offset) // 40}.md", "chunk_index": start + offset}
+                    number = start + offset
+                    metadata = {
+                        "source": f"scale/{number // 40}.md",
+                        "chapter": f"scale chapter {number // 500}",
+                        "chunk_index": number,
+                    }
                     points.append(
                         models.PointStruct(
                             id=point_id(f"scale-{start + offset}"),
@@ -319,8 +342,12 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
             ]
             stored = client.count("eval_scale", exact=True).count
             for label, options in SCALE_CONFIGS.items():
-                retriever = BookRetriever(vector_store=store, k=K, **options)
-                outcome = evaluate(label, retriever.invoke, questions)
+                options = dict(options)
+                index = LocalIndex("eval_scale") if options.pop("memory", True) else None
+                filtered = options.pop("filtered", False)
+                retriever = BookRetriever(vector_store=store, k=K, local_index=index, **options)
+                call: dict[str, Any] = {"chapter": "scale chapter 3"} if filtered else {}
+                outcome = evaluate(label, lambda q, r=retriever, c=call: r.invoke(q, **c), questions)  # type: ignore[misc]
                 lines.append(
                     f"| {stored} chunks | {label} | {len(questions)} | {outcome.latency(0.5):.1f} | "
                     f"{outcome.latency(0.95):.1f} |"
@@ -369,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--default", default=DEFAULT_CONFIG, help="the configuration the threshold table uses")
     parser.add_argument("--rerank-model", type=Path, default=None, help="a local cross-encoder directory to add")
     parser.add_argument("--scale", type=int, default=0, help="also measure latency on a collection of N chunks")
+    parser.add_argument("--scale-only", action="store_true", help="with --scale: skip the quality runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this file")
     args = parser.parse_args(argv)
     if args.book is not None:
@@ -379,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets = DEFAULT_DATASETS
     embeddings = LocalEmbeddings(packaged_model_path("all-MiniLM-L6-v2"), cache_size=0)
     started = time.perf_counter()
+    if args.scale_only:
+        questions = [q for _, path in datasets.values() for q in load_questions(path, args.limit)]
+        print(run_scale(args.scale, embeddings, questions, embeddings.dimension))
+        return 0
     reports, markdown = run(datasets, embeddings, args.limit, args.default, args.rerank_model, args.scale)
     print(markdown)
     print(
@@ -393,7 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {
                         "book": r.name,
                         "configurations": {
-                            o.name: {"ranks": o.ranks, "latencies_ms": o.latencies_ms, "top_scores": o.top_scores}
+                            o.name: {
+                                "ranks": o.ranks,
+                                "latencies_ms": o.latencies_ms,
+                                "top_scores": o.top_scores,
+                                "hit_scores": o.hit_scores,
+                            }
                             for o in r.outcomes
                         },
                         "out_of_book_scores": r.out_of_book_scores,

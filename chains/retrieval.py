@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,9 +30,10 @@ from qdrant_client import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from chains.errors import DependencyUnavailable
+from chains.local_index import LocalIndex
 from chains.rerank import Reranker
 from chains.settings import Settings
-from chains.sparse import encode_query
+from chains.sparse import SparseEncoding, encode_query
 from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,42 @@ def mmr_order(relevance: Sequence[float], vectors: Sequence[Sequence[float]], k:
     return picked
 
 
+@dataclass(frozen=True, slots=True)
+class _Options:
+    filter: models.Filter | None
+    sources: Sequence[str] | None
+    chapter: str | None
+
+
+def distribution_based_fusion(lists: Sequence[Sequence[tuple[str, float]]]) -> list[tuple[str, float]]:
+    """Qdrant's DBSF: each list's scores mapped from [mean - 3 sd, mean + 3 sd] onto [0, 1], then added."""
+    fused: dict[str, float] = {}
+    for ranked in lists:
+        if not ranked:
+            continue
+        scores = [score for _, score in ranked]
+        if len(scores) == 1:
+            normalised = [0.5]
+        else:
+            mean = sum(scores) / len(scores)
+            sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1))
+            normalised = [0.5] * len(scores) if sd == 0 else [(s - mean + 3 * sd) / (6 * sd) for s in scores]
+        for (point_id, _), value in zip(ranked, normalised, strict=True):
+            fused[point_id] = fused.get(point_id, 0.0) + value
+    return sorted(fused.items(), key=lambda item: -item[1])
+
+
+def reciprocal_rank_fusion(
+    lists: Sequence[Sequence[tuple[str, float]]], weights: Sequence[float], constant: int = 2
+) -> list[tuple[str, float]]:
+    """Qdrant's weighted RRF: a point at 0-based position p of a list with weight w gains 1 / ((p + 1) / w + k - 1)."""
+    fused: dict[str, float] = {}
+    for ranked, weight in zip(lists, weights, strict=True):
+        for position, (point_id, _) in enumerate(ranked):
+            fused[point_id] = fused.get(point_id, 0.0) + 1 / ((position + 1) / weight + constant - 1)
+    return sorted(fused.items(), key=lambda item: -item[1])
+
+
 class BookRetriever(BaseRetriever):
     """Top-k passages for a query; see the module docstring for what each document's metadata holds."""
 
@@ -96,6 +135,8 @@ class BookRetriever(BaseRetriever):
     candidates_per_k: int = 4
     min_candidates: int = 20
     reranker: Reranker | None = None
+    # Embedded store only: search an in-memory copy of the vectors (chains.local_index), not local mode's loops.
+    local_index: LocalIndex | None = None
     mmr: bool = False
     mmr_lambda: float = 0.7
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
@@ -115,6 +156,7 @@ class BookRetriever(BaseRetriever):
             candidates_per_k=settings.retrieval_candidates_per_k,
             min_candidates=settings.retrieval_min_candidates,
             reranker=reranker,
+            local_index=None if settings.uses_qdrant_server else LocalIndex(settings.qdrant_collection),
             mmr=settings.retrieval_mmr,
             mmr_lambda=settings.retrieval_mmr_lambda,
             max_retries=settings.qdrant_max_retries,
@@ -124,29 +166,29 @@ class BookRetriever(BaseRetriever):
     def candidate_count(self, k: int) -> int:
         return max(self.candidates_per_k * k, self.min_candidates, k)
 
-    def _query_points(
-        self, vector: list[float], text: str, limit: int, query_filter: models.Filter | None
-    ) -> list[models.ScoredPoint]:
+    def _query_points(self, vector: list[float], text: str, limit: int, options: _Options) -> list[models.ScoredPoint]:
+        sparse = encode_query(text) if self.mode == "hybrid" else None
+        if self.local_index is not None:
+            return self._query_in_memory(vector, sparse, limit, options)
         client = self.vector_store.client
         collection = self.vector_store.collection_name
-        sparse = encode_query(text) if self.mode == "hybrid" else None
         if not sparse:  # dense mode, or a query with no indexable words
             return client.query_points(
                 collection,
                 query=vector,
                 using=DENSE_VECTOR,
-                query_filter=query_filter,
+                query_filter=options.filter,
                 limit=limit,
                 with_payload=True,
                 with_vectors=[DENSE_VECTOR],
             ).points
         prefetch_limit = self.candidate_count(limit)
         prefetch = [
-            models.Prefetch(query=vector, using=DENSE_VECTOR, filter=query_filter, limit=prefetch_limit),
+            models.Prefetch(query=vector, using=DENSE_VECTOR, filter=options.filter, limit=prefetch_limit),
             models.Prefetch(
                 query=models.SparseVector(indices=sparse.indices, values=sparse.values),
                 using=SPARSE_VECTOR,
-                filter=query_filter,
+                filter=options.filter,
                 limit=prefetch_limit,
             ),
         ]
@@ -154,11 +196,45 @@ class BookRetriever(BaseRetriever):
             collection,
             prefetch=prefetch,
             query=self._fusion_query(),
-            query_filter=query_filter,
+            query_filter=options.filter,
             limit=limit,
             with_payload=True,
             with_vectors=[DENSE_VECTOR],
         ).points
+
+    def _query_in_memory(
+        self, vector: list[float], sparse: SparseEncoding | None, limit: int, options: _Options
+    ) -> list[models.ScoredPoint]:
+        """What `query_points` would answer, searched in the embedded store's in-memory index (same fusion)."""
+        assert self.local_index is not None
+        client = self.vector_store.client
+        collection = self.vector_store.collection_name
+        if not sparse:
+            chosen = self.local_index.dense(client, vector, limit, options.sources, options.chapter)
+        else:
+            candidates = self.candidate_count(limit)
+            lists = [
+                self.local_index.dense(client, vector, candidates, options.sources, options.chapter),
+                self.local_index.sparse(client, sparse, candidates, options.sources, options.chapter),
+            ]
+            if self.fusion == "dbsf":
+                fused = distribution_based_fusion(lists)
+            else:
+                fused = reciprocal_rank_fusion(lists, [1.0, self.sparse_weight])
+            chosen = fused[:limit]
+        if not chosen:
+            return []
+        records = {
+            str(r.id): r
+            for r in client.retrieve(
+                collection, [point_id for point_id, _ in chosen], with_payload=True, with_vectors=[DENSE_VECTOR]
+            )
+        }
+        return [
+            models.ScoredPoint(id=record.id, version=0, score=score, payload=record.payload, vector=record.vector)
+            for point_id, score in chosen
+            if (record := records.get(point_id)) is not None
+        ]
 
     def _fusion_query(self) -> models.Query:
         if self.fusion == "dbsf":
@@ -167,13 +243,13 @@ class BookRetriever(BaseRetriever):
             return models.FusionQuery(fusion=models.Fusion.RRF)
         return models.RrfQuery(rrf=models.Rrf(weights=[1.0, self.sparse_weight]))
 
-    def _search(self, vector: list[float], text: str, k: int, query_filter: models.Filter | None) -> list[Document]:
+    def _search(self, vector: list[float], text: str, k: int, options: _Options) -> list[Document]:
         rearranging = self.reranker is not None or self.mmr
         limit = self.candidate_count(k) if rearranging else k
         attempt = 0
         while True:
             try:
-                points = self._query_points(vector, text, limit, query_filter)
+                points = self._query_points(vector, text, limit, options)
                 break
             except _QDRANT_ERRORS as exc:
                 if attempt >= self.max_retries:
@@ -217,22 +293,28 @@ class BookRetriever(BaseRetriever):
             document.metadata["rank"] = rank
         return ranked
 
-    def _options(self, kwargs: dict[str, Any]) -> tuple[int, models.Filter | None]:
+    def _options(self, kwargs: dict[str, Any]) -> tuple[int, _Options]:
         k = int(kwargs.get("k") or self.k)
-        return k, build_filter(kwargs.get("sources"), kwargs.get("chapter"))
+        sources, chapter = kwargs.get("sources"), kwargs.get("chapter")
+        return k, _Options(build_filter(sources, chapter), sources, chapter)
+
+    def forget_local_index(self) -> None:
+        """Make the next query re-read the embedded store's vectors (after an ingest in this process)."""
+        if self.local_index is not None:
+            self.local_index.invalidate()
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        k, query_filter = self._options(kwargs)
+        k, options = self._options(kwargs)
         embeddings = self.vector_store.embeddings
         assert embeddings is not None  # a dense store always has them
-        return self._search(embeddings.embed_query(query), query, k, query_filter)
+        return self._search(embeddings.embed_query(query), query, k, options)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        k, query_filter = self._options(kwargs)
+        k, options = self._options(kwargs)
         embeddings = self.vector_store.embeddings
         assert embeddings is not None
         try:
@@ -240,4 +322,4 @@ class BookRetriever(BaseRetriever):
         except Exception as exc:  # any embedding failure (endpoint down, bad key) means "embeddings unavailable"
             logger.warning("query embedding failed: %s: %s", type(exc).__name__, exc)
             raise DependencyUnavailable("embeddings", "the embedding model is unavailable") from exc
-        return await asyncio.to_thread(self._search, vector, query, k, query_filter)
+        return await asyncio.to_thread(self._search, vector, query, k, options)

@@ -211,3 +211,60 @@ class TestBookRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "What does the logger's error code mean?"
+
+
+@pytest.mark.parametrize(("mode", "fusion"), [("hybrid", "dbsf"), ("hybrid", "rrf"), ("dense", "dbsf")])
+def test_in_memory_index_ranks_as_qdrants_query_api(
+    qdrant: QdrantClient,
+    embeddings: LocalEmbeddings,
+    settings: Settings,
+    error_code_book: Path,
+    book_dir: Path,
+    mode: str,
+    fusion: str,
+) -> None:
+    assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed
+    assert not ingest_into(qdrant, embeddings, settings, book_dir).failed
+    store = build_vector_store(qdrant, settings, embeddings)
+    embedded = BookRetriever.from_settings(store, with_settings(settings, retrieval_mode=mode, retrieval_fusion=fusion))
+    through_qdrant = embedded.model_copy(update={"local_index": None})
+    assert embedded.local_index is not None or settings.uses_qdrant_server
+    cases: list[dict[str, object]] = [
+        {"k": 4},
+        {"k": 3, "sources": ["codes/code-1.md", "codes/code-4.md", "book/pruning.md"]},
+        {"k": 3, "chapter": "Logger error codes"},
+    ]
+    for question in ("What does error ZX-4471 mean?", "moisture-log --probe A3", "when to prune apple trees"):
+        for options in cases:
+            mine = embedded.invoke(question, **options)
+            theirs = through_qdrant.invoke(question, **options)
+            assert mine[0].id == theirs[0].id, (question, options)
+            if fusion == "rrf":
+                continue  # ranks of equal sparse scores may differ, and RRF sums ranks: only the best is certain
+            key = "fusion_score" if mode == "hybrid" else "score"
+            assert [d.metadata[key] for d in mine] == pytest.approx([d.metadata[key] for d in theirs], rel=1e-4), (
+                question,
+                options,
+            )
+            # Points with equal scores may come in either order (the store does not promise one).
+            assert untied_ids(mine, key) == untied_ids(theirs, key), (question, options)
+
+
+def untied_ids(documents: list[Document], key: str) -> list[str | None]:
+    scores = [round(d.metadata[key], 4) for d in documents]
+    return [d.id if scores.count(score) == 1 else None for d, score in zip(documents, scores, strict=True)]
+
+
+def test_in_memory_index_follows_the_collection(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, error_code_book: Path
+) -> None:
+    assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, settings, embeddings), settings)
+    assert code_of(retriever.invoke("error ZX-4471", k=1)[0]) == "ZX-4471"
+    (error_code_book / "code-9.md").write_text("# Logger error codes\n\nError QQ-9 means the lid is open.\n")
+    assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed  # one point more
+    assert "QQ-9" in retriever.invoke("QQ-9", k=1)[0].page_content
+    (error_code_book / "code-9.md").write_text("# Logger error codes\n\nError RR-7 means the lid is open.\n")
+    assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed  # as many points as before
+    retriever.forget_local_index()
+    assert "RR-7" in retriever.invoke("RR-7", k=1)[0].page_content

@@ -124,6 +124,9 @@ async def ingest(body: IngestRequest, state: State, request: Request) -> IngestR
         raise HTTPException(409, "another ingest is running; try again when it has finished")
     async with lock:
         indexer = Indexer(state.client, state.embeddings, state.settings)
-        report = await asyncio.to_thread(run_ingest, state.settings, indexer, body, files)
+        try:
+            report = await asyncio.to_thread(run_ingest, state.settings, indexer, body, files)
+        finally:
+            state.retriever.forget_local_index()  # the embedded store's in-memory index is now stale
     logger.info("admin ingest: %s", report.summary())
     return IngestResponse.model_validate(report.as_dict())
