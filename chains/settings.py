@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     retrieval_mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md).
-    retrieval_score_threshold: float = Field(0.25, ge=-1.0, le=1.0)
+    retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
     book_base_url: AnyHttpUrl | None = None
