@@ -31,4 +31,4 @@ def test_eval_harness_runs_end_to_end_on_a_tiny_book(
     assert names[0] == "LangChain baseline" and "hybrid DBSF" in names
     assert all(len(outcome.ranks) == 2 for outcome in reports[0].outcomes)
     assert "| tiny (2 q) | LangChain baseline |" in markdown
-    assert "## Latency at scale" in markdown and "| 30 chunks | hybrid DBSF (in-memory" in markdown
+    assert "## Latency at scale" in markdown and "| 30 chunks | hybrid DBSF (the default) |" in markdown
