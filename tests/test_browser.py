@@ -47,11 +47,16 @@ new MutationObserver(() => {
 """
 
 
+# Playwright's 5 s default wait is too short for a loaded CI machine; the assertions still wait for the behaviour.
+EXPECT_TIMEOUT_MS = 60_000
+
+
 @asynccontextmanager
 async def chromium_page() -> AsyncIterator[Any]:
     """A page in headless Chromium (not a fixture: Playwright must run on the test's own event loop)."""
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
