@@ -26,7 +26,7 @@ from tests.live import free_port, serve
 pytestmark = pytest.mark.integration
 
 JS_DIR = Path(__file__).parent / "js"
-ANSWER = "Give each young tree about twenty litres once a week [2]."
+ANSWER = "Give each young tree about twenty litres once a week [1]."
 
 
 def node_or_skip() -> str:
@@ -71,9 +71,9 @@ def test_ai_sdk_client_folds_the_stream_into_a_message_with_text_and_sources(
         texts = [p for p in message["parts"] if p["type"] == "text"]
         assert [p["text"] for p in texts] == [ANSWER] and texts[0]["state"] == "done"
         sources = [p for p in message["parts"] if p["type"] == "source-document"]
-        assert len(sources) >= 2
+        assert len(sources) >= 1, "at least one source part"
         assert message["parts"].index(sources[-1]) < message["parts"].index(texts[0]), "sources before the text"
-        assert message["metadata"]["mode"] == "generated" and message["metadata"]["citations"] == [2]
+        assert message["metadata"]["mode"] == "generated" and message["metadata"]["citations"] == [1]
         assert turn["statuses"] == ["retrieving", "generating"], "transient status chunks reach the client"
         assert not any(p["type"].startswith("data-") for p in message["parts"]), "and are not kept in the message"
         assert turn["chunkTypes"][0] == "start" and turn["chunkTypes"][-1] == "finish"
