@@ -25,6 +25,9 @@ def build_chat_model(settings: Settings) -> BaseChatModel | None:
         "max_retries": settings.chat_max_retries,
         "streaming": True,
         "stream_usage": True,
+        # The idle limit between streamed chunks is enforced once, cheaply, by chains.guard.ModelGate
+        # (STREAM_IDLE_TIMEOUT_S); ChatOpenAI's own would wrap every chunk in `asyncio.wait_for`, a task per token.
+        "stream_chunk_timeout": None,
         "api_key": settings.openai_api_key.get_secret_value() if settings.openai_api_key else _PLACEHOLDER_KEY,
     }
     if settings.openai_base_url is not None:
