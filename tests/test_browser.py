@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
+from pydantic import SecretStr
 from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
@@ -25,6 +26,7 @@ from tests.live import free_port, serve
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 QUESTION = "How much should I water a young tree?"
+API_KEY = "page-key-0123456789abcdef"
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,10 +70,13 @@ async def chromium_page() -> AsyncIterator[Any]:
 @pytest.fixture
 def live_app(
     settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
-) -> Callable[[BaseChatModel], Any]:
+) -> Callable[..., Any]:
+    """Start the app with `model` and `settings` changed by `**update`; yields its base URL."""
+
     @contextmanager
-    def start(model: BaseChatModel) -> Iterator[str]:
-        app = create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
+    def start(model: BaseChatModel, **update: Any) -> Iterator[str]:
+        changed = settings.model_copy(update=update)
+        app = create_app(changed, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
         with serve(app, free_port()) as base_url:
             yield base_url
 
@@ -84,7 +89,7 @@ async def ask(page: Any, question: str) -> None:
 
 
 async def test_chat_page_streams_tokens_shows_sources_and_sends_the_conversation(
-    live_app: Callable[[BaseChatModel], Any],
+    live_app: Callable[..., Any],
 ) -> None:
     from playwright.async_api import expect
 
@@ -94,6 +99,7 @@ async def test_chat_page_streams_tokens_shows_sources_and_sends_the_conversation
         async with chromium_page() as page:
             await page.add_init_script(WATCH_STATUS)
             await page.goto(base_url)
+            await expect(page.locator("#key-form")).to_be_hidden()
             await ask(page, QUESTION)
 
             answer = page.locator(".turn").nth(0).locator(".answer")
@@ -110,6 +116,8 @@ async def test_chat_page_streams_tokens_shows_sources_and_sends_the_conversation
             assert await page.locator(".error").count() == 0
             statuses = await page.evaluate("window.__statuses")
             assert "Searching the book" in statuses and "Writing the answer" in statuses
+            await expect(page.locator("#key-form")).to_be_hidden()
+            await expect(page.locator("#key-status")).to_be_hidden()
 
             await ask(page, "And in a heat wave?")
             await expect(page.locator(".turn").nth(1).locator(".answer")).to_contain_text("word59", timeout=30_000)
@@ -118,7 +126,7 @@ async def test_chat_page_streams_tokens_shows_sources_and_sends_the_conversation
 
 
 async def test_chat_page_stop_cancels_the_answer_and_selected_text_is_sent(
-    live_app: Callable[[BaseChatModel], Any],
+    live_app: Callable[..., Any],
 ) -> None:
     from playwright.async_api import expect
 
@@ -141,7 +149,7 @@ async def test_chat_page_stop_cancels_the_answer_and_selected_text_is_sent(
             assert model.stopped_early and model.chunks_produced < model.words, "Stop cancels generation on the server"
 
 
-async def test_chat_page_shows_the_error_event(live_app: Callable[[BaseChatModel], Any]) -> None:
+async def test_chat_page_shows_the_error_event(live_app: Callable[..., Any]) -> None:
     from playwright.async_api import expect
 
     with live_app(FailingChatModel(fail_after=2)) as base_url:
@@ -151,3 +159,69 @@ async def test_chat_page_shows_the_error_event(live_app: Callable[[BaseChatModel
             turn = page.locator(".turn").nth(0)
             await expect(turn.locator(".error")).to_contain_text("internal_error")
             await expect(turn.locator(".answer")).to_have_text("partial0 partial1 ")
+
+
+async def enter_key(page: Any, key: str) -> None:
+    await page.fill("#api-key", key)
+    await page.press("#api-key", "Enter")
+
+
+async def test_chat_page_asks_for_the_api_key_keeps_it_for_the_tab_and_asks_again_for_a_wrong_one(
+    live_app: Callable[..., Any],
+) -> None:
+    from playwright.async_api import expect
+
+    model = CountingChatModel(delay_s=0.0, words=8)
+    with live_app(model, api_keys=[SecretStr(API_KEY)]) as base_url:
+        async with chromium_page() as page:
+            urls: list[str] = []
+            page.on("request", lambda request: urls.append(request.url))
+            await page.goto(base_url)
+            key_form, key_input = page.locator("#key-form"), page.locator("#api-key")
+            await expect(key_form).to_be_hidden()
+
+            # No key yet: a clear message and the key field, not "HTTP 401".
+            await ask(page, QUESTION)
+            turn = page.locator(".turn").last
+            await expect(turn.locator(".error")).to_contain_text("needs an API key")
+            await expect(key_form).to_be_visible()
+            await expect(key_input).to_have_attribute("type", "password")
+            assert "401" not in await turn.inner_text() and model.calls == 0
+
+            # The right key sends the refused question again, and it is answered.
+            await enter_key(page, API_KEY)
+            await expect(key_form).to_be_hidden()
+            await expect(turn.locator(".sources a").first).to_contain_text("Watering Young Trees")
+            await expect(turn.locator(".answer")).to_contain_text("word7")
+            await expect(page.locator("#send")).to_be_visible()
+            assert await page.locator(".turn").count() == 1, "the refused turn gives way to its answer"
+            assert await page.locator(".error").count() == 0
+            await expect(page.locator("#key-status")).to_be_visible()
+            await expect(key_input).to_have_value("")
+            assert await page.evaluate("sessionStorage.getItem('bookrag.apiKey')") == API_KEY
+            assert await page.evaluate("localStorage.length") == 0
+            assert API_KEY not in await page.content(), "the key is never shown back"
+
+            # A reload in the same tab keeps the key.
+            await page.reload()
+            await expect(page.locator("#key-status")).to_be_visible()
+            await ask(page, QUESTION)
+            turn = page.locator(".turn").last
+            await expect(turn.locator(".answer")).to_contain_text("word7")
+            await expect(page.locator("#send")).to_be_visible()
+            await expect(key_form).to_be_hidden()
+            assert model.calls == 2
+
+            # Forgotten, then a wrong key: the prompt comes back, and the wrong key is not kept.
+            await page.click("#forget-key")
+            await expect(page.locator("#key-status")).to_be_hidden()
+            assert await page.evaluate("sessionStorage.getItem('bookrag.apiKey')") is None
+            await ask(page, QUESTION)
+            await expect(page.locator(".turn").last.locator(".error")).to_contain_text("needs an API key")
+            await enter_key(page, "wrong-key-0123456789abcdef")
+            await expect(page.locator(".turn").last.locator(".error")).to_contain_text("API key was not accepted")
+            await expect(key_form).to_be_visible()
+            await expect(page.locator("#key-status")).to_be_hidden()
+            assert await page.evaluate("sessionStorage.getItem('bookrag.apiKey')") is None
+            assert model.calls == 2
+            assert not [url for url in urls if API_KEY in url or "wrong-key" in url], "keys never go in a URL"

@@ -100,6 +100,15 @@ async def test_public_endpoints_are_open_when_no_api_keys_are_set(make_client: A
     assert (await client.post("/ask", json=QUESTION)).status_code == 200
 
 
+async def test_chat_page_stays_open_with_api_keys_and_keeps_the_key_for_the_tab_only(make_client: Any) -> None:
+    # The page must load without a key to be able to ask for one (tests/test_browser.py drives that flow).
+    _, client = await make_client(api_keys=[SecretStr(PUBLIC_KEY)])
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert '<input id="api-key" type="password"' in page.text
+    assert "sessionStorage" in page.text and "localStorage" not in page.text
+
+
 async def test_admin_endpoints_need_an_admin_key(make_client: Any) -> None:
     app, client = await make_client(api_keys=[SecretStr(PUBLIC_KEY)], admin_api_keys=[SecretStr(ADMIN_KEY)])
 
