@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from chains.errors import CollectionMismatch, DependencyUnavailable
 from chains.settings import Settings
@@ -64,10 +66,12 @@ def point_id(key: str) -> str:
 
 
 def ensure_collection(client: QdrantClient, settings: Settings, dimension: int) -> None:
-    """Create the collection (dense cosine vectors, payload indexes) if missing; check it if present."""
+    """Create the collection (dense cosine vectors, payload indexes) if missing; if present, check it and add
+    any payload index it lacks (a collection made by an older version or by hand)."""
     name = settings.qdrant_collection
     if client.collection_exists(name):
-        check_collection(client, name, dimension)
+        info = check_collection(client, name, dimension)
+        ensure_payload_indexes(client, name, info.payload_schema, wait=False)
         return
     logger.info(
         "creating collection %s (dimension %d, %d shard(s), replication %d, on_disk=%s, quantization=%s)",
@@ -79,10 +83,50 @@ def ensure_collection(client: QdrantClient, settings: Settings, dimension: int) 
         settings.qdrant_quantization,
     )
     client.create_collection(name, **collection_layout(settings, dimension))
+    ensure_payload_indexes(client, name, {}, wait=True)
+
+
+def missing_payload_indexes(
+    payload_schema: Mapping[str, models.PayloadIndexInfo],
+) -> dict[str, models.PayloadSchemaType]:
+    """The INDEXED_FIELDS that `payload_schema` (a collection's `payload_schema`) has no index for."""
+    return {field: schema for field, schema in INDEXED_FIELDS.items() if field not in payload_schema}
+
+
+def ensure_payload_indexes(
+    client: QdrantClient, name: str, payload_schema: Mapping[str, models.PayloadIndexInfo], wait: bool
+) -> None:
+    """Create the payload indexes that `payload_schema` lacks. A refusal is logged, never raised: filtered
+    search works without an index (only slower on a server), so it must not stop start-up or ingest.
+
+    On purpose: an existing collection's indexes are built with `wait=False`, so that a large collection does not
+    hold start-up while the server indexes it. A field indexed with another type (by hand) is left as it is. The
+    embedded store accepts payload indexes but keeps none (it reports an empty `payload_schema`), so there this
+    asks for every index again at each start-up, which costs nothing.
+    """
+    for field, info in payload_schema.items():
+        wanted = INDEXED_FIELDS.get(field)
+        if wanted is not None and info.data_type != wanted:
+            logger.warning(
+                "collection %s indexes %s as %s, not %s: filters on it may not use the index",
+                name,
+                field,
+                info.data_type,
+                wanted.value,
+            )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
-        for field, schema in INDEXED_FIELDS.items():
-            client.create_payload_index(name, field_name=field, field_schema=schema)
+        for field, schema in missing_payload_indexes(payload_schema).items():
+            try:
+                client.create_payload_index(name, field_name=field, field_schema=schema, wait=wait)
+            except (UnexpectedResponse, ResponseHandlingException) as exc:
+                logger.warning(
+                    "could not create the payload index %s on collection %s (%s): filtered search by it runs "
+                    "unindexed; create it by hand or with an API key that may",
+                    field,
+                    name,
+                    exc,
+                )
 
 
 def collection_layout(settings: Settings, dimension: int) -> dict[str, Any]:
@@ -125,8 +169,8 @@ def quantization_config(kind: str) -> models.QuantizationConfig | None:
     return None
 
 
-def check_collection(client: QdrantClient, name: str, dimension: int) -> None:
-    """Raise `CollectionMismatch` when the stored vectors are not what the embedding model makes."""
+def check_collection(client: QdrantClient, name: str, dimension: int) -> models.CollectionInfo:
+    """The collection's info; `CollectionMismatch` when the stored vectors are not what the embedding model makes."""
     info = client.get_collection(name)
     vectors = info.config.params.vectors
     params = vectors.get(DENSE_VECTOR) if isinstance(vectors, dict) else None
@@ -148,6 +192,7 @@ def check_collection(client: QdrantClient, name: str, dimension: int) -> None:
             f"{dimension}-dimensional ones. Use the model it was built with, another QDRANT_COLLECTION, "
             "or re-ingest into a fresh collection."
         )
+    return info
 
 
 def points_without_sparse(client: QdrantClient, name: str) -> int:

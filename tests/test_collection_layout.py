@@ -9,11 +9,14 @@ real server.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
+from httpx import Headers
 from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from chains.embeddings import LocalEmbeddings
 from chains.errors import CollectionMismatch
@@ -24,6 +27,7 @@ from chains.vectorstore import (
     SPARSE_VECTOR,
     collection_layout,
     ensure_collection,
+    missing_payload_indexes,
 )
 
 
@@ -167,6 +171,14 @@ def test_ensure_collection_creates_an_index_for_each_filter_field(
     qdrant: QdrantClient, settings: Settings, embeddings: LocalEmbeddings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The embedded store reports no payload indexes, so record what ensure_collection asks the client for.
+    created = record_index_requests(qdrant, monkeypatch)
+    ensure_collection(qdrant, settings, embeddings.dimension)
+    assert created == INDEXED_FIELDS
+    assert {"metadata.source", "metadata.chapter"} <= set(created)
+
+
+def record_index_requests(qdrant: QdrantClient, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The payload indexes asked of `qdrant` from now on (passed on to the real client)."""
     created: dict[str, Any] = {}
     create_payload_index = qdrant.create_payload_index
 
@@ -175,9 +187,49 @@ def test_ensure_collection_creates_an_index_for_each_filter_field(
         return create_payload_index(collection_name, field_name=field_name, field_schema=field_schema, **kwargs)
 
     monkeypatch.setattr(qdrant, "create_payload_index", recording)
+    return created
+
+
+def test_missing_payload_indexes_are_the_filter_fields_a_payload_schema_lacks() -> None:
+    keyword = models.PayloadIndexInfo(data_type=models.PayloadSchemaType.KEYWORD, points=0)
+    assert missing_payload_indexes({}) == INDEXED_FIELDS
+    assert missing_payload_indexes({field: keyword for field in INDEXED_FIELDS}) == {}
+    partly = {"metadata.source": keyword, "metadata.unrelated": keyword}
+    assert missing_payload_indexes(partly) == {k: v for k, v in INDEXED_FIELDS.items() if k != "metadata.source"}
+
+
+@pytest.mark.integration
+def test_collection_made_without_indexes_is_asked_for_each_on_ensure_since_the_embedded_store_reports_none(
+    qdrant: QdrantClient, settings: Settings, embeddings: LocalEmbeddings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made as an older version (or a person) would: the same layout, no payload indexes.
+    qdrant.create_collection(settings.qdrant_collection, **collection_layout(settings, embeddings.dimension))
+    assert qdrant.get_collection(settings.qdrant_collection).payload_schema == {}  # what the embedded store reports
+    created = record_index_requests(qdrant, monkeypatch)
     ensure_collection(qdrant, settings, embeddings.dimension)
     assert created == INDEXED_FIELDS
-    assert {"metadata.source", "metadata.chapter"} <= set(created)
+
+
+@pytest.mark.integration
+def test_payload_index_refused_by_qdrant_is_a_warning_not_a_failed_start(
+    qdrant: QdrantClient,
+    settings: Settings,
+    embeddings: LocalEmbeddings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    qdrant.create_collection(settings.qdrant_collection, **collection_layout(settings, embeddings.dimension))
+
+    def refusing(collection_name: str, field_name: str, **kwargs: Any) -> Any:
+        # what a server answers a key that may read but not manage collections
+        raise UnexpectedResponse(403, "Forbidden", b'{"status":{"error":"forbidden"}}', Headers())
+
+    monkeypatch.setattr(qdrant, "create_payload_index", refusing)
+    with caplog.at_level(logging.WARNING, logger="chains.vectorstore"):
+        ensure_collection(qdrant, settings, embeddings.dimension)
+    refused = [r.getMessage() for r in caplog.records if "could not create the payload index" in r.getMessage()]
+    assert len(refused) == len(INDEXED_FIELDS)
+    assert "metadata.source" in refused[0] and settings.qdrant_collection in refused[0]
 
 
 @pytest.mark.integration

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
-from chains.vectorstore import DENSE_VECTOR, INDEXED_FIELDS, ensure_collection
+from chains.vectorstore import DENSE_VECTOR, INDEXED_FIELDS, collection_layout, ensure_collection
 from tests.conftest import SERVER_SKIP_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,23 @@ def test_server_creates_the_collection_with_shards_replication_and_indexes_from_
 
 
 @pytest.mark.qdrant_server
+def test_server_collection_made_without_payload_indexes_gets_them_on_ensure(
+    qdrant: QdrantClient, settings: Settings, embeddings: LocalEmbeddings
+) -> None:
+    name = settings.qdrant_collection
+    qdrant.create_collection(name, **collection_layout(settings, embeddings.dimension))  # as an older version did
+    assert qdrant.get_collection(name).payload_schema == {}
+    ensure_collection(qdrant, settings, embeddings.dimension)
+    # An existing collection's indexes are built without waiting (start-up is not held): poll, bounded.
+    for _ in range(100):
+        schema = qdrant.get_collection(name).payload_schema
+        if set(schema) >= set(INDEXED_FIELDS):
+            break
+        time.sleep(0.1)
+    assert {field: schema[field].data_type for field in INDEXED_FIELDS} == INDEXED_FIELDS
+
+
+@pytest.mark.qdrant_server
 def test_server_with_an_api_key_refuses_a_client_without_it(settings: Settings) -> None:
     if settings.qdrant_api_key is None:
         pytest.skip("the server's API key is unknown here: start it and run the tests with QDRANT_API_KEY set")
@@ -81,5 +99,5 @@ def test_server_tests_are_skipped_with_how_to_start_one_when_qdrant_url_is_unset
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "2 skipped" in run.stdout
+    assert "3 skipped" in run.stdout
     assert SERVER_SKIP_REASON in run.stdout
