@@ -122,3 +122,26 @@ class RecordingChatModel(GenericFakeChatModel):
 
 def recording_model(*answers: str) -> RecordingChatModel:
     return RecordingChatModel(messages=iter([AIMessage(content=a) for a in answers]))
+
+
+class StallingChatModel(GenericFakeChatModel):
+    """A model endpoint that hangs: no call ever answers. Records its calls and whether one was cancelled."""
+
+    calls: int = 0
+    cancelled: bool = False
+    messages: Iterator[AIMessage | str] = Field(default_factory=lambda: iter(()))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls += 1
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("a stalled call is cancelled, never answered")

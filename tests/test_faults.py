@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
@@ -20,6 +21,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
+from openai import AsyncOpenAI
 from pydantic import Field
 from qdrant_client import QdrantClient
 
@@ -36,6 +38,11 @@ pytestmark = pytest.mark.integration
 
 QUESTION = {"question": "How much should I water a young tree?"}
 STREAM = {**QUESTION, "stream": True}
+CHAT = {  # what the AI SDK's DefaultChatTransport posts to /api/chat
+    "id": "chat-1",
+    "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": QUESTION["question"]}]}],
+    "trigger": "submit-message",
+}
 ANSWER = "Water each young tree with twenty litres a week [1]."
 
 
@@ -77,6 +84,28 @@ async def sse_events(client: AsyncClient, body: dict[str, Any]) -> list[tuple[st
         return [(sse.event, json.loads(sse.data)) async for sse in source.aiter_sse()]
 
 
+async def openai_stream_text(client: AsyncClient) -> str:
+    """The text of a streamed chat completion, read by the official `openai` client (no retries)."""
+    openai_client = AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    stream = await openai_client.chat.completions.create(
+        model="bookrag", messages=[{"role": "user", "content": QUESTION["question"]}], stream=True
+    )
+    return "".join([c.delta.content or "" async for chunk in stream for c in chunk.choices])
+
+
+async def assert_streams_refused_with_503(client: AsyncClient, code: str) -> None:
+    """The OpenAI and AI SDK streams answer an HTTP 503 with Retry-After and the JSON error, no stream."""
+    with pytest.raises(openai.APIStatusError) as raised:
+        await openai_stream_text(client)
+    assert raised.value.status_code == 503
+    assert raised.value.code == code and raised.value.type == "server_error"
+    assert int(raised.value.response.headers["retry-after"]) >= 1
+    chat = await client.post("/api/chat", json=CHAT)
+    assert chat.status_code == 503 and chat.headers["content-type"] == "application/json"
+    assert chat.json()["error"]["code"] == code and chat.json()["error"]["request_id"] == chat.headers["x-request-id"]
+    assert int(chat.headers["retry-after"]) >= 1
+
+
 def assert_error_event(events: list[tuple[str, dict[str, Any]]], code: str) -> None:
     names = [name for name, _ in events]
     assert names[-1] == "error" and names.count("error") == 1 and "done" not in names
@@ -111,7 +140,9 @@ async def test_qdrant_server_refusing_starts_degraded_and_answers_503_naming_qdr
             error = response.json()["error"]
             assert error["code"] == "qdrant_unavailable"
             assert error["request_id"] == response.headers["x-request-id"]
+            assert int(response.headers["retry-after"]) >= 1
         assert_error_event(await sse_events(client, STREAM), "qdrant_unavailable")
+        await assert_streams_refused_with_503(client, "qdrant_unavailable")
         assert (await client.get("/health")).status_code == 200
 
 
@@ -128,6 +159,20 @@ async def test_embedded_store_closed_mid_run_gives_503_and_ready_names_qdrant(
         ready = await client.get("/ready")
         assert ready.status_code == 503 and ready.json()["down"] == ["qdrant"]
         assert (await client.get("/health")).status_code == 200
+
+
+@pytest.mark.skipif(bool(QDRANT_URL), reason="a property of the embedded store; QDRANT_URL is set")
+async def test_embedded_store_closed_before_a_stream_is_http_503_for_openai_and_ai_sdk_clients(
+    book_settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    async for _, client in app_client(book_settings, embeddings, qdrant, scripted_model(ANSWER, ANSWER)):
+        assert await openai_stream_text(client) == ANSWER
+        chat = await client.post("/api/chat", json=CHAT)
+        assert chat.status_code == 200 and chat.text.endswith("data: [DONE]\n\n")
+        qdrant.close()
+        await assert_streams_refused_with_503(client, "qdrant_unavailable")
+        # /ask's stream starts before retrieval, on purpose: there the failure stays its error event
+        assert_error_event(await sse_events(client, STREAM), "qdrant_unavailable")
 
 
 @pytest.mark.skipif(bool(QDRANT_URL), reason="a property of the embedded store; QDRANT_URL is set")

@@ -20,7 +20,7 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from tests.conftest import app_client
-from tests.fakes import CountingChatModel, FailingChatModel, UsageChatModel
+from tests.fakes import CountingChatModel, FailingChatModel, StallingChatModel, UsageChatModel
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +167,24 @@ async def test_model_failing_mid_stream_raises_an_api_error_in_the_client(make_o
             received.extend(c.delta.content or "" for c in chunk.choices)
     assert "".join(received) == "partial0 partial1 "
     assert raised.value.code == "internal_error" and "secret" not in raised.value.message
+
+
+async def test_follow_up_whose_condensing_outlives_the_deadline_is_an_http_504_and_the_call_is_cancelled(
+    make_openai: Any,
+) -> None:
+    # Retrieval runs before the stream starts, under the request deadline: a follow-up is condensed by the model
+    # first, and this one never answers.
+    model = StallingChatModel()
+    client = await make_openai(model, request_timeout_s=0.5)
+    messages: Any = [
+        {"role": "user", "content": "Tell me about young trees."},
+        {"role": "assistant", "content": "Young trees need regular watering [1]."},
+        {"role": "user", "content": "How much exactly?"},
+    ]
+    with pytest.raises(openai.APIStatusError) as raised:
+        stream = await client.chat.completions.create(model="bookrag", messages=messages, stream=True)
+        async for _ in stream:
+            pass
+    assert raised.value.status_code == 504
+    assert raised.value.code == "request_timeout" and raised.value.type == "server_error"
+    assert model.calls == 1 and model.cancelled, "the deadline cancels the model call"

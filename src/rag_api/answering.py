@@ -1,18 +1,25 @@
 """How every answer route runs the answerer: under the request deadline, noting timings and token counts for
-the access log and the metrics. Routes differ only in how they parse the question and encode the result."""
+the access log and the metrics. Routes differ only in how they parse the question and encode the result.
+
+On purpose: `stream_retrieved_answer` runs retrieval before the response exists, so that a client of
+`/v1/chat/completions` or `/api/chat` gets a real HTTP status (503 with Retry-After when Qdrant is down) for a
+failure before anything useful was produced. `/ask` does not: its stream says `retrieving` first (docs/streaming.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import Request
 
-from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, Timings, TokenEvent
+from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, SourcesEvent, Timings, TokenEvent
 from chains.guard import call_within_deadline, within_deadline
 from rag_api.metrics import metrics_of
 from rag_api.middleware import note_access
 from rag_api.state import AppState
-from rag_api.streaming import coalesce_tokens
+from rag_api.streaming import close_events, coalesce_tokens
 
 
 def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None, mode: str | None = None) -> None:
@@ -48,6 +55,50 @@ def stream_answer(state: AppState, request: AnswerRequest, http: Request) -> Asy
     settings = state.settings
     events = within_deadline(_noting_done(state.answerer.stream(request), http), settings.request_timeout_s)
     return coalesce_tokens(events, settings.stream_coalesce_ms / 1000)
+
+
+@dataclass(slots=True)
+class RetrievedAnswer:
+    """An answer whose retrieval is done: the events pulled so far (`head`, through its `SourcesEvent`), then the
+    rest, which is already running (the model is being called)."""
+
+    head: list[AnswerEvent]
+    rest: AsyncIterator[AnswerEvent]
+
+    async def events(self) -> AsyncIterator[AnswerEvent]:
+        """Every event of the answer, from the first; closing this closes the answer."""
+        try:
+            for event in self.head:
+                yield event
+            async for event in self.rest:
+                yield event
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the answer (and so the model call), whether or not `events()` was ever read: run it when the
+        response is over, since a client gone before the first byte never starts the response's iterator."""
+        await close_events(self.rest)
+
+
+async def stream_retrieved_answer(state: AppState, request: AnswerRequest, http: Request) -> RetrievedAnswer:
+    """`stream_answer`, pulled up to and including its `SourcesEvent` before the route makes a response.
+
+    A failure until then (Qdrant, the embedding model, the chat model condensing a follow-up, REQUEST_TIMEOUT_S,
+    which counts from this first pull) is raised here, so the app's error handlers answer it with its HTTP status
+    and JSON error body; a failure after it is the stream's closing error event, as ever.
+    """
+    events = stream_answer(state, request, http)
+    head: list[AnswerEvent] = []
+    try:
+        async for event in events:
+            head.append(event)
+            if isinstance(event, SourcesEvent):
+                break
+    except (Exception, asyncio.CancelledError):
+        await close_events(events)
+        raise
+    return RetrievedAnswer(head, events)
 
 
 async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:

@@ -33,6 +33,11 @@ from rag_api.schemas import ErrorResponse
 logger = logging.getLogger(__name__)
 
 
+# Retry-After of a 503 `<dependency>_unavailable`: the default QDRANT_RECHECK_S, how often a degraded service
+# looks for Qdrant again. A hint for clients that retry (the `openai` SDK waits this long), not a promise.
+DEPENDENCY_RETRY_AFTER_S = 5
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     status: int
@@ -45,15 +50,16 @@ def classify(exc: Exception) -> ErrorInfo:
     """What a client is told about `exc`: status, stable code and a safe message.
 
     Codes: `model_timeout` and `request_timeout` (504); `model_busy` (503 + Retry-After); `<dependency>_unavailable`
-    for qdrant, chat_model and embeddings (503); `collection_mismatch`, `configuration_error` (503);
-    any other `RagError` its own code (400); anything unexpected `internal_error` (500, text never shown).
+    for qdrant, chat_model and embeddings (503 + Retry-After: DEPENDENCY_RETRY_AFTER_S); `collection_mismatch`,
+    `configuration_error` (503); any other `RagError` its own code (400); anything unexpected `internal_error`
+    (500, text never shown).
     """
     if isinstance(exc, ModelTimeout | DeadlineExceeded):
         return ErrorInfo(504, exc.code, str(exc))
     if isinstance(exc, ModelBusy):
         return ErrorInfo(503, exc.code, str(exc), int(exc.retry_after_s))
     if isinstance(exc, DependencyUnavailable):
-        return ErrorInfo(503, f"{exc.dependency}_unavailable", str(exc))
+        return ErrorInfo(503, f"{exc.dependency}_unavailable", str(exc), DEPENDENCY_RETRY_AFTER_S)
     if isinstance(exc, CollectionMismatch | ConfigurationError):
         return ErrorInfo(503, exc.code, str(exc))
     if isinstance(exc, RagError):
@@ -113,8 +119,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     422: _described("The body does not fit the schema or a configured limit: `invalid_request`"),
     429: _described("Too many requests from this client: `rate_limited`, with a Retry-After header"),
     503: _described(
-        "A dependency is down: `qdrant_unavailable`, `chat_model_unavailable`, `embeddings_unavailable`; "
-        "or `model_busy` (every model slot taken; Retry-After)"
+        "A dependency is down: `qdrant_unavailable`, `chat_model_unavailable`, `embeddings_unavailable` "
+        "(Retry-After); or `model_busy` (every model slot taken; Retry-After)"
     ),
     504: _described("The model or the whole request took too long: `model_timeout`, `request_timeout`"),
 }

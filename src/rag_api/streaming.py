@@ -17,11 +17,12 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from chains.answer import (
     AnswerEvent,
@@ -49,7 +50,8 @@ class _Failed:
     error: Exception
 
 
-async def _close(events: AsyncIterator[Any]) -> None:
+async def close_events(events: AsyncIterator[Any]) -> None:
+    """Close an async iterator that can be closed (an async generator), which runs its cleanup."""
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()
@@ -79,7 +81,7 @@ async def coalesce_tokens(events: AsyncIterator[AnswerEvent], window_s: float = 
             pending.append(_Failed(exc))
         finally:
             arrived.set()
-            await _close(events)
+            await close_events(events)
 
     reader = asyncio.create_task(read_ahead(), name="answer-read-ahead")
     last_token_at: float | None = None
@@ -126,17 +128,23 @@ async def guard(events: AsyncIterator[AnswerEvent], request_id: str | None) -> A
             logger.warning("request %s: stream failed: %s: %s", request_id, info.code, info.message)
         yield ErrorEvent(info.code, info.message)
     finally:
-        await _close(events)
+        await close_events(events)
 
 
-def sse_response(chunks: AsyncIterator[bytes], request_id: str | None) -> EventSourceResponse:
-    """A server-sent-events response with heartbeats, a send timeout and no proxy buffering."""
+def sse_response(
+    chunks: AsyncIterator[bytes],
+    request_id: str | None,
+    on_close: Callable[[], Awaitable[None]] | None = None,
+) -> EventSourceResponse:
+    """A server-sent-events response with heartbeats, a send timeout and no proxy buffering; `on_close` runs
+    once the response is over (e.g. `RetrievedAnswer.aclose`)."""
     return EventSourceResponse(
         chunks,
         ping=SSE_PING_SECONDS,
         send_timeout=SSE_SEND_TIMEOUT_SECONDS,
         sep="\n",
         headers={**SSE_HEADERS, "X-Request-ID": request_id or ""},
+        background=BackgroundTask(on_close) if on_close is not None else None,
     )
 
 

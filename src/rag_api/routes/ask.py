@@ -41,7 +41,11 @@ in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`
 `{retrieval_ms, first_token_ms, total_ms}` (`first_token_ms` is `null` when no model was called).
 
 Every stream ends with exactly one `done` or `error`, then the response ends. Errors before the stream starts
-(401, 413, 422, 429) are ordinary JSON error responses. Comment lines (`: ping ...`) come every 15 s so that proxies
+(401, 413, 422, 429) are ordinary JSON error responses. The stream starts before the search, on purpose (the
+`retrieving` status is a typing indicator at once), so a dependency that fails during retrieval (Qdrant down:
+`qdrant_unavailable`; the embedding model: `embeddings_unavailable`) arrives as the `error` event, not as a 503
+(the JSON form answers 503 with Retry-After; `/v1/chat/completions` and `/api/chat` start their streams after
+retrieval and answer 503). Comment lines (`: ping ...`) come every 15 s so that proxies
 keep idle connections open; `Cache-Control: no-cache, no-transform` and `X-Accel-Buffering: no` stop proxy
 buffering. Closing the connection cancels the answer: the chat model stops being called.
 

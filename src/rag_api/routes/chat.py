@@ -12,11 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from chains.answer import AnswerRequest, Turn
 from chains.settings import Settings
 from rag_api.aisdk import SEP, UI_MESSAGE_STREAM_HEADERS, new_message_id, ui_message_sse
-from rag_api.answering import stream_answer
+from rag_api.answering import stream_retrieved_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.middleware import note_access
@@ -38,6 +39,10 @@ the chat request it sends and answers with its **UI message stream** (protocol v
 | `text-start`, `text-delta` (`delta`)..., `text-end` | the answer, after the sources |
 | `finish`: `messageMetadata` (`answerId`, `mode`, `citations`, `usage`, `timings`) | a whole answer |
 | `error`: `errorText` | instead of `finish`, on a failure after the stream started |
+
+The stream starts once the passages are found: a failure before that (Qdrant or the embedding model down, the
+deadline) is an HTTP error with a JSON body, as for `/ask` without streaming (503 with Retry-After, 504), which
+`DefaultChatTransport` raises as the chat's error. The `retrieving` status then comes just before the sources.
 
 `providerMetadata.bookrag.number` is the number the answer cites as [n]; its `text`, `score`, `page` and `url`
 are there too. The stream ends with `data: [DONE]`.
@@ -117,10 +122,13 @@ async def chat(body: ChatRequest, state: State, request_id: RequestId, http: Req
     request = to_answer_request(body, state.settings)
     if state.settings.log_questions:
         note_access(http, question=request.question)
+    # Retrieval before the response: a failure there is an HTTP status, which DefaultChatTransport raises.
+    answer = await stream_retrieved_answer(state, request, http)
     return EventSourceResponse(
-        ui_message_sse(stream_answer(state, request, http), request_id, new_message_id()),
+        ui_message_sse(answer.events(), request_id, new_message_id()),
         ping=SSE_PING_SECONDS,
         send_timeout=SSE_SEND_TIMEOUT_SECONDS,
         sep=SEP,
         headers={**UI_MESSAGE_STREAM_HEADERS, "X-Request-ID": request_id or ""},
+        background=BackgroundTask(answer.aclose),
     )

@@ -10,7 +10,7 @@ import time
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from rag_api.answering import stream_answer, whole_answer
+from rag_api.answering import stream_retrieved_answer, whole_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.middleware import note_access
@@ -41,8 +41,10 @@ Extra fields: the response (and the last streamed chunk) has `citations`, `answe
 (the numbered passages, as in `/ask`) is on the response and on the first streamed chunk, before any text.
 
 With `"stream": true` the answer comes as `data:` lines of `chat.completion.chunk`s ending with `data: [DONE]`
-(a usage chunk before it with `stream_options.include_usage`). A failure after the stream started is one
-`data: {"error": {...}}` line. Errors before it are JSON in OpenAI's error shape.
+(a usage chunk before it with `stream_options.include_usage`). The stream starts once the passages are found, so
+a failure until then is an HTTP error in OpenAI's error shape, as without streaming: 503 `qdrant_unavailable` or
+`embeddings_unavailable` (with Retry-After) when a dependency is down, 504 `request_timeout`. A failure after the
+stream started (the chat model failing or stalling) is one `data: {"error": {...}}` line.
 """
 
 
@@ -61,9 +63,10 @@ async def chat_completions(
         note_access(http, question=request.question)
     completion = completion_id()
     if body.stream:
-        events = stream_answer(state, request, http)
-        chunks = chat_chunks(events, request_id, completion, body.model, included_usage(body))
-        return sse_response(chunks, request_id)
+        # Retrieval before the response: a failure there is an HTTP status that OpenAI clients raise.
+        answer = await stream_retrieved_answer(state, request, http)
+        chunks = chat_chunks(answer.events(), request_id, completion, body.model, included_usage(body))
+        return sse_response(chunks, request_id, on_close=answer.aclose)
     return chat_completion(await whole_answer(state, request, http), completion, body.model)
 
 
