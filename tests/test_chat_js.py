@@ -83,3 +83,19 @@ def test_ai_sdk_client_folds_the_stream_into_a_message_with_text_and_sources(
     assert selection["sourceId"] == "S1" and selection["providerMetadata"]["bookrag"]["number"] == 1
     assert passage["filename"].endswith(".md") and passage["mediaType"] == "text/markdown"
     assert passage["providerMetadata"]["bookrag"]["number"] == 2
+
+
+def test_ai_sdk_client_raises_the_json_error_when_qdrant_is_down_before_the_stream(
+    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
+) -> None:
+    node = node_or_skip()
+    model = GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=ANSWER)]))
+    app = create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
+    with serve(app, free_port()) as base_url:
+        qdrant.close()  # the store goes away under the running service
+        turns = run_client(node, base_url, "How much water does a young tree need?")
+    # DefaultChatTransport throws on the 503 with the body as the message (what useChat's `error` holds): no stream,
+    # so no empty assistant message.
+    assert list(turns[0]) == ["thrown"]
+    error = json.loads(turns[0]["thrown"])["error"]
+    assert error["code"] == "qdrant_unavailable" and error["type"] == "server_error" and error["message"]

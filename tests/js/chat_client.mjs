@@ -5,7 +5,8 @@
 // DefaultChatTransport sends the question as useChat would (a UI message with a text part, the reader's selection in
 // its metadata); readUIMessageStream folds the answer's UI message stream into an assistant UIMessage. With a
 // follow-up, the whole conversation (question, that answer, follow-up) is sent again, as useChat does. Prints JSON:
-// {"turns": [{"message": UIMessage, "chunkTypes": [...], "statuses": [...], "errors": [...]}, ...]}.
+// {"turns": [{"message": UIMessage, "chunkTypes": [...], "statuses": [...], "errors": [...]}, ...]}; a turn whose
+// request the transport refuses (a non-2xx response: it throws) is {"thrown": <the error's message>} and ends the run.
 import { DefaultChatTransport, readUIMessageStream } from "ai";
 
 const [baseUrl, question, followUp] = process.argv.slice(2);
@@ -17,13 +18,18 @@ if (!baseUrl || !question) {
 const transport = new DefaultChatTransport({ api: `${baseUrl}/api/chat` });
 
 async function ask(messages) {
-  const stream = await transport.sendMessages({
-    chatId: "chat-js-test",
-    messages,
-    trigger: "submit-message",
-    messageId: undefined,
-    abortSignal: AbortSignal.timeout(60_000),
-  });
+  let stream;
+  try {
+    stream = await transport.sendMessages({
+      chatId: "chat-js-test",
+      messages,
+      trigger: "submit-message",
+      messageId: undefined,
+      abortSignal: AbortSignal.timeout(60_000),
+    });
+  } catch (error) {
+    return { thrown: String(error?.message ?? error) };
+  }
   // One branch is folded into the message (as useChat does); the other records every chunk, transient ones too.
   const [forMessage, forLog] = stream.tee();
   const chunkTypes = [];
@@ -49,7 +55,7 @@ function userMessage(id, text, metadata) {
 
 const first = userMessage("u1", question, { selectedText: "Young fruit trees need deep, infrequent watering." });
 const turns = [await ask([first])];
-if (followUp) {
+if (followUp && !("thrown" in turns[0])) {
   turns.push(await ask([first, turns[0].message, userMessage("u2", followUp)]));
 }
 console.log(JSON.stringify({ turns }));
