@@ -14,10 +14,12 @@ import pytest
 from httpx import AsyncClient
 from httpx_sse import aconnect_sse
 from qdrant_client import QdrantClient
+from starlette.requests import Request
 
-from chains.answer import AnswerEvent, StatusEvent, TokenEvent
+from chains.answer import AnswerEvent, AnswerRequest, SourcesEvent, StatusEvent, TokenEvent
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
+from rag_api.answering import stream_retrieved_answer
 from rag_api.app import create_app
 from rag_api.state import Overrides
 from rag_api.streaming import coalesce_tokens
@@ -147,6 +149,23 @@ async def test_client_disconnect_stops_the_model_and_leaves_no_task(
             assert app.state.rag.answerer.gate.in_flight == 0, "the model slot is released"
             leaks = {"coalesce_tokens.<locals>.read_ahead", "RequestResponseCycle.run_asgi"}
             await _until(lambda: not (_task_names(model.loop) & leaks), "the request's tasks to end")
+
+
+@pytest.mark.integration
+async def test_retrieved_answer_closed_without_being_read_stops_the_model(
+    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
+) -> None:
+    # What the response's background task does when the client went away before the first byte was sent.
+    model = CountingChatModel(delay_s=0.01, words=2000)
+    async for app, _ in app_client(settings, embeddings, qdrant, model):
+        scope = {"type": "http", "app": app, "method": "POST", "path": "/v1/chat/completions", "headers": []}
+        answer = await stream_retrieved_answer(app.state.rag, AnswerRequest(QUESTION), Request(scope))
+        assert [type(event) for event in answer.head] == [StatusEvent, SourcesEvent]
+        assert isinstance(answer.head[-1], SourcesEvent) and answer.head[-1].sources
+        await _until(lambda: model.chunks_produced > 0, "the model to be called (read ahead) after retrieval")
+        await answer.aclose()
+        assert model.stopped_early, "the model stream was cancelled, not run to its end"
+        assert app.state.rag.answerer.gate.in_flight == 0, "the model slot is released"
 
 
 # Token coalescing, on plain async generators.
