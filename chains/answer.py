@@ -1,12 +1,13 @@
 """How an answer is made, as a stream of the service's own events.
 
-    retrieve (one query embedding, one Qdrant query) -> sources -> prompt -> chat model tokens -> done
+    retrieve (one query embedding, one Qdrant query) -> sources -> prompt -> chat model text -> done
 
 `Answerer.stream` yields `StatusEvent`, `SourcesEvent`, `TokenEvent`... and one `DoneEvent`; wire formats (SSE,
 OpenAI chunks, AI SDK chunks) are encoders over these events in the API. Errors propagate as exceptions: the API
-turns them into its error event, since only it knows what a client may see. The model is called through
-`astream` directly rather than through `astream_events`, which costs several times more CPU per token; the
-retriever and model still run their LangChain callbacks, so tracing sees both.
+turns them into its error event, since only it knows what a client may see. The model's text comes from
+`chains.model_stream` (the OpenAI stream read directly, or `model.astream`), never through `astream_events`, which
+costs several times more CPU per token; the retriever and model still run their LangChain callbacks, so tracing
+sees both.
 
 With no chat model configured the answer is extractive (the best passages, labelled as such), and when no
 passage is relevant enough the answer says the book does not cover the question without calling the model.
@@ -22,13 +23,14 @@ from typing import Any, Literal
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
 from chains.errors import DependencyUnavailable, ModelTimeout
 from chains.guard import ModelGate
+from chains.model_stream import stream_model_text
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -124,7 +126,10 @@ class SourcesEvent:
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
+    """Text to append to the answer; `deltas` is how many of the model's streamed deltas it joins."""
+
     text: str
+    deltas: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,17 +194,6 @@ def extractive_answer(sources: Sequence[Source]) -> str:
             excerpt = excerpt[:_EXTRACT_CHARS].rsplit(" ", 1)[0] + " …"
         parts.append(f"[{source.number}] **{source.label}**: {excerpt}")
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
-
-
-def usage_of(chunk: AIMessageChunk) -> dict[str, int] | None:
-    usage = chunk.usage_metadata
-    if not usage:
-        return None
-    return {
-        "input_tokens": int(usage.get("input_tokens", 0)),
-        "output_tokens": int(usage.get("output_tokens", 0)),
-        "total_tokens": int(usage.get("total_tokens", 0)),
-    }
 
 
 def model_error(exc: Exception) -> Exception:
@@ -303,16 +297,15 @@ class Answerer:
         usage: dict[str, int] | None = None
         parts: list[str] = []
         try:
-            async for chunk in self.gate.stream(aiter(self.model.astream(self.messages_for(request, sources)))):
-                if isinstance(chunk, AIMessageChunk):
-                    usage = usage_of(chunk) or usage
-                text = chunk.text if isinstance(chunk.text, str) else ""
-                if not text:
+            pieces = stream_model_text(self.model, self.messages_for(request, sources))
+            async for piece in self.gate.stream(pieces):
+                usage = piece.usage or usage
+                if not piece.text:
                     continue
                 if first_token_ms is None:
                     first_token_ms = (time.perf_counter() - started) * 1000
-                parts.append(text)
-                yield TokenEvent(text)
+                parts.append(piece.text)
+                yield TokenEvent(piece.text, piece.deltas)
         except Exception as exc:
             translated = model_error(exc)
             if translated is exc:

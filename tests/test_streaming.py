@@ -181,7 +181,7 @@ async def test_coalescing_merges_tokens_that_are_already_waiting() -> None:
         for word in ("a ", "b ", "c"):
             yield TokenEvent(word)
 
-    assert await _collect(coalesce_tokens(burst())) == [StatusEvent("generating"), TokenEvent("a b c")]
+    assert await _collect(coalesce_tokens(burst())) == [StatusEvent("generating"), TokenEvent("a b c", deltas=3)]
 
 
 async def test_coalescing_window_sends_the_first_token_at_once_and_merges_fast_ones() -> None:
@@ -190,7 +190,7 @@ async def test_coalescing_window_sends_the_first_token_at_once_and_merges_fast_o
             yield TokenEvent(word)
             await asyncio.sleep(0.001)
 
-    assert await _collect(coalesce_tokens(fast(), window_s=0.3)) == [TokenEvent("a "), TokenEvent("b c d")]
+    assert await _collect(coalesce_tokens(fast(), window_s=0.3)) == [TokenEvent("a "), TokenEvent("b c d", deltas=3)]
 
 
 async def test_coalescing_sends_a_lone_token_at_once() -> None:

@@ -43,7 +43,7 @@ async def _noting_done(events: AsyncIterator[AnswerEvent], http: Request) -> Asy
     async for event in events:
         if isinstance(event, TokenEvent) and metrics is not None:
             # the model's deltas, counted before coalescing joins them into fewer events
-            metrics.tokens_streamed.labels(endpoint).inc()
+            metrics.tokens_streamed.labels(endpoint).inc(event.deltas)
         elif isinstance(event, DoneEvent):
             note_answer(http, event.timings, event.usage, event.mode)
         yield event

@@ -101,10 +101,13 @@ async def coalesce_tokens(events: AsyncIterator[AnswerEvent], window_s: float = 
                     if wait > 0:
                         await asyncio.sleep(wait)
                 if pending and isinstance(pending[0], TokenEvent):
-                    parts = [item.text]
+                    parts, deltas = [item.text], item.deltas
                     while pending and isinstance(pending[0], TokenEvent):
-                        parts.append(pending.popleft().text)  # type: ignore[union-attr]
-                    item = TokenEvent("".join(parts))
+                        token = pending.popleft()
+                        assert isinstance(token, TokenEvent)
+                        parts.append(token.text)
+                        deltas += token.deltas
+                    item = TokenEvent("".join(parts), deltas)
                 last_token_at = loop.time()
             yield item
     finally:
