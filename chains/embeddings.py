@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.embeddings import Embeddings
 
 from chains.errors import ConfigurationError
+from chains.onnx_encoder import OnnxQueryEncoder, load_query_encoder
 from chains.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,10 +55,14 @@ class LocalEmbeddings(Embeddings):
     """A sentence-transformers model on the CPU, normalised so that cosine equals dot product.
 
     Encoding is CPU-bound and blocking, so the async methods run it in a worker thread; a lock keeps one
-    encode at a time (torch already uses every core for one batch, two at once only thrash).
+    PyTorch encode at a time (torch already uses every core for one batch, two at once only thrash). Questions go
+    through ONNX Runtime when `onnx_dir` is given and the model allows it (`chains.onnx_encoder`): one thread
+    each, several at once, no lock.
     """
 
-    def __init__(self, model_path: Path, batch_size: int = 64, cache_size: int = 1024) -> None:
+    def __init__(
+        self, model_path: Path, batch_size: int = 64, cache_size: int = 1024, onnx_dir: Path | None = None
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -69,10 +74,19 @@ class LocalEmbeddings(Embeddings):
         self._batch_size = batch_size
         self._lock = threading.Lock()
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         measure = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dimension: int = int(measure() or 0)
         self.max_seq_length: int = int(self._model.max_seq_length or 256)
+        # Questions through ONNX Runtime when it can run this model (chains.onnx_encoder), else through PyTorch.
+        self._query_encoder: OnnxQueryEncoder | None = None
+        if onnx_dir is not None:
+            self._query_encoder = load_query_encoder(self._model, model_path, onnx_dir)
+
+    @property
+    def query_runtime(self) -> str:
+        return "onnx" if self._query_encoder is not None else "torch"
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the model's own tokenizer (what it truncates at)."""
@@ -100,23 +114,33 @@ class LocalEmbeddings(Embeddings):
             return []
         return self._encode(texts)
 
+    def _cached(self, text: str) -> list[float] | None:
+        with self._cache_lock:
+            vector = self._query_cache.get(text)
+            if vector is not None:
+                self._query_cache.move_to_end(text)
+            return vector
+
     def embed_query(self, text: str) -> list[float]:
-        cached = self._query_cache.get(text)
+        cached = self._cached(text)
         if cached is not None:
-            self._query_cache.move_to_end(text)
             return cached
-        vector = self._encode([text])[0]
+        if self._query_encoder is not None:
+            vector = [float(x) for x in self._query_encoder.encode([text])[0]]
+        else:
+            vector = self._encode([text])[0]
         if self._cache_size:
-            self._query_cache[text] = vector
-            if len(self._query_cache) > self._cache_size:
-                self._query_cache.popitem(last=False)
+            with self._cache_lock:
+                self._query_cache[text] = vector
+                if len(self._query_cache) > self._cache_size:
+                    self._query_cache.popitem(last=False)
         return vector
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
-        cached = self._query_cache.get(text)
+        cached = self._cached(text)
         if cached is not None:
             return cached
         return await asyncio.to_thread(self.embed_query, text)
@@ -127,7 +151,8 @@ def build_embeddings(settings: Settings) -> Embeddings:
     if settings.embedding_provider == "local":
         path = packaged_model_path(settings.embedding_model)
         logger.info("loading local embedding model %s from %s", settings.embedding_model, path)
-        return LocalEmbeddings(path, settings.embedding_batch_size, settings.embedding_cache_size)
+        onnx_dir = settings.embedding_onnx_dir if settings.embedding_query_runtime == "onnx" else None
+        return LocalEmbeddings(path, settings.embedding_batch_size, settings.embedding_cache_size, onnx_dir)
     from langchain_openai import OpenAIEmbeddings
 
     kwargs: dict[str, Any] = {"model": settings.embedding_model, "chunk_size": settings.embedding_batch_size}

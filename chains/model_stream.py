@@ -166,10 +166,13 @@ async def _through_astream(model: BaseChatModel, messages: Sequence[BaseMessage]
 async def _read_chat_completions(
     model: Any, messages: Sequence[BaseMessage], payload: dict[str, Any]
 ) -> AsyncIterator[ModelText]:
-    callbacks = AsyncCallbackManager.configure(None, model.callbacks, model.verbose, None, model.tags, None, model.metadata)
+    callbacks = AsyncCallbackManager.configure(
+        None, model.callbacks, model.verbose, None, model.tags, None, model.metadata
+    )
     invocation = {key: value for key, value in payload.items() if key != "messages"}
+    serialized = getattr(model, "_serialized", None) or dumpd(model)  # langchain-core caches it on the model
     (run,) = await callbacks.on_chat_model_start(
-        dumpd(model), [list(messages)], invocation_params=invocation, batch_size=1
+        serialized, [list(messages)], invocation_params=invocation, batch_size=1
     )
     parts: list[str] = []
     usage: dict[str, int] | None = None

@@ -1,7 +1,7 @@
 """One query embedding per request, none for a repeated question, and nothing rebuilt per request.
 
 The embeddings are the real local model behind a counting wrapper: it counts calls at the `Embeddings`
-interface and the encodes that reach the model (a cache hit never reaches it).
+interface and the encodes that reach a model, PyTorch or the ONNX query encoder (a cache hit reaches neither).
 """
 
 from __future__ import annotations
@@ -26,17 +26,22 @@ pytestmark = pytest.mark.integration
 QUESTION = "How much water does a young tree need?"
 
 
-class CountingModel:
-    """The loaded sentence-transformers model, counting `encode` calls and the texts they carry."""
+class Calls:
+    encodes = 0
+    texts = 0
 
-    def __init__(self, model: Any) -> None:
+
+class CountingModel:
+    """A loaded encoder (the sentence-transformers model or the ONNX query encoder), counting `encode` calls and
+    the texts they carry into a shared tally."""
+
+    def __init__(self, model: Any, tally: Calls) -> None:
         self.model = model
-        self.encodes = 0
-        self.texts = 0
+        self.tally = tally
 
     def encode(self, texts: list[str], **kwargs: Any) -> Any:
-        self.encodes += 1
-        self.texts += len(texts)
+        self.tally.encodes += 1
+        self.tally.texts += len(texts)
         return self.model.encode(texts, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -49,8 +54,10 @@ class CountingEmbeddings(LocalEmbeddings):
     def __init__(self, real: LocalEmbeddings) -> None:  # no super().__init__: it would load the model again
         self.__dict__.update(real.__dict__)
         self._query_cache = OrderedDict()
-        self.model_calls = CountingModel(real._model)
-        self._model = self.model_calls  # type: ignore[assignment]
+        self.model_calls = Calls()
+        self._model = CountingModel(real._model, self.model_calls)  # type: ignore[assignment]
+        if real._query_encoder is not None:
+            self._query_encoder = CountingModel(real._query_encoder, self.model_calls)  # type: ignore[assignment]
         self.calls: Counter[str] = Counter()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

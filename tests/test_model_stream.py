@@ -138,7 +138,8 @@ async def test_direct_read_sends_the_request_chat_openai_would_and_yields_the_sa
 
 
 async def test_deltas_that_arrive_in_one_read_become_one_piece_and_paced_ones_stay_apart() -> None:
-    burst, spaced = Upstream(paced(["".join(completion_stream(WORDS))])), Upstream(paced(completion_stream(WORDS), 0.05))
+    burst = Upstream(paced(["".join(completion_stream(WORDS))]))
+    spaced = Upstream(paced(completion_stream(WORDS), 0.05))
     burst_port, spaced_port = free_port(), free_port()
     with serve(burst.app(), burst_port), serve(spaced.app(), spaced_port):
         together = [p for p in await collect(chat_model(burst_port)) if p.text]
@@ -153,7 +154,9 @@ class Recorder(AsyncCallbackHandler):
         self.ended: list[LLMResult] = []
         self.errors: list[BaseException] = []
 
-    async def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **_: Any) -> None:
+    async def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **_: Any
+    ) -> None:
         self.started.append(messages)
 
     async def on_llm_end(self, response: LLMResult, **_: Any) -> None:

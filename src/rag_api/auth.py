@@ -44,7 +44,7 @@ def client_label(key: str) -> str:
     return "key:" + _digest(key).hex()[:8]
 
 
-def presented_key(
+async def presented_key(
     header_key: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> str | None:
@@ -62,7 +62,7 @@ def _remember_client(request: Request, key: str) -> None:
     request.state.client_id = client_label(key)
 
 
-def require_api_key(request: Request, state: State, key: PresentedKey) -> None:
+async def require_api_key(request: Request, state: State, key: PresentedKey) -> None:
     """Public endpoints: open when API_KEYS is unset; else 401 without one of those keys (or an admin key)."""
     allowed = [*state.settings.api_keys, *state.settings.admin_api_keys]
     if key is not None and key_matches(key, allowed):
@@ -74,7 +74,7 @@ def require_api_key(request: Request, state: State, key: PresentedKey) -> None:
     raise HTTPException(401, message if key is None else "the API key is not valid", headers=_CHALLENGE)
 
 
-def require_admin_key(request: Request, state: State, key: PresentedKey) -> None:
+async def require_admin_key(request: Request, state: State, key: PresentedKey) -> None:
     """Admin endpoints (ingest, delete): 401 without a key, 403 with a key that is not an admin key."""
     if key is None:
         raise HTTPException(401, "an admin API key is required (X-API-Key or Authorization: Bearer)", _CHALLENGE)

@@ -76,7 +76,7 @@ def client_id(request: Request) -> str:
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
-def rate_limit(request: Request) -> None:
+async def rate_limit(request: Request) -> None:
     """A dependency (after auth, which names key holders): 429 with Retry-After when the client has no token left."""
     state: AppState = request.app.state.rag
     wait = state.rate_limiter.take(client_id(request))
