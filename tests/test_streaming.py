@@ -175,6 +175,23 @@ async def _collect(events: AsyncIterator[AnswerEvent]) -> list[AnswerEvent]:
     return [event async for event in events]
 
 
+async def test_a_sources_event_reaches_the_consumer_before_the_answer_goes_on_to_the_model() -> None:
+    """The read-ahead hands over `sources` before it resumes the answer, whose next step (building and sending
+    the model request) runs for milliseconds without an await: `sources` must not wait for it."""
+    order: list[str] = []
+
+    async def answer() -> AsyncIterator[AnswerEvent]:
+        yield SourcesEvent([])
+        order.append("answer resumed")  # what follows is the model call
+        yield TokenEvent("text")
+
+    stream = coalesce_tokens(answer())
+    assert await anext(stream) == SourcesEvent([])
+    order.append("sources received")
+    await _collect(stream)
+    assert order == ["sources received", "answer resumed"]
+
+
 async def test_coalescing_merges_tokens_that_are_already_waiting() -> None:
     async def burst() -> AsyncIterator[AnswerEvent]:
         yield StatusEvent("generating")

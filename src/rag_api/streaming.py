@@ -76,6 +76,10 @@ async def coalesce_tokens(events: AsyncIterator[AnswerEvent], window_s: float = 
             async for event in events:
                 pending.append(event)
                 arrived.set()
+                if not isinstance(event, TokenEvent):
+                    # Let the consumer send it now: otherwise `sources` waits while this task, still running,
+                    # builds and sends the model request (several ms before its first await on the network).
+                    await asyncio.sleep(0)
             pending.append(None)
         except Exception as exc:  # handed to the consumer, which raises it in its own task
             pending.append(_Failed(exc))
