@@ -35,17 +35,22 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    HF_HUB_DISABLE_TELEMETRY=1
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    EMBEDDING_ONNX_DIR=/opt/bookrag/onnx
 COPY --from=build /opt/venv /opt/venv
-RUN groupadd --gid 10001 app && useradd --create-home --uid 10001 --gid 10001 app
+RUN groupadd --gid 10001 app && useradd --create-home --uid 10001 --gid 10001 app \
+    && mkdir -p /opt/bookrag/onnx && chown app:app /opt/bookrag/onnx
 WORKDIR /app
 COPY --chown=app:app sample_book ./sample_book
 USER 10001:10001
 
-# Fail the build, not the first request, if the packaged model cannot be loaded offline.
+# Fail the build, not the first request, if the packaged model cannot be loaded offline; this also exports the
+# ONNX graph that embeds questions (chains/onnx_encoder.py) into the image, so no container has to write it.
 RUN python -c "from chains.embeddings import build_embeddings, embedding_dimension; \
 from chains.settings import Settings; \
-print('embedding dimension', embedding_dimension(build_embeddings(Settings(_env_file=None))))"
+model = build_embeddings(Settings(_env_file=None)); \
+assert model.query_runtime == 'onnx', 'the ONNX query encoder could not be exported'; \
+print('embedding dimension', embedding_dimension(model))"
 
 EXPOSE 8000
 # /health answers 200 while the process serves (degraded dependencies show in its body; /ready is the 503 one).
