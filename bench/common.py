@@ -270,15 +270,28 @@ class _Chunked:
         return bytes(out)
 
 
-def _event_name(block: bytes) -> str:
+DataNames = Sequence[tuple[bytes, str]]
+
+
+def event_name(block: bytes, data_names: DataNames = ()) -> str:
+    """The event's `event:` name; for a data-only event, the name of the first of `data_names` (bytes found in
+    the event, name) that matches, else "message"; "" for a comment (a ping)."""
     for line in block.split(b"\n"):
         if line.startswith(b"event:"):
             return line[6:].strip().decode()
-    return "message" if b"data:" in block else ""
+    if b"data:" not in block:
+        return ""
+    for marker, name in data_names:
+        if marker in block:
+            return name
+    return "message"
 
 
-async def stream_post(port: int, path: str, body: dict[str, Any], timeout_s: float = 120.0) -> Stream:
-    """POST `body` as JSON and read the server-sent events of the response until the server closes it."""
+async def stream_post(
+    port: int, path: str, body: dict[str, Any], timeout_s: float = 120.0, data_names: DataNames = ()
+) -> Stream:
+    """POST `body` as JSON and read the server-sent events of the response until the server closes it
+    (data-only events are named by `data_names`, see `event_name`)."""
     payload = json.dumps(body).encode()
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
@@ -306,7 +319,7 @@ async def stream_post(port: int, path: str, body: dict[str, Any], timeout_s: flo
                 pending += data.replace(b"\r\n", b"\n")
                 *blocks, pending = pending.split(b"\n\n")
                 for block in blocks:
-                    name = _event_name(block)
+                    name = event_name(block, data_names)
                     if name:
                         result.events.append((name, now))
                 if decoder is not None and decoder.finished:
@@ -322,14 +335,19 @@ async def stream_post(port: int, path: str, body: dict[str, Any], timeout_s: flo
 
 
 async def run_clients(
-    port: int, path: str, bodies: Sequence[dict[str, Any]], concurrency: int, timeout_s: float = 120.0
+    port: int,
+    path: str,
+    bodies: Sequence[dict[str, Any]],
+    concurrency: int,
+    timeout_s: float = 120.0,
+    data_names: DataNames = (),
 ) -> list[Stream]:
     """Send every body, at most `concurrency` streams open at once; results in the order of `bodies`."""
     slots = asyncio.Semaphore(concurrency)
 
     async def one(body: dict[str, Any]) -> Stream:
         async with slots:
-            return await stream_post(port, path, body, timeout_s)
+            return await stream_post(port, path, body, timeout_s, data_names)
 
     return await asyncio.gather(*(one(b) for b in bodies))
 

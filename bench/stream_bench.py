@@ -1,12 +1,20 @@
-"""Time to the first events and streaming cost: bookrag's `/ask` next to the plain ways of serving the same chain.
+"""Time to the first events and streaming cost: bookrag's `/ask` next to the plain ways of serving the same chain,
+and next to bookrag's other streaming routes.
 
     .venv/bin/python -m bench.stream_bench                       # d2l (~5,000 chunks), all targets: a few minutes
     .venv/bin/python -m bench.stream_bench --out bench/results/stream.json
+    .venv/bin/python -m bench.stream_bench --targets bookrag,bookrag-openai,bookrag-aisdk   # bookrag's 3 routes
 
 Each target is a server process of its own on 127.0.0.1, over the same cached store (`bench.book_store`), calling
 the same fake OpenAI-compatible model server (`bench.fake_model_server`, another process, so its CPU is not counted):
 
 - `bookrag`: the product (`rag-api`), `POST /ask` with `"stream": true`.
+- `bookrag-openai` (opt-in): the same `rag-api` process, `POST /v1/chat/completions` with `"stream": true`; its
+  data-only chunks are told apart by their JSON: a `delta.content` chunk is a token event, the first chunk (which
+  carries `sources`) the sources event.
+- `bookrag-aisdk` (opt-in): the same `rag-api` process, `POST /api/chat` (the AI SDK's UI message stream): a
+  `text-delta` chunk is a token event, the first `source-document` chunk the sources event (none when no passage
+  is found).
 - `reference`: `bench.reference_app`, `chain.astream_events(version="v2")` mapped to `EventSourceResponse`.
 - `langserve`: the same process with LangServe's `add_routes`, `POST /langserve/stream` (only when it imports).
 
@@ -17,9 +25,11 @@ Per target, in this order:
 3. CPU per token: `--cpu-streams` answers of `--cpu-tokens` tokens each, `--cpu-concurrency` at a time, the model
    instant; the server's CPU seconds (/proc/PID/stat, all threads) over the run divided by the model tokens streamed;
    the questions repeat (their embedding is cached), so the figure is the cost of streaming, not of embedding;
+   tokens that arrive together in one read may be handled (and sent) together, so this is the cheapest case;
 4. concurrent streams: the model paced at `--paced-delay-ms` per token; `--steps` streams at once, step after step,
-   until the p95 delay between consecutive `token` events is over 100 ms (or a stream fails): the last step under
-   it is the number of streams one worker sustains.
+   until the p95 delay between consecutive token events is over 100 ms (or a stream fails): the last step under
+   it is the number of streams one worker sustains. Each step also gives the server's CPU ms per model token
+   delivered (its CPU seconds over the step / (streams x `--paced-tokens`)): the cost when tokens arrive one a read.
 
 The load generator shares the machine with the server: on 2 cores read the figures as this machine's, not as
 absolutes. The load average is recorded at the start and end of every target.
@@ -67,31 +77,57 @@ def take(questions: Sequence[str], count: int, start: int = 0) -> list[str]:
 
 @dataclass(frozen=True)
 class Target:
+    """One streaming route: the server process that serves it ("bookrag": `rag-api`, "reference":
+    `bench.reference_app`), its path, and how the client names its events (`data_names`, for data-only
+    streams: bytes found in an event's data, and the name it then gets; see `common.stream_post`)."""
+
     name: str
+    server: str
     path: str
     token_event: str
     sources_event: str | None
+    data_names: tuple[tuple[bytes, str], ...] = ()
 
     def body(self, question: str) -> dict[str, Any]:
         if self.name == "langserve":
             return {"input": question}
         if self.name == "bookrag":
             return {"question": question, "stream": True}
+        if self.name == "bookrag-openai":
+            return {"model": "book", "stream": True, "messages": [{"role": "user", "content": question}]}
+        if self.name == "bookrag-aisdk":  # the body DefaultChatTransport sends
+            message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": question}]}
+            return {"id": "bench", "messages": [message], "trigger": "submit-message"}
         return {"question": question}
 
 
-BOOKRAG = Target("bookrag", "/ask", "token", "sources")
-REFERENCE = Target("reference", "/ask", "token", "sources")
-LANGSERVE = Target("langserve", "/langserve/stream", "data", None)
+BOOKRAG = Target("bookrag", "bookrag", "/ask", "token", "sources")
+# Compact JSON, so these bytes occur only as keys (a quote inside text is escaped).
+BOOKRAG_OPENAI = Target(
+    "bookrag-openai", "bookrag", "/v1/chat/completions", "token", "sources",
+    ((b'"delta":{"content":', "token"), (b'"sources":[', "sources")),
+)  # fmt: skip
+BOOKRAG_AISDK = Target(
+    "bookrag-aisdk", "bookrag", "/api/chat", "token", "sources",
+    ((b'"type":"text-delta"', "token"), (b'"type":"source-document"', "sources")),
+)  # fmt: skip
+REFERENCE = Target("reference", "reference", "/ask", "token", "sources")
+LANGSERVE = Target("langserve", "reference", "/langserve/stream", "data", None)
+TARGETS = (BOOKRAG, BOOKRAG_OPENAI, BOOKRAG_AISDK, REFERENCE, LANGSERVE)
 
 
 def ms(seconds: float | None) -> float | None:
     return None if seconds is None or seconds != seconds else round(seconds * 1000, 1)
 
 
-def run(streams_fn: Any) -> list[common.Stream]:
+def send(
+    server: common.Server, target: Target, bodies: Sequence[dict[str, Any]], concurrency: int
+) -> list[common.Stream]:
+    """Stream every body to `target`, `concurrency` at a time, in a fresh event loop."""
     with common.new_event_loop_runner() as runner:
-        result: list[common.Stream] = runner.run(streams_fn())
+        result: list[common.Stream] = runner.run(
+            common.run_clients(server.port, target.path, bodies, concurrency, data_names=target.data_names)
+        )
     return result
 
 
@@ -113,7 +149,7 @@ def first_events(
         count = max(level * per_client, min_requests)
         bodies = [target.body(q) for q in take(questions, count, used)]
         used += count
-        streams = run(lambda b=bodies, c=level: common.run_clients(server.port, target.path, b, c))
+        streams = send(server, target, bodies, level)
         good = ok_streams(streams, target)
         token = [t for s in good if (t := s.first(target.token_event)) is not None]
         sources = [t for s in good if target.sources_event and (t := s.first(target.sources_event)) is not None]
@@ -147,7 +183,7 @@ def cpu_per_token(
         time.process_time(),
     )
     started = time.perf_counter()
-    streams = run(lambda: common.run_clients(server.port, target.path, bodies, concurrency))
+    streams = send(server, target, bodies, concurrency)
     wall = time.perf_counter() - started
     server_cpu = common.cpu_seconds(server.pid) - server_before
     good = ok_streams(streams, target)
@@ -168,8 +204,15 @@ def cpu_per_token(
 
 
 def max_streams(
-    server: common.Server, target: Target, warm: Sequence[str], steps: Sequence[int], limit_ms: float, deadline: float
+    server: common.Server,
+    target: Target,
+    warm: Sequence[str],
+    steps: Sequence[int],
+    limit_ms: float,
+    deadline: float,
+    tokens: int,
 ) -> dict[str, Any]:
+    """Paced streams (`tokens` model tokens each), more at each step, until the p95 gap is over `limit_ms`."""
     rows = []
     sustained = 0
     for level in steps:
@@ -178,19 +221,23 @@ def max_streams(
             break
         bodies = [target.body(warm[i % len(warm)]) for i in range(level)]
         cpu_before, started = common.cpu_seconds(server.pid), time.perf_counter()
-        streams = run(lambda b=bodies, c=level: common.run_clients(server.port, target.path, b, c))
+        streams = send(server, target, bodies, level)
         wall = time.perf_counter() - started
+        server_cpu = common.cpu_seconds(server.pid) - cpu_before
         good = ok_streams(streams, target)
         gaps = [g for s in good for g in s.gaps(target.token_event)]
         p95 = common.percentile(gaps, 95)
         passed = len(good) == level and p95 * 1000 < limit_ms
+        model_tokens = len(good) * tokens
         rows.append(
             {
                 "streams": level,
                 "failed": level - len(good),
                 "gap_p50_ms": ms(common.percentile(gaps, 50)),
                 "gap_p95_ms": ms(p95),
-                "server_cpu_share": round((common.cpu_seconds(server.pid) - cpu_before) / wall, 2),
+                "server_cpu_share": round(server_cpu / wall, 2),
+                "model_tokens": model_tokens,
+                "cpu_ms_per_model_token": round(server_cpu / model_tokens * 1000, 4) if model_tokens else None,
                 "passed": passed,
             }
         )
@@ -256,18 +303,24 @@ def server_env(store: BookStore, model_url: str, qdrant_path: Path) -> dict[str,
 
 
 def bench_target(
-    target: Target, server: common.Server, store: BookStore, model: common.Server, args: argparse.Namespace
+    target: Target,
+    server: common.Server,
+    store: BookStore,
+    model: common.Server,
+    args: argparse.Namespace,
+    slot: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
-    """Every measurement of one route of a running server."""
+    """Every measurement of one route of a running server; `slot` (this route's index, the routes the server
+    process has) picks the route's share of the new questions."""
     result: dict[str, Any] = {"target": target.name, "load_average_start": common.load_average()}
     warm, fresh = questions_for(store)
     common.configure_fake_model(model, args.first_tokens, 0)
-    run(lambda: common.run_clients(server.port, target.path, [target.body(q) for q in warm], 1))
+    send(server, target, [target.body(q) for q in warm], 1)
     progress(f"{target.name}: first events")
-    # Each route gets its own new questions: the reference routes share a process (and its embedding cache).
-    offset = {"bookrag": 0, "reference": 0, "langserve": len(fresh) // 2}[target.name]
+    # Each route gets its own new questions: the routes of one process share its embedding cache.
+    index, routes = slot
     result["first_events"] = first_events(
-        server, target, args.clients, args.per_client, fresh[offset:], args.min_requests
+        server, target, args.clients, args.per_client, fresh[index::routes], args.min_requests
     )
     common.configure_fake_model(model, args.cpu_tokens, 0)
     progress(f"{target.name}: CPU per token")
@@ -275,7 +328,9 @@ def bench_target(
     common.configure_fake_model(model, args.paced_tokens, args.paced_delay_ms)
     progress(f"{target.name}: concurrent streams")
     deadline = time.monotonic() + args.step_budget_s
-    result["concurrency"] = max_streams(server, target, warm, args.steps, args.gap_limit_ms, deadline)
+    result["concurrency"] = max_streams(
+        server, target, warm, args.steps, args.gap_limit_ms, deadline, args.paced_tokens
+    )
     result["rss_mb"] = round(common.rss_mb(server.pid), 1)
     result["load_average_end"] = common.load_average()
     return result
@@ -292,7 +347,7 @@ def bench_servers(
     model_argv += ["--tokens", str(args.first_tokens), "--delay-ms", "0"]
     specs = [common.ServerSpec("fake model server", model_argv, {**os.environ}, model_port, "/v1/models")]
     model_url = f"http://127.0.0.1:{model_port}"
-    kinds = {"bookrag": [t for t in targets if t is BOOKRAG], "reference": [t for t in targets if t is not BOOKRAG]}
+    kinds = {kind: [t for t in targets if t.server == kind] for kind in ("bookrag", "reference")}
     for kind, routes in kinds.items():
         if not routes:
             continue
@@ -311,9 +366,9 @@ def bench_servers(
         start_s = round(time.monotonic() - started, 1)
         model, by_kind = running[0], {server.name: server for server in running[1:]}
         for kind, routes in kinds.items():
-            for target in routes:
+            for index, target in enumerate(routes):
                 results[target.name] = {
-                    **bench_target(target, by_kind[kind], store, model, args),
+                    **bench_target(target, by_kind[kind], store, model, args, (index, len(routes))),
                     "servers_start_s": start_s,
                 }
         if not args.no_floor:
@@ -361,6 +416,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {row['clients']} | {src} | {tok} | {row['failed']}/{row['requests']} |")
     lines += [
         "",
+        "Instant model. A token event is what carries answer text: `/ask`'s `token` event, an OpenAI `delta.content`",
+        "chunk, an AI SDK `text-delta` chunk, a LangServe `data` event (the server may put several tokens in one).",
+        "",
         "| target | CPU ms / model token | CPU ms / token event | token events | sustained streams (p95 gap < "
         f"{report['gap_limit_ms']:g} ms) | load avg start -> end |",
         "|---|---|---|---|---|---|",
@@ -379,18 +437,26 @@ def markdown(report: dict[str, Any]) -> str:
     for name, ratio in report["ratios"].items():
         lines.append(f"- bookrag / {name}: CPU per token {ratio['cpu_per_token_bookrag_over_other']}, "
                      f"sustained streams {ratio['sustained_streams_bookrag_over_other']}x")  # fmt: skip
-    lines.append("")
-    lines.append("Concurrency steps (streams: p95 gap ms, server CPU share):")
+    lines += [
+        "",
+        "Concurrency steps, the model paced (one token a network read): server CPU ms per model token delivered =",
+        "server CPU seconds over the step / (streams x paced tokens).",
+        "",
+        "| target | streams | token gap p50 / p95 ms | server CPU share | server CPU ms / model token | failed |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, res in report["targets"].items():
         if "error" in res:
             continue
-        steps = ", ".join(
-            f"{s['streams']}: {s.get('gap_p95_ms')} ms, {s.get('server_cpu_share')}"
-            + ("" if s.get("passed") else " (over)")
-            for s in res["concurrency"]["steps"]
-            if "skipped" not in s
-        )
-        lines.append(f"- {name}: {steps}")
+        for s in res["concurrency"]["steps"]:
+            if "skipped" in s:
+                lines.append(f"| {name} | {s['streams']} | {s['skipped']} | | | |")
+                continue
+            over = "" if s["passed"] else " (over)"
+            lines.append(
+                f"| {name} | {s['streams']} | {s['gap_p50_ms']} / {s['gap_p95_ms']}{over} | {s['server_cpu_share']} "
+                f"| {s['cpu_ms_per_model_token']} | {s['failed']}/{s['streams']} |"
+            )
     return "\n".join(lines)
 
 
@@ -403,7 +469,11 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--book", type=Path, default=DEFAULT_BOOK, help="a folder of chapters, ingested once")
     parser.add_argument("--pad-to", type=int, default=DEFAULT_SIZE, help="chunks in the store, padding included")
-    parser.add_argument("--targets", default="bookrag,reference,langserve")
+    parser.add_argument(
+        "--targets",
+        default="bookrag,reference,langserve",
+        help="comma-separated, of: " + ", ".join(t.name for t in TARGETS) + " (the bookrag-* routes share one rag-api)",
+    )
     parser.add_argument("--clients", type=int_list, default=[1, 10, 100], help="concurrent clients per level")
     parser.add_argument("--per-client", type=int, default=3, help="requests per client")
     parser.add_argument("--min-requests", type=int, default=20, help="at least this many requests a level")
@@ -426,8 +496,12 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
     info = common.machine()
     progress("ingesting the book (cached)")
     store = ensure_book_store(args.book, args.pad_to, args.cache_dir, embeddings=embeddings)
-    targets = {t.name: t for t in (BOOKRAG, REFERENCE, LANGSERVE)}
-    chosen = [targets[name] for name in args.targets.split(",") if name]
+    targets = {t.name: t for t in TARGETS}
+    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(targets))
+    if unknown:
+        parser.error(f"unknown --targets {', '.join(unknown)}: choose from {', '.join(targets)}")
+    chosen = [targets[name] for name in dict.fromkeys(names)]
     results: dict[str, dict[str, Any]] = {}
     if LANGSERVE in chosen:
         from bench.reference_app import langserve_error

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ingest_bench, retrieval_bench, stream_bench
+from bench import common, ingest_bench, retrieval_bench, stream_bench
 from bench.reference_app import langserve_error
 from chains.embeddings import LocalEmbeddings
 
@@ -39,7 +39,8 @@ def stream_bench_book() -> dict[str, str]:
 def test_stream_bench_measures_each_route_end_to_end(
     tiny_book: Path, tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
-    targets = "bookrag,reference" if LANGSERVE_MISSING else "bookrag,reference,langserve"
+    bookrag = "bookrag,bookrag-openai,bookrag-aisdk"  # three routes of one rag-api process
+    targets = f"{bookrag},reference" if LANGSERVE_MISSING else f"{bookrag},reference,langserve"
     report = stream_bench.main(
         [
             "--book", str(tiny_book), "--cache-dir", str(tmp_path / "cache"), "--pad-to", "40",
@@ -54,12 +55,34 @@ def test_stream_bench_measures_each_route_end_to_end(
         result = report["targets"][name]
         assert [row["clients"] for row in result["first_events"]] == [1, 2]
         assert all(row["failed"] == 0 for row in result["first_events"]), result["first_events"]
+        assert all(row["token_p50_ms"] is not None for row in result["first_events"]), name
         assert result["cpu"]["failed"] == 0 and result["cpu"]["model_tokens"] == 2 * 5
-        assert result["concurrency"]["steps"][0]["failed"] == 0
-    bookrag_rows = report["targets"]["bookrag"]["first_events"]
-    assert all(row["sources_p50_ms"] is not None for row in bookrag_rows)
-    assert "reference" in report["ratios"]
+        assert result["cpu"]["token_events"] > 0 and result["cpu"]["cpu_ms_per_model_token"] is not None
+        step = result["concurrency"]["steps"][0]
+        assert step["failed"] == 0 and step["model_tokens"] == 2 * 3
+        assert step["cpu_ms_per_model_token"] is not None
+    for name in bookrag.split(","):
+        rows = report["targets"][name]["first_events"]
+        assert all(row["sources_p50_ms"] is not None for row in rows), name
+    assert {"reference", "bookrag-openai", "bookrag-aisdk"} <= set(report["ratios"])
     assert report["floor"]["model_tokens"] > 0
+    table = stream_bench.markdown(report)
+    assert "server CPU ms / model token" in table
+    assert all(f"| {name} |" in table for name in targets.split(","))
+
+
+def test_data_only_events_are_named_by_their_json() -> None:
+    openai, aisdk = stream_bench.BOOKRAG_OPENAI.data_names, stream_bench.BOOKRAG_AISDK.data_names
+    assert common.event_name(b'data: {"choices":[{"delta":{"content":"Hi"}}]}', openai) == "token"
+    role = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}],"sources":[]}'
+    assert common.event_name(role, openai) == "sources"
+    assert common.event_name(b'data: {"type":"source-document","sourceId":"a"}', aisdk) == "sources"
+    # Inside text the quotes are escaped: a status chunk that mentions a text-delta is no token.
+    status = b'data: {"type":"data-status","data":{"stage":"\\"type\\":\\"text-delta\\""}}'
+    assert common.event_name(status, aisdk) == "message"
+    assert common.event_name(b"data: [DONE]", aisdk) == "message"
+    assert common.event_name(b"event: token\ndata: {}") == "token"
+    assert common.event_name(b": ping") == ""
 
 
 @pytest.mark.skipif(LANGSERVE_MISSING, reason=LANGSERVE_REASON)
