@@ -11,6 +11,8 @@ BOOK   ?= sample_book
 # The benchmarks' book (real chapters, padded to 5,000 chunks) and the book whose ingest is timed.
 BENCH_BOOK        ?= /work/shared/corpus/humanoid-book
 BENCH_INGEST_BOOK ?= /work/shared/corpus/humanoid-book
+# The streaming routes compared; bookrag's other routes are opt-in: add bookrag-openai,bookrag-aisdk.
+BENCH_TARGETS     ?= bookrag,reference,langserve
 
 .PHONY: run test install chromium js-deps lint typecheck pytest ingest serve clean bench
 
@@ -74,7 +76,7 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	mkdir -p bench/results
-	$(BIN)/python -m bench.stream_bench --book $(BENCH_BOOK) --out bench/results/stream.json
+	$(BIN)/python -m bench.stream_bench --book $(BENCH_BOOK) --targets $(BENCH_TARGETS) --out bench/results/stream.json
 	$(BIN)/python -m bench.retrieval_bench
 	$(BIN)/python -m bench.ingest_bench $(BENCH_INGEST_BOOK)
 

@@ -248,7 +248,8 @@ def max_streams(
 
 
 def astream_floor(model: common.Server, streams_count: int, tokens: int, concurrency: int) -> dict[str, Any]:
-    """CPU per token of `ChatOpenAI.astream` alone, in this process: what any route pays to receive tokens."""
+    """CPU per token of `ChatOpenAI.astream` alone, in this process: what a route that calls it (the reference,
+    LangServe) pays to receive tokens; bookrag reads the OpenAI stream itself (`chains/model_stream.py`)."""
     import asyncio
 
     from langchain_openai import ChatOpenAI
