@@ -4,6 +4,7 @@ and next to bookrag's other streaming routes.
     .venv/bin/python -m bench.stream_bench                       # d2l (~5,000 chunks), all targets: a few minutes
     .venv/bin/python -m bench.stream_bench --out bench/results/stream.json
     .venv/bin/python -m bench.stream_bench --targets bookrag,bookrag-openai,bookrag-aisdk   # bookrag's 3 routes
+    .venv/bin/python -m bench.stream_bench --targets bookrag --bookrag-src ../old-checkout   # that code's server
 
 Each target is a server process of its own on 127.0.0.1, over the same cached store (`bench.book_store`), calling
 the same fake OpenAI-compatible model server (`bench.fake_model_server`, another process, so its CPU is not counted):
@@ -279,11 +280,22 @@ def progress(message: str) -> None:
     print(f"[stream_bench {time.strftime('%H:%M:%S')}] {message} (load {common.load_average()})", file=sys.stderr)
 
 
-def server_argv(kind: str, port: int, with_langserve: bool) -> list[str]:
+def server_argv(kind: str, port: int, with_langserve: bool, bookrag_src: Path | None = None) -> list[str]:
+    if kind == "bookrag" and bookrag_src is not None:  # that checkout's code, on `bookrag_env`'s PYTHONPATH
+        return [sys.executable, "-m", "rag_api.main", "--host", "127.0.0.1", "--port", str(port)]
     if kind == "bookrag":
         return [str(Path(sys.executable).parent / "rag-api"), "--host", "127.0.0.1", "--port", str(port)]
     argv = [sys.executable, "-m", "bench.reference_app", "--port", str(port)]
     return argv + (["--langserve"] if with_langserve else [])
+
+
+def bookrag_env(env: dict[str, str], bookrag_src: Path | None) -> dict[str, str]:
+    """The bookrag server's environment: with `bookrag_src`, that checkout's `rag_api` and `chains` come first on
+    the path (ahead of this checkout's editable install); the installed packages stay this environment's."""
+    if bookrag_src is None:
+        return env
+    source = bookrag_src.resolve()
+    return {**env, "PYTHONPATH": os.pathsep.join([str(source / "src"), str(source)])}
 
 
 def server_env(store: BookStore, model_url: str, qdrant_path: Path) -> dict[str, str]:
@@ -358,7 +370,10 @@ def bench_servers(
             shutil.copytree(store.qdrant_path, qdrant_path)
         port = common.free_port()
         env = server_env(store, model_url, qdrant_path)
-        specs.append(common.ServerSpec(kind, server_argv(kind, port, LANGSERVE in routes), env, port, "/ready"))
+        if kind == "bookrag":
+            env = bookrag_env(env, args.bookrag_src)
+        argv = server_argv(kind, port, LANGSERVE in routes, args.bookrag_src)
+        specs.append(common.ServerSpec(kind, argv, env, port, "/ready"))
     progress("starting the servers: " + ", ".join(spec.name for spec in specs))
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
@@ -488,6 +503,12 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
     parser.add_argument("--gap-limit-ms", type=float, default=100.0)
     parser.add_argument("--step-budget-s", type=float, default=120.0, help="time for the concurrency steps a target")
     parser.add_argument("--no-floor", action="store_true", help="skip the ChatOpenAI.astream floor")
+    parser.add_argument(
+        "--bookrag-src",
+        type=Path,
+        help="serve the bookrag-* targets from this checkout's code (e.g. a worktree of an older commit), "
+        "with this environment's packages: a before/after comparison on the same load",
+    )
     parser.add_argument("--cache-dir", type=Path, default=common.CACHE_DIR, help="where the book's store is kept")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")

@@ -7,6 +7,7 @@ is that every harness runs, that every stream it sends ends well, and that its r
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,15 @@ def test_data_only_events_are_named_by_their_json() -> None:
     assert common.event_name(b"data: [DONE]", aisdk) == "message"
     assert common.event_name(b"event: token\ndata: {}") == "token"
     assert common.event_name(b": ping") == ""
+
+
+def test_bookrag_src_serves_that_checkouts_code(tmp_path: Path) -> None:
+    argv = stream_bench.server_argv("bookrag", 8123, False, tmp_path)
+    assert argv[1:3] == ["-m", "rag_api.main"] and argv[-2:] == ["--port", "8123"]
+    env = stream_bench.bookrag_env({"PATH": "/bin"}, tmp_path)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "src"), str(tmp_path)]
+    assert stream_bench.server_argv("bookrag", 8123, False)[0].endswith("rag-api")
+    assert stream_bench.bookrag_env({"PATH": "/bin"}, None) == {"PATH": "/bin"}
 
 
 @pytest.mark.skipif(LANGSERVE_MISSING, reason=LANGSERVE_REASON)
