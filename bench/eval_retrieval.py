@@ -44,7 +44,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from qdrant_client import QdrantClient, models
 
 from chains.embeddings import LocalEmbeddings, packaged_model_path
-from chains.local_index import LocalIndex
+from chains.local_index import LocalIndex, limit_blas_threads
 from chains.rerank import CrossEncoderReranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -428,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets = {args.book.name: (args.book, args.questions)}
     else:
         datasets = DEFAULT_DATASETS
-    embeddings = LocalEmbeddings(packaged_model_path("all-MiniLM-L6-v2"), cache_size=0)
+    limit_blas_threads()  # as `rag-api` does at start-up
+    # The product's query path (ONNX Runtime when it can be exported), no query cache: every question embedded.
+    onnx_dir = Settings(_env_file=None).embedding_onnx_dir  # type: ignore[call-arg]
+    embeddings = LocalEmbeddings(packaged_model_path("all-MiniLM-L6-v2"), cache_size=0, onnx_dir=onnx_dir)
     started = time.perf_counter()
     if args.scale_only:
         questions = [q for _, path in datasets.values() for q in load_questions(path, args.limit)]

@@ -12,11 +12,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from qdrant_client import QdrantClient
-from threadpoolctl import threadpool_limits
 
 from chains.answer import Answerer
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
+from chains.local_index import limit_blas_threads
 from chains.models import build_chat_model
 from chains.rerank import build_reranker
 from chains.retrieval import BookRetriever
@@ -89,10 +89,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests are this server's parallelism. A multi-threaded BLAS on the small per-question numpy work (the
-        # embedded store's vector search) only makes its threads wait on each other: measured with 5,000 chunks on
-        # 2 busy cores, a search took 8 ms with 2 BLAS threads and 3.4 ms with one (docs/benchmarks.md).
-        threadpool_limits(limits=1, user_api="blas")
+        limit_blas_threads()
         state = build_state(settings, overrides or Overrides())
         app.state.rag = state
         logger.info(
