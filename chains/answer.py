@@ -266,12 +266,12 @@ class Answerer:
 
     def messages_for(self, request: AnswerRequest, sources: Sequence[Source]) -> list[BaseMessage]:
         documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
-        # Message objects, not (role, text) templates: a turn's braces must stay text, never template variables.
         history: list[BaseMessage] = [
             HumanMessage(t.content) if t.role == "user" else AIMessage(t.content) for t in request.history[-6:]
         ]
-        prompt = ChatPromptTemplate.from_messages([ANSWER_PROMPT.messages[0], *history, ANSWER_PROMPT.messages[1]])
-        return prompt.format_messages(context=format_passages(documents), question=neutralise(request.question))
+        return ANSWER_PROMPT.format_messages(
+            context=format_passages(documents), question=neutralise(request.question), history=history
+        )
 
     async def stream(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         started = time.perf_counter()
