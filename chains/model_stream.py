@@ -101,7 +101,11 @@ def fold_events(payloads: Iterable[str]) -> _Fold:
         if payload == "[DONE]":
             fold.done = True
             break
-        chunk = json.loads(payload)
+        try:
+            chunk = json.loads(payload)
+        except json.JSONDecodeError:
+            logger.warning("the chat model endpoint sent a data line that is not JSON: %.200r", payload)
+            raise DependencyUnavailable("chat_model", "the chat model endpoint sent a malformed stream") from None
         if not isinstance(chunk, dict):
             continue
         if chunk.get("error"):

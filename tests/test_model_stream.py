@@ -119,6 +119,11 @@ def test_fold_raises_dependency_unavailable_on_an_error_event_in_the_stream() ->
         fold_events(['{"error": {"message": "model overloaded"}}'])
 
 
+def test_fold_raises_dependency_unavailable_on_data_that_is_not_json() -> None:
+    with pytest.raises(DependencyUnavailable, match="malformed stream"):
+        fold_events(["<html>502 Bad Gateway</html>"])
+
+
 # --- against a live endpoint -------------------------------------------------------------------------------------
 
 
