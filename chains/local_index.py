@@ -24,7 +24,8 @@ from threadpoolctl import threadpool_limits
 from chains.sparse import SparseEncoding
 from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR
 
-_PAGE = 1024
+# Few large pages: the embedded store sorts every point id on each scroll call.
+_PAGE = 16_384
 
 
 def limit_blas_threads() -> None:
@@ -40,7 +41,10 @@ def limit_blas_threads() -> None:
 @dataclass(slots=True)
 class _Postings:
     ids: list[str]
+    # Filter fields as small integer codes per point (comparing ints, not strings, per query).
+    source_code: dict[str, int]
     sources: np.ndarray
+    chapter_code: dict[str, int]
     chapters: np.ndarray
     dense: np.ndarray  # unit rows (cosine = dot product); a point without a dense vector has a zero row
     sparse_rows: np.ndarray  # which points have a sparse vector: Qdrant's IDF counts only those
@@ -51,9 +55,9 @@ class _Postings:
     def mask(self, sources: Sequence[str] | None, chapter: str | None) -> np.ndarray:
         keep = np.ones(len(self.ids), dtype=bool)
         if sources:
-            keep &= np.isin(self.sources, list(sources))
+            keep &= np.isin(self.sources, [self.source_code.get(s, -1) for s in sources])
         if chapter:
-            keep &= self.chapters == chapter
+            keep &= self.chapters == self.chapter_code.get(chapter, -1)
         return keep
 
 
@@ -69,6 +73,10 @@ class LocalIndex:
         """Forget the index; the next search reads the collection again (call after writing to it)."""
         with self._lock:
             self._postings = None
+
+    def load(self, client: QdrantClient) -> None:
+        """Read the collection now if it changed since the last read (start-up warms the index with this)."""
+        self._current(client)
 
     def _current(self, client: QdrantClient) -> _Postings:
         count = client.count(self.collection, exact=True).count
@@ -124,7 +132,10 @@ def _top(postings: _Postings, scores: np.ndarray, keep: np.ndarray, limit: int) 
     candidates = np.flatnonzero(keep)
     if not len(candidates):
         return []
-    best = candidates[np.argsort(-scores[candidates], kind="stable")[:limit]]
+    if len(candidates) > limit:  # the best `limit` first (linear), then only those sorted
+        candidates = candidates[np.argpartition(-scores[candidates], limit - 1)[:limit]]
+        candidates.sort()  # ties keep the store's order, as a stable sort of all candidates would
+    best = candidates[np.argsort(-scores[candidates], kind="stable")]
     return [(postings.ids[i], float(scores[i])) for i in best]
 
 
@@ -132,7 +143,7 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
     ids: list[str] = []
     sources: list[str] = []
     chapters: list[str] = []
-    dense: list[list[float] | None] = []
+    dense: list[Sequence[float] | None] = []
     has_sparse: list[bool] = []
     rows: dict[int, list[int]] = {}
     weights: dict[int, list[float]] = {}
@@ -150,7 +161,7 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
             sources.append(str(metadata.get("source", "")))
             chapters.append(str(metadata.get("chapter", "")))
             stored = vectors.get(DENSE_VECTOR)
-            dense.append([float(x) for x in stored] if isinstance(stored, list) else None)  # type: ignore[arg-type]
+            dense.append(stored if isinstance(stored, list) else None)  # type: ignore[arg-type]
             sparse = vectors.get(SPARSE_VECTOR)
             has_sparse.append(isinstance(sparse, models.SparseVector))
             if isinstance(sparse, models.SparseVector):
@@ -163,12 +174,16 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
     matrix = np.zeros((len(ids), width), dtype=np.float32)
     for row, values in enumerate(dense):
         if values:
-            matrix[row] = values
+            matrix[row] = values  # numpy converts the list in C
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    source_names, source_codes = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
+    chapter_names, chapter_codes = np.unique(np.asarray(chapters, dtype=object), return_inverse=True)
     return _Postings(
         ids,
-        np.asarray(sources, dtype=object),
-        np.asarray(chapters, dtype=object),
+        {str(name): code for code, name in enumerate(source_names)},
+        source_codes.astype(np.int32),
+        {str(name): code for code, name in enumerate(chapter_names)},
+        chapter_codes.astype(np.int32),
         matrix,
         np.asarray(has_sparse, dtype=bool),
         {index: np.asarray(r, dtype=np.int64) for index, r in rows.items()},

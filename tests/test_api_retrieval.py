@@ -71,3 +71,14 @@ async def test_ask_with_a_filter_that_matches_nothing_says_not_in_book(
     response = await client.post("/ask", json={"question": "How do I prune?", "sources": ["book/missing.md"]})
     assert response.json()["mode"] == "not_in_book"
     assert model.prompts == []
+
+
+async def test_start_up_reads_the_embedded_store_into_the_in_memory_index_before_any_question(
+    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
+) -> None:
+    if settings.uses_qdrant_server:
+        pytest.skip("a Qdrant server searches itself: there is no in-memory index to read")
+    async for app, _ in app_client(settings, embeddings, qdrant, None):
+        index = app.state.rag.retriever.local_index
+        assert index is not None and index._postings is not None
+        assert index._postings.point_count == qdrant.count(settings.qdrant_collection, exact=True).count > 0

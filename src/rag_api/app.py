@@ -76,6 +76,8 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
             warn_if_sparse_missing(client, settings)
     store = build_vector_store(client, settings, embeddings)
     retriever = BookRetriever.from_settings(store, settings, overrides.reranker or build_reranker(settings))
+    if collection_error is None:
+        retriever.warm()
     chat_model = overrides.chat_model or build_chat_model(settings)
     answerer = Answerer(retriever, chat_model, settings)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
