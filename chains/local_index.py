@@ -132,9 +132,14 @@ def _top(postings: _Postings, scores: np.ndarray, keep: np.ndarray, limit: int) 
     candidates = np.flatnonzero(keep)
     if not len(candidates):
         return []
-    if len(candidates) > limit:  # the best `limit` first (linear), then only those sorted
-        candidates = candidates[np.argpartition(-scores[candidates], limit - 1)[:limit]]
-        candidates.sort()  # ties keep the store's order, as a stable sort of all candidates would
+    if len(candidates) > limit:
+        # The best `limit` without sorting them all (linear): every candidate above the limit-th score, then those
+        # tied with it in the store's order, as a stable sort of every candidate would choose them.
+        values = scores[candidates]
+        boundary = -np.partition(-values, limit - 1)[limit - 1]
+        above = candidates[values > boundary]
+        tied = candidates[values == boundary][: limit - len(above)]
+        candidates = np.concatenate([above, tied])
     best = candidates[np.argsort(-scores[candidates], kind="stable")]
     return [(postings.ids[i], float(scores[i])) for i in best]
 

@@ -82,3 +82,15 @@ async def test_start_up_reads_the_embedded_store_into_the_in_memory_index_before
         index = app.state.rag.retriever.local_index
         assert index is not None and index._postings is not None
         assert index._postings.point_count == qdrant.count(settings.qdrant_collection, exact=True).count > 0
+
+
+async def test_start_up_limits_blas_to_one_thread_for_the_per_question_numpy_search(
+    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(limits=2, user_api="blas")  # as a fresh process has it on this 2-core machine, or more
+    assert all(pool["num_threads"] >= 2 for pool in threadpool_info() if pool["user_api"] == "blas")
+    async for _, _http in app_client(settings, embeddings, qdrant, None):
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(threads == 1 for threads in blas)

@@ -268,3 +268,22 @@ def test_in_memory_index_follows_the_collection(
     assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed  # as many points as before
     retriever.forget_local_index()
     assert "RR-7" in retriever.invoke("RR-7", k=1)[0].page_content
+
+
+def test_top_k_by_partition_equals_a_stable_sort_of_every_candidate_ties_included() -> None:
+    import numpy as np
+
+    from chains.local_index import _Postings, _top
+
+    rng = np.random.default_rng(7)
+    count = 500
+    scores = rng.integers(0, 20, count).astype(np.float32)  # many ties
+    keep = rng.random(count) > 0.3
+    postings = _Postings(
+        [f"p{i}" for i in range(count)], {}, np.zeros(count, np.int32), {}, np.zeros(count, np.int32),
+        np.zeros((count, 2), np.float32), np.ones(count, bool), {}, {}, count,
+    )  # fmt: skip
+    for limit in (1, 5, 20, 400, 1000):
+        candidates = np.flatnonzero(keep)
+        expected = candidates[np.argsort(-scores[candidates], kind="stable")[:limit]]
+        assert _top(postings, scores, keep, limit) == [(f"p{i}", float(scores[i])) for i in expected]
