@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -180,6 +181,7 @@ async def _read_chat_completions(
     )
     parts: list[str] = []
     usage: dict[str, int] | None = None
+    deltas, started, first_text_at = 0, time.perf_counter(), None
     try:
         streaming = model.root_async_client.chat.completions.with_streaming_response.create(**payload)
         async with streaming as response:
@@ -189,12 +191,23 @@ async def _read_chat_completions(
                     continue
                 fold = fold_events(splitter.feed(data))
                 done, usage = fold.done, fold.usage or usage
+                if fold.text and first_text_at is None:
+                    first_text_at = time.perf_counter()
+                deltas += fold.deltas
                 if fold.text or fold.usage:
                     parts.append(fold.text)
                     yield ModelText(fold.text, fold.deltas, fold.usage)
     except BaseException as exc:
         await run.on_llm_error(exc)
         raise
+    logger.debug(
+        "chat model %s: %d deltas in %.1f ms (first text after %s ms), usage %s",
+        payload.get("model"),
+        deltas,
+        (time.perf_counter() - started) * 1000,
+        "-" if first_text_at is None else f"{(first_text_at - started) * 1000:.1f}",
+        usage,
+    )
     message = AIMessage("".join(parts), usage_metadata=cast("UsageMetadata | None", usage))
     await run.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
 

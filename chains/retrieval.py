@@ -249,7 +249,15 @@ class BookRetriever(BaseRetriever):
         attempt = 0
         while True:
             try:
+                started = time.perf_counter()
                 points = self._query_points(vector, text, limit, options)
+                logger.debug(
+                    "qdrant %s query (%s): %d points in %.1f ms",
+                    self.mode,
+                    "in-memory index" if self.local_index is not None else "server",
+                    len(points),
+                    (time.perf_counter() - started) * 1000,
+                )
                 break
             except _QDRANT_ERRORS as exc:
                 if attempt >= self.max_retries:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -224,3 +225,14 @@ async def test_other_chat_models_stream_through_astream_with_the_same_pieces() -
     pieces = await collect(model)
     assert "".join(p.text for p in pieces) == "Mulch keeps soil moist [1]."
     assert all(p.deltas == 1 for p in pieces if p.text)
+
+
+async def test_each_chat_model_call_is_logged_at_debug_with_its_deltas_time_and_usage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = Upstream(paced(completion_stream(WORDS)))
+    port = free_port()
+    with serve(upstream.app(), port), caplog.at_level(logging.DEBUG, logger="chains.model_stream"):
+        await collect(chat_model(port))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "chains.model_stream"]
+    assert line.startswith("chat model m: 5 deltas in ") and "'output_tokens': 5" in line

@@ -287,3 +287,15 @@ def test_top_k_by_partition_equals_a_stable_sort_of_every_candidate_ties_include
         candidates = np.flatnonzero(keep)
         expected = candidates[np.argsort(-scores[candidates], kind="stable")[:limit]]
         assert _top(postings, scores, keep, limit) == [(f"p{i}", float(scores[i])) for i in expected]
+
+
+def test_each_qdrant_query_is_logged_at_debug_with_its_mode_and_time(
+    qdrant: QdrantClient, settings: Settings, embeddings: LocalEmbeddings, book_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    ingest_into(qdrant, embeddings, settings, book_dir)
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, settings, embeddings), settings)
+    with caplog.at_level(logging.DEBUG, logger="chains.retrieval"):
+        retriever.invoke("How much water does a young tree need?")
+    lines = [r.getMessage() for r in caplog.records if r.name == "chains.retrieval" and "query" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("qdrant hybrid query (") and " ms" in lines[0]
