@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from qdrant_client import QdrantClient
@@ -54,14 +55,16 @@ def run_client(node: str, base_url: str, *questions: str) -> list[dict[str, Any]
     return turns
 
 
-def test_ai_sdk_client_folds_the_stream_into_a_message_with_text_and_sources(
-    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
-) -> None:
-    node = node_or_skip()
-    # Every model call answers ANSWER: the answer of each turn and the condensed follow-up alike.
+@pytest.fixture
+def book_app(settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path) -> FastAPI:
+    """The service over the indexed book; every model call answers ANSWER (each turn and a condensed follow-up)."""
     model = GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=ANSWER)]))
-    app = create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
-    with serve(app, free_port()) as base_url:
+    return create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
+
+
+def test_ai_sdk_client_folds_the_stream_into_a_message_with_text_and_sources(book_app: FastAPI) -> None:
+    node = node_or_skip()
+    with serve(book_app, free_port()) as base_url:
         turns = run_client(node, base_url, "How much water does a young tree need?", "And in a heat wave?")
 
     for turn in turns:
@@ -86,12 +89,10 @@ def test_ai_sdk_client_folds_the_stream_into_a_message_with_text_and_sources(
 
 
 def test_ai_sdk_client_raises_the_json_error_when_qdrant_is_down_before_the_stream(
-    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
+    book_app: FastAPI, qdrant: QdrantClient
 ) -> None:
     node = node_or_skip()
-    model = GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=ANSWER)]))
-    app = create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
-    with serve(app, free_port()) as base_url:
+    with serve(book_app, free_port()) as base_url:
         qdrant.close()  # the store goes away under the running service
         turns = run_client(node, base_url, "How much water does a young tree need?")
     # DefaultChatTransport throws on the 503 with the body as the message (what useChat's `error` holds): no stream,
