@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
     ingest_root: Path | None = None
 
+    # The record of answers and ratings (rag_api.records, read by rag-report): any SQLAlchemy URL, a SQLite file
+    # by default. RECORD_QUESTIONS=false keeps nothing; records older than RECORDS_RETENTION_DAYS are deleted
+    # (at start-up and daily); 0 keeps them forever.
+    database_url: str = "sqlite:///data/records.sqlite3"
+    record_questions: bool = True
+    records_retention_days: int = Field(90, ge=0, le=36500)
+
     # HTTP service.
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://localhost:3000", "http://127.0.0.1:8000", "http://localhost:8000"]

@@ -13,6 +13,7 @@ from chains.rerank import Reranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from rag_api.ratelimit import TokenBuckets
+from rag_api.records import AnswerRecorder, RecordStore
 
 
 @dataclass(slots=True)
@@ -27,6 +28,10 @@ class AppState:
     collection_error: str | None = None
     # True while the store could not be opened (the client is a closed stand-in): see rag_api.recovery.
     qdrant_needs_reopen: bool = False
+    # The record of answers (None when RECORD_QUESTIONS=false or the database could not be opened).
+    records: RecordStore | None = None
+    recorder: AnswerRecorder | None = None
+    records_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
