@@ -9,6 +9,7 @@ failure before anything useful was produced. `/ask` does not: its stream says `r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -46,6 +47,16 @@ def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | 
         )
     if usage:
         note_access(http, input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"))
+
+
+async def resolve_filters(state: AppState, request: AnswerRequest) -> AnswerRequest:
+    """The request with its `sources`/`chapter` filters as stored (as readers type them: see chains.catalogue);
+    `FilterMatchesNothing` (422, naming the stored values) for one that names nothing, never a false refusal."""
+    if not request.sources and not request.chapter:
+        return request
+    catalogue = await asyncio.to_thread(state.catalogue.current, state.client)
+    sources, chapter = catalogue.resolve(request.sources, request.chapter)
+    return dataclasses.replace(request, sources=sources, chapter=chapter)
 
 
 def endpoint_of(http: Request) -> str:
@@ -142,6 +153,7 @@ async def stream_retrieved_answer(state: AppState, request: AnswerRequest, http:
     which counts from this first pull) is raised here, so the app's error handlers answer it with its HTTP status
     and JSON error body; a failure after it is the stream's closing error event, as ever.
     """
+    request = await resolve_filters(state, request)
     events = stream_answer(state, request, http)
     head: list[AnswerEvent] = []
     try:
@@ -157,6 +169,7 @@ async def stream_retrieved_answer(state: AppState, request: AnswerRequest, http:
 
 async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:
     """The whole answer at once (the same events, folded), within REQUEST_TIMEOUT_S."""
+    request = await resolve_filters(state, request)
     answer = await call_within_deadline(state.answerer.answer(request), state.settings.request_timeout_s)
     note_answer(http, answer.timings, answer.usage, answer.mode)
     if state.recorder is not None and answer.timings is not None:

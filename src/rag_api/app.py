@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
+from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
 from chains.local_index import limit_blas_threads
@@ -85,6 +86,7 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
     state = AppState(
         settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error, needs_reopen
     )
+    state.catalogue = BookCatalogue(settings.qdrant_collection)
     state.records, state.records_error = open_records(settings)
     state.recorder = AnswerRecorder(state.records) if state.records is not None else None
     return state

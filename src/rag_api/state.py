@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
+from chains.catalogue import BookCatalogue
 from chains.rerank import Reranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -32,6 +33,7 @@ class AppState:
     records: RecordStore | None = None
     recorder: AnswerRecorder | None = None
     records_error: str | None = None
+    catalogue: BookCatalogue = field(default_factory=lambda: BookCatalogue(""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from chains.guard import call_within_deadline
@@ -21,8 +23,12 @@ router = APIRouter(tags=["search"])
 )
 async def search(body: SearchRequest, state: State) -> SearchResponse:
     check_search_limits(body, state.settings)
+    sources, chapter = body.sources, body.chapter
+    if sources or chapter:
+        catalogue = await asyncio.to_thread(state.catalogue.current, state.client)
+        sources, chapter = catalogue.resolve(sources, chapter)
     documents = await call_within_deadline(
-        state.retriever.ainvoke(body.query, k=body.k, sources=body.sources, chapter=body.chapter),
+        state.retriever.ainvoke(body.query, k=body.k, sources=sources, chapter=chapter),
         state.settings.request_timeout_s,
     )
     return SearchResponse(
