@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -183,27 +184,98 @@ def _matches(relative: str, pattern: str) -> bool:
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch("/" + relative, p) for p in candidates)
 
 
-def discover_files(
-    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
-) -> Iterator[Path]:
+@dataclass(slots=True)
+class Discovery:
+    """What a walk found: the files to ingest, and the paths refused because they lead outside their root."""
+
+    files: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)  # as met, never resolved into a source nor read
+
+
+def resolves_under(path: Path, root: Path) -> bool:
+    """Whether `path`, every symbolic link followed, lies in `root` (a link loop or an invalid path: no)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def discover(
+    paths: Iterable[Path],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = DEFAULT_EXCLUDES,
+    root: Path | None = None,
+) -> Discovery:
     """The files named, and the supported files under the folders named, sorted, minus the excluded ones.
 
     Globs are matched against the path relative to the folder argument, `*` crossing folders as in fnmatch.
+    Every file taken must lie under `root` once its symbolic links are followed; without a `root`, a folder's
+    files must lie under that folder (a file named is taken as given: the indexer checks it against its base
+    folder). The others go to `outside`, unread: a link in a checkout must not pull in `/etc/passwd`.
     """
+    found = Discovery()
     for path in paths:
         if path.is_dir():
+            limit = root or path
             candidates = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
             for candidate in candidates:
                 relative = candidate.relative_to(path).as_posix()
                 if any(_matches(relative, pattern) for pattern in exclude):
                     continue
                 if include:
-                    if any(_matches(relative, pattern) for pattern in include):
-                        yield candidate
-                elif candidate.suffix.lower() in SUPPORTED_SUFFIXES:
-                    yield candidate
+                    if not any(_matches(relative, pattern) for pattern in include):
+                        continue
+                elif candidate.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    continue
+                (found.files if resolves_under(candidate, limit) else found.outside).append(candidate)
+        elif root is not None and not resolves_under(path, root):
+            found.outside.append(path)
         else:
-            yield path  # named explicitly: loaded (or refused with a reason) whatever its suffix
+            found.files.append(path)  # named explicitly: loaded (or refused with a reason) whatever its suffix
+    return found
+
+
+def discover_files(
+    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
+) -> Iterator[Path]:
+    """`discover(...).files`, logging each path refused for leading outside its folder."""
+    found = discover(paths, include, exclude)
+    for path in found.outside:
+        logger.warning("skipped %s: it leads outside the folder being ingested", path)
+    yield from found.files
+
+
+def shown_name(path: Path, base_dir: Path) -> str:
+    """A path as met, relative to `base_dir` when it is under it, without following any link (for reports)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(os.path.abspath(base_dir)).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def outside_outcomes(outside: Iterable[Path], base_dir: Path, root_name: str) -> list[FileOutcome]:
+    """One failed outcome per path that `discover` refused (named as met; where it points is not told)."""
+    reason = f"a symbolic link leading outside {root_name}: skipped, not read"
+    return [FileOutcome(shown_name(path, base_dir), error=reason, parsed=False) for path in outside]
+
+
+def prune_scope_of(paths: Iterable[Path], base_dir: Path) -> list[str]:
+    """The stored sources that the PATHS of a run stand for: what `--prune` may delete from (see `in_scope`)."""
+    return [source_key(path, base_dir) for path in paths]
+
+
+def in_scope(source: str, scope: Sequence[str] | None) -> bool:
+    """Whether a stored source is one `prune` may judge: under one of the `scope` sources (None: any)."""
+    if scope is None:
+        return True
+    for prefix in scope:
+        prefix = prefix.rstrip("/")
+        if prefix in ("", ".") and not PurePosixPath(source).is_absolute():
+            return True
+        if source == prefix or source.startswith(prefix + "/"):
+            return True
+    return False
 
 
 def source_key(path: Path, base_dir: Path) -> str:
@@ -463,10 +535,14 @@ class Indexer:
         prune: bool = False,
         dry_run: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
+        prune_scope: Sequence[str] | None = None,
     ) -> IngestReport:
-        """Ingest `files`; with `prune`, delete stored sources under `base_dir` that are not among them.
+        """Ingest `files`; with `prune`, delete stored sources that are not among them: those under one of the
+        `prune_scope` sources (the folders ingested, see `prune_scope_of`), or with no scope every stored source
+        (also the absolute ones older versions stored for files from outside the base folder).
 
-        Raises `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
+        A file that lies outside `base_dir` (its source would be an absolute path) is refused unread. Raises
+        `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
         """
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
@@ -504,6 +580,17 @@ class Indexer:
         seen: set[str] = set()
         for path in files:
             source = source_key(path, base_dir)
+            if PurePosixPath(source).is_absolute():
+                reason = (
+                    f"outside the base folder {base_dir.resolve()}, which sources are stored relative to: give "
+                    "--base-dir a folder that holds it; not read"
+                )
+                report.files.append(FileOutcome(shown_name(path, base_dir), error=reason, parsed=False))
+                progress.files_done += 1
+                continue
+            if source in seen:  # a link inside the root to a file also met as itself: one source, ingested once
+                progress.files_done += 1
+                continue
             seen.add(source)
             try:
                 plan = self.plan_file(path, source, stored.get(source, {}))
@@ -527,8 +614,8 @@ class Indexer:
         if prune:
             failed = {f.source for f in report.failed}
             for source in sorted(set(stored) - seen - failed):
-                if Path(source).is_absolute():
-                    continue  # stored from outside the base folder: not ours to judge
+                if not in_scope(source, prune_scope):
+                    continue  # another folder's chapter: not part of what was ingested
                 report.pruned_sources.append(source)
                 report.pruned_chunks += len(stored[source]) if dry_run else self.delete_source(source)
         report.seconds = time.perf_counter() - started
