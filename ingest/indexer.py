@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +31,12 @@ from typing import Any, TypeVar
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
-from chains.errors import DependencyUnavailable, DocumentError, RagError
+from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
 from chains.settings import Settings
 from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
-from ingest.loaders import SUPPORTED_SUFFIXES, load_document
+from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
+from ingest.parse_worker import load_isolated
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
@@ -335,8 +337,11 @@ class Indexer:
         settings: Settings,
         count_tokens: TokenCounter | None = None,
         batch_size: int = 64,
+        stop: threading.Event | None = None,
     ) -> None:
         self.client = client
+        self.limits = IngestLimits.from_settings(settings)
+        self.stop = stop  # set (by a shutting-down server): the run stops at the next file or batch
         self.embeddings = embeddings
         self.settings = settings
         self.collection = settings.qdrant_collection
@@ -425,12 +430,20 @@ class Indexer:
         return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
-        document = load_document(path)
+        document = load_isolated(path, self.limits, self.stop)  # a child process within the per-file limits
         url = source_url(source, self.base_url, document.metadata.get("slug"))
         chunks = split_document(document, source, self.count_tokens, self.options, url)
         if not chunks:
             raise DocumentError(str(path), "no text to index after splitting")
+        if len(chunks) > self.limits.max_chunks:
+            raise self.limits.over(
+                path, f"{len(chunks):,} chunks", self.limits.max_chunks, "INGEST_MAX_CHUNKS_PER_FILE"
+            )
         return chunks
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise IngestStopped()
 
     def plan_file(self, path: Path, source: str, stored: dict[str, StoredChunk]) -> FilePlan:
         """What must change for this file; raises `DocumentError` when it cannot be loaded."""
@@ -563,6 +576,7 @@ class Indexer:
             ready.clear()
 
         def embed_batch(batch: list[tuple[FilePlan, int]]) -> None:
+            self.check_stop()
             vectors = self.embed([plan.new[i] for plan, i in batch])
             for (plan, i), vector in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
@@ -579,6 +593,7 @@ class Indexer:
 
         seen: set[str] = set()
         for path in files:
+            self.check_stop()
             source = source_key(path, base_dir)
             if PurePosixPath(source).is_absolute():
                 reason = (
@@ -610,6 +625,7 @@ class Indexer:
                 on_progress(progress)
         if to_embed:
             embed_batch(to_embed)
+        self.check_stop()
         commit()
         if prune:
             failed = {f.source for f in report.failed}
