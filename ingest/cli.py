@@ -20,7 +20,15 @@ from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import DependencyUnavailable, RagError
 from chains.settings import Settings, settings_error_message
 from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
-from ingest.indexer import DEFAULT_EXCLUDES, Indexer, IngestReport, Progress, discover_files
+from ingest.indexer import (
+    DEFAULT_EXCLUDES,
+    Indexer,
+    IngestReport,
+    Progress,
+    discover,
+    outside_outcomes,
+    prune_scope_of,
+)
 from ingest.splitter import approximate_tokens
 
 logger = logging.getLogger("ingest")
@@ -100,7 +108,14 @@ def open_store(settings: Settings) -> QdrantClient:
 )
 @click.option("--include", multiple=True, help="Glob (relative to a folder argument) of files to take; repeatable.")
 @click.option("--exclude", multiple=True, help="Glob of files to skip; repeatable (adds to hidden and node_modules).")
-@click.option("--prune", is_flag=True, help="Delete stored files under --base-dir that are no longer among PATHS.")
+@click.option(
+    "--prune", is_flag=True, help="Delete stored files under the PATHS given (their folders) that are no longer there."
+)
+@click.option(
+    "--prune-all",
+    is_flag=True,
+    help="Delete every stored file that is not among PATHS (other folders' too, and absolute sources of old runs).",
+)
 @click.option(
     "--delete",
     "delete_sources",
@@ -118,6 +133,7 @@ def main(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     prune: bool,
+    prune_all: bool,
     delete_sources: tuple[str, ...],
     dry_run: bool,
     batch_size: int,
@@ -132,19 +148,22 @@ def main(
     \b
     Examples:
       rag-ingest book/ --prune
+      rag-ingest book/chapters/ --prune      (prunes only under book/chapters/)
       rag-ingest docs/ --include '**/*.mdx' --exclude 'drafts/**'
       rag-ingest book/ --dry-run
       rag-ingest --delete book/old-chapter.md
     """
     if not paths and not delete_sources:
         raise click.UsageError("give PATHS to ingest, or --delete SOURCE")
-    if prune and not paths:
+    if (prune or prune_all) and not paths:
         raise click.UsageError("--prune needs the PATHS that are still part of the book")
     settings = load_settings(qdrant_collection=collection)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    files = list(discover_files(paths, include, (*DEFAULT_EXCLUDES, *exclude)))
-    if paths and not files:
+    found = discover(paths, include, (*DEFAULT_EXCLUDES, *exclude))
+    files = found.files
+    if paths and not files and not found.outside and not (prune or prune_all):  # an emptied folder still prunes
         raise click.UsageError("no supported files found under the given paths")
+    scope = None if prune_all else prune_scope_of(paths, base_dir)
     client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
     reports: list[IngestReport] = []
     try:
@@ -154,8 +173,10 @@ def main(
         indexer = Indexer(client, embeddings, settings, batch_size=batch_size)
         if delete_sources:
             reports.append(indexer.delete_sources(delete_sources, dry_run))
-        if files:
-            reports.append(_run(indexer, files, base_dir, prune, dry_run, quiet))
+        if paths:
+            report = _run(indexer, files, base_dir, prune or prune_all, scope, dry_run, quiet)
+            report.files.extend(outside_outcomes(found.outside, base_dir, "the folder given"))
+            reports.append(report)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -185,9 +206,17 @@ def _progress_line(progress: Progress) -> str:
     )
 
 
-def _run(indexer: Indexer, files: list[Path], base_dir: Path, prune: bool, dry_run: bool, quiet: bool) -> IngestReport:
+def _run(
+    indexer: Indexer,
+    files: list[Path],
+    base_dir: Path,
+    prune: bool,
+    scope: list[str] | None,
+    dry_run: bool,
+    quiet: bool,
+) -> IngestReport:
     if quiet:
-        return indexer.ingest(files, base_dir, prune, dry_run)
+        return indexer.ingest(files, base_dir, prune, dry_run, prune_scope=scope)
     last = Progress(len(files))
     with click.progressbar(length=len(files), label="ingesting", file=sys.stderr, show_pos=True) as bar:
 
@@ -197,7 +226,7 @@ def _run(indexer: Indexer, files: list[Path], base_dir: Path, prune: bool, dry_r
             bar.label = _progress_line(progress)
             bar.update(progress.files_done - bar.pos)
 
-        report = indexer.ingest(files, base_dir, prune, dry_run, on_progress=advance)
+        report = indexer.ingest(files, base_dir, prune, dry_run, on_progress=advance, prune_scope=scope)
     click.echo(_progress_line(last), err=True)  # the final figures, also where stderr is not a terminal
     return report
 

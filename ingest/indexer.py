@@ -20,6 +20,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +31,12 @@ from typing import Any, TypeVar
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
-from chains.errors import DependencyUnavailable, DocumentError, RagError
+from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
 from chains.settings import Settings
 from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
-from ingest.loaders import SUPPORTED_SUFFIXES, load_document
+from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
+from ingest.parse_worker import load_isolated
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
@@ -183,27 +186,98 @@ def _matches(relative: str, pattern: str) -> bool:
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch("/" + relative, p) for p in candidates)
 
 
-def discover_files(
-    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
-) -> Iterator[Path]:
+@dataclass(slots=True)
+class Discovery:
+    """What a walk found: the files to ingest, and the paths refused because they lead outside their root."""
+
+    files: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)  # as met, never resolved into a source nor read
+
+
+def resolves_under(path: Path, root: Path) -> bool:
+    """Whether `path`, every symbolic link followed, lies in `root` (a link loop or an invalid path: no)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def discover(
+    paths: Iterable[Path],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = DEFAULT_EXCLUDES,
+    root: Path | None = None,
+) -> Discovery:
     """The files named, and the supported files under the folders named, sorted, minus the excluded ones.
 
     Globs are matched against the path relative to the folder argument, `*` crossing folders as in fnmatch.
+    Every file taken must lie under `root` once its symbolic links are followed; without a `root`, a folder's
+    files must lie under that folder (a file named is taken as given: the indexer checks it against its base
+    folder). The others go to `outside`, unread: a link in a checkout must not pull in `/etc/passwd`.
     """
+    found = Discovery()
     for path in paths:
         if path.is_dir():
+            limit = root or path
             candidates = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
             for candidate in candidates:
                 relative = candidate.relative_to(path).as_posix()
                 if any(_matches(relative, pattern) for pattern in exclude):
                     continue
                 if include:
-                    if any(_matches(relative, pattern) for pattern in include):
-                        yield candidate
-                elif candidate.suffix.lower() in SUPPORTED_SUFFIXES:
-                    yield candidate
+                    if not any(_matches(relative, pattern) for pattern in include):
+                        continue
+                elif candidate.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    continue
+                (found.files if resolves_under(candidate, limit) else found.outside).append(candidate)
+        elif root is not None and not resolves_under(path, root):
+            found.outside.append(path)
         else:
-            yield path  # named explicitly: loaded (or refused with a reason) whatever its suffix
+            found.files.append(path)  # named explicitly: loaded (or refused with a reason) whatever its suffix
+    return found
+
+
+def discover_files(
+    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
+) -> Iterator[Path]:
+    """`discover(...).files`, logging each path refused for leading outside its folder."""
+    found = discover(paths, include, exclude)
+    for path in found.outside:
+        logger.warning("skipped %s: it leads outside the folder being ingested", path)
+    yield from found.files
+
+
+def shown_name(path: Path, base_dir: Path) -> str:
+    """A path as met, relative to `base_dir` when it is under it, without following any link (for reports)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(os.path.abspath(base_dir)).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def outside_outcomes(outside: Iterable[Path], base_dir: Path, root_name: str) -> list[FileOutcome]:
+    """One failed outcome per path that `discover` refused (named as met; where it points is not told)."""
+    reason = f"a symbolic link leading outside {root_name}: skipped, not read"
+    return [FileOutcome(shown_name(path, base_dir), error=reason, parsed=False) for path in outside]
+
+
+def prune_scope_of(paths: Iterable[Path], base_dir: Path) -> list[str]:
+    """The stored sources that the PATHS of a run stand for: what `--prune` may delete from (see `in_scope`)."""
+    return [source_key(path, base_dir) for path in paths]
+
+
+def in_scope(source: str, scope: Sequence[str] | None) -> bool:
+    """Whether a stored source is one `prune` may judge: under one of the `scope` sources (None: any)."""
+    if scope is None:
+        return True
+    for prefix in scope:
+        prefix = prefix.rstrip("/")
+        if prefix in ("", ".") and not PurePosixPath(source).is_absolute():
+            return True
+        if source == prefix or source.startswith(prefix + "/"):
+            return True
+    return False
 
 
 def source_key(path: Path, base_dir: Path) -> str:
@@ -263,8 +337,11 @@ class Indexer:
         settings: Settings,
         count_tokens: TokenCounter | None = None,
         batch_size: int = 64,
+        stop: threading.Event | None = None,
     ) -> None:
         self.client = client
+        self.limits = IngestLimits.from_settings(settings)
+        self.stop = stop  # set (by a shutting-down server): the run stops at the next file or batch
         self.embeddings = embeddings
         self.settings = settings
         self.collection = settings.qdrant_collection
@@ -353,12 +430,20 @@ class Indexer:
         return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
-        document = load_document(path)
+        document = load_isolated(path, self.limits, self.stop)  # a child process within the per-file limits
         url = source_url(source, self.base_url, document.metadata.get("slug"))
         chunks = split_document(document, source, self.count_tokens, self.options, url)
         if not chunks:
             raise DocumentError(str(path), "no text to index after splitting")
+        if len(chunks) > self.limits.max_chunks:
+            raise self.limits.over(
+                path, f"{len(chunks):,} chunks", self.limits.max_chunks, "INGEST_MAX_CHUNKS_PER_FILE"
+            )
         return chunks
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise IngestStopped()
 
     def plan_file(self, path: Path, source: str, stored: dict[str, StoredChunk]) -> FilePlan:
         """What must change for this file; raises `DocumentError` when it cannot be loaded."""
@@ -463,10 +548,14 @@ class Indexer:
         prune: bool = False,
         dry_run: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
+        prune_scope: Sequence[str] | None = None,
     ) -> IngestReport:
-        """Ingest `files`; with `prune`, delete stored sources under `base_dir` that are not among them.
+        """Ingest `files`; with `prune`, delete stored sources that are not among them: those under one of the
+        `prune_scope` sources (the folders ingested, see `prune_scope_of`), or with no scope every stored source
+        (also the absolute ones older versions stored for files from outside the base folder).
 
-        Raises `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
+        A file that lies outside `base_dir` (its source would be an absolute path) is refused unread. Raises
+        `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
         """
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
@@ -487,6 +576,7 @@ class Indexer:
             ready.clear()
 
         def embed_batch(batch: list[tuple[FilePlan, int]]) -> None:
+            self.check_stop()
             vectors = self.embed([plan.new[i] for plan, i in batch])
             for (plan, i), vector in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
@@ -503,7 +593,19 @@ class Indexer:
 
         seen: set[str] = set()
         for path in files:
+            self.check_stop()
             source = source_key(path, base_dir)
+            if PurePosixPath(source).is_absolute():
+                reason = (
+                    f"outside the base folder {base_dir.resolve()}, which sources are stored relative to: give "
+                    "--base-dir a folder that holds it; not read"
+                )
+                report.files.append(FileOutcome(shown_name(path, base_dir), error=reason, parsed=False))
+                progress.files_done += 1
+                continue
+            if source in seen:  # a link inside the root to a file also met as itself: one source, ingested once
+                progress.files_done += 1
+                continue
             seen.add(source)
             try:
                 plan = self.plan_file(path, source, stored.get(source, {}))
@@ -523,12 +625,13 @@ class Indexer:
                 on_progress(progress)
         if to_embed:
             embed_batch(to_embed)
+        self.check_stop()
         commit()
         if prune:
             failed = {f.source for f in report.failed}
             for source in sorted(set(stored) - seen - failed):
-                if Path(source).is_absolute():
-                    continue  # stored from outside the base folder: not ours to judge
+                if not in_scope(source, prune_scope):
+                    continue  # another folder's chapter: not part of what was ingested
                 report.pruned_sources.append(source)
                 report.pruned_chunks += len(stored[source]) if dry_run else self.delete_source(source)
         report.seconds = time.perf_counter() - started

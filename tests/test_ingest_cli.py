@@ -107,7 +107,7 @@ def test_cli_each_bad_input_gets_one_line_and_counts_as_failed(
     (book_dir / "notes.txt").write_bytes(b"\x00\x01\x02binary")
     (book_dir / "empty.md").write_text("")
     (book_dir / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really")
-    (book_dir / "gone.md").symlink_to(tmp_path / "missing.md")
+    (book_dir / "gone.md").symlink_to(book_dir / "missing.md")  # broken, inside the folder
     unsupported = tmp_path / "cover.png"
     unsupported.write_bytes(b"\x89PNG")
     result = run_cli(settings, str(book_dir), str(unsupported), "--base-dir", str(tmp_path), "-q")
@@ -118,14 +118,14 @@ def test_cli_each_bad_input_gets_one_line_and_counts_as_failed(
     assert "binary" in reasons["book/notes.txt"]
     assert "empty" in reasons["book/empty.md"]
     assert "PDF" in reasons["book/broken.pdf"]
-    assert "cannot read" in reasons["missing.md"]  # a broken link is named by where it points
+    assert "cannot read" in reasons["book/missing.md"]  # a broken link is named by where it points
     assert "unsupported file type" in reasons["cover.png"]
     assert "Traceback" not in result.output
     assert "(5 failed, 2 changed)" in result.stdout  # the good chapters still went in
 
 
 def test_cli_progress_shows_files_chunks_and_rate_on_stderr(settings: Settings, book_dir: Path) -> None:
-    result = run_cli(settings, str(book_dir), "--batch-size", "2")
+    result = run_cli(settings, str(book_dir), "--base-dir", str(book_dir.parent), "--batch-size", "2")
     assert result.exit_code == 0, result.output
     assert "chunks embedded" in result.stderr and "/s)" in result.stderr and "2/2 files" in result.stderr
     assert "chunks embedded" not in result.stdout and "files" in result.stdout
