@@ -61,8 +61,9 @@ def neutralise(text: str) -> str:
 
 
 def attribute(text: str) -> str:
-    """Untrusted text as an attribute value: `neutralise` and quotes escaped, so it cannot leave its `"…"`."""
-    return escape(text, quote=True)
+    """Untrusted text as a double-quoted attribute value: `&`, `<` and `"` escaped, so it can neither leave its
+    quotes nor open a tag. `>` is kept, as XML allows there: it is the separator of heading paths."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
 
 
 def format_passages(documents: Sequence[Document]) -> str:
