@@ -182,7 +182,8 @@ def retrieval_query(request: AnswerRequest) -> str:
 
 
 def format_history(history: Sequence[Turn], max_turns: int = 6) -> str:
-    return "\n".join(f"{turn.role}: {turn.content}" for turn in history[-max_turns:])
+    """The conversation for the condense prompt's `<conversation>` block, each turn escaped (`neutralise`)."""
+    return "\n".join(f"{turn.role}: {neutralise(turn.content)}" for turn in history[-max_turns:])
 
 
 def extractive_answer(sources: Sequence[Source]) -> str:
@@ -267,7 +268,8 @@ class Answerer:
     def messages_for(self, request: AnswerRequest, sources: Sequence[Source]) -> list[BaseMessage]:
         documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
         history: list[BaseMessage] = [
-            HumanMessage(t.content) if t.role == "user" else AIMessage(t.content) for t in request.history[-6:]
+            HumanMessage(neutralise(t.content)) if t.role == "user" else AIMessage(neutralise(t.content))
+            for t in request.history[-6:]
         ]
         return ANSWER_PROMPT.format_messages(
             context=format_passages(documents), question=neutralise(request.question), history=history
@@ -341,7 +343,7 @@ def build_answer_chain(retriever: BookRetriever, model: BaseChatModel) -> Runnab
     """The same answer as plain LCEL (question in, text out), for LangChain tooling and the reference benchmarks."""
 
     def to_prompt_input(question: str) -> dict[str, Any]:
-        return {"question": question}
+        return {"question": neutralise(question)}
 
     def format_docs(documents: list[Document]) -> str:
         return format_passages(documents)

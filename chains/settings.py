@@ -6,6 +6,7 @@ Ingest, chains and the API all take a `Settings` instance as an argument; nothin
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -120,6 +121,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     log_format: Literal["text", "json"] = "text"
     log_questions: bool = False
+    # Slow clients: a connection must finish sending a request's headers within HEADER_TIMEOUT_S of opening (or of
+    # its first byte after a keep-alive pause), and its body within BODY_TIMEOUT_S of the app asking for it.
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=600)
+    # The proxies (IP addresses or CIDR networks, comma-separated; "*" for any) whose X-Forwarded-For and
+    # X-Forwarded-Proto name the client. Empty (the default): the socket's peer is the client, headers ignored.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Request limits (each at most the ceiling that the OpenAPI schema states).
     max_question_chars: int = Field(MAX_QUESTION_CHARS, ge=1, le=MAX_QUESTION_CHARS)
@@ -150,11 +158,23 @@ class Settings(BaseSettings):
     # event (the first token never waits). 0: merge only deltas already waiting. See docs/streaming.md.
     stream_coalesce_ms: float = Field(25.0, ge=0, le=1000)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a CIDR network or *") from None
         return value
 
     @field_validator("api_keys", "admin_api_keys", mode="before")

@@ -4,14 +4,19 @@ the access log and the metrics. Routes differ only in how they parse the questio
 On purpose: `stream_retrieved_answer` runs retrieval before the response exists, so that a client of
 `/v1/chat/completions` or `/api/chat` gets a real HTTP status (503 with Retry-After when Qdrant is down) for a
 failure before anything useful was produced. `/ask` does not: its stream says `retrieving` first (docs/streaming.md).
+
+Also on purpose: Starlette cancels a streaming response when its client leaves, but never a handler that is still
+computing a JSON response. `until_disconnected` races such work (a whole answer, the retrieval before a stream)
+against the client's `http.disconnect`, so that a client gone stops the model and frees its slot on every face.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -27,11 +32,38 @@ from chains.answer import (
 )
 from chains.citations import check_citations
 from chains.guard import call_within_deadline, within_deadline
+from rag_api.errors import ClientDisconnected
 from rag_api.metrics import metrics_of
 from rag_api.middleware import note_access
 from rag_api.records import AnswerRecord, RecordedSource
 from rag_api.state import AppState
 from rag_api.streaming import close_events, coalesce_tokens
+
+T = TypeVar("T")
+
+
+async def _disconnect(http: Request) -> None:
+    """Return when the client has gone. The body has been read, so `receive` now only reports the disconnect."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnected(work: Coroutine[Any, Any, T], http: Request) -> T:
+    """`await work`, unless the client disconnects first: then `work` is cancelled (its model call with it) and
+    `ClientDisconnected` raised."""
+    task = asyncio.create_task(work)
+    watcher = asyncio.create_task(_disconnect(http), name="disconnect-watcher")
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.wait({task, watcher})
+    if task.cancelled() and watcher.done() and not watcher.cancelled():
+        watcher.result()  # raises what a failing `receive` raised, else returns: the client is gone
+        raise ClientDisconnected
+    return task.result()
 
 
 def note_answer(http: Request, timings: Timings | None, usage: dict[str, int] | None, mode: str | None = None) -> None:
@@ -156,11 +188,15 @@ async def stream_retrieved_answer(state: AppState, request: AnswerRequest, http:
     request = await resolve_filters(state, request)
     events = stream_answer(state, request, http)
     head: list[AnswerEvent] = []
-    try:
+
+    async def pull_head() -> None:
         async for event in events:
             head.append(event)
             if isinstance(event, SourcesEvent):
-                break
+                return
+
+    try:
+        await until_disconnected(pull_head(), http)
     except (Exception, asyncio.CancelledError):
         await close_events(events)
         raise
@@ -168,9 +204,11 @@ async def stream_retrieved_answer(state: AppState, request: AnswerRequest, http:
 
 
 async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:
-    """The whole answer at once (the same events, folded), within REQUEST_TIMEOUT_S."""
+    """The whole answer at once (the same events, folded), within REQUEST_TIMEOUT_S; cancelled when the client
+    disconnects first."""
     request = await resolve_filters(state, request)
-    answer = await call_within_deadline(state.answerer.answer(request), state.settings.request_timeout_s)
+    deadline = state.settings.request_timeout_s
+    answer = await until_disconnected(call_within_deadline(state.answerer.answer(request), deadline), http)
     note_answer(http, answer.timings, answer.usage, answer.mode)
     if state.recorder is not None and answer.timings is not None:
         done = DoneEvent(answer.answer_id, answer.mode, answer.citations, answer.usage, answer.timings)

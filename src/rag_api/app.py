@@ -8,9 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
@@ -24,9 +23,9 @@ from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
 from rag_api.auth import document_optional_keys, require_api_key
-from rag_api.errors import error_response, install_error_handlers
+from rag_api.errors import install_error_handlers
 from rag_api.metrics import build_metrics
-from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
+from rag_api.middleware import RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.records import AnswerRecorder, RecordStore
 from rag_api.recovery import open_qdrant, watch_qdrant
@@ -153,11 +152,15 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
     app.state.metrics = build_metrics()
     install_error_handlers(app)
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        message = f"the request body is larger than {settings.max_body_bytes} bytes"
-        return error_response(413, "payload_too_large", message, getattr(request.state, "request_id", None))
-
+    # The last added is the outermost: CORS wraps the request-context middleware, so that its own answers (413,
+    # 408, a last-resort 500) and every error from auth and the rate limiter carry CORS headers for an allowed
+    # origin; a browser then sees the error, not a CORS failure. Preflights are answered by CORS alone.
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=app.state.metrics,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -166,7 +169,6 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Accept"],
         expose_headers=["X-Request-ID"],
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
     for module in (ask, chat, search, openai_api, feedback):

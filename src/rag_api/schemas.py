@@ -1,4 +1,8 @@
-"""Pydantic models for every request and response body, with the limits a public endpoint needs."""
+"""Pydantic models for every request and response body, with the limits a public endpoint needs.
+
+Numbers and flags are strict (`"k": "5"` and `"stream": 0` are 422, not quietly converted): a client that sends the
+wrong type has a bug worth naming. Only those fields: strict strings would refuse nothing JSON can send anyway.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,9 @@ class AskRequest(BaseModel):
         min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK, description="The student's question."
     )
     stream: bool | None = Field(
-        None, description="Stream server-sent events. Default: stream when the Accept header asks for them."
+        None,
+        strict=True,
+        description="Stream server-sent events. Default: stream when the Accept header asks for them.",
     )
     history: list[TurnIn] = Field(
         default_factory=list, max_length=MAX_HISTORY_TURNS, description="Earlier turns, oldest first."
@@ -51,7 +57,7 @@ class AskRequest(BaseModel):
         None, max_length=MAX_SELECTED_CHARS, description="Text the reader selected on the page; used first."
     )
     selected_from: str | None = Field(None, max_length=500, description="The page or chapter the selection is from.")
-    k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages to retrieve.")
+    k: int | None = Field(None, ge=1, le=MAX_K, strict=True, description="How many passages to retrieve.")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
 
@@ -93,7 +99,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK)
-    k: int = Field(5, ge=1, le=MAX_K)
+    k: int = Field(5, ge=1, le=MAX_K, strict=True)
     sources: list[str] | None = Field(None, max_length=100)
     chapter: str | None = Field(None, max_length=500)
 
@@ -174,7 +180,7 @@ class ChatQuestionOptions(BaseModel):
     )
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
-    k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages to retrieve.")
+    k: int | None = Field(None, ge=1, le=MAX_K, strict=True, description="How many passages to retrieve.")
 
 
 class UIMessagePartIn(BaseModel):

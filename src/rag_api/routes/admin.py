@@ -30,6 +30,7 @@ from ingest.indexer import (
 )
 from rag_api.auth import require_admin_key
 from rag_api.deps import State
+from rag_api.errors import ApiError
 from rag_api.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -135,14 +136,14 @@ async def ingest(body: IngestRequest, state: State, request: Request) -> IngestR
     """Ingest `paths` (relative to INGEST_ROOT) incrementally, like `rag-ingest`; failed files are listed."""
     root = state.settings.ingest_root
     if root is None:
-        raise HTTPException(404, "server-side ingest is disabled: set INGEST_ROOT on the server")
+        raise ApiError(404, "ingest_disabled", "server-side ingest is disabled: set INGEST_ROOT on the server")
     if not body.paths and not body.delete:
         raise HTTPException(400, "give `paths` to ingest or `delete` sources")
     paths = [resolve_under(root, p) for p in body.paths]
     found = discover(paths, body.include, (*DEFAULT_EXCLUDES, *body.exclude), root=root)
     lock = _ingest_lock(request)
     if lock.locked():
-        raise HTTPException(409, "another ingest is running; try again when it has finished")
+        raise ApiError(409, "ingest_in_progress", "another ingest is running; try again when it has finished")
     async with lock:
         indexer = Indexer(state.client, state.embeddings, state.settings)
         try:
