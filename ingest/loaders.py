@@ -34,6 +34,9 @@ _MDX_ESM = re.compile(r"^(import|export)\s")
 _JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
 _JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
+# A fence's info string past the language (Docusaurus' ```md title="x" {1-4}), which Python-Markdown's fenced
+# code does not accept: the fence then goes unseen and the code in it is read as Markdown (its `# lines` as headings).
+_FENCE_INFO = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]+)[ \t]+[^\n`]*\S[^\n`]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,11 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     except yaml.YAMLError:
         data = {}
     return (data if isinstance(data, dict) else {}), text[match.end() :]
+
+
+def plain_fences(text: str) -> str:
+    """Code fences reduced to their language, so that every fence the site sees is a fence here too."""
+    return _FENCE_INFO.sub(lambda m: m["fence"] + m["lang"], text)
 
 
 def strip_mdx(text: str) -> str:
@@ -218,6 +226,7 @@ def _partition(kind: str, **kwargs: Any) -> list[Any]:
 
 def load_markdown(path: Path) -> LoadedDocument:
     front_matter, body = split_front_matter(read_text(path))
+    body = plain_fences(body)
     if path.suffix.lower() == ".mdx":
         body = strip_mdx(body)
     if not body.strip():

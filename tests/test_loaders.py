@@ -155,3 +155,16 @@ def test_html_headings_carry_their_own_ids(tmp_path: Path) -> None:
     headings = [(b.text, b.anchor) for b in load_document(page).blocks if b.kind == "heading"]
     # The heading element's own id; an id on an element inside it or around it is not the heading's.
     assert headings == [("Chapter One", "ch01"), ("No id here", None), ("Second", "sec-2")]
+
+
+def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path: Path) -> None:
+    page = tmp_path / "create-a-document.md"
+    page.write_text(
+        "# Create a Document\n\nWrite this:\n\n"
+        '```md title="docs/hello.md" {1-4}\n# Hello\n\nThis is my **first Docusaurus document**!\n```\n\n'
+        "## Configure the Sidebar\n\nAdd it to the sidebar.\n",
+        encoding="utf-8",
+    )
+    blocks = load_document(page).blocks
+    assert [b.text for b in blocks if b.kind == "heading"] == ["Create a Document", "Configure the Sidebar"]
+    assert any(b.kind == "code" and "# Hello" in b.text for b in blocks)
