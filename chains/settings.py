@@ -90,7 +90,11 @@ class Settings(BaseSettings):
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
+    # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is
+    # composed per answer, so a new BOOK_BASE_URL needs no re-ingest), and the generator that builds it: its page
+    # and heading-id rules are applied at ingest (ingest/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
     book_base_url: AnyHttpUrl | None = None
+    book_site_style: Literal["docusaurus", "mkdocs", "mdbook", "html"] = "docusaurus"
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
     ingest_root: Path | None = None
     # Ingest limits per file, counting what a file decompresses into (a crafted 77 KB PDF can inflate to 50 MB

@@ -20,6 +20,7 @@ from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import DependencyUnavailable, RagError
 from chains.settings import Settings, settings_error_message
 from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
+from ingest.book_root import BookRootError, choose_root, remembered_root
 from ingest.indexer import (
     DEFAULT_EXCLUDES,
     Indexer,
@@ -101,10 +102,14 @@ def open_store(settings: Settings) -> QdrantClient:
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", envvar="QDRANT_COLLECTION", help="Qdrant collection to write to.")
 @click.option(
+    "--root",
     "--base-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    help="Sources are stored by their path relative to this folder.",
+    "root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The book's root folder: sources are stored by their path inside it, as the book's site names its pages. "
+    "Default: the root the collection remembers from its first ingest, else the folder argument.",
+    show_default=False,
 )
 @click.option("--include", multiple=True, help="Glob (relative to a folder argument) of files to take; repeatable.")
 @click.option("--exclude", multiple=True, help="Glob of files to skip; repeatable (adds to hidden and node_modules).")
@@ -121,7 +126,7 @@ def open_store(settings: Settings) -> QdrantClient:
     "delete_sources",
     multiple=True,
     metavar="SOURCE",
-    help="Delete a stored source (its path relative to --base-dir, as the summary names it); repeatable.",
+    help="Delete a stored source (its path inside the book's root, as the summary names it); repeatable.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would change (chunks added, updated, removed); write nothing.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, help="Chunks embedded and upserted at once.")
@@ -129,7 +134,7 @@ def open_store(settings: Settings) -> QdrantClient:
 def main(
     paths: tuple[Path, ...],
     collection: str | None,
-    base_dir: Path,
+    root: Path | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     prune: bool,
@@ -143,15 +148,21 @@ def main(
 
     Re-running is cheap: unchanged files are skipped, changed files replace their old chunks (new ones are
     written before old ones are removed). Settings (QDRANT_URL, QDRANT_PATH, EMBEDDING_MODEL, CHUNK_SIZE,
-    CHUNK_SIZE_UNIT, ...) come from the environment or `.env`.
+    CHUNK_SIZE_UNIT, BOOK_SITE_STYLE, ...) come from the environment or `.env`.
+
+    Sources are named by their path inside the book's root folder, whatever folder this runs from: --root if
+    given, else the root this collection remembers from its first ingest (when PATHS lie under it), else the
+    folder argument (a file's own folder; for several paths the folder they share). So `rag-ingest book/` and a
+    later `rag-ingest book/ch1.md` store ch1.md under the same key.
 
     \b
     Examples:
       rag-ingest book/ --prune
+      rag-ingest book/ch1.md                 # one changed chapter, same key as above
       rag-ingest book/chapters/ --prune      (prunes only under book/chapters/)
       rag-ingest docs/ --include '**/*.mdx' --exclude 'drafts/**'
       rag-ingest book/ --dry-run
-      rag-ingest --delete book/old-chapter.md
+      rag-ingest --delete old-chapter.md
     """
     if not paths and not delete_sources:
         raise click.UsageError("give PATHS to ingest, or --delete SOURCE")
@@ -163,7 +174,6 @@ def main(
     files = found.files
     if paths and not files and not found.outside and not (prune or prune_all):  # an emptied folder still prunes
         raise click.UsageError("no supported files found under the given paths")
-    scope = None if prune_all else prune_scope_of(paths, base_dir)
     client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
     reports: list[IngestReport] = []
     try:
@@ -174,9 +184,15 @@ def main(
         if delete_sources:
             reports.append(indexer.delete_sources(delete_sources, dry_run))
         if paths:
-            report = _run(indexer, files, base_dir, prune or prune_all, scope, dry_run, quiet)
-            report.files.extend(outside_outcomes(found.outside, base_dir, "the folder given"))
+            choice = choose_root(paths, root, remembered_root(client, settings.qdrant_collection))
+            if choice.note:
+                click.echo(f"note: {choice.note}", err=True)
+            scope = None if prune_all else prune_scope_of(paths, choice.root)
+            report = _run(indexer, files, choice.root, prune or prune_all, scope, dry_run, quiet)
+            report.files.extend(outside_outcomes(found.outside, choice.root, "the folder given"))
             reports.append(report)
+    except BookRootError as exc:
+        raise click.UsageError(str(exc)) from exc
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -193,6 +209,8 @@ def main(
                 )
         for source in report.pruned_sources:
             click.echo(f"{'would prune' if dry_run else 'pruned'} {source}")
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
         failed += len(report.failed)
         click.echo(report.summary())
     if failed:

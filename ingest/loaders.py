@@ -18,7 +18,7 @@ import html
 import logging
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,9 @@ _MDX_ESM = re.compile(r"^(import|export)\s")
 _JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
 _JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
+# A fence's info string past the language (Docusaurus' ```md title="x" {1-4}), which Python-Markdown's fenced
+# code does not accept: the fence then goes unseen and the code in it is read as Markdown (its `# lines` as headings).
+_FENCE_INFO = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]+)[ \t]+[^\n`]*\S[^\n`]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ class Block:
     text: str
     level: int = 0  # heading depth, 1 for a top title
     page: int | None = None
+    anchor: str | None = None  # an HTML heading's own `id` (Markdown heading ids are computed by the splitter)
 
 
 @dataclass(slots=True)
@@ -133,6 +137,11 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     except yaml.YAMLError:
         data = {}
     return (data if isinstance(data, dict) else {}), text[match.end() :]
+
+
+def plain_fences(text: str) -> str:
+    """Code fences reduced to their language, so that every fence the site sees is a fence here too."""
+    return _FENCE_INFO.sub(lambda m: m["fence"] + m["lang"], text)
 
 
 def strip_mdx(text: str) -> str:
@@ -213,6 +222,48 @@ def blocks_from_elements(elements: list[Any]) -> list[Block]:
     return blocks
 
 
+class _HeadingIds(HTMLParser):
+    """Each `<h1>`..`<h6>` of an HTML page in order: its text and its own `id` attribute (None without one)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.headings: list[tuple[str, str | None]] = []
+        self._open: tuple[str, str | None, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if re.fullmatch(r"h[1-6]", tag) and self._open is None:
+            self._open = (tag, dict(attrs).get("id") or None, [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open is not None and tag == self._open[0]:
+            self.headings.append((" ".join("".join(self._open[2]).split()), self._open[1]))
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[2].append(data)
+
+
+def with_html_anchors(blocks: list[Block], markup: str) -> list[Block]:
+    """Give each heading block the `id` of the HTML heading with the same text (matched in order); unstructured's
+    elements do not carry it. A heading block matching none (a title guessed from text) gets no anchor."""
+    parser = _HeadingIds()
+    parser.feed(markup)
+    parser.close()
+    headings = parser.headings
+    position = 0
+    result: list[Block] = []
+    for block in blocks:
+        if block.kind == "heading":
+            text = " ".join(block.text.split())
+            match = next((i for i in range(position, len(headings)) if headings[i][0] == text), None)
+            if match is not None:
+                position = match + 1
+                block = replace(block, anchor=headings[match][1])
+        result.append(block)
+    return result
+
+
 def _partition(kind: str, **kwargs: Any) -> list[Any]:
     install_offline_nlp()
     if kind == "md":
@@ -247,6 +298,7 @@ def read_limited_text(path: Path, limits: IngestLimits) -> str:
 
 def load_markdown(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
     front_matter, body = split_front_matter(read_limited_text(path, limits))
+    body = plain_fences(body)
     if path.suffix.lower() == ".mdx":
         body = strip_mdx(body)
     if not body.strip():
@@ -372,10 +424,13 @@ def load_document(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDo
             document = load_pdf(path, limits)
         elif suffix == ".docx":
             document = load_docx(path, limits)
+        elif suffix in (".html", ".htm"):
+            markup = read_limited_text(path, limits)
+            blocks = with_html_anchors(_checked_elements(path, _partition("html", text=markup), limits), markup)
+            document = LoadedDocument(path, None, blocks)
         else:
             assert suffix in _TEXT_SUFFIXES
-            kind = "html" if suffix in (".html", ".htm") else "text"
-            elements = _partition(kind, text=read_limited_text(path, limits))
+            elements = _partition("text", text=read_limited_text(path, limits))
             document = LoadedDocument(path, None, _checked_elements(path, elements, limits))
     except PermissionError as exc:
         raise DocumentError(str(path), "permission denied") from exc

@@ -2,7 +2,8 @@
 
 This is the way through when the API server holds the embedded Qdrant store (one process at a time), so that
 `rag-ingest` cannot open it. Paths are relative to INGEST_ROOT (unset: the endpoint answers 404) and may not
-leave it; sources are stored relative to INGEST_ROOT, as `rag-ingest --base-dir INGEST_ROOT` would store them.
+leave it; sources are stored relative to INGEST_ROOT (the book's root), as `rag-ingest --root INGEST_ROOT` would
+store them, and the collection remembers it as its book root (ingest/book_root.py).
 The indexer runs in a worker thread, one ingest at a time (a second one gets 409), so the event loop stays free.
 """
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from chains.embeddings import embedding_dimension
 from chains.settings import Settings
 from chains.vectorstore import ensure_collection
+from ingest.book_root import choose_root, remembered_root
 from ingest.indexer import (
     DEFAULT_EXCLUDES,
     Discovery,
@@ -73,6 +75,7 @@ class IngestResponse(BaseModel):
     unchanged: int
     removed: int
     pruned_sources: list[str]
+    notes: list[str] = Field(default_factory=list, description="What to know and may act on (e.g. old keys to prune)")
     seconds: float
     summary: str
 
@@ -110,8 +113,10 @@ def run_ingest(
     if body.delete:
         report = indexer.delete_sources(body.delete, body.dry_run)
     if found.files or found.outside or (paths and body.prune):  # an emptied folder still prunes
+        root_note = choose_root([], root, remembered_root(indexer.client, indexer.collection)).note
         scope = None if body.prune == "all" else prune_scope_of(paths, root)
         ingested = indexer.ingest(found.files, root, bool(body.prune), body.dry_run, prune_scope=scope)
+        ingested.notes[:0] = [root_note] if root_note else []
         ingested.files[:0] = report.files
         ingested.files.extend(outside_outcomes(found.outside, root.resolve(), "INGEST_ROOT"))
         ingested.seconds += report.seconds
