@@ -60,11 +60,12 @@ width_cm = 90
 <svg onload="window.__pwned = 'svg'"></svg><a href="javascript:window.__pwned='a'">raw link</a>
 [a link](javascript:window.__pwned='md') and [1](javascript:window.__pwned='cite') and [book](https://example.org/)
 """
+LONG_ANSWER = ANSWER + "\n\n" + "\n\n".join(f"Paragraph {n}: more on the planting hole [2]." for n in range(40))
 SELECTED = "Young roots grow outwards, not downwards, and a wide hole gives them loose soil to explore."
 
 HOST_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Planting · The host book</title>
+<title>Planting · The host book</title><link rel="icon" href="data:,">
 <style>* { color: red !important; font-family: serif !important; } button { display: none; }</style>
 <script>window.__globalsBefore = Object.getOwnPropertyNames(window);</script>
 </head><body>
@@ -106,14 +107,14 @@ def sample_book_indexed(qdrant: QdrantClient, embeddings: LocalEmbeddings, setti
 
 @contextmanager
 def live_site(
-    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, theme: str = "auto"
+    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, theme: str = "auto", answer: str = ANSWER
 ) -> Iterator[Any]:
     """The API (with the book's pages) on one port and a host page on another: two origins."""
     api_port, host_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     host = f"http://127.0.0.1:{host_port}"
     changed = settings.model_copy(update={"cors_origins": [host], "book_base_url": f"{api}/book/"})
-    model = SlowScriptedModel(messages=answers(ANSWER))
+    model = SlowScriptedModel(messages=answers(answer))
     app = create_app(changed, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
 
     async def page(request: Any) -> HTMLResponse:
@@ -293,7 +294,7 @@ async def test_the_widget_works_from_the_keyboard_fits_a_phone_and_passes_axe(
 ) -> None:
     from playwright.async_api import expect
 
-    with live_site(sample_book_indexed, embeddings, qdrant) as (_, host_url):
+    with live_site(sample_book_indexed, embeddings, qdrant, answer=LONG_ANSWER) as (_, host_url):
         for scheme in ("light", "dark"):
             async with browser_context(
                 viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, color_scheme=scheme
@@ -330,16 +331,24 @@ async def test_the_widget_works_from_the_keyboard_fits_a_phone_and_passes_axe(
                 assert box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
                 textbox = await panel.get_by_role("textbox", name="Your question").bounding_box()
                 assert textbox and textbox["y"] >= 0 and textbox["y"] + textbox["height"] <= 844
-                assert await panel.locator(".log").evaluate("log => log.scrollHeight > log.clientHeight")
+                assert await panel.locator(".log").evaluate("log => log.scrollHeight > 2 * log.clientHeight")
+                # ... and it followed the answer to its end.
+                assert await panel.locator(".log").evaluate(
+                    "log => log.scrollHeight - log.scrollTop - log.clientHeight < 50"
+                )
 
                 # A real accessibility engine over the open panel (its shadow root included).
                 if AXE.exists():
                     await page.add_script_tag(path=str(AXE))
                     result = await page.evaluate(
-                        """async () => (await axe.run({include: [['book-chat']]}, {resultTypes: ['violations']}))
-                        .violations.map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target)}))"""
+                        """async () => { const r = await axe.run({include: [['book-chat']]});
+                        return {violations: r.violations.map(v => ({id: v.id, impact: v.impact,
+                                 nodes: v.nodes.map(n => n.target)})),
+                                inShadow: r.passes.flatMap(p => p.nodes).filter(n => n.target[0] &&
+                                 Array.isArray(n.target[0])).length}; }"""
                     )
-                    serious = [v for v in result if v["impact"] in {"serious", "critical"}]
+                    assert result["inShadow"] > 20, "axe looked inside the widget's shadow root"
+                    serious = [v for v in result["violations"] if v["impact"] in {"serious", "critical"}]
                     assert serious == [], f"{scheme}: {serious}"
 
                 await page.keyboard.press("Escape")

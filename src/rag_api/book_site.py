@@ -122,6 +122,7 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · {book}</title>
 <link rel="stylesheet" href="{prefix}book.css">
+<link rel="icon" href="data:,">
 </head>
 <body>
 <a class="skip" href="#content">Skip to the text</a>
