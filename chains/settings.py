@@ -98,7 +98,11 @@ class Settings(BaseSettings):
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
+    # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is
+    # composed per answer, so a new BOOK_BASE_URL needs no re-ingest), and the generator that builds it: its page
+    # and heading-id rules are applied at ingest (ingest/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
     book_base_url: AnyHttpUrl | None = None
+    book_site_style: Literal["docusaurus", "mkdocs", "mdbook", "html"] = "docusaurus"
     # A folder of the book's Markdown served as pages at /book/ with the widget on them (a preview); unset: off.
     book_site_dir: DirectoryPath | None = None
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.

@@ -33,14 +33,16 @@ from chains.errors import DependencyUnavailable, DocumentError, RagError
 from chains.settings import Settings
 from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
+from ingest.book_root import remember_root, remembered_root
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
+from ingest.site_urls import page_path
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
-SPLIT_VERSION = "2"
+SPLIT_VERSION = "3"  # 3: page_path and anchor (links to the book's site) instead of a stored url
 # What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
 # added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
 VECTOR_LAYOUT = "dense+sparse-bm25-1"
@@ -75,6 +77,7 @@ class IngestReport:
     embedded: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    notes: list[str] = field(default_factory=list)  # what the user should know and may act on
 
     @property
     def failed(self) -> list[FileOutcome]:
@@ -130,6 +133,7 @@ class IngestReport:
             "unchanged": self.unchanged,
             "removed": self.removed,
             "pruned_sources": self.pruned_sources,
+            "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "summary": self.summary(),
         }
@@ -207,7 +211,8 @@ def discover_files(
 
 
 def source_key(path: Path, base_dir: Path) -> str:
-    """How a file is named in the store: its path relative to the base folder, with forward slashes."""
+    """How a file is named in the store: its path relative to the book's root folder (ingest/book_root.py), with
+    forward slashes; the absolute path for a file outside it."""
     resolved = path.resolve()
     try:
         return resolved.relative_to(base_dir.resolve()).as_posix()
@@ -215,18 +220,22 @@ def source_key(path: Path, base_dir: Path) -> str:
         return resolved.as_posix()
 
 
-def source_url(source: str, base_url: str | None, slug: object = None) -> str | None:
-    """The page of `source` on the book's site: base + path without extension, or the front matter's slug."""
-    if not base_url:
-        return None
-    base = base_url.rstrip("/")
-    if isinstance(slug, str) and slug.strip():
-        slug = slug.strip()
-        if slug.startswith("/"):
-            return f"{base}{slug}"
-        folder = PurePosixPath(source).parent.as_posix()
-        return f"{base}/{slug}" if folder == "." else f"{base}/{folder}/{slug}"
-    return f"{base}/{source.rsplit('.', 1)[0]}"
+def moved_sources(stored: Iterable[str], seen: Iterable[str], root: Path) -> dict[str, str]:
+    """Stored sources that look like one of `seen` keyed from a folder above the book's root (`book/ch1.md`, or
+    an absolute path, for `ch1.md`), as a store ingested before keys were relative to the root has them."""
+    by_name: dict[str, list[str]] = {}
+    for key in seen:
+        by_name.setdefault(PurePosixPath(key).name, []).append(key)
+    seen_keys = {key for keys in by_name.values() for key in keys}
+    moved: dict[str, str] = {}
+    for old in stored:
+        if old in seen_keys:
+            continue
+        for new in by_name.get(PurePosixPath(old).name, []):
+            if old == (root / new).as_posix() or (not PurePosixPath(old).is_absolute() and old.endswith("/" + new)):
+                moved[old] = new
+                break
+    return moved
 
 
 def chunk_id(chunk: Chunk) -> str:
@@ -273,8 +282,9 @@ class Indexer:
         self.count_tokens = count_tokens
         self.batch_size = batch_size
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
-        self.base_url = str(settings.book_base_url) if settings.book_base_url else None
-        # Anything that changes what a file becomes is part of its hash.
+        self.style = settings.book_site_style
+        # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
+        # ids), but not BOOK_BASE_URL, which is applied per answer.
         self.signature = "\x00".join(
             [
                 SPLIT_VERSION,
@@ -283,7 +293,7 @@ class Indexer:
                 settings.chunk_size_unit,
                 str(settings.chunk_size),
                 str(settings.chunk_overlap),
-                self.base_url or "",
+                self.style,
             ]
         )
 
@@ -354,8 +364,9 @@ class Indexer:
 
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
         document = load_document(path)
-        url = source_url(source, self.base_url, document.metadata.get("slug"))
-        chunks = split_document(document, source, self.count_tokens, self.options, url)
+        # A file outside the book's root has no page on the book's site.
+        page = None if PurePosixPath(source).is_absolute() else page_path(source, document.metadata, self.style)
+        chunks = split_document(document, source, self.count_tokens, self.options, page, self.style)
         if not chunks:
             raise DocumentError(str(path), "no text to index after splitting")
         return chunks
@@ -464,7 +475,8 @@ class Indexer:
         dry_run: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> IngestReport:
-        """Ingest `files`; with `prune`, delete stored sources under `base_dir` that are not among them.
+        """Ingest `files`, keyed relative to `base_dir` (the book's root, then remembered by the collection); with
+        `prune`, delete stored sources that are not among them.
 
         Raises `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
         """
@@ -472,6 +484,8 @@ class Indexer:
         report = IngestReport(dry_run=dry_run)
         progress = Progress(len(files))
         stored = self.stored_chunks()
+        root = base_dir.resolve()
+        root_before = self._store("reading the book root", lambda: remembered_root(self.client, self.collection))
         to_embed: list[tuple[FilePlan, int]] = []  # (file, index of one of its new chunks), across files
         embedding: list[FilePlan] = []  # files with chunks still to embed
         ready: list[FilePlan] = []  # files whose new chunks are all embedded, not yet written
@@ -527,12 +541,27 @@ class Indexer:
         if prune:
             failed = {f.source for f in report.failed}
             for source in sorted(set(stored) - seen - failed):
-                if Path(source).is_absolute():
-                    continue  # stored from outside the base folder: not ours to judge
+                if Path(source).is_absolute() and not Path(source).is_relative_to(root):
+                    continue  # stored from outside the book's root: not ours to judge
                 report.pruned_sources.append(source)
                 report.pruned_chunks += len(stored[source]) if dry_run else self.delete_source(source)
+        elif stored and root_before != root:
+            # Keys from before the root was remembered (relative to the folder the CLI ran from), or another root.
+            moved = moved_sources(stored, seen, root)
+            if moved:
+                old, new = next(iter(sorted(moved.items())))
+                report.notes.append(
+                    f"{len(moved)} stored source(s) are keyed from another folder than the book's root {root} "
+                    f"(e.g. {old!r}, now {new!r}), so their chunks are stored twice: ingest the whole book again "
+                    "with --prune (`prune: true` in POST /admin/ingest) to remove the old keys"
+                )
+        if not dry_run and files and root_before != root and self._store("opening the collection", self._exists):
+            remember_root(self.client, self.collection, root)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
 
     def delete_sources(self, sources: Sequence[str], dry_run: bool = False) -> IngestReport:
         """Delete the named sources (as stored: relative to the base folder); unknown ones are reported failed."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,7 @@ class Block:
     text: str
     level: int = 0  # heading depth, 1 for a top title
     page: int | None = None
+    anchor: str | None = None  # an HTML heading's own `id` (Markdown heading ids are computed by the splitter)
 
 
 @dataclass(slots=True)
@@ -154,6 +155,48 @@ def blocks_from_elements(elements: list[Any]) -> list[Block]:
     return blocks
 
 
+class _HeadingIds(HTMLParser):
+    """Each `<h1>`..`<h6>` of an HTML page in order: its text and its own `id` attribute (None without one)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.headings: list[tuple[str, str | None]] = []
+        self._open: tuple[str, str | None, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if re.fullmatch(r"h[1-6]", tag) and self._open is None:
+            self._open = (tag, dict(attrs).get("id") or None, [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open is not None and tag == self._open[0]:
+            self.headings.append((" ".join("".join(self._open[2]).split()), self._open[1]))
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[2].append(data)
+
+
+def with_html_anchors(blocks: list[Block], markup: str) -> list[Block]:
+    """Give each heading block the `id` of the HTML heading with the same text (matched in order); unstructured's
+    elements do not carry it. A heading block matching none (a title guessed from text) gets no anchor."""
+    parser = _HeadingIds()
+    parser.feed(markup)
+    parser.close()
+    headings = parser.headings
+    position = 0
+    result: list[Block] = []
+    for block in blocks:
+        if block.kind == "heading":
+            text = " ".join(block.text.split())
+            match = next((i for i in range(position, len(headings)) if headings[i][0] == text), None)
+            if match is not None:
+                position = match + 1
+                block = replace(block, anchor=headings[match][1])
+        result.append(block)
+    return result
+
+
 def _partition(kind: str, **kwargs: Any) -> list[Any]:
     install_offline_nlp()
     if kind == "md":
@@ -230,7 +273,9 @@ def load_document(path: Path) -> LoadedDocument:
         elif suffix == ".docx":
             document = load_docx(path)
         elif suffix in (".html", ".htm"):
-            document = LoadedDocument(path, None, blocks_from_elements(_partition("html", text=read_text(path))))
+            markup = read_text(path)
+            blocks = with_html_anchors(blocks_from_elements(_partition("html", text=markup)), markup)
+            document = LoadedDocument(path, None, blocks)
         else:
             assert suffix in _TEXT_SUFFIXES
             document = LoadedDocument(path, None, blocks_from_elements(_partition("text", text=read_text(path))))

@@ -249,3 +249,16 @@ def page_url(base_url: str, page_path: str, anchor: str | None) -> str:
     if anchor:
         url += "#" + quote(anchor, safe="/:@!$&'()*+,;=-._~?%")
     return url
+
+
+def section_url(base_url: object | None, metadata: Mapping[str, object]) -> str | None:
+    """Where a stored chunk's section is on the book's site: BOOK_BASE_URL + its `page_path` + `#anchor`.
+
+    None without a base URL or without a page (a reader's selection, a file outside the book's root, or a chunk
+    stored before page paths were). Composed per answer, so a new base needs no re-ingest.
+    """
+    path = metadata.get("page_path")
+    if not base_url or not isinstance(path, str):
+        return None
+    anchor = metadata.get("anchor")
+    return page_url(str(base_url), path, anchor if isinstance(anchor, str) else None)

@@ -66,9 +66,11 @@ class SourceOut(BaseModel):
     source: str = Field(description="The file it comes from, relative to the book's folder.")
     title: str | None
     heading_path: list[str]
-    url: str | None
+    url: str | None = Field(description="Its section on the book's site (BOOK_BASE_URL + page_path + #anchor).")
     page: int | None
     chunk_index: int | None
+    page_path: str | None = Field(None, description="Its page on the book's site, relative to BOOK_BASE_URL.")
+    anchor: str | None = Field(None, description="The id of its section's heading on that page.")
     score: float
     text: str
 

@@ -2,7 +2,8 @@
 
 This is the way through when the API server holds the embedded Qdrant store (one process at a time), so that
 `rag-ingest` cannot open it. Paths are relative to INGEST_ROOT (unset: the endpoint answers 404) and may not
-leave it; sources are stored relative to INGEST_ROOT, as `rag-ingest --base-dir INGEST_ROOT` would store them.
+leave it; sources are stored relative to INGEST_ROOT (the book's root), as `rag-ingest --root INGEST_ROOT` would
+store them, and the collection remembers it as its book root (ingest/book_root.py).
 The indexer runs in a worker thread, one ingest at a time (a second one gets 409), so the event loop stays free.
 """
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 from chains.embeddings import embedding_dimension
 from chains.settings import Settings
 from chains.vectorstore import ensure_collection
+from ingest.book_root import choose_root, remembered_root
 from ingest.indexer import DEFAULT_EXCLUDES, Indexer, IngestReport, discover_files
 from rag_api.auth import require_admin_key
 from rag_api.deps import State
@@ -59,6 +61,7 @@ class IngestResponse(BaseModel):
     unchanged: int
     removed: int
     pruned_sources: list[str]
+    notes: list[str] = Field(default_factory=list, description="What to know and may act on (e.g. old keys to prune)")
     seconds: float
     summary: str
 
@@ -90,7 +93,9 @@ def run_ingest(state_settings: Settings, indexer: Indexer, body: IngestRequest, 
     if body.delete:
         report = indexer.delete_sources(body.delete, body.dry_run)
     if files:
+        root_note = choose_root([], root, remembered_root(indexer.client, indexer.collection)).note
         ingested = indexer.ingest(files, root, body.prune, body.dry_run)
+        ingested.notes[:0] = [root_note] if root_note else []
         ingested.files[:0] = report.files
         ingested.seconds += report.seconds
         report = ingested

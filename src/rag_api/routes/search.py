@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from chains.guard import call_within_deadline
+from ingest.site_urls import section_url
 from rag_api.deps import State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.limits import check_search_limits
@@ -30,7 +31,10 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
             SearchResult(
                 text=d.page_content,
                 score=float(d.metadata.get("score", 0.0)),
-                metadata={k: v for k, v in d.metadata.items() if k != "score"},
+                metadata={
+                    **{k: v for k, v in d.metadata.items() if k != "score"},
+                    "url": section_url(state.settings.book_base_url, d.metadata),
+                },
             )
             for d in documents
         ]
