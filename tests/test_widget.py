@@ -26,7 +26,6 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
-from tests.conftest import ingest_into
 from tests.live import free_port, serve
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -99,8 +98,13 @@ def answers(text: str, count: int = 20) -> Iterator[AIMessage]:
 @pytest.fixture
 def sample_book_indexed(qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings) -> Settings:
     """The real sample book ingested into this test's collection, as `make run` does."""
+    from chains.vectorstore import ensure_collection
+    from ingest.indexer import Indexer, discover_files
+
     changed = settings.model_copy(update={"book_site_dir": SAMPLE_BOOK})
-    report = ingest_into(qdrant, embeddings, changed, SAMPLE_BOOK)
+    ensure_collection(qdrant, changed, embeddings.dimension)
+    indexer = Indexer(qdrant, embeddings, changed, embeddings.count_tokens)
+    report = indexer.ingest(list(discover_files([SAMPLE_BOOK])), SAMPLE_BOOK)  # the book's root, as `rag-ingest`
     assert not report.failed
     return changed
 

@@ -114,7 +114,9 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN.
     app = FastAPIOffline(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.state.book_site = build_site(settings.book_site_dir) if settings.book_site_dir else None
+    app.state.book_site = (
+        build_site(settings.book_site_dir, settings.book_site_style) if settings.book_site_dir else None
+    )
     app.state.metrics = build_metrics()
     install_error_handlers(app)
 

@@ -49,10 +49,10 @@ def _order(front_matter: Mapping[str, object], relative: str) -> tuple[float, st
     return position, relative
 
 
-def _set_heading_ids(tokens: list[Token]) -> str | None:
+def _set_heading_ids(tokens: list[Token], style: str) -> str | None:
     """Give each heading its id as the site would, drop `{#custom-id}` from its text; returns the first h1."""
     headings = [(i, tokens[i + 1]) for i, t in enumerate(tokens) if t.type == "heading_open"]
-    slugs = heading_slugs([inline.content for _, inline in headings])
+    slugs = heading_slugs([inline.content for _, inline in headings], style)
     first_h1 = None
     for (index, inline), slug in zip(headings, slugs, strict=True):
         tokens[index].attrSet("id", slug)
@@ -66,16 +66,16 @@ def _set_heading_ids(tokens: list[Token]) -> str | None:
     return first_h1
 
 
-def render_page(markdown: MarkdownIt, relative: str, text: str) -> Page:
+def render_page(markdown: MarkdownIt, relative: str, text: str, style: str = "docusaurus") -> Page:
     """One Markdown (or MDX) file, `relative` to the book's folder, as a page of the site."""
     front_matter, body = split_front_matter(text)
     if relative.endswith(".mdx"):
         body = strip_mdx(body)
     tokens = markdown.parse(body)
-    first_h1 = _set_heading_ids(tokens)
+    first_h1 = _set_heading_ids(tokens, style)
     title = front_matter.get("title") or first_h1 or Path(relative).stem
     return Page(
-        path=page_path(relative, front_matter),
+        path=page_path(relative, front_matter, style),
         title=str(title),
         order=_order(front_matter, relative),
         body_html=markdown.renderer.render(tokens, markdown.options, {}),
@@ -91,8 +91,9 @@ def _book_title(folder: Path) -> str:
     return str(label) if label else folder.resolve().name.replace("_", " ").replace("-", " ").capitalize()
 
 
-def build_site(folder: Path) -> BookSite:
-    """Every Markdown file under `folder`; a file that cannot be read is logged and left out."""
+def build_site(folder: Path, style: str = "docusaurus") -> BookSite:
+    """Every Markdown file under `folder`, with paths and ids as `style` (BOOK_SITE_STYLE) makes them; a file that
+    cannot be read is logged and left out."""
     markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
     pages: dict[str, Page] = {}
     for path in sorted(folder.rglob("*")):
@@ -100,7 +101,7 @@ def build_site(folder: Path) -> BookSite:
             continue
         relative = path.relative_to(folder).as_posix()
         try:
-            page = render_page(markdown, relative, read_text(path))
+            page = render_page(markdown, relative, read_text(path), style)
         except Exception as exc:  # one broken chapter must not take the site down
             logger.warning("book site: %s left out: %s", relative, exc)
             continue
