@@ -69,7 +69,7 @@ HOST_PAGE = """<!doctype html>
 <script>window.__globalsBefore = Object.getOwnPropertyNames(window);</script>
 </head><body>
 <main><h1>Planting</h1><p id="passage">{selected}</p><p>More of the chapter.</p></main>
-<script src="{api}/widget.js" data-title="Ask the book" data-theme="{theme}" data-unknown="x" defer></script>
+<script src="{api}/widget.js" data-title="Ask the book" data-theme="{theme}" data-unknown="x" {attrs}defer></script>
 </body></html>
 """
 
@@ -111,18 +111,29 @@ def sample_book_indexed(qdrant: QdrantClient, embeddings: LocalEmbeddings, setti
 
 @contextmanager
 def live_site(
-    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, theme: str = "auto", answer: str = ANSWER
+    settings: Settings,
+    embeddings: LocalEmbeddings,
+    qdrant: QdrantClient,
+    theme: str = "auto",
+    answer: str = ANSWER,
+    attrs: str = "",
+    book_base_url: bool = True,
 ) -> Iterator[Any]:
     """The API (with the book's pages) on one port and a host page on another: two origins."""
     api_port, host_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     host = f"http://127.0.0.1:{host_port}"
-    changed = settings.model_copy(update={"cors_origins": [host], "book_base_url": f"{api}/book/"})
+    base = f"{api}/book/" if book_base_url else None
+    changed = settings.model_copy(update={"cors_origins": [host], "book_base_url": base})
     model = SlowScriptedModel(messages=answers(answer))
     app = create_app(changed, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
 
     async def page(request: Any) -> HTMLResponse:
-        return HTMLResponse(HOST_PAGE.replace("{api}", api).replace("{selected}", SELECTED).replace("{theme}", theme))
+        values = {"{api}": api, "{selected}": SELECTED, "{theme}": theme, "{attrs}": attrs}
+        text = HOST_PAGE
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return HTMLResponse(text)
 
     host_app = Starlette(routes=[Route("/chapter/planting", page)])
     with serve(app, api_port), serve(host_app, host_port):
@@ -376,4 +387,39 @@ async def test_bad_data_attributes_warn_naming_the_attribute_and_fall_back_to_de
             await expect(page.get_by_role("button", name="Ask the book")).to_be_visible()
             assert any("data-theme" in warning for warning in problems["warnings"]), problems["warnings"]
             assert await page.evaluate("document.querySelector('book-chat').shadowRoot.querySelector('.root.auto')")
+            assert problems["errors"] == []
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        (
+            'data-book-base-url="https://book.example.org/docs/" ',
+            "https://book.example.org/docs/planting#depth-and-width",
+        ),
+        ("", None),
+    ],
+    ids=["data-book-base-url", "no-base-url"],
+)
+async def test_without_book_base_url_sources_link_through_the_tags_base_or_not_at_all(
+    sample_book_indexed: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, attrs: str, expected: str | None
+) -> None:
+    from playwright.async_api import expect
+
+    with live_site(sample_book_indexed, embeddings, qdrant, attrs=attrs, book_base_url=False) as (_, host_url):
+        async with browser_context() as context:
+            page = await context.new_page()
+            problems = watch_problems(page)
+            await page.goto(host_url)
+            await page.get_by_role("button", name="Ask the book").click()
+            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
+            await page.keyboard.press("Enter")
+            sources = page.get_by_role("dialog").locator("article.turn .sources li")
+            await expect(sources.first).to_contain_text("Depth and Width")
+            links = sources.first.locator("a")
+            if expected is None:
+                await expect(links).to_have_count(0)
+                assert await page.get_by_role("dialog").locator("a[href='#'], a[href='']").count() == 0
+            else:
+                assert await links.get_attribute("href") == expected
             assert problems["errors"] == []
