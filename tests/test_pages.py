@@ -3,7 +3,6 @@ ids as the site builds them, and / pointing at them."""
 
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -85,9 +84,13 @@ async def test_widget_js_is_one_script_with_an_etag_and_a_304_when_unchanged(pla
     assert "sourceMappingURL" not in body
     again = await plain_client.get("/widget.js", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.headers["etag"] == etag and not again.content
+    # Sent compressed (httpx asks for gzip and decodes it): what a browser downloads.
+    assert response.headers["content-encoding"] == "gzip"
+    raw = await plain_client.get("/widget.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in raw.headers and raw.content == response.content
     licenses = await plain_client.get("/widget-licenses.txt")
     assert "MIT" in licenses.text and "Apache" in licenses.text
-    assert len(gzip.compress(response.content)) < 60_000
+    assert int(response.headers["content-length"]) < 60_000 < len(raw.content), "the gzipped script is what is sent"
 
 
 async def test_the_book_site_serves_each_chapter_with_heading_ids_a_sidebar_and_the_widget(

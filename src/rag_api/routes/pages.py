@@ -47,6 +47,10 @@ async def widget_script(request: Request) -> Response:
     }
     if bundle.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
+    headers["Vary"] = "Accept-Encoding"
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return Response(bundle.gzipped, media_type="text/javascript; charset=utf-8", headers=headers)
     return Response(bundle.body, media_type="text/javascript; charset=utf-8", headers=headers)
 
 
