@@ -188,7 +188,8 @@ a{color:var(--accent)}
 .skip{position:absolute;left:-999px}.skip:focus{left:8px;top:8px;background:var(--bg);padding:4px 8px;z-index:9}
 .top{position:sticky;top:0;z-index:5;display:flex;align-items:center;gap:12px;height:56px;padding:0 20px;
 border-bottom:1px solid var(--line);background:var(--bg);font-family:system-ui,-apple-system,'Segoe UI',sans-serif}
-.brand{font-weight:700;font-size:18px;color:var(--fg);text-decoration:none}
+.brand{font-weight:700;font-size:18px;color:var(--fg);text-decoration:none;white-space:nowrap;overflow:hidden;
+text-overflow:ellipsis;min-width:0}
 .menu{display:none;margin-left:auto;font:inherit;padding:6px 12px;border:1px solid var(--line);border-radius:8px;
 background:var(--bg);color:var(--fg)}
 .layout{display:flex;max-width:1200px;margin:0 auto}
