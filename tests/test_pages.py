@@ -128,7 +128,8 @@ async def test_without_a_book_site_the_chat_page_is_home_and_book_pages_say_how_
 ) -> None:
     home = await plain_client.get("/")
     chat = await plain_client.get("/chat")
-    assert home.status_code == chat.status_code == 200 and home.text == chat.text and "<textarea" in home.text
+    assert home.status_code == chat.status_code == 200 and home.text == chat.text
+    assert "<book-chat></book-chat>" in home.text and '<script src="/widget.js">' in home.text, "the widget, inline"
     response = await plain_client.get("/book/planting")
     assert response.status_code == 404 and "BOOK_SITE_DIR" in response.json()["error"]["message"]
 

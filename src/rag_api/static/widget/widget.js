@@ -120,6 +120,39 @@ function saveState(config, state) {
   }
 }
 
+// The API key a reader enters when the service asks for one (401) and the page gave none (data-api-key): kept
+// in sessionStorage (this tab, across reloads, gone when it closes), never in localStorage, a cookie or a URL.
+var KEY_STORAGE = "bookrag.apiKey";
+var keyInMemory = null;
+
+function savedKey() {
+  var key = null;
+  try {
+    key = sessionStorage.getItem(KEY_STORAGE);
+  } catch (e) {
+    /* storage refused: memory only */
+  }
+  return key || keyInMemory;
+}
+
+function saveKey(key) {
+  keyInMemory = null;
+  try {
+    sessionStorage.setItem(KEY_STORAGE, key);
+  } catch (e) {
+    keyInMemory = key;
+  }
+}
+
+function forgetKey() {
+  keyInMemory = null;
+  try {
+    sessionStorage.removeItem(KEY_STORAGE);
+  } catch (e) {
+    /* nothing stored */
+  }
+}
+
 // ---- the SSE reader: POST /ask cannot use EventSource ---------------------------------------------------------
 
 async function* readEvents(response, signal) {
@@ -285,7 +318,9 @@ var CSS = [
   "height:min(640px,calc(100vh - 40px));height:min(640px,calc(100dvh - 40px));border:1px solid var(--line);",
   "border-radius:14px;box-shadow:var(--shadow)}",
   "@media (max-width:520px){.floating .panel{inset:0;width:100%;height:100%;border:0;border-radius:0}}",
+  ".root.inline{height:100%}",
   ".inline .panel{height:100%;min-height:420px;border:1px solid var(--line);border-radius:12px}",
+  "@media (max-width:520px){.inline .panel{border-radius:0;border-width:0}}",
   "header{display:flex;align-items:center;gap:6px;padding:10px 12px 10px 16px;border-bottom:1px solid var(--line)}",
   "h2{flex:1;margin:0;font-size:16px;font-weight:650}",
   ".icon{border:0;background:none;color:var(--muted);padding:6px 8px;border-radius:6px;font-size:14px}",
@@ -338,6 +373,11 @@ var CSS = [
   ".hint{margin:6px 2px 0;font-size:11px;color:var(--muted)}",
   ".ask-selection{position:fixed;z-index:2147483001;padding:6px 12px;border:0;border-radius:8px;",
   "background:var(--accent);color:var(--on-accent);font-weight:600;font-size:13px;box-shadow:var(--shadow)}",
+  ".key-form{margin:0 0 8px}.key-form label{display:block;font-weight:600;margin-bottom:4px}",
+  ".key-form input{flex:1;font:inherit;color:var(--fg);background:var(--bg);border:1px solid var(--accent);",
+  "border-radius:10px;padding:9px 10px;min-width:0}",
+  ".key-status{margin:0 2px 8px}",
+  ".link{border:0;background:none;padding:0;color:var(--accent);text-decoration:underline;font-size:inherit}",
   ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}",
 ].join("\n");
 
@@ -468,7 +508,66 @@ Chat.prototype.build = function () {
   row.append(input, send, stop);
   var hint = el("p", "hint", "Enter sends, Shift+Enter adds a line.");
   hint.id = this.id + "-hint";
-  form.append(chip, row, hint);
+  var keyForm = el("div", "key-form");
+  keyForm.hidden = true;
+  var keyLabel = el("label", "", "API key");
+  keyLabel.htmlFor = this.id + "-key";
+  var keyRow = el("div", "row");
+  var keyInput = el("input");
+  keyInput.id = this.id + "-key";
+  keyInput.type = "password";
+  keyInput.autocomplete = "off";
+  keyInput.spellcheck = false;
+  keyInput.setAttribute("autocapitalize", "off");
+  keyInput.placeholder = "Paste the API key you were given";
+  keyInput.setAttribute("aria-describedby", this.id + "-key-note");
+  var useKey = el("button", "send", "Use key");
+  useKey.type = "button";
+  keyRow.append(keyInput, useKey);
+  var keyInvalid = el("p", "error");
+  keyInvalid.hidden = true;
+  var keyNote = el("p", "hint", "Kept only in this browser tab until you close it, and sent with each question.");
+  keyNote.id = this.id + "-key-note";
+  keyForm.append(keyLabel, keyRow, keyInvalid, keyNote);
+  var keyStatus = el("p", "hint key-status", "Questions are sent with your API key (kept in this tab only). ");
+  var forget = el("button", "link", "Forget the key");
+  forget.type = "button";
+  keyStatus.append(forget);
+  keyStatus.hidden = !!config.apiKey || !savedKey();
+  var enterKey = function () {
+    var key = keyInput.value.trim();
+    keyInput.value = "";
+    if (!/^[\x21-\x7e]+$/.test(key)) {
+      keyInvalid.textContent = key ? "An API key has no spaces or special characters: paste it again."
+        : "Enter the API key.";
+      keyInvalid.hidden = false;
+      keyInput.focus();
+      return;
+    }
+    saveKey(key);
+    keyInvalid.hidden = true;
+    keyForm.hidden = true;
+    keyStatus.hidden = false;
+    self.input.focus();
+    self.retryWithKey();
+  };
+  useKey.addEventListener("click", enterKey);
+  keyInput.addEventListener("keydown", function (event) {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      enterKey();
+    }
+  });
+  forget.addEventListener("click", function () {
+    forgetKey();
+    keyStatus.hidden = true;
+    self.input.focus();
+  });
+  this.keyForm = keyForm;
+  this.keyInput = keyInput;
+  this.keyInvalid = keyInvalid;
+  this.keyStatus = keyStatus;
+  form.append(keyForm, keyStatus, chip, row, hint);
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     self.submit();
@@ -719,7 +818,8 @@ Chat.prototype.ask = async function (question, selected) {
       body.selected_from = (document.title || location.pathname).slice(0, 500);
     }
     var headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
-    if (config.apiKey) headers.Authorization = "Bearer " + config.apiKey;
+    var key = config.apiKey || savedKey();
+    if (key) headers.Authorization = "Bearer " + key;
     var response = await fetch(config.apiBase + "/ask", {
       method: "POST",
       headers: headers,
@@ -727,6 +827,10 @@ Chat.prototype.ask = async function (question, selected) {
       signal: controller.signal,
       credentials: "omit",
     });
+    if ((response.status === 401 || response.status === 403) && !config.apiKey) {
+      this.askForKey(turn, view, key);
+      return;
+    }
     if (!response.ok) {
       var problem = await response.json().catch(function () { return {}; });
       throw { problem: httpProblem(response.status, problem.error && problem.error.message, config) };
@@ -761,6 +865,31 @@ Chat.prototype.ask = async function (question, selected) {
     view.finish();
     saveState(config, this.state);
   }
+};
+
+// A refused question: the key prompt, and the question again once a key is entered.
+Chat.prototype.askForKey = function (turn, view, sentKey) {
+  // A refused key is dropped, unless another one was entered meanwhile.
+  if (sentKey && savedKey() === sentKey) forgetKey();
+  this.keyStatus.hidden = true;
+  turn.error = sentKey
+    ? "That API key was not accepted. Check it and enter it again below."
+    : "This service needs an API key. Enter yours below and the question will be sent again.";
+  turn.needsKey = true;
+  this.waitingForKey = { turn: turn, box: view.box };
+  this.keyInvalid.hidden = true;
+  this.keyForm.hidden = false;
+  this.keyInput.focus();
+};
+
+Chat.prototype.retryWithKey = function () {
+  var waiting = this.waitingForKey;
+  this.waitingForKey = null;
+  if (!waiting || this.controller) return;
+  var index = this.state.turns.indexOf(waiting.turn);
+  if (index >= 0) this.state.turns.splice(index, 1);
+  waiting.box.remove();
+  this.ask(waiting.turn.question, waiting.turn.selected);
 };
 
 // The "Ask about this" button near a selection on the host page.
