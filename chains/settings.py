@@ -11,7 +11,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    DirectoryPath,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_COLLECTION = "ai_book_rag_chunks"
@@ -95,6 +104,8 @@ class Settings(BaseSettings):
     # and heading-id rules are applied at ingest (ingest/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
     book_base_url: AnyHttpUrl | None = None
     book_site_style: Literal["docusaurus", "mkdocs", "mdbook", "html"] = "docusaurus"
+    # A folder of the book's Markdown served as pages at /book/ with the widget on them (a preview); unset: off.
+    book_site_dir: DirectoryPath | None = None
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
     ingest_root: Path | None = None
     # Ingest limits per file, counting what a file decompresses into (a crafted 77 KB PDF can inflate to 50 MB

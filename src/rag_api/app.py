@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
@@ -23,6 +24,7 @@ from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
 from rag_api.auth import document_optional_keys, require_api_key
+from rag_api.book_site import build_site
 from rag_api.errors import install_error_handlers
 from rag_api.metrics import build_metrics
 from rag_api.middleware import RequestContextMiddleware
@@ -148,7 +150,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
             if overrides is None or overrides.client is None:
                 state.client.close()
 
-    app = FastAPI(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN.
+    app: FastAPI = FastAPIOffline(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.book_site = (
+        build_site(settings.book_site_dir, settings.book_site_style) if settings.book_site_dir else None
+    )
     app.state.metrics = build_metrics()
     install_error_handlers(app)
 

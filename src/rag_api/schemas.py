@@ -57,6 +57,9 @@ class AskRequest(BaseModel):
         None, max_length=MAX_SELECTED_CHARS, description="Text the reader selected on the page; used first."
     )
     selected_from: str | None = Field(None, max_length=500, description="The page or chapter the selection is from.")
+    page_url: str | None = Field(
+        None, max_length=2000, description="The page the reader asks from (sent by the widget); not used yet."
+    )
     k: int | None = Field(None, ge=1, le=MAX_K, strict=True, description="How many passages to retrieve.")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
