@@ -10,7 +10,7 @@ own code (checked against their sources, not from memory):
   from the docs root, or relative to the file's folder) and `id` (replaces the file name) honoured. Heading ids:
   github-slugger over the heading's text, `-1`, `-2` for repeats in a page, `{#custom-id}` as written.
 - MkDocs (`use_directory_urls`, its default): `page.md` -> `page/`, `index.md` / `README.md` -> the folder;
-  heading ids by Python-Markdown's toc `slugify`, repeats `_1`, `_2`.
+  heading ids by Python-Markdown's toc `slugify` and `unique` (the library MkDocs runs), repeats `_1`, `_2`.
 - mdBook: `page.md` -> `page.html`, `README.md` (any case) -> `index.html`; heading ids by its `normalize_id`
   (ASCII letters lowercased, others kept), repeats `-1`, `-2`.
 - html: the file's own path (`ch01.xhtml`); Markdown files as `.html` beside it. Heading ids are the elements'
@@ -27,6 +27,9 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from urllib.parse import quote, urljoin, urlsplit
+
+from markdown.extensions.toc import slugify as toc_slugify
+from markdown.extensions.toc import unique as toc_unique
 
 STYLES = ("docusaurus", "mkdocs", "mdbook", "html")
 MARKDOWN_SUFFIXES = frozenset({".md", ".mdx", ".markdown"})
@@ -55,7 +58,6 @@ _ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"
 # alphabetic characters that sit in them (circled letters: Other_Symbol but Alphabetic; told here by their name).
 _SLUGGER_REMOVED = frozenset({"No", "Pe", "Pf", "Pi", "Ps", "Po", "Pd", "Sm", "Sc", "Sk", "So"})
 _SLUGGER_REMOVED_ALL = frozenset({"Cc", "Co", "Cf", "Cn", "Cs", "Zs", "Zl", "Zp"})
-_MKDOCS_DUPLICATE = re.compile(r"^(.*)_([0-9]+)$")
 
 
 def _check_style(style: str) -> str:
@@ -173,10 +175,8 @@ def github_slug(text: str) -> str:
 
 
 def mkdocs_slug(text: str) -> str:
-    """Python-Markdown's toc `slugify` with MkDocs' defaults (separator `-`, ASCII only)."""
-    value = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    value = re.sub(r"[^\w\s-]", "", value).strip().lower()
-    return re.sub(r"[-\s]+", "-", value)
+    """MkDocs' heading id: Python-Markdown's own toc `slugify` with MkDocs' defaults (separator `-`, ASCII only)."""
+    return str(toc_slugify(text, "-"))
 
 
 def mdbook_slug(text: str) -> str:
@@ -205,12 +205,7 @@ def heading_slugs(headings: Sequence[str], style: str = "docusaurus") -> list[st
             if custom:
                 slugs.append(custom)
                 continue
-            slug = mkdocs_slug(heading_text(text))
-            while slug in used or not slug:
-                match = _MKDOCS_DUPLICATE.match(slug)
-                slug = f"{match.group(1)}_{int(match.group(2)) + 1}" if match else f"{slug}_1"
-            used.add(slug)
-            slugs.append(slug)
+            slugs.append(str(toc_unique(mkdocs_slug(heading_text(text)), used)))
         return slugs
     if style == "mdbook":
         counts: dict[str, int] = {}

@@ -64,10 +64,17 @@ def render_block(block: Block) -> str:
 
 def heading_anchors(document: LoadedDocument, style: str = "docusaurus") -> list[str | None]:
     """The site's id of each heading block, in order: the generator's slugger over a Markdown document's headings
-    (all of them, so repeats are numbered as on the site), an HTML heading's own `id`, else none."""
+    (all of them, so repeats are numbered as on the site), an HTML heading's own `id`, else none.
+
+    Docusaurus counts an H1 in its slugger but renders it without an id (its theme's Heading drops it: the H1 is
+    the page title), so a chunk under the H1 alone links to the page itself.
+    """
     headings = [b for b in document.blocks if b.kind == "heading"]
     if document.path.suffix.lower() in MARKDOWN_SUFFIXES:
-        return list(heading_slugs([b.text for b in headings], style))
+        slugs = heading_slugs([b.text for b in headings], style)
+        if style == "docusaurus":
+            return [None if b.level == 1 else slug for b, slug in zip(headings, slugs, strict=True)]
+        return list(slugs)
     return [b.anchor for b in headings]
 
 

@@ -37,7 +37,8 @@ def test_chunks_carry_their_heading_path_and_metadata() -> None:
     assert [c.metadata["chunk_index"] for c in chunks] == [0, 1, 2, 3]
     assert chunks[2].embed_text.startswith("Orchard > Soil > Drainage\n\n")
     assert all(c.metadata["source"] == "orchard.md" and c.metadata["page_path"] == "orchard" for c in chunks)
-    assert [c.metadata["anchor"] for c in chunks] == ["orchard", "soil", "drainage", "planting"]
+    # The H1 is the page's title: Docusaurus renders it without an id, so its chunk links to the page.
+    assert [c.metadata.get("anchor") for c in chunks] == [None, "soil", "drainage", "planting"]
     assert not any("url" in c.metadata for c in chunks)  # composed from BOOK_BASE_URL per answer, never stored
     assert len({c.metadata["content_hash"] for c in chunks}) == 4
 
@@ -183,4 +184,8 @@ def test_a_document_title_with_a_custom_id_is_shown_without_it() -> None:
     doc = document(Block("heading", "Orchard {#top}", 1), paragraph("intro", 30), title="Orchard {#top}")
     [chunk] = split_document(doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), "orchard")
     assert chunk.metadata["title"] == "Orchard" and chunk.metadata["heading_path"] == ["Orchard"]
-    assert chunk.metadata["anchor"] == "top"
+    assert "anchor" not in chunk.metadata  # an H1, even with a custom id, has none on a Docusaurus page
+    [mkdocs] = split_document(
+        doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), "orchard/", "mkdocs"
+    )
+    assert mkdocs.metadata["anchor"] == "top"

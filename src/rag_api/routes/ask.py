@@ -36,7 +36,8 @@ in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`
 | `done` | `{"answer_id", "mode", "citations", "usage", "timings"}` | last event of a successful answer |
 | `error` | `{"code", "message"}` | last event when something fails after the stream started |
 
-`Source` is `{number, source, title, heading_path, url, page, chunk_index, score, text}` (as in `AskResponse`).
+`Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text}` (as in
+`AskResponse`); `url` is its section on the book's site (BOOK_BASE_URL + page_path + #anchor), null without a base.
 `usage` is `{input_tokens, output_tokens, total_tokens}` when the model reports it, else `null`; `timings` is
 `{retrieval_ms, first_token_ms, total_ms}` (`first_token_ms` is `null` when no model was called).
 
