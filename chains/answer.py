@@ -34,7 +34,7 @@ from chains.model_stream import stream_model_text
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
-from ingest.site_urls import section_url
+from chains.site_urls import section_url
 
 AnswerMode = Literal["generated", "extractive", "not_in_book"]
 

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     rerank_model: Path | None = None
     # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is
     # composed per answer, so a new BOOK_BASE_URL needs no re-ingest), and the generator that builds it: its page
-    # and heading-id rules are applied at ingest (ingest/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
+    # and heading-id rules are applied at ingest (chains/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
     book_base_url: AnyHttpUrl | None = None
     book_site_style: Literal["docusaurus", "mkdocs", "mdbook", "html"] = "docusaurus"
     # A folder of the book's Markdown served as pages at /book/ with the widget on them (a preview); unset: off.

@@ -33,12 +33,12 @@ from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
 from chains.settings import Settings
+from chains.site_urls import page_path
 from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
 from ingest.book_root import remember_root, remembered_root
 from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
 from ingest.parse_worker import load_isolated
-from ingest.site_urls import page_path
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ characters when CHUNK_SIZE_UNIT=chars), carrying whole trailing paragraphs
 as overlap. Code blocks and tables stay whole unless one alone is larger than a chunk. Sections too small to
 stand alone are merged into the next one. Each chunk knows its heading path, and its embedding text starts with
 that path, which helps a passage match a question that names its chapter or section. Each chunk also knows where
-it lives on the book's site: its page path and the id of its deepest heading (ingest/site_urls.py), computed over
+it lives on the book's site: its page path and the id of its deepest heading (chains/site_urls.py), computed over
 the whole document so that repeated headings are numbered as the site numbers them.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from chains.site_urls import heading_slugs, split_custom_id
 from ingest.loaders import MARKDOWN_SUFFIXES, Block, LoadedDocument
-from ingest.site_urls import heading_slugs, split_custom_id
 
 TokenCounter = Callable[[str], int]
 _JOINER = "\n\n"

@@ -1,4 +1,4 @@
-"""The page and heading-id rules of ingest/site_urls.py, one generator at a time.
+"""The page and heading-id rules of chains/site_urls.py, one generator at a time.
 
 Expected values are what each generator's own code gives (Docusaurus' numberPrefix.ts / slug.ts and
 github-slugger's fixtures; Python-Markdown's toc; mdBook's normalize_id), written out by hand here.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.site_urls import (
+from chains.site_urls import (
     heading_slugs,
     heading_text,
     page_path,

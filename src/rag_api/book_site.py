@@ -1,7 +1,7 @@
 """The book's own pages (BOOK_SITE_DIR): its Markdown rendered to HTML at `/book/<page path>`, with the widget
 on each page, so a newcomer sees the chatbot where students meet it.
 
-Page paths and heading ids come from `ingest.site_urls`, the same rules that give sources their links, so a
+Page paths and heading ids come from `chains.site_urls`, the same rules that give sources their links, so a
 source's link lands on the heading it names here exactly as on a Docusaurus build. Rendered once at start-up
 (five chapters take a few milliseconds): a changed chapter shows after a restart. Raw HTML in the Markdown is
 escaped, not passed through: this is a preview of the book, not a site generator."""
@@ -18,8 +18,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from chains.site_urls import heading_slugs, page_path, split_custom_id
 from ingest.loaders import read_text, split_front_matter, strip_mdx
-from ingest.site_urls import heading_slugs, page_path, split_custom_id
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter
 
 from chains.guard import call_within_deadline
-from ingest.site_urls import section_url
+from chains.site_urls import section_url
 from rag_api.deps import State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.limits import check_search_limits
