@@ -66,7 +66,7 @@ HOST_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Planting · The host book</title><link rel="icon" href="data:,">
 <style>* { color: red !important; font-family: serif !important; } button { display: none; }</style>
-<script>window.__globalsBefore = Object.getOwnPropertyNames(window);</script>
+{head}<script>window.__globalsBefore = Object.getOwnPropertyNames(window);</script>
 </head><body>
 <main><h1>Planting</h1><p id="passage">{selected}</p><p>More of the chapter.</p></main>
 <script src="{api}/widget.js" data-title="Ask the book" data-theme="{theme}" data-unknown="x" {attrs}defer></script>
@@ -118,6 +118,7 @@ def live_site(
     answer: str = ANSWER,
     attrs: str = "",
     book_base_url: bool = True,
+    head: str = "",
 ) -> Iterator[Any]:
     """The API (with the book's pages) on one port and a host page on another: two origins."""
     api_port, host_port = free_port(), free_port()
@@ -129,7 +130,7 @@ def live_site(
     app = create_app(changed, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
 
     async def page(request: Any) -> HTMLResponse:
-        values = {"{api}": api, "{selected}": SELECTED, "{theme}": theme, "{attrs}": attrs}
+        values = {"{api}": api, "{selected}": SELECTED, "{theme}": theme, "{attrs}": attrs, "{head}": head}
         text = HOST_PAGE
         for key, value in values.items():
             text = text.replace(key, value)
@@ -422,4 +423,31 @@ async def test_without_book_base_url_sources_link_through_the_tags_base_or_not_a
                 assert await page.get_by_role("dialog").locator("a[href='#'], a[href='']").count() == 0
             else:
                 assert await links.get_attribute("href") == expected
+            assert problems["errors"] == []
+
+
+# A page with an AMD loader and CommonJS-looking globals (RequireJS, old bundles): the vendored UMD builds must not
+# register with them or write to them.
+STRANGE_HEAD = """<script>
+window.define = function () { window.__amd = true; }; window.define.amd = {};
+window.module = {exports: {}}; window.exports = window.module.exports;
+</script>"""
+
+
+async def test_the_widget_works_on_a_page_with_an_amd_loader_and_commonjs_globals(
+    sample_book_indexed: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    from playwright.async_api import expect
+
+    with live_site(sample_book_indexed, embeddings, qdrant, head=STRANGE_HEAD) as (_, host_url):
+        async with browser_context() as context:
+            page = await context.new_page()
+            problems = watch_problems(page)
+            await page.goto(host_url)
+            await page.get_by_role("button", name="Ask the book").click()
+            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
+            await page.keyboard.press("Enter")
+            answer = page.get_by_role("dialog").locator("article.turn .answer strong")
+            await expect(answer).to_have_text("wide and shallow")
+            assert await page.evaluate("[window.__amd, Object.keys(window.module.exports).length]") == [None, 0]
             assert problems["errors"] == []
