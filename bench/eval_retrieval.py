@@ -1,22 +1,29 @@
-"""Retrieval quality and latency: bookrag's retriever in several configurations next to the plain LangChain
-baseline, on the same books and questions, in one run.
+"""Retrieval quality, refusals and latency: bookrag's retriever in several configurations next to the plain
+LangChain baseline, on the same books and questions, in one run.
 
-    .venv/bin/python -m bench.eval_retrieval                 # both development sets, every configuration
+    .venv/bin/python -m bench.eval_retrieval                 # the two development sets, every configuration
+    .venv/bin/python -m bench.books --mirror-root DIR        # once: export swift_book and walden (see its help)
+    .venv/bin/python -m bench.eval_retrieval --books all --prototypes --json bench/results/x.json
     .venv/bin/python -m bench.eval_retrieval --scale 5000    # also: latency on a ~5,000-chunk collection
 
-Each book is ingested once by the project's indexer (heading-aware chunks, dense + sparse vectors) into a fresh
-embedded Qdrant in a temporary folder; the configurations differ only at query time. The baseline is what a
-LangChain tutorial does: the files read as text, `RecursiveCharacterTextSplitter` (1000 characters, 200
-overlap), `QdrantVectorStore.from_documents`, dense `similarity_search` top-k.
+Each book is ingested once by the project's indexer (heading-aware chunks, dense + sparse vectors) into an
+embedded Qdrant kept under `.bench-cache/eval-retrieval/<book>-<key>/` (the key covers the book's files, the split
+version and the chunk settings, so a later run reuses it and embeds nothing); the configurations differ only at
+query time. The baseline is what a LangChain tutorial does: the files read as text,
+`RecursiveCharacterTextSplitter` (1000 characters, 200 overlap), `QdrantVectorStore`, dense `similarity_search`.
 
 A retrieved passage is a hit when it comes from the question's gold file and contains its `answer_contains`
-text (case and whitespace ignored): the same rule for every configuration, baseline included. Reported per
-configuration: hit@1/3/5, MRR@5 and per-query latency p50/p95 (query embedding + Qdrant query + post-processing;
-the query-embedding cache is off so every query pays for its embedding).
+text (case and whitespace ignored): the same rule for every configuration, baseline included. Reported per book
+and configuration: hit@1/3/5, MRR@5, per-query latency p50 (query embedding + search + post-processing; the
+query-embedding cache is off so every query pays for its embedding), and refusal rates on three sets: the
+answerable questions (should be ~0), the book's in-domain unanswerable ones (`<book>_unanswerable.jsonl`,
+should be high) and the out-of-domain ones (`bench/questions/out_of_book.jsonl`). A question is refused as
+`chains/answer.py` refuses it: no passage's dense cosine reaches `RETRIEVAL_SCORE_THRESHOLD` (or, for a
+prototype, its own signal says so). The threshold table shows the best cosine per set and the rates at other
+thresholds for the default configuration. Every run also checks the sets against the stored chunks (stderr).
 
-Threshold: the out-of-book questions (`bench/questions/out_of_book.jsonl`) go through the default configuration
-too; the report shows the best passage's dense cosine for in-book and out-of-book questions and, for candidate
-thresholds, how many in-book questions would still be answered and how many out-of-book ones refused.
+`--prototypes` adds the bench-only configurations of `bench/prototypes.py` (issue 19); product defaults are
+untouched.
 
 Scale (`--scale N`): N chunks of real text (the d2l book from ../shared/corpus, split at 1000 characters) with
 random unit dense vectors (embedding 5,000 chunks on this machine takes minutes and does not change how long a
@@ -26,6 +33,7 @@ query takes) and real sparse vectors; real query embeddings. Reports p50/p95 per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import platform
@@ -60,12 +68,13 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 QUESTIONS = REPO / "bench" / "questions"
 # name: (book folder, answerable questions); a book's in-domain unanswerable questions are `<name>_unanswerable.jsonl`.
-# swift_book and walden are exported by `python -m bench.books` (bench/questions/SOURCES.md); d2l has no set yet.
+# swift_book and walden are exported by `python -m bench.books` (bench/questions/SOURCES.md).
 DATASETS = {
     "sample_book": (REPO / "sample_book", QUESTIONS / "sample_book.jsonl"),
     "humanoid_book": (CORPUS / "humanoid-book", QUESTIONS / "humanoid_book.jsonl"),
     "swift_book": (book_dir("swift_book"), QUESTIONS / "swift_book.jsonl"),
     "walden": (book_dir("walden"), QUESTIONS / "walden.jsonl"),
+    "d2l": (CORPUS / "d2l", QUESTIONS / "d2l.jsonl"),  # 4,900 chunks: the first run embeds them for many minutes
 }
 DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_book")}
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
@@ -189,7 +198,7 @@ def book_files(book: Path) -> list[Path]:
     return list(discover_files([book], (), DEFAULT_EXCLUDES))
 
 
-def store_folder(name: str, book: Path) -> Path:
+def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
     """The cached embedded store for a book: a new folder when a file, the split or the chunk settings change."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     key = hashlib.sha256(
@@ -204,7 +213,7 @@ def store_folder(name: str, book: Path) -> Path:
             ]
         ).encode()
     ).hexdigest()[:12]
-    return STORES / f"{name}-{key}"
+    return stores / f"{name}-{key}"
 
 
 def ingest_project(client: QdrantClient, embeddings: Embeddings, book: Path, collection: str) -> Settings:
@@ -334,10 +343,34 @@ def run_book(
     rerank_model: Path | None = None,
     unanswerable: Sequence[Question] = (),
     prototypes: Sequence[Prototype] = (),
+    stores: Path | None = STORES,
 ) -> BookReport:
-    """Ingest (or reuse the cached store), then every configuration over the book's three question sets."""
-    folder = store_folder(name, book)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Ingest (or reuse the store cached under `stores`; None: a temporary one), then every configuration over
+    the book's three question sets."""
+    with contextlib.ExitStack() as stack:
+        if stores is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eval-retrieval-")))
+        else:
+            folder = store_folder(name, book, stores)
+            folder.mkdir(parents=True, exist_ok=True)
+        return _run_book(
+            name, book, questions, out_of_book, embeddings, default_mode, rerank_model, unanswerable, prototypes, folder
+        )
+    raise AssertionError("unreachable")
+
+
+def _run_book(
+    name: str,
+    book: Path,
+    questions: Sequence[Question],
+    out_of_book: Sequence[Question],
+    embeddings: Embeddings,
+    default_mode: str,
+    rerank_model: Path | None,
+    unanswerable: Sequence[Question],
+    prototypes: Sequence[Prototype],
+    folder: Path,
+) -> BookReport:
     client = QdrantClient(path=str(folder))
     try:
         settings = ingest_project(client, embeddings, book, "eval_bookrag")
@@ -531,6 +564,7 @@ def run(
     scale: int = 0,
     out_of_book_path: Path = OUT_OF_BOOK,
     prototypes: Sequence[Prototype] = (),
+    stores: Path | None = STORES,
 ) -> tuple[list[BookReport], str]:
     """Evaluate every dataset (name: (book folder, questions file)); returns the reports and the Markdown."""
     out_of_book = load_questions(out_of_book_path, limit) if out_of_book_path.is_file() else []
@@ -542,7 +576,7 @@ def run(
         unanswerable = load_questions(extra, limit) if extra.is_file() else []
         all_questions.extend(questions)
         report = run_book(
-            name, book, questions, out_of_book, embeddings, default_mode, rerank_model, unanswerable, prototypes
+            name, book, questions, out_of_book, embeddings, default_mode, rerank_model, unanswerable, prototypes, stores
         )
         reports.append(report)
         for problem in report.missing_answers:
