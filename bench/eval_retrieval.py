@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import random
 import re
@@ -65,7 +66,7 @@ from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR, build_vector_store, 
 from ingest.indexer import DEFAULT_EXCLUDES, SPLIT_VERSION, Indexer, discover_files
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS = Path(os.environ.get("BENCH_CORPUS", REPO.parent / "shared" / "corpus"))  # ../shared beside the repository
 QUESTIONS = REPO / "bench" / "questions"
 # name: (book folder, answerable questions); a book's in-domain unanswerable questions are `<name>_unanswerable.jsonl`.
 # swift_book and walden are exported by `python -m bench.books` (bench/questions/SOURCES.md).

@@ -6,10 +6,16 @@ product's configurations; nothing here changes a product default.
   XCTest). A term is distinctive when it is an identifier (`URLSession`, `ros2_control`, `16GB`), a capitalised
   word inside the question (`Emerson`; a run of them is one name: `Core Data`, `John Brown`), or a word the
   embedding model's own WordPiece vocabulary does not hold whole (`kubernetes`, `cocoapods`): a rare word.
-  English stop words and one- or two-letter words never are. A term occurs in the book when each of its indexed
+  English stop words and one- or two-letter words never are. A second variant counts only identifiers and
+  names (no rare-word rule), since a paraphrase in plain but uncommon words ("leaky", "hopelessness") is not in
+  the book either. A term occurs in the book when each of its indexed
   terms (`chains.sparse.terms`: lower-cased, lightly stemmed) is in the book's term set; a name of several words
   must occur as that phrase.
 - **Candidate depth**: the default hybrid DBSF with 50 and 100 candidates per list instead of 20.
+- **Heading match** (the heading path as its own signal, at query time only): the default's top 20, re-ordered
+  by reciprocal rank fusion (constant 60, no weight to tune) of its own order and the order by how many of the
+  question's indexed terms the passage's heading path holds (passages whose headings hold none are not in that
+  second list); top 5 of that.
 """
 
 from __future__ import annotations
@@ -69,8 +75,9 @@ def is_common(word: str, common: frozenset[str]) -> bool:
     return any(c in common for c in candidates) or any(c[:-1] in common for c in candidates if c[-2:-1] == c[-1:])
 
 
-def distinctive_terms(question: str, common: frozenset[str] | None = None) -> list[str]:
-    """The question's distinctive terms (see the module docstring), names of several words as one."""
+def distinctive_terms(question: str, common: frozenset[str] | None = None, rare_words: bool = True) -> list[str]:
+    """The question's distinctive terms (see the module docstring), names of several words as one; without
+    `rare_words`, only identifiers and capitalised names."""
     common = wordpiece_words() if common is None else common
     found: list[str] = []
     name: list[str] = []
@@ -86,7 +93,7 @@ def distinctive_terms(question: str, common: frozenset[str] | None = None) -> li
             name = []
         if lowered in _STOP or len(word) < 3:
             continue
-        if _IDENTIFIER.search(word) or not is_common(lowered, common):
+        if _IDENTIFIER.search(word) or (rare_words and not is_common(lowered, common)):
             found.append(word)
     if name:
         found.append(" ".join(name))
@@ -113,8 +120,8 @@ class BookVocabulary:
             return f" {' '.join(indexed)} " in f" {self.text} "
         return all(t in self.terms for t in indexed)
 
-    def missing(self, question: str) -> list[str]:
-        return [term for term in distinctive_terms(question) if not self.has(term)]
+    def missing(self, question: str, rare_words: bool = True) -> list[str]:
+        return [term for term in distinctive_terms(question, rare_words=rare_words) if not self.has(term)]
 
 
 def stored_texts(client: QdrantClient, collection: str) -> list[str]:
@@ -135,7 +142,13 @@ def term_check(
 ) -> dict[str, tuple[Search, Callable[[str], bool] | None]]:
     vocabulary = BookVocabulary.of(stored_texts(client, settings.qdrant_collection))
     default = configs["hybrid DBSF"]
-    return {"hybrid DBSF + term check": (default.invoke, lambda q: bool(vocabulary.missing(q)))}
+    return {
+        "hybrid DBSF + term check": (default.invoke, lambda q: bool(vocabulary.missing(q))),
+        "hybrid DBSF + term check, names only": (
+            default.invoke,
+            lambda q: bool(vocabulary.missing(q, rare_words=False)),
+        ),
+    }
 
 
 def candidate_depth(
@@ -149,4 +162,23 @@ def candidate_depth(
     return out
 
 
-PROTOTYPES = (term_check, candidate_depth)
+def heading_match(
+    client: QdrantClient, settings: Any, embeddings: Any, configs: dict[str, BookRetriever]
+) -> dict[str, tuple[Search, Callable[[str], bool] | None]]:
+    wide = configs["hybrid DBSF"].model_copy(update={"k": 20})
+    k = configs["hybrid DBSF"].k
+
+    def search(question: str) -> list[Document]:
+        documents = wide.invoke(question)
+        asked = set(terms(question))
+        overlap = [len(asked & set(terms(" ".join(d.metadata.get("heading_path") or [])))) for d in documents]
+        by_heading = sorted((i for i, n in enumerate(overlap) if n), key=lambda i: (-overlap[i], i))
+        fused = {i: 1 / (60 + i + 1) for i in range(len(documents))}
+        for position, i in enumerate(by_heading):
+            fused[i] += 1 / (60 + position + 1)
+        return [documents[i] for i in sorted(fused, key=lambda i: -fused[i])[:k]]
+
+    return {"hybrid DBSF + heading match": (search, None)}
+
+
+PROTOTYPES = (term_check, candidate_depth, heading_match)

@@ -31,3 +31,9 @@ def test_a_term_the_book_never_uses_is_missing_and_one_it_uses_is_not() -> None:
 def test_a_name_of_several_words_must_occur_as_that_phrase() -> None:
     assert BOOK.missing("Why did he go to Walden Pond?") == []
     assert BOOK.missing("Did he visit Pond Walden?") == ["Pond Walden"]  # both words occur, not as this name
+
+
+def test_without_the_rare_word_rule_only_identifiers_and_names_count() -> None:
+    question = "the leaky hut where XCTest met Karl Marx"
+    assert distinctive_terms(question, rare_words=False) == ["XCTest", "Karl Marx"]
+    assert "leaky" in distinctive_terms(question)
