@@ -41,3 +41,19 @@ def test_eval_harness_runs_end_to_end_on_a_tiny_book(
     assert reports[0].missing_answers == [] and reports[0].present_terms == []
     assert list((tmp_path / "s").iterdir()), "the book's store is kept under `stores` for the next run"
     assert "## Latency at scale" in markdown and "| 30 chunks | hybrid DBSF (the default) |" in markdown
+
+
+def test_refusal_rates_count_a_question_refused_when_no_passage_passes_or_a_signal_refuses() -> None:
+    from bench.eval_retrieval import Outcome
+
+    outcome = Outcome(
+        "x",
+        top_scores=[0.5, 0.3],  # answerable: the second has no passage at 0.35
+        unanswerable_scores=[0.6, 0.5, 0.2],
+        out_of_domain_scores=[0.1],
+    )
+    assert outcome.refusal_rates(0.35) == (0.5, 1 / 3, 1.0)
+    outcome.refused_unanswerable = [True, False, False]  # a prototype's own signal refuses the first one too
+    outcome.refused_answerable = [False, False]
+    outcome.refused_out_of_domain = [False]
+    assert outcome.refusal_rates(0.35) == (0.5, 2 / 3, 1.0)
