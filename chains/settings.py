@@ -90,9 +90,32 @@ class Settings(BaseSettings):
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
+    # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is
+    # composed per answer, so a new BOOK_BASE_URL needs no re-ingest), and the generator that builds it: its page
+    # and heading-id rules are applied at ingest (ingest/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
     book_base_url: AnyHttpUrl | None = None
+    book_site_style: Literal["docusaurus", "mkdocs", "mdbook", "html"] = "docusaurus"
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
     ingest_root: Path | None = None
+    # Ingest limits per file, counting what a file decompresses into (a crafted 77 KB PDF can inflate to 50 MB
+    # and keep a parser busy for minutes): PDF pages; characters of extracted text; bytes that compressed parts
+    # inflate to (PDF page contents, DOCX zip members; checked before they are parsed); elements (DOCX paragraphs
+    # and tables, counted before parsing; blocks of any format); chunks; seconds and memory of the child process
+    # that parses the file (killed at either). A file over a limit fails naming it; the rest go in.
+    ingest_max_pages: int = Field(5000, ge=1, le=1_000_000)
+    ingest_max_chars: int = Field(10_000_000, ge=1000, le=1_000_000_000)
+    ingest_max_inflated_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=16 * 1024**3)
+    ingest_max_elements: int = Field(50_000, ge=10, le=10_000_000)
+    ingest_max_chunks_per_file: int = Field(10_000, ge=1, le=10_000_000)
+    ingest_max_seconds_per_file: float = Field(300.0, gt=0, le=86_400)
+    ingest_max_parser_mb: int = Field(2048, ge=64, le=1_048_576)
+
+    # The record of answers and ratings (rag_api.records, read by rag-report): any SQLAlchemy URL, a SQLite file
+    # by default. RECORD_QUESTIONS=false keeps nothing; records older than RECORDS_RETENTION_DAYS are deleted
+    # (at start-up and daily); 0 keeps them forever.
+    database_url: str = "sqlite:///data/records.sqlite3"
+    record_questions: bool = True
+    records_retention_days: int = Field(90, ge=0, le=36500)
 
     # HTTP service.
     cors_origins: Annotated[list[str], NoDecode] = Field(

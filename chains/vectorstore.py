@@ -6,11 +6,14 @@ can read the collection, with a named dense vector so that a sparse one can sit 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import threading
 import uuid
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -36,6 +39,36 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
 # Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
 _ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")
 _INTERNAL_KEYS = ("_id", "_collection_name")
+_R = TypeVar("_R")
+
+
+def _serialised(method: Callable[..., _R]) -> Callable[..., _R]:
+    @functools.wraps(method)
+    def call(self: EmbeddedQdrantClient, *args: Any, **kwargs: Any) -> _R:
+        with self.store_lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+class EmbeddedQdrantClient(QdrantClient):
+    """The embedded store's client, every public call under one lock.
+
+    On purpose: qdrant-client's local mode is not thread-safe. A query thread scrolling a collection while the
+    ingest thread upserts into it fails inside local mode (`IndexError: index 200 is out of bounds`), and the
+    service runs queries, health probes and the admin ingest in worker threads. Local mode searches in Python
+    under the GIL anyway, so one lock (re-entrant: a public method may call another) costs no parallelism; an
+    upsert batch holds it for a few milliseconds. A Qdrant server is safe under concurrency and gets no lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.store_lock = threading.RLock()
+        super().__init__(path=path)
+
+
+for _name, _member in list(vars(QdrantClient).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member):
+        setattr(EmbeddedQdrantClient, _name, _serialised(_member))
 
 
 def build_qdrant_client(settings: Settings) -> QdrantClient:
@@ -45,7 +78,7 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
         return QdrantClient(url=str(settings.qdrant_url), api_key=api_key, timeout=int(settings.qdrant_timeout_s))
     settings.qdrant_path.mkdir(parents=True, exist_ok=True)
     try:
-        return QdrantClient(path=str(settings.qdrant_path))
+        return EmbeddedQdrantClient(str(settings.qdrant_path))
     except RuntimeError as exc:
         if "already accessed by another instance" in str(exc):
             raise DependencyUnavailable(

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
+from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
 from chains.local_index import limit_blas_threads
@@ -26,8 +27,9 @@ from rag_api.errors import install_error_handlers
 from rag_api.metrics import build_metrics
 from rag_api.middleware import RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
+from rag_api.records import AnswerRecorder, RecordStore
 from rag_api.recovery import open_qdrant, watch_qdrant
-from rag_api.routes import admin, ask, chat, health, metrics, openai_api, pages, search
+from rag_api.routes import admin, ask, chat, feedback, health, metrics, openai_api, pages, search
 from rag_api.state import AppState, Overrides
 
 logger = logging.getLogger(__name__)
@@ -80,9 +82,40 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
     chat_model = overrides.chat_model or build_chat_model(settings)
     answerer = Answerer(retriever, chat_model, settings)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    return AppState(
+    state = AppState(
         settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error, needs_reopen
     )
+    state.catalogue = BookCatalogue(settings.qdrant_collection)
+    state.records, state.records_error = open_records(settings)
+    state.recorder = AnswerRecorder(state.records) if state.records is not None else None
+    return state
+
+
+def open_records(settings: Settings) -> tuple[RecordStore | None, str | None]:
+    """The answer records, or why there are none. A database that cannot be opened never stops the service."""
+    if not settings.record_questions:
+        return None, None
+    try:
+        return RecordStore.open(settings.database_url), None
+    except Exception as exc:
+        message = f"cannot open the records database (DATABASE_URL): {type(exc).__name__}: {exc}"
+        logger.error("%s; answers are not recorded", message)
+        return None, message
+
+
+async def prune_records(state: AppState, every_s: float = 24 * 3600) -> None:
+    """Delete records older than RECORDS_RETENTION_DAYS now and then every day (0 keeps them forever)."""
+    days = state.settings.records_retention_days
+    if state.records is None or days <= 0:
+        return
+    while True:
+        try:
+            removed = await asyncio.to_thread(state.records.prune, days)
+            if removed:
+                logger.info("pruned %d answer records older than %d days", removed, days)
+        except Exception:
+            logger.exception("could not prune answer records")
+        await asyncio.sleep(every_s)
 
 
 def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAPI:
@@ -100,12 +133,18 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
             settings.chat_model or "(none: extractive answers)",
         )
         watcher = asyncio.create_task(watch_qdrant(state, settings.qdrant_recheck_s))
+        pruner = asyncio.create_task(prune_records(state))
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, pruner):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if state.recorder is not None:
+                await state.recorder.drain()
+            if state.records is not None:
+                state.records.close()
             if overrides is None or overrides.client is None:
                 state.client.close()
 
@@ -132,11 +171,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
     )
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
-    for module in (ask, chat, search, openai_api):
+    for module in (ask, chat, search, openai_api, feedback):
         app.include_router(module.router, dependencies=guarded)
     for module in (health, metrics, pages):
         app.include_router(module.router)
     app.include_router(admin.router)  # guarded by an admin key in the router itself
-    public_paths = {"/ask", "/api/chat", "/search", "/v1/chat/completions", "/v1/models"}
+    public_paths = {"/ask", "/api/chat", "/search", "/feedback", "/v1/chat/completions", "/v1/models"}
     document_optional_keys(app, settings, public_paths=public_paths)
     return app

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chains.catalogue import FilterMatchesNothing
 from chains.errors import (
     CollectionMismatch,
     ConfigurationError,
@@ -81,7 +82,8 @@ def classify(exc: Exception) -> ErrorInfo:
 
     Codes: `model_timeout` and `request_timeout` (504); `model_busy` (503 + Retry-After); `<dependency>_unavailable`
     for qdrant, chat_model and embeddings (503 + Retry-After: DEPENDENCY_RETRY_AFTER_S); `collection_mismatch`,
-    `configuration_error` (503); any other `RagError` its own code (400); anything unexpected `internal_error`
+    `configuration_error` (503); `filter_matches_nothing` (422, naming the stored values); any other
+    `RagError` its own code (400); anything unexpected `internal_error`
     (500, text never shown).
     """
     if isinstance(exc, ModelTimeout | DeadlineExceeded):
@@ -92,6 +94,8 @@ def classify(exc: Exception) -> ErrorInfo:
         return ErrorInfo(503, f"{exc.dependency}_unavailable", str(exc), DEPENDENCY_RETRY_AFTER_S)
     if isinstance(exc, CollectionMismatch | ConfigurationError):
         return ErrorInfo(503, exc.code, str(exc))
+    if isinstance(exc, FilterMatchesNothing):
+        return ErrorInfo(422, exc.code, str(exc))
     if isinstance(exc, RagError):
         return ErrorInfo(400, exc.code, str(exc))
     return ErrorInfo(500, "internal_error", "an unexpected error occurred; it has been logged")

@@ -79,9 +79,11 @@ class SourceOut(BaseModel):
     source: str = Field(description="The file it comes from, relative to the book's folder.")
     title: str | None
     heading_path: list[str]
-    url: str | None
+    url: str | None = Field(description="Its section on the book's site (BOOK_BASE_URL + page_path + #anchor).")
     page: int | None
     chunk_index: int | None
+    page_path: str | None = Field(None, description="Its page on the book's site, relative to BOOK_BASE_URL.")
+    anchor: str | None = Field(None, description="The id of its section's heading on that page.")
     score: float
     text: str
 
@@ -243,3 +245,27 @@ class ChatRequest(BaseModel):
     messages: list[UIMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     message_id: str | None = Field(None, alias="messageId", max_length=200)
+
+
+# --- POST /feedback: a reader's rating of one answer ---
+
+MAX_FEEDBACK_COMMENT_CHARS = 2000
+
+
+class FeedbackRequest(BaseModel):
+    """A reader's thumbs up or down on an answer, by the `answer_id` its done event or JSON body carried."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"answer_id": "3f2a…", "rating": "down", "comment": "It missed chapter 4"}]},
+    )
+
+    answer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=MAX_FEEDBACK_COMMENT_CHARS, description="What was wrong or right.")
+
+
+class FeedbackResponse(BaseModel):
+    answer_id: str
+    rating: Literal["up", "down"]
+    stored: bool = True

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
 from chains.answer import AnswerRequest, Turn
-from rag_api.answering import stream_answer, whole_answer
+from rag_api.answering import resolve_filters, stream_answer, whole_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.limits import check_ask_limits
@@ -125,6 +125,7 @@ async def ask(
         note_access(http, question=body.question)
     request = to_answer_request(body)
     if wants_stream(body, accept):
+        request = await resolve_filters(state, request)  # 422 before the stream, not a false refusal
         return sse_response(ask_sse(stream_answer(state, request, http), request_id), request_id)
     answer = await whole_answer(state, request, http)
     assert answer.timings is not None
