@@ -43,9 +43,13 @@ T = TypeVar("T")
 
 
 async def _disconnect(http: Request) -> None:
-    """Return when the client has gone. The body has been read, so `receive` now only reports the disconnect."""
-    while (await http.receive())["type"] != "http.disconnect":
-        pass
+    """Return when the client has gone. The body has been read, so `receive` now only reports the disconnect.
+    A request with no receive channel (one built outside a server) has nothing to watch: wait until cancelled."""
+    try:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+    except RuntimeError:
+        await asyncio.get_running_loop().create_future()
 
 
 async def until_disconnected(work: Coroutine[Any, Any, T], http: Request) -> T:
@@ -61,7 +65,6 @@ async def until_disconnected(work: Coroutine[Any, Any, T], http: Request) -> T:
                 pending.cancel()
         await asyncio.wait({task, watcher})
     if task.cancelled() and watcher.done() and not watcher.cancelled():
-        watcher.result()  # raises what a failing `receive` raised, else returns: the client is gone
         raise ClientDisconnected
     return task.result()
 

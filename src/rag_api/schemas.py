@@ -1,14 +1,15 @@
 """Pydantic models for every request and response body, with the limits a public endpoint needs.
 
 Numbers and flags are strict (`"k": "5"` and `"stream": 0` are 422, not quietly converted): a client that sends the
-wrong type has a bug worth naming. Only those fields: strict strings would refuse nothing JSON can send anyway.
+wrong type has a bug worth naming. Only those fields: strict strings would refuse nothing JSON can send anyway. A
+whole number written `5.0` stays accepted, as JSON Schema's `integer` allows it (`PassageCount`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
 from chains.settings import MAX_HISTORY_TURNS, MAX_K, MAX_QUESTION_CHARS, MAX_SELECTED_CHARS
 
@@ -17,6 +18,15 @@ MAX_TURN_CHARS = 8000
 # Python counts \x1c-\x1f as whitespace, Unicode does not; Python and Rust count \x85 (NEL), ECMAScript does
 # not; ECMAScript counts \ufeff (BOM), Python and Rust do not.
 NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
+
+
+def _integral_float_to_int(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A number of passages (`k`), strictly an integer: no strings, booleans or 2.5; but 5.0, which JSON Schema counts as
+# the integer 5. The bounds sit inside, so that OpenAPI shows them as minimum/maximum in an optional field too.
+PassageCount = Annotated[int, Strict(), Field(ge=1, le=MAX_K), BeforeValidator(_integral_float_to_int)]
 
 
 def _not_blank(value: str) -> str:
@@ -60,7 +70,7 @@ class AskRequest(BaseModel):
     page_url: str | None = Field(
         None, max_length=2000, description="The page the reader asks from (sent by the widget); not used yet."
     )
-    k: int | None = Field(None, ge=1, le=MAX_K, strict=True, description="How many passages to retrieve.")
+    k: PassageCount | None = Field(None, description="How many passages to retrieve.")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
 
@@ -104,7 +114,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK)
-    k: int = Field(5, ge=1, le=MAX_K, strict=True)
+    k: PassageCount = 5
     sources: list[str] | None = Field(None, max_length=100)
     chapter: str | None = Field(None, max_length=500)
 
@@ -185,7 +195,7 @@ class ChatQuestionOptions(BaseModel):
     )
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
-    k: int | None = Field(None, ge=1, le=MAX_K, strict=True, description="How many passages to retrieve.")
+    k: PassageCount | None = Field(None, description="How many passages to retrieve.")
 
 
 class UIMessagePartIn(BaseModel):
