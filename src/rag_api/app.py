@@ -101,9 +101,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
             settings.chat_model or "(none: extractive answers)",
         )
         watcher = asyncio.create_task(watch_qdrant(state, settings.qdrant_recheck_s))
+        stop_ingest = admin.stop_ingest_on_signals(app)
         try:
             yield
         finally:
+            stop_ingest()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
