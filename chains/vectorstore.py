@@ -146,9 +146,11 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
         return EmbeddedQdrantClient(str(settings.qdrant_path))
     except _DAMAGE_ERRORS as exc:
         problem = local_store_problem(settings.qdrant_path, deep=True)
-        raise StoreDamaged(
-            problem or damaged_store_message(settings.qdrant_path, "a point", f"cannot be read ({type(exc).__name__})")
-        ) from exc
+        if problem is None:  # sound SQLite, but a stored point (or the collection list) does not load
+            files = sorted(str(f) for f in settings.qdrant_path.glob("collection/*/storage.sqlite"))
+            where = f"a stored point in {' or '.join(files)}" if files else str(settings.qdrant_path / "meta.json")
+            problem = damaged_store_message(settings.qdrant_path, where, f"cannot be read ({type(exc).__name__})")
+        raise StoreDamaged(problem) from exc
     except RuntimeError as exc:
         if "already accessed by another instance" in str(exc):
             raise DependencyUnavailable(
