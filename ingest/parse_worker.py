@@ -11,12 +11,15 @@ it held goes with it. The limits that count pages, characters, inflated bytes an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import resource
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 # Imported once by the forkserver, so that each child starts with the parsers loaded.
 _PRELOAD = [
     "ingest.loaders",
+    "ingest.parse_preload",
     "pypdf",
     "unstructured.partition.md",
     "unstructured.partition.html",
@@ -69,6 +73,28 @@ def _child(connection: Connection, path: Path, limits: IngestLimits) -> None:
         connection.close()
 
 
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While a child starts, `__main__` shows no file or spec, so the child does not run the main script again.
+
+    On purpose: the child runs a function of this module and needs nothing of `__main__`, but multiprocessing
+    re-imports the main script in every child, and Python 3.11's forkserver never gets the path to preload it
+    once. Under `rag-api` or `rag-ingest` that import is the whole app (a second or more per file).
+    """
+    main = sys.modules.get("__main__")
+    saved: dict[str, Any] = {n: main.__dict__[n] for n in ("__file__", "__spec__") if main and n in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
+
+
 def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None = None) -> LoadedDocument:
     """`load_document(path, limits)` in a child process, within the time and memory budget of `limits`.
 
@@ -76,7 +102,8 @@ def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None
     """
     receiver, sender = _context.Pipe(duplex=False)
     child = _context.Process(target=_child, args=(sender, path, limits), name="bookrag-parse", daemon=True)
-    child.start()
+    with _main_module_hidden():
+        child.start()
     sender.close()
     deadline = time.monotonic() + limits.max_seconds
     try:

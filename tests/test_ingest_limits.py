@@ -3,11 +3,17 @@ in the message, while it is being read (not after), and the files beside it go i
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
@@ -16,14 +22,17 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.errors import IngestStopped
 from chains.settings import Settings
-from chains.vectorstore import ensure_collection
+from chains.vectorstore import build_qdrant_client, ensure_collection
 from ingest.indexer import Indexer, IngestReport, discover_files
 from ingest.loaders import IngestLimits
 from ingest.parse_worker import load_isolated
+from tests.conftest import CLOSED_PORT_URL
+from tests.live import free_port
 
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
+ADMIN_KEY = "admin-key-0123456789abcdef"
 
 
 def pdf_with_content(path: Path, content: bytes) -> Path:
@@ -153,3 +162,73 @@ def test_stopping_an_ingest_kills_the_parse_at_once(tmp_path: Path) -> None:
     threading.Timer(0.5, stop.set).start()
     with pytest.raises(IngestStopped):
         load_isolated(slow, IngestLimits(), stop)
+
+
+def test_sigterm_during_an_admin_ingest_stops_it_and_the_server_exits_keeping_every_file(
+    embeddings: LocalEmbeddings, settings: Settings, book_dir: Path, tmp_path: Path
+) -> None:
+    """A live `rag-api` (signals go to its main thread) ingesting a file that takes a minute to parse."""
+    if settings.uses_qdrant_server:
+        pytest.skip("the embedded store: the server process holds it")
+    client = build_qdrant_client(settings)
+    try:
+        assert not ingest(client, embeddings, settings, book_dir).failed
+        before = client.count(settings.qdrant_collection, exact=True).count
+    finally:
+        client.close()
+    pdf_with_content(book_dir / "a-slow.pdf", text_operators(4 * MIB))  # parsed first, for about a minute
+    (book_dir / "watering.md").write_text("# Watering\n\nA new version that must not be half-written.\n")
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "QDRANT_PATH": str(settings.qdrant_path),
+        "QDRANT_COLLECTION": settings.qdrant_collection,
+        "INGEST_ROOT": str(book_dir.parent),
+        "ADMIN_API_KEYS": ADMIN_KEY,
+        "EMBEDDING_QUERY_RUNTIME": "torch",
+        "OPENAI_BASE_URL": CLOSED_PORT_URL,
+    }
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "rag-api"), "--port", str(port)], cwd=tmp_path, env=env
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "rag-api did not start"
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        answers: list[httpx.Response] = []
+        request = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{base}/admin/ingest",
+                    json={"paths": ["book"]},
+                    headers={"X-API-Key": ADMIN_KEY},
+                    timeout=120,
+                )
+            )
+        )
+        request.start()
+        time.sleep(3)  # the ingest is parsing the slow PDF by now
+        assert not answers, "the ingest ended before it could be stopped"
+        server.send_signal(signal.SIGTERM)
+        # A bound for the test, far below the minute of parsing left; uvicorn ends by re-raising the signal.
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+        request.join(timeout=10)
+        assert answers and answers[0].status_code == 503
+        assert "shutting down" in answers[0].json()["error"]["message"]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    client = build_qdrant_client(settings)
+    try:
+        assert client.count(settings.qdrant_collection, exact=True).count == before
+        points, _ = client.scroll(settings.qdrant_collection, limit=100, with_payload=True)
+        assert "must not be half-written" not in str([p.payload for p in points])
+    finally:
+        client.close()

@@ -136,9 +136,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         )
         watcher = asyncio.create_task(watch_qdrant(state, settings.qdrant_recheck_s))
         pruner = asyncio.create_task(prune_records(state))
+        stop_ingest = admin.stop_ingest_on_signals(app)
         try:
             yield
         finally:
+            stop_ingest()
             for task in (watcher, pruner):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from chains.settings import Settings, settings_error_message
+from chains.vectorstore import local_store_problem
 from rag_api.app import create_app
 from rag_api.logging_setup import configure_logging
 from rag_api.server import configure_header_timeout, uvicorn_options
@@ -44,6 +45,8 @@ def main(host: str, port: int, workers: int) -> None:
             f"{settings.qdrant_path} opens in one process only. Start one (docker compose up -d qdrant) and set "
             "QDRANT_URL=http://127.0.0.1:6333, or serve with --workers 1."
         )
+    if not settings.uses_qdrant_server and (problem := local_store_problem(settings.qdrant_path, deep=True)):
+        raise click.ClickException(problem)  # exit code 1, one paragraph, no traceback
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     options = uvicorn_options(settings)  # header timeout, proxy headers from TRUSTED_PROXIES only
     if workers == 1:

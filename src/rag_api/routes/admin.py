@@ -5,19 +5,27 @@ This is the way through when the API server holds the embedded Qdrant store (one
 leave it; sources are stored relative to INGEST_ROOT (the book's root), as `rag-ingest --root INGEST_ROOT` would
 store them, and the collection remembers it as its book root (ingest/book_root.py).
 The indexer runs in a worker thread, one ingest at a time (a second one gets 409), so the event loop stays free.
+Files met in a walk must lie under INGEST_ROOT once their links are followed (others are named as failed, never
+read). SIGTERM or SIGINT stops a running ingest at its next file or batch (and kills the file being parsed), so
+that the server's graceful shutdown does not wait for it: the request gets 503 and every file keeps its
+previous complete version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from chains.embeddings import embedding_dimension
+from chains.errors import IngestStopped
 from chains.settings import Settings
 from chains.vectorstore import ensure_collection
 from ingest.book_root import choose_root, remembered_root
@@ -87,6 +95,44 @@ def _ingest_lock(request: Request) -> asyncio.Lock:
     return lock
 
 
+def ingest_stop(app: FastAPI) -> threading.Event:
+    """The event that stops a running admin ingest (set on shutdown)."""
+    stop: threading.Event | None = getattr(app.state, "ingest_stop", None)
+    if stop is None:
+        stop = app.state.ingest_stop = threading.Event()
+    return stop
+
+
+def stop_ingest_on_signals(app: FastAPI) -> Callable[[], None]:
+    """Chain SIGTERM and SIGINT to set `ingest_stop` before the server's own handler (uvicorn's graceful shutdown
+    waits for running requests, and an ingest may run for minutes). Returns a function that sets the event and
+    puts the previous handlers back, for the end of the lifespan. Outside the main thread (a test server in a
+    thread) signals cannot be handled: only the lifespan's end stops the ingest."""
+    stop = ingest_stop(app)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(sig)
+
+            def chained(number: int, frame: Any, handler: Any = handler) -> None:
+                stop.set()
+                if callable(handler):
+                    handler(number, frame)
+                elif handler == signal.SIG_DFL:  # no server handler: what the signal would have done
+                    signal.signal(number, signal.SIG_DFL)
+                    signal.raise_signal(number)
+
+            previous[sig] = handler
+            signal.signal(sig, chained)
+
+    def restore() -> None:
+        stop.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
 def resolve_under(root: Path, relative: str) -> Path:
     """`relative` inside `root`, or a 400 when it leaves the root or does not exist."""
     base = root.resolve()
@@ -134,7 +180,10 @@ def run_ingest(
         403: {"model": ErrorResponse, "description": "Not an admin key, or ADMIN_API_KEYS unset"},
         404: {"model": ErrorResponse, "description": "INGEST_ROOT is not set: server-side ingest is off"},
         409: {"model": ErrorResponse, "description": "Another ingest is running"},
-        503: {"model": ErrorResponse, "description": "Qdrant or the embedding model failed; nothing half-written"},
+        503: {
+            "model": ErrorResponse,
+            "description": "Qdrant or the embedding model failed, or the server is shutting down; nothing half-written",
+        },
     },
 )
 async def ingest(body: IngestRequest, state: State, request: Request) -> IngestResponse:
@@ -150,9 +199,11 @@ async def ingest(body: IngestRequest, state: State, request: Request) -> IngestR
     if lock.locked():
         raise ApiError(409, "ingest_in_progress", "another ingest is running; try again when it has finished")
     async with lock:
-        indexer = Indexer(state.client, state.embeddings, state.settings)
+        indexer = Indexer(state.client, state.embeddings, state.settings, stop=ingest_stop(request.app))
         try:
             report = await asyncio.to_thread(run_ingest, state.settings, indexer, body, paths, found)
+        except IngestStopped as exc:
+            raise HTTPException(503, str(exc)) from exc
         finally:
             state.retriever.forget_local_index()  # the embedded store's in-memory index is now stale
     logger.info("admin ingest: %s", report.summary())
