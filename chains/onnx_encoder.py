@@ -240,23 +240,35 @@ def load_onnx_encoder(model_dir: Path, cache_dir: Path, threads: int | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m chains.onnx_encoder DIR`: export the configured local model's graph into DIR (a build step)."""
+    """Export the configured local model's ONNX graph into EMBEDDING_ONNX_DIR (or TARGET): a build step.
+
+    `--check` exports nothing: it exits 0 when no export is needed (the graph exists, or the settings do not use
+    one) and 1 when it is; `make run` runs the export, with PyTorch in a throwaway venv, only then.
+    """
     import argparse
 
     from chains.embeddings import packaged_model_path
     from chains.settings import Settings
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("target", type=Path, help="folder for the graph (what EMBEDDING_ONNX_DIR will name)")
+    parser = argparse.ArgumentParser(prog="python -m chains.onnx_encoder", description=main.__doc__)
+    parser.add_argument("target", type=Path, nargs="?", help="folder for the graph (default: EMBEDDING_ONNX_DIR)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if an export is needed, else 0")
     args = parser.parse_args(argv)
-    model_dir = packaged_model_path(Settings(_env_file=None).embedding_model)  # type: ignore[call-arg]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Settings()
+    if settings.embedding_provider != "local" or settings.embedding_runtime != "onnx":
+        logger.info("no ONNX graph needed (EMBEDDING_PROVIDER=%s)", settings.embedding_provider)
+        return
+    model_dir = packaged_model_path(settings.embedding_model)
     if read_layout(model_dir) is None:
-        raise SystemExit(f"{model_dir} is not a mean-pooled transformer: nothing to export")
-    target = graph_path(model_dir, args.target)
+        logger.info("%s is not a mean-pooled transformer: it runs on PyTorch, nothing to export", model_dir)
+        return
+    target = graph_path(model_dir, args.target or settings.embedding_onnx_dir)
     if not target.exists():
+        if args.check:
+            raise SystemExit(1)
         export_onnx(model_dir, target)
-    logging.basicConfig(level=logging.INFO)
-    logger.info("ONNX graph at %s", target)
+    logger.info("ONNX graph of the embedding model: %s", target)
 
 
 if __name__ == "__main__":
