@@ -135,6 +135,7 @@ def export_onnx(model_dir: Path, target: Path) -> None:
                 opset_version=_EXPORT_OPSET,
                 dynamo=False,
             )
+        os.chmod(scratch, 0o644)  # mkstemp's 0600 would hide the graph from another user (the image's app user)
         os.replace(scratch, target)
     finally:
         Path(scratch).unlink(missing_ok=True)
@@ -185,6 +186,10 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = self._onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 1:
+            # Idle pool threads sleep instead of spinning: on a shared machine spinning cost ~25 % more CPU for the
+            # same vectors (measured on 126 chunks of the benchmark book, docs/ingest.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self._onnxruntime.InferenceSession(str(self._graph), options, providers=["CPUExecutionProvider"])
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:

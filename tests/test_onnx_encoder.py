@@ -126,6 +126,7 @@ def test_the_export_is_made_once_and_reused(tmp_path: Path, caplog: pytest.LogCa
         first = build_embeddings(settings)
         exported = list(tmp_path.glob("*.onnx"))
         assert [p.name for p in exported] == [f"{model_dir.name}-{model_fingerprint(model_dir)}.onnx"]
+        assert exported[0].stat().st_mode & 0o444 == 0o444  # readable by the user the service runs as
         written = exported[0].stat().st_mtime_ns
         second = build_embeddings(settings)
     assert exported[0].stat().st_mtime_ns == written
