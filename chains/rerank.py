@@ -35,7 +35,13 @@ class CrossEncoderReranker(Reranker):
     def __init__(self, model_path: Path, batch_size: int = 32, max_length: int = 512) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import CrossEncoder
+        try:
+            from sentence_transformers import CrossEncoder
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"RERANK_MODEL needs sentence-transformers and PyTorch ({exc.name} is not installed): "
+                "pip install 'bookrag[export]'"
+            ) from exc
 
         self._model = CrossEncoder(str(model_path), device="cpu", max_length=max_length, local_files_only=True)
         self._batch_size = batch_size

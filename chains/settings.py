@@ -62,10 +62,16 @@ class Settings(BaseSettings):
     embedding_model: str = "all-MiniLM-L6-v2"
     embedding_batch_size: int = Field(64, ge=1, le=2048)
     embedding_cache_size: int = Field(1024, ge=0, le=1_000_000)
-    # The local model embeds questions through ONNX Runtime (the same vectors; ~11 ms a short question where PyTorch
-    # takes ~29 ms), from a graph exported once into EMBEDDING_ONNX_DIR; "torch" keeps PyTorch for questions too.
-    embedding_query_runtime: Literal["onnx", "torch"] = "onnx"
+    # The local model embeds documents and questions through ONNX Runtime (the same vectors as PyTorch, faster, and
+    # no PyTorch at run time), from a graph exported once into EMBEDDING_ONNX_DIR; "torch" runs sentence-transformers.
+    # EMBEDDING_QUERY_RUNTIME is the older name of the same setting.
+    embedding_runtime: Literal["onnx", "torch"] = Field(
+        "onnx", validation_alias=AliasChoices("embedding_runtime", "embedding_query_runtime")
+    )
     embedding_onnx_dir: Path = Path("data/onnx")
+    # Cores ONNX Runtime uses to embed documents (ingest); None: every core the process may run on. Questions
+    # always take one thread each.
+    embedding_threads: int | None = Field(None, ge=1, le=256)
 
     # Chat model through any OpenAI-compatible endpoint. No CHAT_MODEL means extractive answers.
     openai_api_key: SecretStr | None = None

@@ -22,6 +22,7 @@ from chains.settings import Settings, settings_error_message
 from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
 from ingest.book_root import BookRootError, choose_root, remembered_root
 from ingest.indexer import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_EXCLUDES,
     Indexer,
     IngestReport,
@@ -65,6 +66,10 @@ class LazyEmbeddings(Embeddings):
             self._on_load(model)
             self._model = model
         return self._model
+
+    def load(self) -> None:
+        """Load now (the indexer calls it before embedding, so that the rate excludes it)."""
+        self.model()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.model().embed_documents(texts)
@@ -129,7 +134,12 @@ def open_store(settings: Settings) -> QdrantClient:
     help="Delete a stored source (its path inside the book's root, as the summary names it); repeatable.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would change (chunks added, updated, removed); write nothing.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, help="Chunks embedded and upserted at once.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=DEFAULT_BATCH_SIZE,
+    help="Chunks given to the embedding model at once (it batches them by length).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(
     paths: tuple[Path, ...],
@@ -219,8 +229,8 @@ def main(
 
 def _progress_line(progress: Progress) -> str:
     return (
-        f"{progress.files_done}/{progress.files_total} files, "
-        f"{progress.chunks_written} chunks embedded ({progress.rate:.1f}/s)"
+        f"{progress.files_done}/{progress.files_total} files read, {progress.chunks_embedded} chunks embedded "
+        f"({progress.rate:.1f}/s), {progress.chunks_written} written"
     )
 
 

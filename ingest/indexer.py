@@ -5,6 +5,10 @@ embedded nor written again. Every point also carries its file's hash (the file's
 and the file's chunk count: a file whose stored points all carry its current hash, and as many as it had, is
 skipped without even being parsed.
 
+Throughput (docs/ingest.md): the embedding model gets large groups of chunks (it sorts them by length so that a
+batch pads little), one group is embedded in a worker thread while the next files are parsed and split and the
+previous group is written, and points are upserted in large batches.
+
 Never a half-state: new chunks are embedded in batches that span files; a file's chunks are written only once
 all of them are embedded (upserts batched across files), and its stale chunks are deleted only once all of its
 new chunks are stored. A run that dies midway (the model or the store failing, a kill) leaves every file with
@@ -24,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -52,6 +57,8 @@ VECTOR_LAYOUT = "dense+sparse-bm25-1"
 # Per-file fields on every chunk; they are not part of a chunk's identity.
 FILE_FIELDS = ("file_hash", "chunk_count")
 _SCROLL_PAGE = 1024
+# Chunks given to the embedding model at once (it batches them by length), and points upserted in one request.
+DEFAULT_BATCH_SIZE = 256
 _T = TypeVar("_T")
 
 
@@ -79,6 +86,7 @@ class IngestReport:
     pruned_chunks: int = 0
     embedded: int = 0
     seconds: float = 0.0
+    load_seconds: float = 0.0  # loading the embedding model, within `seconds`; not counted in the rate
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)  # what the user should know and may act on
 
@@ -109,11 +117,13 @@ class IngestReport:
     def summary(self) -> str:
         prefix = "dry run: would have " if self.dry_run else ""
         pruned = f" ({len(self.pruned_sources)} files pruned)" if self.pruned_sources else ""
-        rate = f", {self.embedded / self.seconds:.1f} chunks/s embedded" if self.embedded and self.seconds else ""
+        working = self.seconds - self.load_seconds
+        rate = f", {self.embedded / working:.1f} chunks/s embedded" if self.embedded and working > 0 else ""
+        load = f" (model load {self.load_seconds:.1f}s)" if self.load_seconds >= 0.05 else ""
         return (
             f"{prefix}{len(self.files)} files ({len(self.failed)} failed, {self.updated_files} changed); chunks: "
             f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed"
-            f"{pruned}; {self.seconds:.1f}s{rate}"
+            f"{pruned}; {self.seconds:.1f}s{load}{rate}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,23 +148,29 @@ class IngestReport:
             "pruned_sources": self.pruned_sources,
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
+            "load_seconds": round(self.load_seconds, 3),
             "summary": self.summary(),
         }
 
 
 @dataclass(slots=True)
 class Progress:
-    """Where a run is, for a progress bar: called after each file is planned and each batch is written."""
+    """Where a run is, for a progress bar: called after each file is read and each batch is embedded or written.
+
+    `chunks_embedded` have vectors, `chunks_written` are in the store; the rate is chunks embedded a second since
+    the model was ready (its loading, on the first chunk to embed, is not counted).
+    """
 
     files_total: int
     files_done: int = 0
+    chunks_embedded: int = 0
     chunks_written: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def rate(self) -> float:
         elapsed = time.perf_counter() - self.started
-        return self.chunks_written / elapsed if elapsed > 0 else 0.0
+        return self.chunks_embedded / elapsed if elapsed > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -345,7 +361,7 @@ class Indexer:
         embeddings: Embeddings,
         settings: Settings,
         count_tokens: TokenCounter | None = None,
-        batch_size: int = 64,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         stop: threading.Event | None = None,
     ) -> None:
         self.client = client
@@ -490,10 +506,26 @@ class Indexer:
 
     # -- writing -----------------------------------------------------------------------------------------
 
+    def load_model(self) -> float:
+        """Load an embedding model that loads on first use (the CLI's), now; returns the seconds it took."""
+        started = time.perf_counter()
+        load = getattr(self.embeddings, "load", None)
+        if callable(load):
+            try:
+                load()
+            except RagError:
+                raise
+            except Exception as exc:
+                raise DependencyUnavailable("embeddings", f"the embedding model failed to load ({exc})") from exc
+        return time.perf_counter() - started
+
     def embed(self, chunks: Sequence[Chunk]) -> list[list[float]]:
         """Dense vectors for `chunks`, in one call to the model."""
+        return self.embed_texts([c.embed_text for c in chunks])
+
+    def embed_texts(self, texts: list[str]) -> list[list[float]]:
         try:
-            return self.embeddings.embed_documents([c.embed_text for c in chunks])
+            return self.embeddings.embed_documents(texts)
         except RagError:
             raise
         except Exception as exc:
@@ -578,6 +610,10 @@ class Indexer:
         to_embed: list[tuple[FilePlan, int]] = []  # (file, index of one of its new chunks), across files
         embedding: list[FilePlan] = []  # files with chunks still to embed
         ready: list[FilePlan] = []  # files whose new chunks are all embedded, not yet written
+        # One group of chunks is embedded in this worker (ONNX Runtime and PyTorch release the GIL) while this
+        # thread parses the next files and writes the previous group; only this thread touches plans and the store.
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed")
+        in_flight: tuple[list[tuple[FilePlan, int]], Future[list[list[float]]]] | None = None
 
         def commit() -> None:
             """Write the ready files' chunks (batched across files), then finish each of those files."""
@@ -585,18 +621,34 @@ class Indexer:
             vectors = [vector for plan in ready for vector in plan.vectors if vector is not None]
             if chunks:
                 self.write(chunks, vectors)
+                progress.chunks_written += len(chunks)
             for plan in ready:
                 self.finish_file(plan)
             ready.clear()
 
-        def embed_batch(batch: list[tuple[FilePlan, int]]) -> None:
-            self.check_stop()
-            vectors = self.embed([plan.new[i] for plan, i in batch])
+        def collect() -> list[tuple[FilePlan, int]]:
+            """Wait for the group in flight; returns it with its vectors filled in (nothing written yet)."""
+            nonlocal in_flight
+            if in_flight is None:
+                return []
+            batch, future = in_flight
+            in_flight = None
+            try:
+                vectors = future.result()
+            except RagError:
+                commit()  # the files embedded before this group are whole: store them before giving up
+                raise
             for (plan, i), vector in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
                 plan.waiting -= 1
             report.embedded += len(batch)
-            progress.chunks_written += len(batch)
+            progress.chunks_embedded += len(batch)
+            return batch
+
+        def settle(batch: list[tuple[FilePlan, int]]) -> None:
+            """Move the files this group completed to `ready`, and write once enough are ready."""
+            if not batch:
+                return
             for plan in [p for p in embedding if p.waiting == 0]:
                 embedding.remove(plan)
                 ready.append(plan)
@@ -605,42 +657,58 @@ class Indexer:
             if on_progress is not None:
                 on_progress(progress)
 
-        seen: set[str] = set()
-        for path in files:
+        def submit(batch: list[tuple[FilePlan, int]]) -> None:
+            nonlocal in_flight
             self.check_stop()
-            source = source_key(path, base_dir)
-            if PurePosixPath(source).is_absolute():
-                reason = (
-                    f"outside the base folder {base_dir.resolve()}, which sources are stored relative to: give "
-                    "--root a folder that holds it; not read"
-                )
-                report.files.append(FileOutcome(shown_name(path, base_dir), error=reason, parsed=False))
+            if not report.embedded and in_flight is None:  # the first group: load the model, outside the rate
+                report.load_seconds += self.load_model()
+                progress.started = time.perf_counter()
+            done = collect()
+            in_flight = (batch, worker.submit(self.embed_texts, [plan.new[i].embed_text for plan, i in batch]))
+            settle(done)  # written while the next group embeds
+
+        seen: set[str] = set()
+        try:
+            for path in files:
+                self.check_stop()
+                source = source_key(path, base_dir)
+                if PurePosixPath(source).is_absolute():
+                    reason = (
+                        f"outside the base folder {base_dir.resolve()}, which sources are stored relative to: give "
+                        "--root a folder that holds it; not read"
+                    )
+                    report.files.append(FileOutcome(shown_name(path, base_dir), error=reason, parsed=False))
+                    progress.files_done += 1
+                    continue
+                if source in seen:  # a link inside the root to a file also met as itself: one source, ingested once
+                    progress.files_done += 1
+                    continue
+                seen.add(source)
+                try:
+                    plan = self.plan_file(path, source, stored.get(source, {}))
+                except DocumentError as exc:
+                    report.files.append(FileOutcome(source, error=exc.reason))
+                    logger.debug("skipped %s: %s", path, exc.reason)
+                else:
+                    report.files.append(plan.outcome)
+                    if not dry_run and plan.has_writes:
+                        (embedding if plan.new else ready).append(plan)
+                        to_embed.extend((plan, i) for i in range(len(plan.new)))
                 progress.files_done += 1
-                continue
-            if source in seen:  # a link inside the root to a file also met as itself: one source, ingested once
-                progress.files_done += 1
-                continue
-            seen.add(source)
-            try:
-                plan = self.plan_file(path, source, stored.get(source, {}))
-            except DocumentError as exc:
-                report.files.append(FileOutcome(source, error=exc.reason))
-                logger.debug("skipped %s: %s", path, exc.reason)
-            else:
-                report.files.append(plan.outcome)
-                if not dry_run and plan.has_writes:
-                    (embedding if plan.new else ready).append(plan)
-                    to_embed.extend((plan, i) for i in range(len(plan.new)))
-            progress.files_done += 1
-            while len(to_embed) >= self.batch_size:
-                embed_batch(to_embed[: self.batch_size])
-                del to_embed[: self.batch_size]
-            if on_progress is not None:
-                on_progress(progress)
-        if to_embed:
-            embed_batch(to_embed)
-        self.check_stop()
-        commit()
+                while len(to_embed) >= self.batch_size:
+                    submit(to_embed[: self.batch_size])
+                    del to_embed[: self.batch_size]
+                if on_progress is not None:
+                    on_progress(progress)
+            if to_embed:
+                submit(to_embed)
+            settle(collect())
+            self.check_stop()
+            commit()
+        finally:
+            worker.shutdown(wait=True, cancel_futures=True)
+        if on_progress is not None:
+            on_progress(progress)
         if prune:
             failed = {f.source for f in report.failed}
             for source in sorted(set(stored) - seen - failed):

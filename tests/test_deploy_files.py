@@ -150,7 +150,7 @@ def test_cluster_file_asks_for_shards_replicas_over_three_bootstrapped_nodes(mon
 def test_dockerfile_installs_the_torch_that_pyproject_pins_and_runs_as_a_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch"))
+    torch_pin = next(d for d in pyproject["project"]["optional-dependencies"]["export"] if d.startswith("torch"))
     assert f'"{torch_pin}"' in dockerfile
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
     assert re.search(r"^HEALTHCHECK .*\n?.*/health", dockerfile, re.MULTILINE)
@@ -166,3 +166,39 @@ def test_dockerfile_passes_hadolint() -> None:
         [hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def dockerfile_stages() -> dict[str, str]:
+    """The Dockerfile's stages by name (the last, unnamed one as "runtime")."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    parts = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    stages: dict[str, str] = {}
+    for part in parts:
+        header = part.splitlines()[0].split()
+        stages[header[2] if len(header) > 2 and header[1].lower() == "as" else "runtime"] = part
+    return stages
+
+
+def test_dockerfile_exports_the_graph_in_a_stage_and_the_runtime_carries_no_pytorch() -> None:
+    stages = dockerfile_stages()
+    assert set(stages) == {"export", "build", "runtime"}
+    assert "torch==" in stages["export"] and "python -m chains.onnx_encoder /opt/bookrag/onnx" in stages["export"]
+    # the runtime venv comes from `build`, which installs no torch and fails if anything pulled it in
+    assert "torch==" not in stages["build"] and "[export]" not in stages["build"]
+    assert "find_spec('torch') is not None" in stages["build"]
+    assert "COPY --from=build /opt/venv /opt/venv" in stages["runtime"]
+    assert "COPY --from=export /opt/bookrag/onnx /opt/bookrag/onnx" in stages["runtime"]
+    assert "--from=export /opt/export" not in stages["runtime"]
+    assert "'torch' not in sys.modules" in stages["runtime"]
+
+
+def test_every_pip_install_of_the_project_in_the_dockerfile_uses_the_constraints() -> None:
+    stages = dockerfile_stages()
+    installs = [
+        line
+        for stage in ("export", "build")
+        for line in re.findall(r"pip install [^\n&]*", stages[stage])
+        if "torch==" not in line  # torch comes first, from the CPU index, pinned in the same way
+    ]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert all("COPY pyproject.toml constraints.txt" in stages[s] for s in ("export", "build"))

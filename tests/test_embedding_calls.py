@@ -1,7 +1,7 @@
 """One query embedding per request, none for a repeated question, and nothing rebuilt per request.
 
 The embeddings are the real local model behind a counting wrapper: it counts calls at the `Embeddings`
-interface and the encodes that reach a model, PyTorch or the ONNX query encoder (a cache hit reaches neither).
+interface and the encodes that reach a model, PyTorch or the ONNX encoder (a cache hit reaches neither).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Calls:
 
 
 class CountingModel:
-    """A loaded encoder (the sentence-transformers model or the ONNX query encoder), counting `encode` calls and
+    """A loaded encoder (the sentence-transformers model or the ONNX encoder), counting `encode` calls and
     the texts they carry into a shared tally."""
 
     def __init__(self, model: Any, tally: Calls) -> None:
@@ -55,9 +55,10 @@ class CountingEmbeddings(LocalEmbeddings):
         self.__dict__.update(real.__dict__)
         self._query_cache = OrderedDict()
         self.model_calls = Calls()
-        self._model = CountingModel(real._model, self.model_calls)  # type: ignore[assignment]
-        if real._query_encoder is not None:
-            self._query_encoder = CountingModel(real._query_encoder, self.model_calls)  # type: ignore[assignment]
+        if real._model is not None:
+            self._model = CountingModel(real._model, self.model_calls)  # type: ignore[assignment]
+        if real._onnx is not None:
+            self._onnx = CountingModel(real._onnx, self.model_calls)  # type: ignore[assignment]
         self.calls: Counter[str] = Counter()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -1,20 +1,29 @@
-"""Query embeddings through ONNX Runtime (chains/onnx_encoder.py): the same vectors as PyTorch, exported once,
-and PyTorch kept when the export cannot be used."""
+"""Documents and questions through ONNX Runtime (chains/onnx_encoder.py): the same vectors and token counts as
+PyTorch's sentence-transformers on real chunks, length-bucketed batches in the callers' order, the graph exported
+once, no PyTorch imported when the graph exists, and PyTorch kept when a graph cannot be used."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from chains.embeddings import LocalEmbeddings, build_embeddings, packaged_model_path
-from chains.onnx_encoder import OnnxQueryEncoder, load_query_encoder, model_fingerprint, supports_onnx
+from chains.errors import ConfigurationError
+from chains.onnx_encoder import OnnxEncoder, graph_path, length_buckets, model_fingerprint, read_layout
 from chains.settings import Settings
+from ingest.indexer import Indexer, discover_files, source_key
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "How much water does a young tree need?",
     "mulch",
@@ -23,31 +32,91 @@ TEXTS = [
 ]
 
 
-def torch_vectors(embeddings: LocalEmbeddings, texts: list[str]) -> np.ndarray:
-    return np.asarray(embeddings._encode(texts), dtype=np.float32)
+@pytest.fixture(scope="module")
+def sentence_transformer() -> Any:
+    """PyTorch's reference: the packaged model run by sentence-transformers, as the plain LangChain recipe does."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(packaged_model_path("all-MiniLM-L6-v2")), device="cpu", local_files_only=True)
 
 
-def test_the_service_embeds_questions_through_onnx_by_default(embeddings: LocalEmbeddings) -> None:
-    assert embeddings.query_runtime == "onnx"
+@pytest.fixture(scope="module")
+def real_chunks(embeddings: LocalEmbeddings) -> list[str]:
+    """The texts ingest embeds for the sample book (headings, prose, lists, code), as the indexer splits them."""
+    from qdrant_client import QdrantClient
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    book = ROOT / "sample_book"
+    indexer = Indexer(QdrantClient(":memory:"), embeddings, settings)
+    texts = [c.embed_text for f in discover_files([book]) for c in indexer.chunks_for(f, source_key(f, ROOT))]
+    assert len(texts) > 10
+    return texts
 
 
-def test_onnx_vectors_equal_pytorch_vectors_alone_and_in_a_padded_batch(embeddings: LocalEmbeddings) -> None:
-    encoder = embeddings._query_encoder
-    assert isinstance(encoder, OnnxQueryEncoder)
-    expected = torch_vectors(embeddings, TEXTS)
-    batched = encoder.encode(TEXTS)  # padded to the longest: the mask must keep padding out of the mean
-    alone = np.stack([encoder.encode([text])[0] for text in TEXTS])
+def reference(model: Any, texts: list[str]) -> np.ndarray:
+    return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float32)
+
+
+def test_the_service_embeds_documents_and_questions_through_onnx_by_default(embeddings: LocalEmbeddings) -> None:
+    assert embeddings.runtime == "onnx"
+    assert isinstance(embeddings._onnx, OnnxEncoder)
+
+
+def test_onnx_document_vectors_equal_pytorch_vectors_on_real_chunks(
+    embeddings: LocalEmbeddings, sentence_transformer: Any, real_chunks: list[str]
+) -> None:
+    got = np.asarray(embeddings.embed_documents(real_chunks), dtype=np.float32)
+    expected = reference(sentence_transformer, real_chunks)
+    cosines = (got * expected).sum(axis=1)
+    assert cosines.min() > 0.9999, cosines.min()
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_onnx_question_vectors_equal_pytorch_alone_and_in_a_padded_batch(
+    embeddings: LocalEmbeddings, sentence_transformer: Any
+) -> None:
+    encoder = embeddings._onnx
+    assert encoder is not None
+    expected = reference(sentence_transformer, TEXTS)
+    batched = encoder.encode(TEXTS, batch_size=len(TEXTS))  # padded to the longest: the mask keeps padding out
+    alone = np.stack([np.asarray(embeddings.embed_query(text)) for text in TEXTS])
     for got in (batched, alone):
         cosines = (got * expected).sum(axis=1)
         assert cosines.min() > 0.99999, cosines
-        assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_embed_query_gives_the_vector_pytorch_would(embeddings: LocalEmbeddings) -> None:
-    question = "What keeps the soil moist in summer?"
-    via_onnx = np.asarray(embeddings.embed_query(question))
-    via_torch = torch_vectors(embeddings, [question])[0]
-    assert float(via_onnx @ via_torch) > 0.99999
+def test_token_counts_equal_the_models_own_tokenizer(
+    embeddings: LocalEmbeddings, sentence_transformer: Any, real_chunks: list[str]
+) -> None:
+    # Chunk sizes (and so chunk ids) depend on these counts: the tokenizers package must count as transformers does,
+    # without the 128-token truncation that the model's tokenizer.json carries.
+    long_text = TEXTS[2] * 3
+    for text in [*real_chunks, long_text]:
+        assert embeddings.count_tokens(text) == len(
+            sentence_transformer.tokenizer.encode(text, add_special_tokens=False)
+        )
+    assert embeddings.count_tokens(long_text) > 256
+
+
+def test_length_buckets_sort_by_length_and_cover_every_index_once() -> None:
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    buckets = length_buckets(lengths, 3)
+    flat = [i for bucket in buckets for i in bucket]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    assert [len(b) for b in buckets] == [3, 3, 1]
+
+
+def test_bucketed_batches_come_back_in_the_callers_order(embeddings: LocalEmbeddings, real_chunks: list[str]) -> None:
+    encoder = embeddings._onnx
+    assert encoder is not None
+    rng = np.random.default_rng(7)
+    texts = [real_chunks[i] for i in rng.permutation(len(real_chunks))[:24]] + TEXTS
+    lengths = [encoder.count_tokens(t) for t in texts]
+    assert lengths != sorted(lengths)  # so that sorting for the batches does reorder them
+    batched = encoder.encode(texts, batch_size=4, documents=True)
+    one_by_one = np.stack([encoder.encode([t])[0] for t in texts])
+    assert (batched * one_by_one).sum(axis=1).min() > 0.99999
 
 
 def test_the_export_is_made_once_and_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -57,6 +126,7 @@ def test_the_export_is_made_once_and_reused(tmp_path: Path, caplog: pytest.LogCa
         first = build_embeddings(settings)
         exported = list(tmp_path.glob("*.onnx"))
         assert [p.name for p in exported] == [f"{model_dir.name}-{model_fingerprint(model_dir)}.onnx"]
+        assert exported[0].stat().st_mode & 0o444 == 0o444  # readable by the user the service runs as
         written = exported[0].stat().st_mtime_ns
         second = build_embeddings(settings)
     assert exported[0].stat().st_mtime_ns == written
@@ -65,28 +135,60 @@ def test_the_export_is_made_once_and_reused(tmp_path: Path, caplog: pytest.LogCa
     assert first.embed_query("mulch") == second.embed_query("mulch")
 
 
-def test_an_unusable_export_keeps_pytorch_with_a_warning(
-    embeddings: LocalEmbeddings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_with_the_graph_exported_embedding_imports_no_pytorch(embeddings: LocalEmbeddings, tmp_path: Path) -> None:
+    # The Docker runtime image has no PyTorch: a fresh process must embed, count tokens and ingest-embed without it.
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert graph_path(packaged_model_path(settings.embedding_model), settings.embedding_onnx_dir).exists()
+    script = (
+        "import sys, json\n"
+        "from chains.settings import Settings\n"
+        "from chains.embeddings import build_embeddings\n"
+        "m = build_embeddings(Settings(_env_file=None))\n"
+        "m.embed_documents(['a chunk', 'another chunk of text']); m.embed_query('a question'); m.count_tokens('x')\n"
+        "heavy = sorted(n for n in ('torch', 'sentence_transformers', 'transformers') if n in sys.modules)\n"
+        "print(json.dumps({'runtime': m.runtime, 'heavy': heavy}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"runtime": "onnx", "heavy": []}
+
+
+def test_a_missing_graph_without_pytorch_is_a_clear_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed: `import torch` fails
+    settings = Settings(_env_file=None, embedding_onnx_dir=tmp_path / "empty")  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match=r"exporting it needs PyTorch.*bookrag\[export\]"):
+        build_embeddings(settings)
+
+
+def test_an_unusable_graph_keeps_pytorch_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model_dir = packaged_model_path("all-MiniLM-L6-v2")
-    broken = tmp_path / f"{model_dir.name}-{model_fingerprint(model_dir)}.onnx"
-    broken.write_bytes(b"not an onnx graph")
-    with caplog.at_level(logging.WARNING, logger="chains.onnx_encoder"):
-        assert load_query_encoder(embeddings._model, model_dir, tmp_path) is None
+    graph_path(model_dir, tmp_path).write_bytes(b"not an onnx graph")
+    settings = Settings(_env_file=None, embedding_onnx_dir=tmp_path)  # type: ignore[call-arg]
+    with caplog.at_level(logging.WARNING, logger="chains.embeddings"):
+        model = build_embeddings(settings)
+    assert isinstance(model, LocalEmbeddings) and model.runtime == "torch"
     assert any("stay on PyTorch" in r.getMessage() for r in caplog.records)
+    assert len(model.embed_query("mulch")) == 384
 
 
-def test_torch_runtime_setting_keeps_questions_on_pytorch() -> None:
-    settings = Settings(_env_file=None, embedding_query_runtime="torch")  # type: ignore[call-arg]
-    model = build_embeddings(settings)
-    assert isinstance(model, LocalEmbeddings) and model.query_runtime == "torch"
+def test_torch_runtime_setting_and_its_older_name_keep_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_embeddings(Settings(_env_file=None, embedding_runtime="torch"))  # type: ignore[call-arg]
+    assert isinstance(model, LocalEmbeddings) and model.runtime == "torch"
+    monkeypatch.setenv("EMBEDDING_QUERY_RUNTIME", "torch")
+    assert Settings(_env_file=None).embedding_runtime == "torch"  # type: ignore[call-arg]
 
 
-def test_only_mean_pooled_models_are_exported(embeddings: LocalEmbeddings) -> None:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling
-
-    assert supports_onnx(embeddings._model)
-    transformer = embeddings._model[0]
-    cls_pooled = SentenceTransformer(modules=[transformer, Pooling(384, pooling_mode="cls")], device="cpu")
-    assert not supports_onnx(cls_pooled)
+def test_only_mean_pooled_models_are_run_by_onnx(tmp_path: Path) -> None:
+    model_dir = packaged_model_path("all-MiniLM-L6-v2")
+    layout = read_layout(model_dir)
+    assert layout is not None and layout.max_seq_length == 256
+    cls_pooled = tmp_path / "cls-pooled"
+    shutil.copytree(model_dir, cls_pooled)
+    pooling = cls_pooled / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    config.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    pooling.write_text(json.dumps(config))
+    assert read_layout(cls_pooled) is None
