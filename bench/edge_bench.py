@@ -738,7 +738,7 @@ def hammer(
     }
 
 
-def run_concurrency(size: int, readers: int, embeddings: Callable[[], Any]) -> dict[str, Any]:
+def run_concurrency(size: int, readers: int, embeddings: Callable[[], Any], today: bool = True) -> dict[str, Any]:
     base = book_points(SCALE_BOOK, DATASETS[SCALE_BOOK][0], embeddings)
     questions, vectors = scale_questions(embeddings, 60)
     everything = scaled_points(base, size + 2000)
@@ -762,6 +762,8 @@ def run_concurrency(size: int, readers: int, embeddings: Callable[[], Any]) -> d
             )
         finally:
             shard.close()
+        if not today:
+            return report
         client = QdrantClient(path=str(Path(folder) / "local"))
         try:
             write_local(client, initial)
@@ -862,6 +864,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--concurrency-size", type=int, default=5000)
     parser.add_argument("--readers", type=int, default=3)
+    parser.add_argument(
+        "--edge-only-concurrency",
+        action="store_true",
+        help="concurrency on edge only: today's path re-reads its in-memory index after every write (minutes)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / f"edge-{time.strftime('%Y-%m-%d')}.json")
     args = parser.parse_args(argv)
     unknown = set(args.parts) - set(PARTS)
@@ -891,7 +898,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "startup" in args.parts:
         report["startup"] = run_startup(args.sizes, args.local_sizes, embeddings)
     if "concurrency" in args.parts:
-        report["concurrency"] = run_concurrency(args.concurrency_size, args.readers, embeddings)
+        report["concurrency"] = run_concurrency(
+            args.concurrency_size, args.readers, embeddings, today=not args.edge_only_concurrency
+        )
     report["load_average_end"] = common.load_average()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
