@@ -86,6 +86,7 @@ class EdgeClient:
         self._layouts: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()  # guards the maps and the timers, never a search or a write
         self._timers: dict[str, threading.Timer] = {}
+        self._optimizing = threading.Lock()  # close() waits for a running optimization rather than cut it off
         root.mkdir(parents=True, exist_ok=True)
 
     # -- collections ---------------------------------------------------------------------------------------
@@ -159,7 +160,8 @@ class EdgeClient:
         if timer is not None:
             timer.cancel()
         if shard is not None:
-            shard.close()
+            with self._optimizing:
+                shard.close()
         if not self._path(collection_name).exists():
             return False
         shutil.rmtree(self._path(collection_name))
@@ -218,7 +220,8 @@ class EdgeClient:
         if shard is None:
             return
         try:
-            shard.optimize()
+            with self._optimizing:
+                shard.optimize()
         except Exception as exc:  # the data is safe in the unoptimized segments; searches only run slower
             logger.warning("optimizing the embedded collection %s failed: %s", name, exc)
 
@@ -345,9 +348,10 @@ class EdgeClient:
             shards, self._shards = list(self._shards.values()), {}
         for timer in timers:
             timer.cancel()
-        for shard in shards:
-            shard.flush()
-            shard.close()
+        with self._optimizing:
+            for shard in shards:
+                shard.flush()
+                shard.close()
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(
