@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make run   creates .venv, installs, ingests the sample book, serves http://127.0.0.1:8000
+#   make run   creates .venv, installs, ingests the sample book, serves its pages with the widget at http://127.0.0.1:8000
 #   make test  creates .venv, installs with the dev tools, runs ruff, mypy and the tests
 #   make bench runs the benchmark harness (bench/, figures for docs/benchmarks.md): about 10 minutes
 PYTHON ?= python3.11
@@ -43,8 +43,10 @@ js-deps: $(JS_DEPS)
 ingest: install
 	$(BIN)/rag-ingest $(BOOK) --prune
 
+# The book's own pages at /book/ with the widget on them, sources linking there (override either variable).
 serve: install
-	$(BIN)/rag-api --host $(HOST) --port $(PORT)
+	BOOK_SITE_DIR=$${BOOK_SITE_DIR-$(BOOK)} BOOK_BASE_URL=$${BOOK_BASE_URL-http://$(HOST):$(PORT)/book/} \
+		$(BIN)/rag-api --host $(HOST) --port $(PORT)
 
 run: ingest serve
 

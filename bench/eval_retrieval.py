@@ -1,22 +1,29 @@
-"""Retrieval quality and latency: bookrag's retriever in several configurations next to the plain LangChain
-baseline, on the same books and questions, in one run.
+"""Retrieval quality, refusals and latency: bookrag's retriever in several configurations next to the plain
+LangChain baseline, on the same books and questions, in one run.
 
-    .venv/bin/python -m bench.eval_retrieval                 # both development sets, every configuration
+    .venv/bin/python -m bench.eval_retrieval                 # the two development sets, every configuration
+    .venv/bin/python -m bench.books --mirror-root DIR        # once: export swift_book and walden (see its help)
+    .venv/bin/python -m bench.eval_retrieval --books all --prototypes --json bench/results/x.json
     .venv/bin/python -m bench.eval_retrieval --scale 5000    # also: latency on a ~5,000-chunk collection
 
-Each book is ingested once by the project's indexer (heading-aware chunks, dense + sparse vectors) into a fresh
-embedded Qdrant in a temporary folder; the configurations differ only at query time. The baseline is what a
-LangChain tutorial does: the files read as text, `RecursiveCharacterTextSplitter` (1000 characters, 200
-overlap), `QdrantVectorStore.from_documents`, dense `similarity_search` top-k.
+Each book is ingested once by the project's indexer (heading-aware chunks, dense + sparse vectors) into an
+embedded Qdrant kept under `.bench-cache/eval-retrieval/<book>-<key>/` (the key covers the book's files, the split
+version and the chunk settings, so a later run reuses it and embeds nothing); the configurations differ only at
+query time. The baseline is what a LangChain tutorial does: the files read as text,
+`RecursiveCharacterTextSplitter` (1000 characters, 200 overlap), `QdrantVectorStore`, dense `similarity_search`.
 
 A retrieved passage is a hit when it comes from the question's gold file and contains its `answer_contains`
-text (case and whitespace ignored): the same rule for every configuration, baseline included. Reported per
-configuration: hit@1/3/5, MRR@5 and per-query latency p50/p95 (query embedding + Qdrant query + post-processing;
-the query-embedding cache is off so every query pays for its embedding).
+text (case and whitespace ignored): the same rule for every configuration, baseline included. Reported per book
+and configuration: hit@1/3/5, MRR@5, per-query latency p50 (query embedding + search + post-processing; the
+query-embedding cache is off so every query pays for its embedding), and refusal rates on three sets: the
+answerable questions (should be ~0), the book's in-domain unanswerable ones (`<book>_unanswerable.jsonl`,
+should be high) and the out-of-domain ones (`bench/questions/out_of_book.jsonl`). A question is refused as
+`chains/answer.py` refuses it: no passage's dense cosine reaches `RETRIEVAL_SCORE_THRESHOLD` (or, for a
+prototype, its own signal says so). The threshold table shows the best cosine per set and the rates at other
+thresholds for the default configuration. Every run also checks the sets against the stored chunks (stderr).
 
-Threshold: the out-of-book questions (`bench/questions/out_of_book.jsonl`) go through the default configuration
-too; the report shows the best passage's dense cosine for in-book and out-of-book questions and, for candidate
-thresholds, how many in-book questions would still be answered and how many out-of-book ones refused.
+`--prototypes` adds the bench-only configurations of `bench/prototypes.py` (issue 19); product defaults are
+untouched.
 
 Scale (`--scale N`): N chunks of real text (the d2l book from ../shared/corpus, split at 1000 characters) with
 random unit dense vectors (embedding 5,000 chunks on this machine takes minutes and does not change how long a
@@ -26,9 +33,13 @@ query takes) and real sparse vectors; real query embeddings. Reports p50/p95 per
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
 import platform
 import random
+import re
 import sys
 import tempfile
 import time
@@ -43,6 +54,8 @@ from langchain_qdrant import QdrantVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 from qdrant_client import QdrantClient, models
 
+from bench.books import book_dir
+from bench.common import CACHE_DIR
 from chains.embeddings import LocalEmbeddings, packaged_model_path
 from chains.local_index import LocalIndex, limit_blas_threads
 from chains.rerank import CrossEncoderReranker
@@ -50,16 +63,23 @@ from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.sparse import encode_document
 from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR, build_vector_store, ensure_collection, point_id
-from ingest.indexer import DEFAULT_EXCLUDES, Indexer, discover_files
+from ingest.indexer import DEFAULT_EXCLUDES, SPLIT_VERSION, Indexer, discover_files
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS = Path(os.environ.get("BENCH_CORPUS", REPO.parent / "shared" / "corpus"))  # ../shared beside the repository
 QUESTIONS = REPO / "bench" / "questions"
-DEFAULT_DATASETS = {
+# name: (book folder, answerable questions); a book's in-domain unanswerable questions are `<name>_unanswerable.jsonl`.
+# swift_book and walden are exported by `python -m bench.books` (bench/questions/SOURCES.md).
+DATASETS = {
     "sample_book": (REPO / "sample_book", QUESTIONS / "sample_book.jsonl"),
     "humanoid_book": (CORPUS / "humanoid-book", QUESTIONS / "humanoid_book.jsonl"),
+    "swift_book": (book_dir("swift_book"), QUESTIONS / "swift_book.jsonl"),
+    "walden": (book_dir("walden"), QUESTIONS / "walden.jsonl"),
+    "d2l": (CORPUS / "d2l", QUESTIONS / "d2l.jsonl"),  # 4,900 chunks: the first run embeds them for many minutes
 }
+DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_book")}
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
+STORES = CACHE_DIR / "eval-retrieval"
 K = 5
 DEFAULT_CONFIG = "hybrid DBSF"
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
@@ -79,27 +99,48 @@ class Question:
     question: str
     source: str
     answer_contains: str
+    absent: tuple[str, ...] = ()  # unanswerable questions: the terms the book never uses
 
 
 @dataclass(slots=True)
 class Outcome:
-    """One configuration over one question set."""
+    """One configuration over one book's question sets."""
 
     name: str
     ranks: list[int | None] = field(default_factory=list)  # 1-based rank of the first hit, None if none in top k
     latencies_ms: list[float] = field(default_factory=list)
-    top_scores: list[float] = field(default_factory=list)  # dense cosine of the best passage
+    top_scores: list[float] = field(default_factory=list)  # the best dense cosine among the k passages
     hit_scores: list[float | None] = field(default_factory=list)  # dense cosine of the first hit, if any
+    unanswerable_scores: list[float] = field(default_factory=list)  # best cosine, in-domain unanswerable questions
+    out_of_domain_scores: list[float] = field(default_factory=list)  # best cosine, out-of-book questions
+    # Refusals decided by another signal than the threshold (a prototype's), per question of each set; empty: none.
+    refused_answerable: list[bool] = field(default_factory=list)
+    refused_unanswerable: list[bool] = field(default_factory=list)
+    refused_out_of_domain: list[bool] = field(default_factory=list)
 
     def hit_at(self, n: int) -> float:
-        return sum(1 for r in self.ranks if r is not None and r <= n) / len(self.ranks)
+        return sum(1 for r in self.ranks if r is not None and r <= n) / max(1, len(self.ranks))
 
     @property
     def mrr(self) -> float:
-        return sum(1 / r for r in self.ranks if r is not None) / len(self.ranks)
+        return sum(1 / r for r in self.ranks if r is not None) / max(1, len(self.ranks))
 
     def latency(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
+
+    def refusal_rates(self, threshold: float) -> tuple[float, float, float]:
+        """Share refused of the answerable, in-domain unanswerable and out-of-domain questions: no passage at or
+        above the threshold (what `chains/answer.py` does), or another signal said so."""
+
+        def rate(scores: Sequence[float], other: Sequence[bool]) -> float:
+            flags = [s < threshold or (bool(other) and other[i]) for i, s in enumerate(scores)]
+            return sum(flags) / len(flags) if flags else float("nan")
+
+        return (
+            rate(self.top_scores, self.refused_answerable),
+            rate(self.unanswerable_scores, self.refused_unanswerable),
+            rate(self.out_of_domain_scores, self.refused_out_of_domain),
+        )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -118,14 +159,26 @@ def normalise(text: str) -> str:
 
 def load_questions(path: Path, limit: int | None = None) -> list[Question]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    questions = [Question(r["question"], r.get("source", ""), r.get("answer_contains", "")) for r in rows]
+    questions = [
+        Question(r["question"], r.get("source", ""), r.get("answer_contains", ""), tuple(r.get("absent", ())))
+        for r in rows
+    ]
     return questions[:limit] if limit else questions
+
+
+def unanswerable_path(questions_path: Path) -> Path:
+    return questions_path.with_name(questions_path.stem + "_unanswerable.jsonl")
 
 
 def is_hit(document: Document, question: Question) -> bool:
     return document.metadata.get("source") == question.source and normalise(question.answer_contains) in normalise(
         document.page_content
     )
+
+
+def best_score(documents: Sequence[Document]) -> float:
+    """The best dense cosine among the passages (in hybrid mode the first passage need not have it)."""
+    return max((float(d.metadata.get("score", 0.0)) for d in documents), default=0.0)
 
 
 def evaluate(name: str, search: Callable[[str], list[Document]], questions: Sequence[Question]) -> Outcome:
@@ -138,7 +191,7 @@ def evaluate(name: str, search: Callable[[str], list[Document]], questions: Sequ
         rank = next((i for i, d in enumerate(documents, start=1) if is_hit(d, question)), None)
         outcome.ranks.append(rank)
         outcome.hit_scores.append(None if rank is None else float(documents[rank - 1].metadata.get("score", 0.0)))
-        outcome.top_scores.append(float(documents[0].metadata.get("score", 0.0)) if documents else 0.0)
+        outcome.top_scores.append(best_score(documents))
     return outcome
 
 
@@ -146,8 +199,28 @@ def book_files(book: Path) -> list[Path]:
     return list(discover_files([book], (), DEFAULT_EXCLUDES))
 
 
+def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
+    """The cached embedded store for a book: a new folder when a file, the split or the chunk settings change."""
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                str(book.resolve()),
+                SPLIT_VERSION,
+                settings.chunk_size,
+                settings.chunk_overlap,
+                settings.chunk_size_unit,
+                [(p.relative_to(book).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in book_files(book)],
+            ]
+        ).encode()
+    ).hexdigest()[:12]
+    return stores / f"{name}-{key}"
+
+
 def ingest_project(client: QdrantClient, embeddings: Embeddings, book: Path, collection: str) -> Settings:
     settings = Settings(_env_file=None, qdrant_path=Path("unused"), qdrant_collection=collection)  # type: ignore[call-arg]
+    if client.collection_exists(collection) and client.count(collection, exact=True).count:
+        return settings  # a cached store: its key covers the book's files and the split
     ensure_collection(client, settings, len(embeddings.embed_query("dimension")))
     report = Indexer(client, embeddings, settings, getattr(embeddings, "count_tokens", None)).ingest(
         book_files(book), book
@@ -158,6 +231,8 @@ def ingest_project(client: QdrantClient, embeddings: Embeddings, book: Path, col
 
 
 def ingest_baseline(client: QdrantClient, embeddings: Embeddings, book: Path, collection: str) -> QdrantVectorStore:
+    if client.collection_exists(collection) and client.count(collection, exact=True).count:
+        return QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings)
     splitter = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)
     documents = [
         Document(page_content=path.read_text(encoding="utf-8"), metadata={"source": path.relative_to(book).as_posix()})
@@ -171,6 +246,16 @@ def ingest_baseline(client: QdrantClient, embeddings: Embeddings, book: Path, co
     store = QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings)
     store.add_documents(chunks)
     return store
+
+
+def baseline_search(store: QdrantVectorStore) -> Callable[[str], list[Document]]:
+    """Dense `similarity_search` top-k, with each passage's cosine in `metadata.score` as bookrag's have it."""
+
+    def search(query: str) -> list[Document]:
+        found = store.similarity_search_with_score(query, k=K)
+        return [Document(d.page_content, metadata={**d.metadata, "score": score}) for d, score in found]
+
+    return search
 
 
 def configurations(
@@ -206,6 +291,47 @@ class BookReport:
     outcomes: list[Outcome]
     out_of_book_scores: list[float]
     in_book: Outcome | None = None
+    missing_answers: list[str] = field(default_factory=list)  # questions whose answer text no chunk of the source has
+    present_terms: list[str] = field(default_factory=list)  # unanswerable questions' "absent" terms the book has
+
+
+def check_sets(
+    client: QdrantClient, collection: str, questions: Sequence[Question], unanswerable: Sequence[Question]
+) -> tuple[list[str], list[str]]:
+    """The question sets against the stored chunks: every answer text in some chunk of its source file, and no
+    unanswerable question's `absent` term anywhere in the book."""
+    texts: dict[str, list[str]] = {}
+    offset = None
+    while True:
+        records, offset = client.scroll(collection, limit=1000, offset=offset, with_payload=True)
+        for record in records:
+            payload = record.payload or {}
+            source = str((payload.get("metadata") or {}).get("source", ""))
+            texts.setdefault(source, []).append(normalise(str(payload.get("page_content", ""))))
+        if offset is None:
+            break
+    missing = [
+        q.question
+        for q in questions
+        if not any(normalise(q.answer_contains) in text for text in texts.get(q.source, []))
+    ]
+    everything = " ".join(text for chunks in texts.values() for text in chunks)
+    present = [
+        f"{term!r} ({q.question})"
+        for q in unanswerable
+        for term in q.absent
+        if re.search(rf"\b{re.escape(term.lower())}", everything)
+    ]
+    return missing, present
+
+
+Search = Callable[[str], list[Document]]
+Refuse = Callable[[str], bool]
+# A prototype (bench/refusal_terms.py...): given the book's store and the configurations, more configurations,
+# each a search and optionally its own refusal signal (refuse the question whatever the passages' cosine).
+Prototype = Callable[
+    [QdrantClient, Settings, Embeddings, dict[str, BookRetriever]], dict[str, tuple[Search, Refuse | None]]
+]
 
 
 def run_book(
@@ -216,40 +342,84 @@ def run_book(
     embeddings: Embeddings,
     default_mode: str,
     rerank_model: Path | None = None,
+    unanswerable: Sequence[Question] = (),
+    prototypes: Sequence[Prototype] = (),
+    stores: Path | None = STORES,
 ) -> BookReport:
-    with tempfile.TemporaryDirectory(prefix="eval-retrieval-") as folder:
-        client = QdrantClient(path=folder)
-        try:
-            settings = ingest_project(client, embeddings, book, "eval_bookrag")
-            baseline = ingest_baseline(client, embeddings, book, "eval_baseline")
-            outcomes = [evaluate("LangChain baseline", lambda q: baseline.similarity_search(q, k=K), questions)]
-            configs = configurations(client, embeddings, settings, rerank_model)
-            for config, retriever in configs.items():
-                outcomes.append(evaluate(config, lambda q, r=retriever: r.invoke(q), questions))  # type: ignore[misc]
-            default = configs[default_mode]
-            out_scores = [
-                float(docs[0].metadata["score"]) if (docs := default.invoke(q.question)) else 0.0 for q in out_of_book
-            ]
-            chunks = client.count("eval_bookrag", exact=True).count
-            baseline_chunks = client.count("eval_baseline", exact=True).count
-        finally:
-            client.close()
+    """Ingest (or reuse the store cached under `stores`; None: a temporary one), then every configuration over
+    the book's three question sets."""
+    with contextlib.ExitStack() as stack:
+        if stores is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eval-retrieval-")))
+        else:
+            folder = store_folder(name, book, stores)
+            folder.mkdir(parents=True, exist_ok=True)
+        return _run_book(
+            name, book, questions, out_of_book, embeddings, default_mode, rerank_model, unanswerable, prototypes, folder
+        )
+    raise AssertionError("unreachable")
+
+
+def _run_book(
+    name: str,
+    book: Path,
+    questions: Sequence[Question],
+    out_of_book: Sequence[Question],
+    embeddings: Embeddings,
+    default_mode: str,
+    rerank_model: Path | None,
+    unanswerable: Sequence[Question],
+    prototypes: Sequence[Prototype],
+    folder: Path,
+) -> BookReport:
+    client = QdrantClient(path=str(folder))
+    try:
+        settings = ingest_project(client, embeddings, book, "eval_bookrag")
+        baseline = ingest_baseline(client, embeddings, book, "eval_baseline")
+        missing, present = check_sets(client, "eval_bookrag", questions, unanswerable)
+        configs = configurations(client, embeddings, settings, rerank_model)
+        searches: dict[str, tuple[Search, Refuse | None]] = {"LangChain baseline": (baseline_search(baseline), None)}
+        searches.update({config: (retriever.invoke, None) for config, retriever in configs.items()})
+        for make in prototypes:
+            searches.update(make(client, settings, embeddings, configs))
+        outcomes = []
+        for config, (search, refuse) in searches.items():
+            outcome = evaluate(config, search, questions)
+            outcome.unanswerable_scores = [best_score(search(q.question)) for q in unanswerable]
+            outcome.out_of_domain_scores = [best_score(search(q.question)) for q in out_of_book]
+            if refuse is not None:
+                outcome.refused_answerable = [refuse(q.question) for q in questions]
+                outcome.refused_unanswerable = [refuse(q.question) for q in unanswerable]
+                outcome.refused_out_of_domain = [refuse(q.question) for q in out_of_book]
+            outcomes.append(outcome)
+        chunks = client.count("eval_bookrag", exact=True).count
+        baseline_chunks = client.count("eval_baseline", exact=True).count
+    finally:
+        client.close()
     in_book = next(o for o in outcomes if o.name == default_mode)
-    return BookReport(name, chunks, baseline_chunks, outcomes, out_scores, in_book)
+    return BookReport(name, chunks, baseline_chunks, outcomes, in_book.out_of_domain_scores, in_book, missing, present)
+
+
+def threshold() -> float:
+    return Settings(_env_file=None).retrieval_score_threshold  # type: ignore[call-arg]
 
 
 def quality_table(reports: Sequence[BookReport]) -> str:
+    cut = threshold()
     lines = [
-        "| book | configuration | chunks | hit@1 | hit@3 | hit@5 | MRR@5 | p50 ms | p95 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| book | configuration | chunks | hit@1 | hit@3 | hit@5 | MRR@5 | refused: answerable | in-domain "
+        "unanswerable | out-of-domain | p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for report in reports:
         for outcome in report.outcomes:
             chunks = report.baseline_chunks if outcome.name == "LangChain baseline" else report.chunks
+            answerable, unanswerable, out_of_domain = outcome.refusal_rates(cut)
+            sizes = f"{len(outcome.ranks)}/{len(outcome.unanswerable_scores)}/{len(outcome.out_of_domain_scores)} q"
             lines.append(
-                f"| {report.name} ({len(outcome.ranks)} q) | {outcome.name} | {chunks} | {outcome.hit_at(1):.2f} | "
-                f"{outcome.hit_at(3):.2f} | {outcome.hit_at(5):.2f} | {outcome.mrr:.3f} | "
-                f"{outcome.latency(0.5):.1f} | {outcome.latency(0.95):.1f} |"
+                f"| {report.name} ({sizes}) | {outcome.name} | {chunks} | {outcome.hit_at(1):.2f} | "
+                f"{outcome.hit_at(3):.2f} | {outcome.hit_at(5):.2f} | {outcome.mrr:.3f} | {answerable:.2f} | "
+                f"{unanswerable:.2f} | {out_of_domain:.2f} | {outcome.latency(0.5):.1f} |"
             )
     return "\n".join(lines)
 
@@ -258,7 +428,11 @@ def threshold_table(reports: Sequence[BookReport]) -> str:
     lines = ["| book | best-passage cosine | min | p10 | median | max |", "|---|---|---:|---:|---:|---:|"]
     for report in reports:
         assert report.in_book is not None
-        for label, scores in (("in-book", report.in_book.top_scores), ("out-of-book", report.out_of_book_scores)):
+        for label, scores in (
+            ("answerable", report.in_book.top_scores),
+            ("in-domain unanswerable", report.in_book.unanswerable_scores),
+            ("out-of-book", report.out_of_book_scores),
+        ):
             if scores:
                 lines.append(
                     f"| {report.name} | {label} ({len(scores)} q) | {min(scores):.3f} | {percentile(scores, 0.1):.3f} "
@@ -266,25 +440,27 @@ def threshold_table(reports: Sequence[BookReport]) -> str:
                 )
     lines += [
         "",
-        "In-book questions answered (best passage at or above the threshold), in-book questions whose answering "
-        "passage is in the top 5 and itself passes the threshold (it reaches the model), out-of-book questions "
-        "refused:",
+        "Answerable questions answered (best passage at or above the threshold), answerable questions whose "
+        "answering passage is in the top 5 and itself passes the threshold (it reaches the model), in-domain "
+        "unanswerable and out-of-book questions refused:",
         "",
-        "| threshold | " + " | ".join(f"{r.name}: answered / answer kept / refused" for r in reports) + " |",
+        "| threshold | "
+        + " | ".join(f"{r.name}: answered / kept / in-domain refused / out refused" for r in reports)
+        + " |",
         "|---:|" + "---:|" * len(reports),
     ]
-    for threshold in THRESHOLDS:
+    for cut in THRESHOLDS:
         cells = []
         for report in reports:
             assert report.in_book is not None
             asked = max(1, len(report.in_book.ranks))
-            answered = sum(1 for s in report.in_book.top_scores if s >= threshold) / asked
-            kept = sum(1 for s in report.in_book.hit_scores if s is not None and s >= threshold) / asked
-            refused = sum(1 for s in report.out_of_book_scores if s < threshold) / max(
-                1, len(report.out_of_book_scores)
-            )
-            cells.append(f"{answered:.2f} / {kept:.2f} / {refused:.2f}")
-        lines.append(f"| {threshold:.2f} | " + " | ".join(cells) + " |")
+            answered = sum(1 for s in report.in_book.top_scores if s >= cut) / asked
+            kept = sum(1 for s in report.in_book.hit_scores if s is not None and s >= cut) / asked
+            inside = report.in_book.unanswerable_scores
+            refused_in = sum(1 for s in inside if s < cut) / max(1, len(inside))
+            refused = sum(1 for s in report.out_of_book_scores if s < cut) / max(1, len(report.out_of_book_scores))
+            cells.append(f"{answered:.2f} / {kept:.2f} / {refused_in:.2f} / {refused:.2f}")
+        lines.append(f"| {cut:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -388,6 +564,8 @@ def run(
     rerank_model: Path | None = None,
     scale: int = 0,
     out_of_book_path: Path = OUT_OF_BOOK,
+    prototypes: Sequence[Prototype] = (),
+    stores: Path | None = STORES,
 ) -> tuple[list[BookReport], str]:
     """Evaluate every dataset (name: (book folder, questions file)); returns the reports and the Markdown."""
     out_of_book = load_questions(out_of_book_path, limit) if out_of_book_path.is_file() else []
@@ -395,14 +573,26 @@ def run(
     all_questions: list[Question] = []
     for name, (book, questions_path) in datasets.items():
         questions = load_questions(questions_path, limit)
+        extra = unanswerable_path(questions_path)
+        unanswerable = load_questions(extra, limit) if extra.is_file() else []
         all_questions.extend(questions)
-        reports.append(run_book(name, book, questions, out_of_book, embeddings, default_mode, rerank_model))
+        report = run_book(
+            name, book, questions, out_of_book, embeddings, default_mode, rerank_model, unanswerable, prototypes, stores
+        )
+        reports.append(report)
+        for problem in report.missing_answers:
+            print(f"{name}: no chunk of the gold file holds the answer text: {problem}", file=sys.stderr)
+        for problem in report.present_terms:
+            print(f"{name}: an unanswerable question's term is in the book: {problem}", file=sys.stderr)
     parts = [
-        "## Retrieval quality (k = 5)",
+        f"## Retrieval quality and refusals (k = 5, threshold {threshold():.2f})",
+        "",
+        "Sizes: answerable / in-domain unanswerable / out-of-domain questions. Refused: no passage's dense cosine "
+        "reaches the threshold (or a prototype's own signal refused).",
         "",
         quality_table(reports),
         "",
-        f"## Best-passage dense cosine, {default_mode} (in-book vs out-of-book questions)",
+        f"## Best-passage dense cosine, {default_mode}",
         "",
         threshold_table(reports),
     ]
@@ -411,13 +601,59 @@ def run(
     return reports, "\n".join(parts)
 
 
+def results_json(reports: Sequence[BookReport]) -> list[dict[str, Any]]:
+    cut = threshold()
+    books = []
+    for r in reports:
+        configurations = {}
+        for o in r.outcomes:
+            answerable, unanswerable, out_of_domain = o.refusal_rates(cut)
+            configurations[o.name] = {
+                "hit@1": o.hit_at(1),
+                "hit@5": o.hit_at(5),
+                "mrr@5": o.mrr,
+                "refused_answerable": answerable,
+                "refused_in_domain_unanswerable": unanswerable,
+                "refused_out_of_domain": out_of_domain,
+                "p50_ms": o.latency(0.5),
+                "ranks": o.ranks,
+                "latencies_ms": o.latencies_ms,
+                "top_scores": o.top_scores,
+                "hit_scores": o.hit_scores,
+                "unanswerable_scores": o.unanswerable_scores,
+                "out_of_domain_scores": o.out_of_domain_scores,
+                "refused_by_signal": {
+                    "answerable": o.refused_answerable,
+                    "unanswerable": o.refused_unanswerable,
+                    "out_of_domain": o.refused_out_of_domain,
+                },
+            }
+        books.append(
+            {
+                "book": r.name,
+                "chunks": r.chunks,
+                "baseline_chunks": r.baseline_chunks,
+                "threshold": cut,
+                "configurations": configurations,
+                "out_of_book_scores": r.out_of_book_scores,
+            }
+        )
+    return books
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--book", type=Path, help="a book folder (with --questions); default: both development sets")
     parser.add_argument("--questions", type=Path, help="a JSONL question set for --book")
+    parser.add_argument(
+        "--books", default=None, help=f"comma-separated, of {', '.join(DATASETS)}, or 'all' (default: the first two)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N questions of each set")
     parser.add_argument("--default", default=DEFAULT_CONFIG, help="the configuration the threshold table uses")
     parser.add_argument("--rerank-model", type=Path, default=None, help="a local cross-encoder directory to add")
+    parser.add_argument(
+        "--prototypes", action="store_true", help="also the bench-only prototypes (bench/prototypes.py)"
+    )
     parser.add_argument("--scale", type=int, default=0, help="also measure latency on a collection of N chunks")
     parser.add_argument("--scale-only", action="store_true", help="with --scale: skip the quality runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this file")
@@ -426,8 +662,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.questions is None:
             parser.error("--book needs --questions")
         datasets = {args.book.name: (args.book, args.questions)}
+    elif args.books:
+        names = list(DATASETS) if args.books == "all" else [n.strip() for n in args.books.split(",")]
+        unknown = [n for n in names if n not in DATASETS]
+        if unknown:
+            parser.error(f"unknown book(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
+        missing = [n for n in names if not DATASETS[n][0].is_dir()]
+        if missing:
+            parser.error(f"no folder for {', '.join(missing)}: export it first (python -m bench.books --help)")
+        datasets = {n: DATASETS[n] for n in names}
     else:
         datasets = DEFAULT_DATASETS
+    prototypes: list[Prototype] = []
+    if args.prototypes:
+        from bench.prototypes import PROTOTYPES
+
+        prototypes = list(PROTOTYPES)
     limit_blas_threads()  # as `rag-api` does at start-up
     # The product's query path (ONNX Runtime when it can be exported), no query cache: every question embedded.
     onnx_dir = Settings(_env_file=None).embedding_onnx_dir  # type: ignore[call-arg]
@@ -437,7 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = [q for _, path in datasets.values() for q in load_questions(path, args.limit)]
         print(run_scale(args.scale, embeddings, questions, embeddings.dimension))
         return 0
-    reports, markdown = run(datasets, embeddings, args.limit, args.default, args.rerank_model, args.scale)
+    reports, markdown = run(
+        datasets, embeddings, args.limit, args.default, args.rerank_model, args.scale, prototypes=prototypes
+    )
     print(markdown)
     print(
         f"\n{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
@@ -445,28 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "book": r.name,
-                        "configurations": {
-                            o.name: {
-                                "ranks": o.ranks,
-                                "latencies_ms": o.latencies_ms,
-                                "top_scores": o.top_scores,
-                                "hit_scores": o.hit_scores,
-                            }
-                            for o in r.outcomes
-                        },
-                        "out_of_book_scores": r.out_of_book_scores,
-                    }
-                    for r in reports
-                ],
-                indent=1,
-            ),
-            encoding="utf-8",
-        )
+        args.json.write_text(json.dumps(results_json(reports), indent=1), encoding="utf-8")
     return 0
 
 

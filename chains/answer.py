@@ -34,6 +34,7 @@ from chains.model_stream import stream_model_text
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
+from chains.site_urls import section_url
 
 AnswerMode = Literal["generated", "extractive", "not_in_book"]
 
@@ -74,7 +75,10 @@ class AnswerRequest:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A passage shown to the model and to the reader, numbered as the answer cites it."""
+    """A passage shown to the model and to the reader, numbered as the answer cites it.
+
+    `url` is its section on the book's site (BOOK_BASE_URL + `page_path` + `#anchor`), composed when answering.
+    """
 
     number: int
     text: str
@@ -85,9 +89,11 @@ class Source:
     url: str | None
     page: int | None
     chunk_index: int | None
+    page_path: str | None = None
+    anchor: str | None = None
 
     @classmethod
-    def from_document(cls, number: int, document: Document) -> Source:
+    def from_document(cls, number: int, document: Document, base_url: object | None = None) -> Source:
         meta = document.metadata
         path = meta.get("heading_path")
         return cls(
@@ -97,9 +103,11 @@ class Source:
             source=str(meta.get("source", "")),
             title=meta.get("title"),
             heading_path=[str(p) for p in path] if isinstance(path, list) else [],
-            url=meta.get("url"),
+            url=section_url(base_url, meta),
             page=meta.get("page"),
             chunk_index=meta.get("chunk_index"),
+            page_path=meta.get("page_path"),
+            anchor=meta.get("anchor"),
         )
 
     @property
@@ -182,7 +190,8 @@ def retrieval_query(request: AnswerRequest) -> str:
 
 
 def format_history(history: Sequence[Turn], max_turns: int = 6) -> str:
-    return "\n".join(f"{turn.role}: {turn.content}" for turn in history[-max_turns:])
+    """The conversation for the condense prompt's `<conversation>` block, each turn escaped (`neutralise`)."""
+    return "\n".join(f"{turn.role}: {neutralise(turn.content)}" for turn in history[-max_turns:])
 
 
 def extractive_answer(sources: Sequence[Source]) -> str:
@@ -262,12 +271,14 @@ class Answerer:
         selection = selection_document(request)
         if selection is not None:
             relevant.insert(0, selection)
-        return [Source.from_document(number, doc) for number, doc in enumerate(relevant, start=1)]
+        base = self.settings.book_base_url
+        return [Source.from_document(number, doc, base) for number, doc in enumerate(relevant, start=1)]
 
     def messages_for(self, request: AnswerRequest, sources: Sequence[Source]) -> list[BaseMessage]:
         documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
         history: list[BaseMessage] = [
-            HumanMessage(t.content) if t.role == "user" else AIMessage(t.content) for t in request.history[-6:]
+            HumanMessage(neutralise(t.content)) if t.role == "user" else AIMessage(neutralise(t.content))
+            for t in request.history[-6:]
         ]
         return ANSWER_PROMPT.format_messages(
             context=format_passages(documents), question=neutralise(request.question), history=history
@@ -341,7 +352,7 @@ def build_answer_chain(retriever: BookRetriever, model: BaseChatModel) -> Runnab
     """The same answer as plain LCEL (question in, text out), for LangChain tooling and the reference benchmarks."""
 
     def to_prompt_input(question: str) -> dict[str, Any]:
-        return {"question": question}
+        return {"question": neutralise(question)}
 
     def format_docs(documents: list[Document]) -> str:
         return format_passages(documents)

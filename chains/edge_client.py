@@ -185,9 +185,21 @@ class EdgeClient:
             points_count=info.points_count,
             indexed_vectors_count=info.indexed_vectors_count,
             segments_count=info.segments_count,
-            config=models.CollectionConfig.model_construct(params=params),  # type: ignore[call-arg]
+            config=models.CollectionConfig.model_construct(  # type: ignore[call-arg]
+                params=params, metadata=layout.get("metadata")
+            ),
             payload_schema=schema,
         )
+
+    def update_collection(self, collection_name: str, metadata: dict[str, Any] | None = None, **_: Any) -> bool:
+        """Collection metadata (kept beside the shard, merged as a server merges it); other changes are a
+        server's (optimizer, HNSW and quantization updates are not translated)."""
+        if metadata:
+            layout = dict(self._layout(collection_name))
+            layout["metadata"] = {**(layout.get("metadata") or {}), **metadata}
+            (self._path(collection_name) / _META).write_text(json.dumps(layout), encoding="utf-8")
+            self._layouts[collection_name] = layout
+        return True
 
     def create_payload_index(
         self,
@@ -337,6 +349,19 @@ class EdgeClient:
                 for p in points
             ]
         )
+
+    def facet(
+        self,
+        collection_name: str,
+        key: str,
+        facet_filter: models.Filter | None = None,
+        limit: int = 10,
+        exact: bool = False,
+        **_: Any,
+    ) -> models.FacetResponse:
+        request = qe.FacetRequest(key=key, limit=limit, exact=exact, filter=_filter(facet_filter))
+        response = self._shard(collection_name).facet(request)
+        return models.FacetResponse(hits=[models.FacetValueHit(value=hit.value, count=hit.count) for hit in response])
 
     def optimize(self, collection_name: str) -> None:
         """Optimize now (the bench and tests; the service lets the background timer do it)."""

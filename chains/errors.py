@@ -7,7 +7,9 @@
     │   └── ModelBusy             every model slot is taken and none came free in time (retry later)
     ├── DeadlineExceeded          the whole request took longer than REQUEST_TIMEOUT_S
     ├── CollectionMismatch        the stored collection does not fit the configured embedding model
-    └── DocumentError             one input file cannot be loaded (ingest goes on with the rest)
+    ├── DocumentError             one input file cannot be loaded (ingest goes on with the rest)
+    ├── IngestStopped             an ingest was stopped midway (the server shutting down); nothing half-written
+    └── StoreDamaged              the embedded store's files are damaged: names the file and the fix
 
 The API maps each class to an HTTP status in one place (`rag_api.errors`).
 """
@@ -67,3 +69,18 @@ class DocumentError(RagError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class IngestStopped(RagError):
+    code = "ingest_stopped"
+
+    def __init__(
+        self,
+        message: str = "the ingest was stopped (the server is shutting down); every file keeps its previous "
+        "complete version: run the same ingest again to finish",
+    ) -> None:
+        super().__init__(message)
+
+
+class StoreDamaged(RagError):
+    code = "store_damaged"

@@ -8,6 +8,11 @@ dense cosine top-n, and sparse top-n with Qdrant's own IDF formula over the same
 store still holds the data and returns the chosen points' payloads. The copy is read again when the collection's
 point count changes or after `invalidate()` (the admin ingest calls it); the embedded store is open in one
 process at a time, so no other writer can go unseen.
+
+Each chapter is served all or nothing: a point carrying its file's hash and chunk count is searched only when
+all the chunks of that version are stored. A write that failed midway (a full disk, a kill; the embedded store
+persists point by point) can leave 9 of a new version's 11 chunks: they are not served, the previous complete
+version is, until the next ingest completes the new one.
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ class _Postings:
     rows: dict[int, np.ndarray]
     weights: dict[int, np.ndarray]
     point_count: int
+    complete: np.ndarray  # the point belongs to a complete version of its file (or carries no file fields)
 
     def mask(self, sources: Sequence[str] | None, chapter: str | None) -> np.ndarray:
-        keep = np.ones(len(self.ids), dtype=bool)
+        keep = self.complete.copy()
         if sources:
             keep &= np.isin(self.sources, [self.source_code.get(s, -1) for s in sources])
         if chapter:
@@ -153,7 +159,9 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
     rows: dict[int, list[int]] = {}
     weights: dict[int, list[float]] = {}
     offset: models.ExtendedPointId | None = None
-    fields = [f"{METADATA_KEY}.source", f"{METADATA_KEY}.chapter"]
+    fields = [f"{METADATA_KEY}.{name}" for name in ("source", "chapter", "file_hash", "chunk_count")]
+    versions: dict[tuple[str, str], list[int]] = {}  # (source, file hash) -> rows
+    expected: dict[tuple[str, str], object] = {}
     while True:
         points, offset = client.scroll(
             collection, limit=_PAGE, offset=offset, with_payload=fields, with_vectors=[DENSE_VECTOR, SPARSE_VECTOR]
@@ -164,6 +172,10 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
             metadata = (point.payload or {}).get(METADATA_KEY) or {}
             ids.append(str(point.id))
             sources.append(str(metadata.get("source", "")))
+            if metadata.get("file_hash") is not None:
+                version = (sources[-1], str(metadata["file_hash"]))
+                versions.setdefault(version, []).append(row)
+                expected.setdefault(version, metadata.get("chunk_count"))
             chapters.append(str(metadata.get("chapter", "")))
             stored = vectors.get(DENSE_VECTOR)
             dense.append(stored if isinstance(stored, list) else None)  # type: ignore[arg-type]
@@ -181,6 +193,10 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
         if values:
             matrix[row] = values  # numpy converts the list in C
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    complete = np.ones(len(ids), dtype=bool)
+    for version, version_rows in versions.items():
+        if expected[version] != len(version_rows):
+            complete[version_rows] = False
     source_names, source_codes = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
     chapter_names, chapter_codes = np.unique(np.asarray(chapters, dtype=object), return_inverse=True)
     return _Postings(
@@ -194,4 +210,5 @@ def _read(client: QdrantClient, collection: str, point_count: int) -> _Postings:
         {index: np.asarray(r, dtype=np.int64) for index, r in rows.items()},
         {index: np.asarray(w, dtype=np.float32) for index, w in weights.items()},
         point_count,
+        complete,
     )

@@ -6,11 +6,21 @@ Ingest, chains and the API all take a `Settings` instance as an argument; nothin
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    DirectoryPath,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_COLLECTION = "ai_book_rag_chunks"
@@ -92,9 +102,34 @@ class Settings(BaseSettings):
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
+    # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is
+    # composed per answer, so a new BOOK_BASE_URL needs no re-ingest), and the generator that builds it: its page
+    # and heading-id rules are applied at ingest (chains/site_urls.py), so changing BOOK_SITE_STYLE re-ingests.
     book_base_url: AnyHttpUrl | None = None
+    book_site_style: Literal["docusaurus", "mkdocs", "mdbook", "html"] = "docusaurus"
+    # A folder of the book's Markdown served as pages at /book/ with the widget on them (a preview); unset: off.
+    book_site_dir: DirectoryPath | None = None
     # The folder that POST /admin/ingest may read from (paths in requests are relative to it); unset: disabled.
     ingest_root: Path | None = None
+    # Ingest limits per file, counting what a file decompresses into (a crafted 77 KB PDF can inflate to 50 MB
+    # and keep a parser busy for minutes): PDF pages; characters of extracted text; bytes that compressed parts
+    # inflate to (PDF page contents, DOCX zip members; checked before they are parsed); elements (DOCX paragraphs
+    # and tables, counted before parsing; blocks of any format); chunks; seconds and memory of the child process
+    # that parses the file (killed at either). A file over a limit fails naming it; the rest go in.
+    ingest_max_pages: int = Field(5000, ge=1, le=1_000_000)
+    ingest_max_chars: int = Field(10_000_000, ge=1000, le=1_000_000_000)
+    ingest_max_inflated_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=16 * 1024**3)
+    ingest_max_elements: int = Field(50_000, ge=10, le=10_000_000)
+    ingest_max_chunks_per_file: int = Field(10_000, ge=1, le=10_000_000)
+    ingest_max_seconds_per_file: float = Field(300.0, gt=0, le=86_400)
+    ingest_max_parser_mb: int = Field(2048, ge=64, le=1_048_576)
+
+    # The record of answers and ratings (rag_api.records, read by rag-report): any SQLAlchemy URL, a SQLite file
+    # by default. RECORD_QUESTIONS=false keeps nothing; records older than RECORDS_RETENTION_DAYS are deleted
+    # (at start-up and daily); 0 keeps them forever.
+    database_url: str = "sqlite:///data/records.sqlite3"
+    record_questions: bool = True
+    records_retention_days: int = Field(90, ge=0, le=36500)
 
     # HTTP service.
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -104,6 +139,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     log_format: Literal["text", "json"] = "text"
     log_questions: bool = False
+    # Slow clients: a connection must finish sending a request's headers within HEADER_TIMEOUT_S of opening (or of
+    # its first byte after a keep-alive pause), and its body within BODY_TIMEOUT_S of the app asking for it.
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=600)
+    # The proxies (IP addresses or CIDR networks, comma-separated; "*" for any) whose X-Forwarded-For and
+    # X-Forwarded-Proto name the client. Empty (the default): the socket's peer is the client, headers ignored.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Request limits (each at most the ceiling that the OpenAPI schema states).
     max_question_chars: int = Field(MAX_QUESTION_CHARS, ge=1, le=MAX_QUESTION_CHARS)
@@ -134,11 +176,23 @@ class Settings(BaseSettings):
     # event (the first token never waits). 0: merge only deltas already waiting. See docs/streaming.md.
     stream_coalesce_ms: float = Field(25.0, ge=0, le=1000)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a CIDR network or *") from None
         return value
 
     @field_validator("api_keys", "admin_api_keys", mode="before")

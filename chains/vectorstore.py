@@ -6,11 +6,18 @@ can read the collection, with a named dense vector so that a sparse one can sit 
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import logging
+import pickle
+import sqlite3
+import threading
 import uuid
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -18,7 +25,7 @@ from langchain_qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from chains.errors import CollectionMismatch, DependencyUnavailable
+from chains.errors import CollectionMismatch, DependencyUnavailable, StoreDamaged
 from chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,10 +43,98 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
 # Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
 _ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")
 _INTERNAL_KEYS = ("_id", "_collection_name")
+_R = TypeVar("_R")
+
+
+def _serialised(method: Callable[..., _R]) -> Callable[..., _R]:
+    @functools.wraps(method)
+    def call(self: EmbeddedQdrantClient, *args: Any, **kwargs: Any) -> _R:
+        with self.store_lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+class EmbeddedQdrantClient(QdrantClient):
+    """The embedded store's client, every public call under one lock.
+
+    On purpose: qdrant-client's local mode is not thread-safe. A query thread scrolling a collection while the
+    ingest thread upserts into it fails inside local mode (`IndexError: index 200 is out of bounds`), and the
+    service runs queries, health probes and the admin ingest in worker threads. Local mode searches in Python
+    under the GIL anyway, so one lock (re-entrant: a public method may call another) costs no parallelism; an
+    upsert batch holds it for a few milliseconds. A Qdrant server is safe under concurrency and gets no lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.store_lock = threading.RLock()
+        super().__init__(path=path)
+
+
+for _name, _member in list(vars(QdrantClient).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member):
+        setattr(EmbeddedQdrantClient, _name, _serialised(_member))
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# What qdrant-client's local mode raises on files it cannot read: sqlite on a damaged database, pickle on a
+# garbled point, json/pydantic on a garbled meta.json.
+_DAMAGE_ERRORS = (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, json.JSONDecodeError, KeyError)
+
+
+def damaged_store_message(path: Path, file: Path | str, what: str) -> str:
+    return (
+        f"the embedded Qdrant store at {path} is damaged: {file} {what}. Nothing is served from it. Restore "
+        f"{path} from a backup, or move it aside and ingest the book again (mv {path} {path}.damaged, then "
+        "rag-ingest BOOK_FOLDER --base-dir BOOK_ROOT, or POST /admin/ingest)."
+    )
+
+
+def local_store_problem(path: Path, deep: bool = False) -> str | None:
+    """What is wrong with the embedded store's files, checked without opening it (None: nothing seen).
+
+    Local mode keeps `meta.json` (the collections) and `collection/<name>/storage.sqlite` (their points). A
+    collection listed with its storage file gone would open as an empty collection and be served as an empty
+    book; a damaged file would stop the opening with sqlite's or pickle's traceback. `deep` also runs SQLite's
+    `quick_check` on each storage file (reads every page: for start-up, not for every probe).
+    """
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        collections = json.loads(meta_path.read_text(encoding="utf-8"))["collections"]
+        names = list(collections)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return damaged_store_message(path, meta_path, f"cannot be read ({type(exc).__name__})")
+    for name in names:
+        storage = path / "collection" / str(name) / "storage.sqlite"
+        try:
+            with storage.open("rb") as handle:
+                header = handle.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            return damaged_store_message(
+                path, storage, f"is missing (collection {name!r} is listed in meta.json with its points there)"
+            )
+        except OSError as exc:
+            return damaged_store_message(path, storage, f"cannot be read ({exc.strerror or exc})")
+        if header != _SQLITE_MAGIC:
+            return damaged_store_message(path, storage, "is not an SQLite database (truncated or overwritten)")
+        if deep:
+            try:
+                with sqlite3.connect(f"file:{storage}?mode=ro", uri=True) as connection:
+                    result = connection.execute("PRAGMA quick_check").fetchone()
+                connection.close()
+            except sqlite3.DatabaseError as exc:
+                return damaged_store_message(path, storage, f"is damaged ({exc})")
+            if not result or result[0] != "ok":
+                return damaged_store_message(path, storage, f"is damaged ({result[0] if result else 'no answer'})")
+    return None
 
 
 def build_qdrant_client(settings: Settings) -> QdrantClient:
-    """A client for the configured server, or for the embedded on-disk store (one process at a time)."""
+    """A client for the configured server, or for the embedded on-disk store (one process at a time).
+
+    Raises `StoreDamaged` (naming the file and what to do) when the embedded store's files are damaged.
+    """
     if settings.qdrant_url is not None:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantClient(url=str(settings.qdrant_url), api_key=api_key, timeout=int(settings.qdrant_timeout_s))
@@ -48,8 +143,18 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
         from chains.edge_client import open_edge_client
 
         return open_edge_client(settings)
+    problem = local_store_problem(settings.qdrant_path)
+    if problem is not None:
+        raise StoreDamaged(problem)
     try:
-        return QdrantClient(path=str(settings.qdrant_path))
+        return EmbeddedQdrantClient(str(settings.qdrant_path))
+    except _DAMAGE_ERRORS as exc:
+        problem = local_store_problem(settings.qdrant_path, deep=True)
+        if problem is None:  # sound SQLite, but a stored point (or the collection list) does not load
+            files = sorted(str(f) for f in settings.qdrant_path.glob("collection/*/storage.sqlite"))
+            where = f"a stored point in {' or '.join(files)}" if files else str(settings.qdrant_path / "meta.json")
+            problem = damaged_store_message(settings.qdrant_path, where, f"cannot be read ({type(exc).__name__})")
+        raise StoreDamaged(problem) from exc
     except RuntimeError as exc:
         if "already accessed by another instance" in str(exc):
             raise DependencyUnavailable(

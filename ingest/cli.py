@@ -20,7 +20,16 @@ from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import DependencyUnavailable, RagError
 from chains.settings import Settings, settings_error_message
 from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
-from ingest.indexer import DEFAULT_EXCLUDES, Indexer, IngestReport, Progress, discover_files
+from ingest.book_root import BookRootError, choose_root, remembered_root
+from ingest.indexer import (
+    DEFAULT_EXCLUDES,
+    Indexer,
+    IngestReport,
+    Progress,
+    discover,
+    outside_outcomes,
+    prune_scope_of,
+)
 from ingest.splitter import approximate_tokens
 
 logger = logging.getLogger("ingest")
@@ -93,20 +102,31 @@ def open_store(settings: Settings) -> QdrantClient:
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", envvar="QDRANT_COLLECTION", help="Qdrant collection to write to.")
 @click.option(
+    "--root",
     "--base-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    help="Sources are stored by their path relative to this folder.",
+    "root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The book's root folder: sources are stored by their path inside it, as the book's site names its pages. "
+    "Default: the root the collection remembers from its first ingest, else the folder argument.",
+    show_default=False,
 )
 @click.option("--include", multiple=True, help="Glob (relative to a folder argument) of files to take; repeatable.")
 @click.option("--exclude", multiple=True, help="Glob of files to skip; repeatable (adds to hidden and node_modules).")
-@click.option("--prune", is_flag=True, help="Delete stored files under --base-dir that are no longer among PATHS.")
+@click.option(
+    "--prune", is_flag=True, help="Delete stored files under the PATHS given (their folders) that are no longer there."
+)
+@click.option(
+    "--prune-all",
+    is_flag=True,
+    help="Delete every stored file that is not among PATHS (other folders' too, and absolute sources of old runs).",
+)
 @click.option(
     "--delete",
     "delete_sources",
     multiple=True,
     metavar="SOURCE",
-    help="Delete a stored source (its path relative to --base-dir, as the summary names it); repeatable.",
+    help="Delete a stored source (its path inside the book's root, as the summary names it); repeatable.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would change (chunks added, updated, removed); write nothing.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, help="Chunks embedded and upserted at once.")
@@ -114,10 +134,11 @@ def open_store(settings: Settings) -> QdrantClient:
 def main(
     paths: tuple[Path, ...],
     collection: str | None,
-    base_dir: Path,
+    root: Path | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     prune: bool,
+    prune_all: bool,
     delete_sources: tuple[str, ...],
     dry_run: bool,
     batch_size: int,
@@ -127,23 +148,31 @@ def main(
 
     Re-running is cheap: unchanged files are skipped, changed files replace their old chunks (new ones are
     written before old ones are removed). Settings (QDRANT_URL, QDRANT_PATH, EMBEDDING_MODEL, CHUNK_SIZE,
-    CHUNK_SIZE_UNIT, ...) come from the environment or `.env`.
+    CHUNK_SIZE_UNIT, BOOK_SITE_STYLE, ...) come from the environment or `.env`.
+
+    Sources are named by their path inside the book's root folder, whatever folder this runs from: --root if
+    given, else the root this collection remembers from its first ingest (when PATHS lie under it), else the
+    folder argument (a file's own folder; for several paths the folder they share). So `rag-ingest book/` and a
+    later `rag-ingest book/ch1.md` store ch1.md under the same key.
 
     \b
     Examples:
       rag-ingest book/ --prune
+      rag-ingest book/ch1.md                 # one changed chapter, same key as above
+      rag-ingest book/chapters/ --prune      (prunes only under book/chapters/)
       rag-ingest docs/ --include '**/*.mdx' --exclude 'drafts/**'
       rag-ingest book/ --dry-run
-      rag-ingest --delete book/old-chapter.md
+      rag-ingest --delete old-chapter.md
     """
     if not paths and not delete_sources:
         raise click.UsageError("give PATHS to ingest, or --delete SOURCE")
-    if prune and not paths:
+    if (prune or prune_all) and not paths:
         raise click.UsageError("--prune needs the PATHS that are still part of the book")
     settings = load_settings(qdrant_collection=collection)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    files = list(discover_files(paths, include, (*DEFAULT_EXCLUDES, *exclude)))
-    if paths and not files:
+    found = discover(paths, include, (*DEFAULT_EXCLUDES, *exclude))
+    files = found.files
+    if paths and not files and not found.outside and not (prune or prune_all):  # an emptied folder still prunes
         raise click.UsageError("no supported files found under the given paths")
     client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
     reports: list[IngestReport] = []
@@ -154,8 +183,16 @@ def main(
         indexer = Indexer(client, embeddings, settings, batch_size=batch_size)
         if delete_sources:
             reports.append(indexer.delete_sources(delete_sources, dry_run))
-        if files:
-            reports.append(_run(indexer, files, base_dir, prune, dry_run, quiet))
+        if paths:
+            choice = choose_root(paths, root, remembered_root(client, settings.qdrant_collection))
+            if choice.note:
+                click.echo(f"note: {choice.note}", err=True)
+            scope = None if prune_all else prune_scope_of(paths, choice.root)
+            report = _run(indexer, files, choice.root, prune or prune_all, scope, dry_run, quiet)
+            report.files.extend(outside_outcomes(found.outside, choice.root, "the folder given"))
+            reports.append(report)
+    except BookRootError as exc:
+        raise click.UsageError(str(exc)) from exc
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -172,6 +209,8 @@ def main(
                 )
         for source in report.pruned_sources:
             click.echo(f"{'would prune' if dry_run else 'pruned'} {source}")
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
         failed += len(report.failed)
         click.echo(report.summary())
     if failed:
@@ -185,9 +224,17 @@ def _progress_line(progress: Progress) -> str:
     )
 
 
-def _run(indexer: Indexer, files: list[Path], base_dir: Path, prune: bool, dry_run: bool, quiet: bool) -> IngestReport:
+def _run(
+    indexer: Indexer,
+    files: list[Path],
+    base_dir: Path,
+    prune: bool,
+    scope: list[str] | None,
+    dry_run: bool,
+    quiet: bool,
+) -> IngestReport:
     if quiet:
-        return indexer.ingest(files, base_dir, prune, dry_run)
+        return indexer.ingest(files, base_dir, prune, dry_run, prune_scope=scope)
     last = Progress(len(files))
     with click.progressbar(length=len(files), label="ingesting", file=sys.stderr, show_pos=True) as bar:
 
@@ -197,7 +244,7 @@ def _run(indexer: Indexer, files: list[Path], base_dir: Path, prune: bool, dry_r
             bar.label = _progress_line(progress)
             bar.update(progress.files_done - bar.pos)
 
-        report = indexer.ingest(files, base_dir, prune, dry_run, on_progress=advance)
+        report = indexer.ingest(files, base_dir, prune, dry_run, on_progress=advance, prune_scope=scope)
     click.echo(_progress_line(last), err=True)  # the final figures, also where stderr is not a terminal
     return report
 

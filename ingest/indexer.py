@@ -20,6 +20,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,18 +31,21 @@ from typing import Any, TypeVar
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
-from chains.errors import DependencyUnavailable, DocumentError, RagError
+from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
 from chains.settings import Settings
+from chains.site_urls import page_path
 from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
-from ingest.loaders import SUPPORTED_SUFFIXES, load_document
+from ingest.book_root import remember_root, remembered_root
+from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
+from ingest.parse_worker import load_isolated
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
-SPLIT_VERSION = "2"
+SPLIT_VERSION = "3"  # 3: page_path and anchor (links to the book's site) instead of a stored url
 # What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
 # added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
 VECTOR_LAYOUT = "dense+sparse-bm25-1"
@@ -75,6 +80,7 @@ class IngestReport:
     embedded: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    notes: list[str] = field(default_factory=list)  # what the user should know and may act on
 
     @property
     def failed(self) -> list[FileOutcome]:
@@ -130,6 +136,7 @@ class IngestReport:
             "unchanged": self.unchanged,
             "removed": self.removed,
             "pruned_sources": self.pruned_sources,
+            "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "summary": self.summary(),
         }
@@ -183,31 +190,103 @@ def _matches(relative: str, pattern: str) -> bool:
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch("/" + relative, p) for p in candidates)
 
 
-def discover_files(
-    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
-) -> Iterator[Path]:
+@dataclass(slots=True)
+class Discovery:
+    """What a walk found: the files to ingest, and the paths refused because they lead outside their root."""
+
+    files: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)  # as met, never resolved into a source nor read
+
+
+def resolves_under(path: Path, root: Path) -> bool:
+    """Whether `path`, every symbolic link followed, lies in `root` (a link loop or an invalid path: no)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def discover(
+    paths: Iterable[Path],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = DEFAULT_EXCLUDES,
+    root: Path | None = None,
+) -> Discovery:
     """The files named, and the supported files under the folders named, sorted, minus the excluded ones.
 
     Globs are matched against the path relative to the folder argument, `*` crossing folders as in fnmatch.
+    Every file taken must lie under `root` once its symbolic links are followed; without a `root`, a folder's
+    files must lie under that folder (a file named is taken as given: the indexer checks it against its base
+    folder). The others go to `outside`, unread: a link in a checkout must not pull in `/etc/passwd`.
     """
+    found = Discovery()
     for path in paths:
         if path.is_dir():
+            limit = root or path
             candidates = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
             for candidate in candidates:
                 relative = candidate.relative_to(path).as_posix()
                 if any(_matches(relative, pattern) for pattern in exclude):
                     continue
                 if include:
-                    if any(_matches(relative, pattern) for pattern in include):
-                        yield candidate
-                elif candidate.suffix.lower() in SUPPORTED_SUFFIXES:
-                    yield candidate
+                    if not any(_matches(relative, pattern) for pattern in include):
+                        continue
+                elif candidate.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    continue
+                (found.files if resolves_under(candidate, limit) else found.outside).append(candidate)
+        elif root is not None and not resolves_under(path, root):
+            found.outside.append(path)
         else:
-            yield path  # named explicitly: loaded (or refused with a reason) whatever its suffix
+            found.files.append(path)  # named explicitly: loaded (or refused with a reason) whatever its suffix
+    return found
+
+
+def discover_files(
+    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = DEFAULT_EXCLUDES
+) -> Iterator[Path]:
+    """`discover(...).files`, logging each path refused for leading outside its folder."""
+    found = discover(paths, include, exclude)
+    for path in found.outside:
+        logger.warning("skipped %s: it leads outside the folder being ingested", path)
+    yield from found.files
+
+
+def shown_name(path: Path, base_dir: Path) -> str:
+    """A path as met, relative to `base_dir` when it is under it, without following any link (for reports)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(os.path.abspath(base_dir)).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def outside_outcomes(outside: Iterable[Path], base_dir: Path, root_name: str) -> list[FileOutcome]:
+    """One failed outcome per path that `discover` refused (named as met; where it points is not told)."""
+    reason = f"a symbolic link leading outside {root_name}: skipped, not read"
+    return [FileOutcome(shown_name(path, base_dir), error=reason, parsed=False) for path in outside]
+
+
+def prune_scope_of(paths: Iterable[Path], base_dir: Path) -> list[str]:
+    """The stored sources that the PATHS of a run stand for: what `--prune` may delete from (see `in_scope`)."""
+    return [source_key(path, base_dir) for path in paths]
+
+
+def in_scope(source: str, scope: Sequence[str] | None) -> bool:
+    """Whether a stored source is one `prune` may judge: under one of the `scope` sources (None: any)."""
+    if scope is None:
+        return True
+    for prefix in scope:
+        prefix = prefix.rstrip("/")
+        if prefix in ("", ".") and not PurePosixPath(source).is_absolute():
+            return True
+        if source == prefix or source.startswith(prefix + "/"):
+            return True
+    return False
 
 
 def source_key(path: Path, base_dir: Path) -> str:
-    """How a file is named in the store: its path relative to the base folder, with forward slashes."""
+    """How a file is named in the store: its path relative to the book's root folder (ingest/book_root.py), with
+    forward slashes; the absolute path for a file outside it."""
     resolved = path.resolve()
     try:
         return resolved.relative_to(base_dir.resolve()).as_posix()
@@ -215,18 +294,22 @@ def source_key(path: Path, base_dir: Path) -> str:
         return resolved.as_posix()
 
 
-def source_url(source: str, base_url: str | None, slug: object = None) -> str | None:
-    """The page of `source` on the book's site: base + path without extension, or the front matter's slug."""
-    if not base_url:
-        return None
-    base = base_url.rstrip("/")
-    if isinstance(slug, str) and slug.strip():
-        slug = slug.strip()
-        if slug.startswith("/"):
-            return f"{base}{slug}"
-        folder = PurePosixPath(source).parent.as_posix()
-        return f"{base}/{slug}" if folder == "." else f"{base}/{folder}/{slug}"
-    return f"{base}/{source.rsplit('.', 1)[0]}"
+def moved_sources(stored: Iterable[str], seen: Iterable[str], root: Path) -> dict[str, str]:
+    """Stored sources that look like one of `seen` keyed from a folder above the book's root (`book/ch1.md`, or
+    an absolute path, for `ch1.md`), as a store ingested before keys were relative to the root has them."""
+    by_name: dict[str, list[str]] = {}
+    for key in seen:
+        by_name.setdefault(PurePosixPath(key).name, []).append(key)
+    seen_keys = {key for keys in by_name.values() for key in keys}
+    moved: dict[str, str] = {}
+    for old in stored:
+        if old in seen_keys:
+            continue
+        for new in by_name.get(PurePosixPath(old).name, []):
+            if old == (root / new).as_posix() or (not PurePosixPath(old).is_absolute() and old.endswith("/" + new)):
+                moved[old] = new
+                break
+    return moved
 
 
 def chunk_id(chunk: Chunk) -> str:
@@ -263,8 +346,11 @@ class Indexer:
         settings: Settings,
         count_tokens: TokenCounter | None = None,
         batch_size: int = 64,
+        stop: threading.Event | None = None,
     ) -> None:
         self.client = client
+        self.limits = IngestLimits.from_settings(settings)
+        self.stop = stop  # set (by a shutting-down server): the run stops at the next file or batch
         self.embeddings = embeddings
         self.settings = settings
         self.collection = settings.qdrant_collection
@@ -273,8 +359,9 @@ class Indexer:
         self.count_tokens = count_tokens
         self.batch_size = batch_size
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
-        self.base_url = str(settings.book_base_url) if settings.book_base_url else None
-        # Anything that changes what a file becomes is part of its hash.
+        self.style = settings.book_site_style
+        # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
+        # ids), but not BOOK_BASE_URL, which is applied per answer.
         self.signature = "\x00".join(
             [
                 SPLIT_VERSION,
@@ -283,7 +370,7 @@ class Indexer:
                 settings.chunk_size_unit,
                 str(settings.chunk_size),
                 str(settings.chunk_overlap),
-                self.base_url or "",
+                self.style,
             ]
         )
 
@@ -353,12 +440,21 @@ class Indexer:
         return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
-        document = load_document(path)
-        url = source_url(source, self.base_url, document.metadata.get("slug"))
-        chunks = split_document(document, source, self.count_tokens, self.options, url)
+        document = load_isolated(path, self.limits, self.stop)  # a child process within the per-file limits
+        # A file outside the book's root has no page on the book's site.
+        page = None if PurePosixPath(source).is_absolute() else page_path(source, document.metadata, self.style)
+        chunks = split_document(document, source, self.count_tokens, self.options, page, self.style)
         if not chunks:
             raise DocumentError(str(path), "no text to index after splitting")
+        if len(chunks) > self.limits.max_chunks:
+            raise self.limits.over(
+                path, f"{len(chunks):,} chunks", self.limits.max_chunks, "INGEST_MAX_CHUNKS_PER_FILE"
+            )
         return chunks
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise IngestStopped()
 
     def plan_file(self, path: Path, source: str, stored: dict[str, StoredChunk]) -> FilePlan:
         """What must change for this file; raises `DocumentError` when it cannot be loaded."""
@@ -463,15 +559,22 @@ class Indexer:
         prune: bool = False,
         dry_run: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
+        prune_scope: Sequence[str] | None = None,
     ) -> IngestReport:
-        """Ingest `files`; with `prune`, delete stored sources under `base_dir` that are not among them.
+        """Ingest `files`, keyed relative to `base_dir` (the book's root, then remembered by the collection); with
+        `prune`, delete stored sources that are not among them: those under one of the `prune_scope` sources (the
+        folders ingested, see `prune_scope_of`), or with no scope every stored source (also the absolute ones older
+        versions stored for files from outside the base folder).
 
-        Raises `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
+        A file that lies outside `base_dir` (its source would be an absolute path) is refused unread. Raises
+        `DependencyUnavailable` when the embedding model or the store fails; what was stored stays whole.
         """
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
         progress = Progress(len(files))
         stored = self.stored_chunks()
+        root = base_dir.resolve()
+        root_before = self._store("reading the book root", lambda: remembered_root(self.client, self.collection))
         to_embed: list[tuple[FilePlan, int]] = []  # (file, index of one of its new chunks), across files
         embedding: list[FilePlan] = []  # files with chunks still to embed
         ready: list[FilePlan] = []  # files whose new chunks are all embedded, not yet written
@@ -487,6 +590,7 @@ class Indexer:
             ready.clear()
 
         def embed_batch(batch: list[tuple[FilePlan, int]]) -> None:
+            self.check_stop()
             vectors = self.embed([plan.new[i] for plan, i in batch])
             for (plan, i), vector in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
@@ -503,7 +607,19 @@ class Indexer:
 
         seen: set[str] = set()
         for path in files:
+            self.check_stop()
             source = source_key(path, base_dir)
+            if PurePosixPath(source).is_absolute():
+                reason = (
+                    f"outside the base folder {base_dir.resolve()}, which sources are stored relative to: give "
+                    "--root a folder that holds it; not read"
+                )
+                report.files.append(FileOutcome(shown_name(path, base_dir), error=reason, parsed=False))
+                progress.files_done += 1
+                continue
+            if source in seen:  # a link inside the root to a file also met as itself: one source, ingested once
+                progress.files_done += 1
+                continue
             seen.add(source)
             try:
                 plan = self.plan_file(path, source, stored.get(source, {}))
@@ -523,16 +639,32 @@ class Indexer:
                 on_progress(progress)
         if to_embed:
             embed_batch(to_embed)
+        self.check_stop()
         commit()
         if prune:
             failed = {f.source for f in report.failed}
             for source in sorted(set(stored) - seen - failed):
-                if Path(source).is_absolute():
-                    continue  # stored from outside the base folder: not ours to judge
+                if not in_scope(source, prune_scope):
+                    continue  # another folder's chapter: not part of what was ingested
                 report.pruned_sources.append(source)
                 report.pruned_chunks += len(stored[source]) if dry_run else self.delete_source(source)
+        elif stored and root_before != root:
+            # Keys from before the root was remembered (relative to the folder the CLI ran from), or another root.
+            moved = moved_sources(stored, seen, root)
+            if moved:
+                old, new = next(iter(sorted(moved.items())))
+                report.notes.append(
+                    f"{len(moved)} stored source(s) are keyed from another folder than the book's root {root} "
+                    f"(e.g. {old!r}, now {new!r}), so their chunks are stored twice: ingest the whole book again "
+                    "with --prune (`prune: true` in POST /admin/ingest) to remove the old keys"
+                )
+        if not dry_run and files and root_before != root and self._store("opening the collection", self._exists):
+            remember_root(self.client, self.collection, root)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
 
     def delete_sources(self, sources: Sequence[str], dry_run: bool = False) -> IngestReport:
         """Delete the named sources (as stored: relative to the base folder); unknown ones are reported failed."""

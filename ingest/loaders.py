@@ -3,6 +3,13 @@
 Markdown and MDX are cleaned before partitioning: YAML front matter becomes metadata, MDX `import`/`export`
 lines and JSX tags are dropped (their inner text is kept), fenced code stays as code. Every failure is a
 `DocumentError` naming the file and the reason, so that ingest can report it and go on.
+
+`IngestLimits` bound what a file decompresses into, checked while it is read: a PDF's page count first, then
+each page's content inflated under a byte budget (pypdf's own decoding limits set to what is left) before its
+text is extracted, and the characters so far; a DOCX's zip members by their declared sizes and its paragraphs
+counted in a stream of `word/document.xml`, before `unstructured` parses it; the text of other formats before
+partitioning, their elements after. Time and memory are bounded by the child process that runs this
+(`ingest.parse_worker`).
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import html
 import logging
 import re
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from chains.errors import DocumentError
+from chains.settings import Settings
 from ingest.offline_nlp import install_offline_nlp
 
 logger = logging.getLogger(__name__)
@@ -34,6 +43,59 @@ _MDX_ESM = re.compile(r"^(import|export)\s")
 _JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
 _JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
+# A fence's info string past the language (Docusaurus' ```md title="x" {1-4}), which Python-Markdown's fenced
+# code does not accept: the fence then goes unseen and the code in it is read as Markdown (its `# lines` as headings).
+_FENCE_INFO = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]+)[ \t]+[^\n`]*\S[^\n`]*$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """What one file may decompress into (see the INGEST_MAX_* settings); the defaults are the settings'."""
+
+    max_pages: int = 5000
+    max_chars: int = 10_000_000
+    max_inflated_bytes: int = 32 * 1024 * 1024
+    max_elements: int = 50_000
+    max_chunks: int = 10_000
+    max_seconds: float = 300.0
+    max_parser_mb: int = 2048
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestLimits:
+        return cls(
+            settings.ingest_max_pages,
+            settings.ingest_max_chars,
+            settings.ingest_max_inflated_bytes,
+            settings.ingest_max_elements,
+            settings.ingest_max_chunks_per_file,
+            settings.ingest_max_seconds_per_file,
+            settings.ingest_max_parser_mb,
+        )
+
+    def over(self, path: Path, what: str, limit: int, setting: str) -> DocumentError:
+        return DocumentError(str(path), f"{what}: over the limit of {limit:,} ({setting}); not ingested")
+
+    def check_chars(self, path: Path, chars: int) -> None:
+        if chars > self.max_chars:
+            raise self.over(
+                path, f"more than {self.max_chars:,} characters of text", self.max_chars, "INGEST_MAX_CHARS"
+            )
+
+    def check_elements(self, path: Path, count: int, what: str = "elements") -> None:
+        if count > self.max_elements:
+            raise self.over(path, f"more than {self.max_elements:,} {what}", self.max_elements, "INGEST_MAX_ELEMENTS")
+
+    def check_inflated(self, path: Path, inflated: int, part: str) -> None:
+        if inflated > self.max_inflated_bytes:
+            raise self.over(
+                path,
+                f"its compressed parts inflate past {self.max_inflated_bytes:,} bytes (at {part})",
+                self.max_inflated_bytes,
+                "INGEST_MAX_INFLATED_BYTES",
+            )
+
+
+DEFAULT_LIMITS = IngestLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +104,7 @@ class Block:
     text: str
     level: int = 0  # heading depth, 1 for a top title
     page: int | None = None
+    anchor: str | None = None  # an HTML heading's own `id` (Markdown heading ids are computed by the splitter)
 
 
 @dataclass(slots=True)
@@ -74,6 +137,11 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     except yaml.YAMLError:
         data = {}
     return (data if isinstance(data, dict) else {}), text[match.end() :]
+
+
+def plain_fences(text: str) -> str:
+    """Code fences reduced to their language, so that every fence the site sees is a fence here too."""
+    return _FENCE_INFO.sub(lambda m: m["fence"] + m["lang"], text)
 
 
 def strip_mdx(text: str) -> str:
@@ -154,6 +222,48 @@ def blocks_from_elements(elements: list[Any]) -> list[Block]:
     return blocks
 
 
+class _HeadingIds(HTMLParser):
+    """Each `<h1>`..`<h6>` of an HTML page in order: its text and its own `id` attribute (None without one)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.headings: list[tuple[str, str | None]] = []
+        self._open: tuple[str, str | None, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if re.fullmatch(r"h[1-6]", tag) and self._open is None:
+            self._open = (tag, dict(attrs).get("id") or None, [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open is not None and tag == self._open[0]:
+            self.headings.append((" ".join("".join(self._open[2]).split()), self._open[1]))
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[2].append(data)
+
+
+def with_html_anchors(blocks: list[Block], markup: str) -> list[Block]:
+    """Give each heading block the `id` of the HTML heading with the same text (matched in order); unstructured's
+    elements do not carry it. A heading block matching none (a title guessed from text) gets no anchor."""
+    parser = _HeadingIds()
+    parser.feed(markup)
+    parser.close()
+    headings = parser.headings
+    position = 0
+    result: list[Block] = []
+    for block in blocks:
+        if block.kind == "heading":
+            text = " ".join(block.text.split())
+            match = next((i for i in range(position, len(headings)) if headings[i][0] == text), None)
+            if match is not None:
+                position = match + 1
+                block = replace(block, anchor=headings[match][1])
+        result.append(block)
+    return result
+
+
 def _partition(kind: str, **kwargs: Any) -> list[Any]:
     install_offline_nlp()
     if kind == "md":
@@ -173,24 +283,80 @@ def _partition(kind: str, **kwargs: Any) -> list[Any]:
     return list(partition_text(**kwargs))
 
 
-def load_markdown(path: Path) -> LoadedDocument:
-    front_matter, body = split_front_matter(read_text(path))
+def _checked_elements(path: Path, elements: list[Any], limits: IngestLimits) -> list[Block]:
+    limits.check_elements(path, len(elements))
+    blocks = blocks_from_elements(elements)
+    limits.check_chars(path, sum(len(b.text) for b in blocks))
+    return blocks
+
+
+def read_limited_text(path: Path, limits: IngestLimits) -> str:
+    text = read_text(path)
+    limits.check_chars(path, len(text))
+    return text
+
+
+def load_markdown(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
+    front_matter, body = split_front_matter(read_limited_text(path, limits))
+    body = plain_fences(body)
     if path.suffix.lower() == ".mdx":
         body = strip_mdx(body)
     if not body.strip():
         raise DocumentError(str(path), "no text after the front matter")
-    blocks = blocks_from_elements(_partition("md", text=body))
+    blocks = _checked_elements(path, _partition("md", text=body), limits)
     title = front_matter.get("title")
     return LoadedDocument(path, str(title) if title else None, blocks, front_matter)
 
 
-def load_pdf(path: Path) -> LoadedDocument:
+def _page_content_bytes(page: Any, budget: int) -> int:
+    """How many bytes the page's content streams inflate to, decoding each under pypdf's limits set to `budget`
+    (so a bomb stops at the budget instead of inflating in full); the text extraction reuses the decoded data."""
+    from pypdf import apply_configuration
+    from pypdf.errors import LimitReachedError
+
+    contents = page.get("/Contents")
+    if contents is None:
+        return 0
+    contents = contents.get_object()
+    streams = list(contents) if isinstance(contents, list) else [contents]
+    inflated = 0
+    for stream in streams:
+        limit = max(budget - inflated, 0) + 1
+        with apply_configuration(
+            zlib_maximum_output_length=limit,
+            lzw_maximum_output_length=limit,
+            run_length_maximum_output_length=limit,
+            array_based_stream_maximum_output_length=limit,
+            brotli_maximum_output_length=limit,
+            stream_decoding_work_maximum_length=limit,
+        ):
+            try:
+                inflated += len(stream.get_object().get_data())
+            except LimitReachedError:
+                return budget + 1
+        if inflated > budget:
+            break
+    return inflated
+
+
+def load_pdf(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(str(path))
-        pages = [(number, page.extract_text() or "") for number, page in enumerate(reader.pages, start=1)]
+        count = len(reader.pages)
+        if count > limits.max_pages:
+            raise limits.over(path, f"{count:,} pages", limits.max_pages, "INGEST_MAX_PAGES")
+        pages: list[tuple[int, str]] = []
+        inflated = chars = 0
+        for number, page in enumerate(reader.pages, start=1):
+            inflated += _page_content_bytes(page, limits.max_inflated_bytes - inflated)
+            limits.check_inflated(path, inflated, f"page {number}")
+            text = page.extract_text() or ""
+            chars += len(text)
+            limits.check_chars(path, chars)
+            pages.append((number, text))
         info_title = reader.metadata.title if reader.metadata else None
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
         raise DocumentError(str(path), f"not a readable PDF ({type(exc).__name__}: {exc})") from exc
@@ -200,18 +366,47 @@ def load_pdf(path: Path) -> LoadedDocument:
     return LoadedDocument(path, str(info_title) if info_title else None, blocks)
 
 
-def load_docx(path: Path) -> LoadedDocument:
+_PARAGRAPH_TAGS = (b"<w:p>", b"<w:p ", b"<w:tbl>", b"<w:tbl ")
+
+
+def check_docx_parts(path: Path, limits: IngestLimits) -> None:
+    """Before parsing: the zip's members by their declared sizes (zipfile stops a member at its declared
+    size), then the paragraphs and tables of the main part, counted in a stream of it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = 0
+            for info in archive.infolist():
+                inflated += info.file_size
+                limits.check_inflated(path, inflated, info.filename)
+            try:
+                part = archive.open("word/document.xml")
+            except KeyError:
+                return  # python-docx says what is wrong with it
+            count, tail = 0, b""
+            with part:
+                while chunk := part.read(1024 * 1024):
+                    window = tail + chunk
+                    count += sum(window.count(tag) for tag in _PARAGRAPH_TAGS)
+                    tail = window[-7:]  # a tag cut by the chunk border is counted in the next window ...
+                    count -= sum(tail.count(tag) for tag in _PARAGRAPH_TAGS)  # ... and only there
+                    limits.check_elements(path, count, "paragraphs and tables")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise DocumentError(str(path), f"not a readable DOCX ({type(exc).__name__})") from exc
+
+
+def load_docx(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
     if path.stat().st_size == 0:
         raise DocumentError(str(path), "the file is empty")
+    check_docx_parts(path, limits)
     try:
         elements = _partition("docx", filename=str(path))
     except Exception as exc:  # python-docx raises zipfile/KeyError/ValueError... for a broken file
         raise DocumentError(str(path), f"not a readable DOCX ({type(exc).__name__})") from exc
-    return LoadedDocument(path, None, blocks_from_elements(elements))
+    return LoadedDocument(path, None, _checked_elements(path, elements, limits))
 
 
-def load_document(path: Path) -> LoadedDocument:
-    """Load one file, or raise `DocumentError` saying why it cannot be."""
+def load_document(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
+    """Load one file within `limits`, or raise `DocumentError` saying why it cannot be."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
@@ -224,16 +419,19 @@ def load_document(path: Path) -> LoadedDocument:
         raise DocumentError(str(path), f"the file is larger than {_MAX_FILE_BYTES // (1024 * 1024)} MiB")
     try:
         if suffix in MARKDOWN_SUFFIXES:
-            document = load_markdown(path)
+            document = load_markdown(path, limits)
         elif suffix == ".pdf":
-            document = load_pdf(path)
+            document = load_pdf(path, limits)
         elif suffix == ".docx":
-            document = load_docx(path)
+            document = load_docx(path, limits)
         elif suffix in (".html", ".htm"):
-            document = LoadedDocument(path, None, blocks_from_elements(_partition("html", text=read_text(path))))
+            markup = read_limited_text(path, limits)
+            blocks = with_html_anchors(_checked_elements(path, _partition("html", text=markup), limits), markup)
+            document = LoadedDocument(path, None, blocks)
         else:
             assert suffix in _TEXT_SUFFIXES
-            document = LoadedDocument(path, None, blocks_from_elements(_partition("text", text=read_text(path))))
+            elements = _partition("text", text=read_limited_text(path, limits))
+            document = LoadedDocument(path, None, _checked_elements(path, elements, limits))
     except PermissionError as exc:
         raise DocumentError(str(path), "permission denied") from exc
     except OSError as exc:

@@ -5,7 +5,9 @@ Blocks are grouped into sections by heading; a section's blocks are packed into 
 characters when CHUNK_SIZE_UNIT=chars), carrying whole trailing paragraphs
 as overlap. Code blocks and tables stay whole unless one alone is larger than a chunk. Sections too small to
 stand alone are merged into the next one. Each chunk knows its heading path, and its embedding text starts with
-that path, which helps a passage match a question that names its chapter or section.
+that path, which helps a passage match a question that names its chapter or section. Each chunk also knows where
+it lives on the book's site: its page path and the id of its deepest heading (chains/site_urls.py), computed over
+the whole document so that repeated headings are numbered as the site numbers them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from ingest.loaders import Block, LoadedDocument
+from chains.site_urls import heading_slugs, split_custom_id
+from ingest.loaders import MARKDOWN_SUFFIXES, Block, LoadedDocument
 
 TokenCounter = Callable[[str], int]
 _JOINER = "\n\n"
@@ -34,6 +37,7 @@ class SplitOptions:
 class Section:
     heading_path: list[str]
     blocks: list[Block] = field(default_factory=list)
+    anchor: str | None = None  # the site's id of the deepest heading in `heading_path`
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +62,31 @@ def render_block(block: Block) -> str:
     return block.text
 
 
-def sections_of(document: LoadedDocument) -> list[Section]:
-    """Group blocks under the heading path they sit in (the document title is the root when it has no `#`)."""
-    root = [document.title] if document.title else []
-    stack: list[tuple[int, str]] = []
+def heading_anchors(document: LoadedDocument, style: str = "docusaurus") -> list[str | None]:
+    """The site's id of each heading block, in order: the generator's slugger over a Markdown document's headings
+    (all of them, so repeats are numbered as on the site), an HTML heading's own `id`, else none.
+
+    Docusaurus counts an H1 in its slugger but renders it without an id (its theme's Heading drops it: the H1 is
+    the page title), so a chunk under the H1 alone links to the page itself.
+    """
+    headings = [b for b in document.blocks if b.kind == "heading"]
+    if document.path.suffix.lower() in MARKDOWN_SUFFIXES:
+        slugs = heading_slugs([b.text for b in headings], style)
+        if style == "docusaurus":
+            return [None if b.level == 1 else slug for b, slug in zip(headings, slugs, strict=True)]
+        return list(slugs)
+    return [b.anchor for b in headings]
+
+
+def sections_of(document: LoadedDocument, style: str = "docusaurus") -> list[Section]:
+    """Group blocks under the heading path they sit in (the document title is the root when it has no `#`).
+
+    Headings are shown without their `{#custom-id}`; each section keeps the anchor of its deepest heading.
+    """
+    title = split_custom_id(document.title)[0] if document.title else None
+    root = [title] if title else []
+    anchors = iter(heading_anchors(document, style))
+    stack: list[tuple[int, str, str | None]] = []
     sections = [Section(list(root))]
     for block in document.blocks:
         if block.kind != "heading":
@@ -69,11 +94,12 @@ def sections_of(document: LoadedDocument) -> list[Section]:
             continue
         while stack and stack[-1][0] >= block.level:
             stack.pop()
-        stack.append((block.level, block.text))
-        path = [text for _, text in stack]
+        stack.append((block.level, split_custom_id(block.text)[0], next(anchors)))
+        path = [text for _, text, _ in stack]
         if root and path[0] != root[0]:
             path = root + path
-        sections.append(Section(path))
+        # The deepest heading the site gives an id (an HTML heading without one links to its parent's).
+        sections.append(Section(path, anchor=next((a for _, _, a in reversed(stack) if a), None)))
     with_text = [s for s in sections if s.blocks]
     if not with_text and stack:
         # Only headings: unstructured, without part-of-speech tags, takes short plain-text lines for titles.
@@ -89,7 +115,7 @@ def merge_small_sections(sections: list[Section], count: TokenCounter, min_token
         if pending is not None:
             heading = Block("text", pending.heading_path[-1]) if pending.heading_path else None
             prefix = [*([heading] if heading else []), *pending.blocks]
-            section = Section(section.heading_path, prefix + section.blocks)
+            section = Section(section.heading_path, prefix + section.blocks, section.anchor)
             pending = None
         size = sum(count(render_block(b)) for b in section.blocks)
         if size < min_tokens:
@@ -179,21 +205,23 @@ def split_document(
     source: str,
     count: TokenCounter,
     options: SplitOptions,
-    url: str | None = None,
+    page_path: str | None = None,
+    style: str = "docusaurus",
 ) -> list[Chunk]:
     """All chunks of one document, numbered in reading order, with the metadata a frontend links back with.
 
-    Front matter (Markdown, MDX) rides along under `front_matter`, made JSON-safe.
+    `page_path` (the page on the book's site) and each chunk's `anchor` are stored; the URL is not, since it is
+    composed from BOOK_BASE_URL per answer. Front matter (Markdown, MDX) rides along under `front_matter`.
     """
     chunks: list[Chunk] = []
     front_matter = json_safe(document.metadata) if document.metadata else None
-    sections = merge_small_sections(sections_of(document), count, options.min_section_tokens)
+    sections = merge_small_sections(sections_of(document, style), count, options.min_section_tokens)
     for section in sections:
         path = section.heading_path
         for text, page in pack(pieces_of(section, count, options), options, count(_JOINER)):
             metadata: dict[str, Any] = {
                 "source": source,
-                "title": document.title,
+                "title": split_custom_id(document.title)[0] if document.title else document.title,
                 "chapter": path[0] if path else document.title,
                 "heading_path": path,
                 "section": " > ".join(path),
@@ -202,8 +230,10 @@ def split_document(
             }
             if page is not None:
                 metadata["page"] = page
-            if url:
-                metadata["url"] = url
+            if page_path is not None:
+                metadata["page_path"] = page_path
+            if section.anchor:
+                metadata["anchor"] = section.anchor
             if front_matter:
                 metadata["front_matter"] = front_matter
             embed_text = f"{' > '.join(path)}\n\n{text}" if path else text

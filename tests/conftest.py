@@ -96,6 +96,7 @@ def settings(tmp_path: Path) -> Settings:
         "qdrant_path": tmp_path / "qdrant",
         "qdrant_collection": f"test_{uuid.uuid4().hex[:12]}",
         "openai_base_url": CLOSED_PORT_URL,
+        "database_url": f"sqlite:///{tmp_path / 'records.sqlite3'}",
     }
     if QDRANT_URL:
         values["qdrant_url"] = QDRANT_URL

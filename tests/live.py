@@ -20,9 +20,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, port: int) -> Iterator[str]:
-    """Run `app` on 127.0.0.1:`port` in a thread; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+def serve(app: Any, port: int, **options: Any) -> Iterator[str]:
+    """Run `app` on 127.0.0.1:`port` in a thread (`options`: more of uvicorn's); yields its base URL."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

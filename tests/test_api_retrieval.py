@@ -65,11 +65,13 @@ async def test_ask_filters_restrict_the_passages_the_model_sees(client: AsyncCli
     assert "Prune apple trees in late winter" not in model.prompts[1][-1].text
 
 
-async def test_ask_with_a_filter_that_matches_nothing_says_not_in_book(
+async def test_ask_with_a_filter_that_matches_nothing_is_a_422_not_a_false_refusal(
     client: AsyncClient, model: RecordingChatModel
 ) -> None:
     response = await client.post("/ask", json={"question": "How do I prune?", "sources": ["book/missing.md"]})
-    assert response.json()["mode"] == "not_in_book"
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "filter_matches_nothing"
+    assert "pruning.md" in response.json()["error"]["message"]  # names what the book does have
     assert model.prompts == []
 
 

@@ -194,7 +194,7 @@ def test_dry_run_writes_nothing(
     assert stored(qdrant, settings) == before
 
 
-def test_chunk_sizes_in_characters_and_urls_from_base_url(
+def test_chunk_sizes_in_characters_and_page_paths_not_urls(
     qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
 ) -> None:
     chars = settings.model_copy(
@@ -203,7 +203,27 @@ def test_chunk_sizes_in_characters_and_urls_from_base_url(
     ingest_into(qdrant, embeddings, chars, book_dir)
     points = list(stored(qdrant, chars).values())
     assert all(len(p["page_content"]) <= 200 for p in points)
-    assert {p["metadata"]["url"] for p in points} == {"https://b.io/book/watering", "https://b.io/book/pruning"}
+    assert {p["metadata"]["page_path"] for p in points} == {"book/watering", "book/pruning"}
+    assert not any("url" in p["metadata"] for p in points)
+    assert "summer-pruning" in {p["metadata"].get("anchor") for p in points}
+
+
+def test_a_new_base_url_needs_no_reingest_but_a_new_site_style_does(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
+) -> None:
+    ingest_into(qdrant, embeddings, settings, book_dir)
+    before = stored(qdrant, settings)
+    rebased = settings.model_copy(update={"book_base_url": "https://elsewhere.example/book/"})
+    again = ingest_into(qdrant, embeddings, rebased, book_dir)
+    assert again.updated_files == 0 and again.embedded == 0 and stored(qdrant, settings) == before
+
+    mkdocs = settings.model_copy(update={"book_site_style": "mkdocs"})
+    restyled = ingest_into(qdrant, embeddings, mkdocs, book_dir)
+    assert restyled.updated_files == 2
+    assert {p["metadata"]["page_path"] for p in stored(qdrant, settings).values()} == {
+        "book/watering/",
+        "book/pruning/",
+    }
 
 
 def test_embedding_failure_during_second_file_keeps_previous_version(

@@ -79,3 +79,25 @@ async def test_admin_ingest_is_off_without_ingest_root(
         response = await http.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)
         assert response.status_code == 404
         assert "INGEST_ROOT" in response.json()["error"]["message"]
+
+
+@pytest.fixture
+def real_book_dir(book_dir: Path) -> Path:
+    return book_dir.resolve()
+
+
+async def test_admin_ingest_keys_by_ingest_root_which_the_collection_remembers(
+    client: AsyncClient, qdrant: QdrantClient, admin_settings: Settings, real_book_dir: Path
+) -> None:
+    from ingest.book_root import ROOT_KEY, remembered_root
+
+    book_dir = real_book_dir
+    first = (await client.post("/admin/ingest", json={"paths": ["book/watering.md"]}, headers=ADMIN)).json()
+    assert [f["source"] for f in first["files"]] == ["book/watering.md"] and first["notes"] == []
+    assert remembered_root(qdrant, admin_settings.qdrant_collection) == book_dir.parent
+
+    # A collection whose remembered root is another folder (a CLI ingest elsewhere): the response says so.
+    qdrant.update_collection(admin_settings.qdrant_collection, metadata={ROOT_KEY: str(book_dir)})
+    moved = (await client.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)).json()
+    assert any(f"the book root changes from {book_dir} to {book_dir.parent}" in n for n in moved["notes"])
+    assert remembered_root(qdrant, admin_settings.qdrant_collection) == book_dir.parent

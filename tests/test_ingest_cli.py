@@ -107,7 +107,7 @@ def test_cli_each_bad_input_gets_one_line_and_counts_as_failed(
     (book_dir / "notes.txt").write_bytes(b"\x00\x01\x02binary")
     (book_dir / "empty.md").write_text("")
     (book_dir / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really")
-    (book_dir / "gone.md").symlink_to(tmp_path / "missing.md")
+    (book_dir / "gone.md").symlink_to(book_dir / "missing.md")  # broken, inside the folder
     unsupported = tmp_path / "cover.png"
     unsupported.write_bytes(b"\x89PNG")
     result = run_cli(settings, str(book_dir), str(unsupported), "--base-dir", str(tmp_path), "-q")
@@ -118,14 +118,14 @@ def test_cli_each_bad_input_gets_one_line_and_counts_as_failed(
     assert "binary" in reasons["book/notes.txt"]
     assert "empty" in reasons["book/empty.md"]
     assert "PDF" in reasons["book/broken.pdf"]
-    assert "cannot read" in reasons["missing.md"]  # a broken link is named by where it points
+    assert "cannot read" in reasons["book/missing.md"]  # a broken link is named by where it points
     assert "unsupported file type" in reasons["cover.png"]
     assert "Traceback" not in result.output
     assert "(5 failed, 2 changed)" in result.stdout  # the good chapters still went in
 
 
 def test_cli_progress_shows_files_chunks_and_rate_on_stderr(settings: Settings, book_dir: Path) -> None:
-    result = run_cli(settings, str(book_dir), "--batch-size", "2")
+    result = run_cli(settings, str(book_dir), "--base-dir", str(book_dir.parent), "--batch-size", "2")
     assert result.exit_code == 0, result.output
     assert "chunks embedded" in result.stderr and "/s)" in result.stderr and "2/2 files" in result.stderr
     assert "chunks embedded" not in result.stdout and "files" in result.stdout
@@ -167,3 +167,77 @@ def test_cli_path_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(ingest_main, [str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def stored_sources(settings: Settings) -> set[str]:
+    client = build_qdrant_client(settings)
+    try:
+        points, _ = client.scroll(settings.qdrant_collection, limit=10_000, with_payload=True)
+        return {str((p.payload or {})["metadata"]["source"]) for p in points}
+    finally:
+        client.close()
+
+
+def test_cli_keys_sources_by_the_book_root_so_one_chapter_later_keeps_its_key(
+    settings: Settings, book_dir: Path
+) -> None:
+    # The folder argument is the root, whatever folder the command runs from (here: the repository).
+    first = run_cli(settings, str(book_dir), "-q")
+    assert first.exit_code == 0, first.output
+    assert stored_sources(settings) == {"watering.md", "pruning.md"}
+    points = point_count(settings)
+
+    (book_dir / "pruning.md").write_text("# Pruning\n\nCut plums in summer only, never in winter.\n")
+    one = run_cli(settings, str(book_dir / "pruning.md"), "-q")
+    assert one.exit_code == 0, one.output
+    assert "1 files (0 failed, 1 changed)" in one.stdout
+    assert stored_sources(settings) == {"watering.md", "pruning.md"}  # the same key: replaced, not duplicated
+    assert point_count(settings) == points  # one chunk a chapter, as before
+    assert "note:" not in one.stderr
+
+
+def test_cli_a_first_single_file_ingest_takes_its_folder_as_root(settings: Settings, book_dir: Path) -> None:
+    assert run_cli(settings, str(book_dir / "watering.md"), "-q").exit_code == 0
+    assert run_cli(settings, str(book_dir), "-q").exit_code == 0
+    assert stored_sources(settings) == {"watering.md", "pruning.md"}
+
+
+def test_cli_refuses_a_path_outside_the_remembered_root_unless_told(
+    settings: Settings, book_dir: Path, tmp_path: Path
+) -> None:
+    assert run_cli(settings, str(book_dir), "-q").exit_code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grafting.md").write_text("# Grafting\n\nWhip-and-tongue grafts join a scion to a rootstock.\n")
+    refused = run_cli(settings, str(other), "-q")
+    assert refused.exit_code == 2
+    assert "outside the book root this collection remembers" in refused.output and "--root" in refused.output
+    assert stored_sources(settings) == {"watering.md", "pruning.md"}
+
+    moved = run_cli(settings, str(other), "--root", str(other), "-q")
+    assert moved.exit_code == 0, moved.output
+    assert f"the book root changes from {book_dir.resolve()} to {other.resolve()}" in moved.stderr
+    assert stored_sources(settings) == {"watering.md", "pruning.md", "grafting.md"}
+
+
+def test_cli_says_how_to_fix_a_store_keyed_from_another_folder(
+    settings: Settings, book_dir: Path, tmp_path: Path
+) -> None:
+    from ingest.book_root import ROOT_KEY
+
+    # A store from before the book root was remembered: keyed relative to the folder the CLI ran from.
+    assert run_cli(settings, str(book_dir), "--base-dir", str(tmp_path), "-q").exit_code == 0
+    client = build_qdrant_client(settings)
+    client.update_collection(settings.qdrant_collection, metadata={ROOT_KEY: ""})
+    client.close()
+    assert stored_sources(settings) == {"book/watering.md", "book/pruning.md"}
+
+    again = run_cli(settings, str(book_dir), "-q")
+    assert again.exit_code == 0, again.output
+    assert "2 stored source(s) are keyed from another folder" in again.stderr
+    assert "'book/pruning.md', now 'pruning.md'" in again.stderr and "--prune" in again.stderr
+
+    fixed = run_cli(settings, str(book_dir), "--prune", "-q")
+    assert fixed.exit_code == 0 and "2 files pruned" in fixed.stdout
+    assert stored_sources(settings) == {"watering.md", "pruning.md"}
+    assert "note:" not in run_cli(settings, str(book_dir), "-q").stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.indexer import DEFAULT_EXCLUDES, discover_files, source_key, source_url
+from ingest.indexer import DEFAULT_EXCLUDES, discover_files, moved_sources, source_key
 
 
 def make_book(root: Path) -> Path:
@@ -58,8 +58,17 @@ def test_sources_are_relative_to_the_base_folder(tmp_path: Path) -> None:
     assert source_key(book / "intro.mdx", tmp_path / "elsewhere") == (book / "intro.mdx").resolve().as_posix()
 
 
-def test_urls_from_the_base_url_and_front_matter_slugs() -> None:
-    assert source_url("docs/part1/ch1.md", None) is None
-    assert source_url("docs/part1/ch1.md", "https://b.io/") == "https://b.io/docs/part1/ch1"
-    assert source_url("docs/part1/ch1.md", "https://b.io", "/soil") == "https://b.io/soil"
-    assert source_url("docs/part1/ch1.md", "https://b.io", "soil") == "https://b.io/docs/part1/soil"
+def test_sources_keyed_from_above_the_root_are_recognised(tmp_path: Path) -> None:
+    root = tmp_path / "book"
+    stored = ["book/ch1.md", "book/part/ch2.md", (root / "ch3.md").as_posix(), "ch4.md", "other/ch5.md", "x/ch6.md"]
+    seen = ["ch1.md", "part/ch2.md", "ch3.md", "ch4.md", "ch5.md", "part/x/ch6.md"]
+    # A key that ends with a new key under some folder prefix, or is the file's absolute path under the root: moved
+    # (this runs only when the root is new to the collection). Already the new key, or a path that is not a
+    # suffix of it (x/ch6.md is not part/x/ch6.md), or an absolute path outside the root: not.
+    assert moved_sources(stored, seen, root) == {
+        "book/ch1.md": "ch1.md",
+        "book/part/ch2.md": "part/ch2.md",
+        (root / "ch3.md").as_posix(): "ch3.md",
+        "other/ch5.md": "ch5.md",
+    }
+    assert moved_sources([(tmp_path / "elsewhere" / "ch1.md").as_posix()], ["ch1.md"], root) == {}

@@ -142,3 +142,29 @@ def test_offline_nlp_patch_still_reaches_unstructured() -> None:
 
     install_offline_nlp()
     assert tokenize._get_nlp().pipe_names == ["sentencizer"]
+
+
+def test_html_headings_carry_their_own_ids(tmp_path: Path) -> None:
+    page = tmp_path / "ch01.html"
+    page.write_text(
+        '<html><body><section id="s1"><h1 id="ch01">Chapter <em>One</em></h1><p>Some text in a paragraph.</p>'
+        '<h2>No id here</h2><p>More text here.</p><h2 id="sec-2"><a id="x"></a>Second</h2><p>Still more.</p>'
+        "</section></body></html>",
+        encoding="utf-8",
+    )
+    headings = [(b.text, b.anchor) for b in load_document(page).blocks if b.kind == "heading"]
+    # The heading element's own id; an id on an element inside it or around it is not the heading's.
+    assert headings == [("Chapter One", "ch01"), ("No id here", None), ("Second", "sec-2")]
+
+
+def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path: Path) -> None:
+    page = tmp_path / "create-a-document.md"
+    page.write_text(
+        "# Create a Document\n\nWrite this:\n\n"
+        '```md title="docs/hello.md" {1-4}\n# Hello\n\nThis is my **first Docusaurus document**!\n```\n\n'
+        "## Configure the Sidebar\n\nAdd it to the sidebar.\n",
+        encoding="utf-8",
+    )
+    blocks = load_document(page).blocks
+    assert [b.text for b in blocks if b.kind == "heading"] == ["Create a Document", "Configure the Sidebar"]
+    assert any(b.kind == "code" and "# Hello" in b.text for b in blocks)

@@ -283,7 +283,7 @@ def test_top_k_by_partition_equals_a_stable_sort_of_every_candidate_ties_include
     keep = rng.random(count) > 0.3
     postings = _Postings(
         [f"p{i}" for i in range(count)], {}, np.zeros(count, np.int32), {}, np.zeros(count, np.int32),
-        np.zeros((count, 2), np.float32), np.ones(count, bool), {}, {}, count,
+        np.zeros((count, 2), np.float32), np.ones(count, bool), {}, {}, count, np.ones(count, bool),
     )  # fmt: skip
     for limit in (1, 5, 20, 400, 1000):
         candidates = np.flatnonzero(keep)

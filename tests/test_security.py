@@ -104,9 +104,11 @@ async def test_chat_page_stays_open_with_api_keys_and_keeps_the_key_for_the_tab_
     # The page must load without a key to be able to ask for one (tests/test_browser.py drives that flow).
     _, client = await make_client(api_keys=[SecretStr(PUBLIC_KEY)])
     page = await client.get("/")
-    assert page.status_code == 200
-    assert '<input id="api-key" type="password"' in page.text
-    assert "sessionStorage" in page.text and "localStorage" not in page.text
+    assert page.status_code == 200 and '<script src="/widget.js">' in page.text
+    widget = await client.get("/widget.js")  # the page is the widget, which asks for the key
+    assert widget.status_code == 200
+    assert 'keyInput.type = "password"' in widget.text
+    assert "sessionStorage.setItem(KEY_STORAGE" in widget.text and "localStorage.setItem" not in widget.text
 
 
 async def test_admin_endpoints_need_an_admin_key(make_client: Any) -> None:

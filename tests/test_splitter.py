@@ -31,12 +31,15 @@ def test_chunks_carry_their_heading_path_and_metadata() -> None:
         Block("heading", "Planting", 2),
         paragraph("plant", 30),
     )
-    chunks = split_document(doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), url="https://b/x")
+    chunks = split_document(doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), "orchard")
     paths = [c.metadata["heading_path"] for c in chunks]
     assert paths == [["Orchard"], ["Orchard", "Soil"], ["Orchard", "Soil", "Drainage"], ["Orchard", "Planting"]]
     assert [c.metadata["chunk_index"] for c in chunks] == [0, 1, 2, 3]
     assert chunks[2].embed_text.startswith("Orchard > Soil > Drainage\n\n")
-    assert all(c.metadata["source"] == "orchard.md" and c.metadata["url"] == "https://b/x" for c in chunks)
+    assert all(c.metadata["source"] == "orchard.md" and c.metadata["page_path"] == "orchard" for c in chunks)
+    # The H1 is the page's title: Docusaurus renders it without an id, so its chunk links to the page.
+    assert [c.metadata.get("anchor") for c in chunks] == [None, "soil", "drainage", "planting"]
+    assert not any("url" in c.metadata for c in chunks)  # composed from BOOK_BASE_URL per answer, never stored
     assert len({c.metadata["content_hash"] for c in chunks}) == 4
 
 
@@ -116,3 +119,73 @@ def test_sizes_in_characters_when_counted_by_len() -> None:
     doc = document(Block("heading", "Long", 1), *[paragraph(f"p{i}", 20) for i in range(20)])
     chunks = split_document(doc, "x.md", len, SplitOptions(300, 50, min_section_tokens=1))
     assert len(chunks) > 5 and all(len(c.text) <= 300 for c in chunks)
+
+
+def test_anchors_are_the_sites_heading_ids_over_the_whole_document() -> None:
+    doc = document(
+        Block("heading", "Orchard", 1),
+        paragraph("intro", 30),
+        Block("heading", "Watering", 2),
+        Block("heading", "Notes", 3),  # no text of its own: not a section, still counted by the site's slugger
+        paragraph("first", 30),
+        Block("heading", "Watering {#summer-water}", 2),
+        paragraph("custom", 30),
+        Block("heading", "Watering", 2),
+        Block("heading", "Notes", 3),
+        paragraph("second", 30),
+        Block("heading", "Über Bäume", 2),
+        paragraph("umlaut", 30),
+    )
+    chunks = split_document(doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), "orchard")
+    by_word = {c.text.split()[0]: c.metadata for c in chunks}
+    assert by_word["first"]["anchor"] == "notes"
+    # The custom id is used as written and left out of the heading shown; the third "Watering" is the second
+    # generated one, so it is watering-1, and its "Notes" is notes-1.
+    assert by_word["custom"]["anchor"] == "summer-water"
+    assert by_word["custom"]["heading_path"] == ["Orchard", "Watering"]
+    assert by_word["second"]["anchor"] == "notes-1"
+    assert by_word["second"]["heading_path"] == ["Orchard", "Watering", "Notes"]
+    assert by_word["umlaut"]["anchor"] == "über-bäume"
+
+
+def test_other_site_styles_number_repeats_their_own_way() -> None:
+    doc = document(
+        Block("heading", "Orchard", 1),
+        Block("heading", "Watering", 2),
+        paragraph("first", 30),
+        Block("heading", "Watering", 2),
+        paragraph("second", 30),
+    )
+    options = SplitOptions(100, 10, min_section_tokens=5)
+    mkdocs = split_document(doc, "orchard.md", words, options, "orchard/", style="mkdocs")
+    mdbook = split_document(doc, "orchard.md", words, options, "orchard.html", style="mdbook")
+    assert [c.metadata["anchor"] for c in mkdocs] == ["watering", "watering_1"]
+    assert [c.metadata["anchor"] for c in mdbook] == ["watering", "watering-1"]
+
+
+def test_html_headings_keep_their_own_ids_or_their_parents() -> None:
+    doc = LoadedDocument(
+        Path("ch01.xhtml"),
+        "Chapter One",
+        [
+            Block("heading", "Chapter One", 1, anchor="ch01"),
+            paragraph("intro", 30),
+            Block("heading", "Without an id", 2),
+            paragraph("inner", 30),
+            Block("heading", "With one", 2, anchor="sec-2"),
+            paragraph("own", 30),
+        ],
+    )
+    chunks = split_document(doc, "ch01.xhtml", words, SplitOptions(100, 10, min_section_tokens=5), "ch01.xhtml")
+    assert [c.metadata["anchor"] for c in chunks] == ["ch01", "ch01", "sec-2"]
+
+
+def test_a_document_title_with_a_custom_id_is_shown_without_it() -> None:
+    doc = document(Block("heading", "Orchard {#top}", 1), paragraph("intro", 30), title="Orchard {#top}")
+    [chunk] = split_document(doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), "orchard")
+    assert chunk.metadata["title"] == "Orchard" and chunk.metadata["heading_path"] == ["Orchard"]
+    assert "anchor" not in chunk.metadata  # an H1, even with a custom id, has none on a Docusaurus page
+    [mkdocs] = split_document(
+        doc, "orchard.md", words, SplitOptions(100, 10, min_section_tokens=5), "orchard/", "mkdocs"
+    )
+    assert mkdocs.metadata["anchor"] == "top"

@@ -83,6 +83,8 @@ def source_document(source: Source) -> Chunk:
                 "number": source.number,
                 "score": source.score,
                 "url": source.url,
+                "pagePath": source.page_path,
+                "anchor": source.anchor,
                 "page": source.page,
                 "chunkIndex": source.chunk_index,
                 "headingPath": list(source.heading_path),

@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
+from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
 from chains.local_index import limit_blas_threads
@@ -23,12 +24,14 @@ from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
 from rag_api.auth import document_optional_keys, require_api_key
-from rag_api.errors import error_response, install_error_handlers
+from rag_api.book_site import build_site
+from rag_api.errors import install_error_handlers
 from rag_api.metrics import build_metrics
-from rag_api.middleware import BodyTooLarge, RequestContextMiddleware
+from rag_api.middleware import RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
+from rag_api.records import AnswerRecorder, RecordStore
 from rag_api.recovery import open_qdrant, watch_qdrant
-from rag_api.routes import admin, ask, chat, health, metrics, openai_api, pages, search
+from rag_api.routes import admin, ask, chat, feedback, health, metrics, openai_api, pages, search
 from rag_api.state import AppState, Overrides
 
 logger = logging.getLogger(__name__)
@@ -81,9 +84,40 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
     chat_model = overrides.chat_model or build_chat_model(settings)
     answerer = Answerer(retriever, chat_model, settings)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    return AppState(
+    state = AppState(
         settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error, needs_reopen
     )
+    state.catalogue = BookCatalogue(settings.qdrant_collection)
+    state.records, state.records_error = open_records(settings)
+    state.recorder = AnswerRecorder(state.records) if state.records is not None else None
+    return state
+
+
+def open_records(settings: Settings) -> tuple[RecordStore | None, str | None]:
+    """The answer records, or why there are none. A database that cannot be opened never stops the service."""
+    if not settings.record_questions:
+        return None, None
+    try:
+        return RecordStore.open(settings.database_url), None
+    except Exception as exc:
+        message = f"cannot open the records database (DATABASE_URL): {type(exc).__name__}: {exc}"
+        logger.error("%s; answers are not recorded", message)
+        return None, message
+
+
+async def prune_records(state: AppState, every_s: float = 24 * 3600) -> None:
+    """Delete records older than RECORDS_RETENTION_DAYS now and then every day (0 keeps them forever)."""
+    days = state.settings.records_retention_days
+    if state.records is None or days <= 0:
+        return
+    while True:
+        try:
+            removed = await asyncio.to_thread(state.records.prune, days)
+            if removed:
+                logger.info("pruned %d answer records older than %d days", removed, days)
+        except Exception:
+            logger.exception("could not prune answer records")
+        await asyncio.sleep(every_s)
 
 
 def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAPI:
@@ -101,24 +135,40 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
             settings.chat_model or "(none: extractive answers)",
         )
         watcher = asyncio.create_task(watch_qdrant(state, settings.qdrant_recheck_s))
+        pruner = asyncio.create_task(prune_records(state))
+        stop_ingest = admin.stop_ingest_on_signals(app)
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            stop_ingest()
+            for task in (watcher, pruner):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if state.recorder is not None:
+                await state.recorder.drain()
+            if state.records is not None:
+                state.records.close()
             if overrides is None or overrides.client is None:
                 state.client.close()
 
-    app = FastAPI(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN.
+    app: FastAPI = FastAPIOffline(title="bookrag", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.book_site = (
+        build_site(settings.book_site_dir, settings.book_site_style) if settings.book_site_dir else None
+    )
     app.state.metrics = build_metrics()
     install_error_handlers(app)
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        message = f"the request body is larger than {settings.max_body_bytes} bytes"
-        return error_response(413, "payload_too_large", message, getattr(request.state, "request_id", None))
-
+    # The last added is the outermost: CORS wraps the request-context middleware, so that its own answers (413,
+    # 408, a last-resort 500) and every error from auth and the rate limiter carry CORS headers for an allowed
+    # origin; a browser then sees the error, not a CORS failure. Preflights are answered by CORS alone.
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=app.state.metrics,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -127,14 +177,13 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Accept"],
         expose_headers=["X-Request-ID"],
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
-    for module in (ask, chat, search, openai_api):
+    for module in (ask, chat, search, openai_api, feedback):
         app.include_router(module.router, dependencies=guarded)
     for module in (health, metrics, pages):
         app.include_router(module.router)
     app.include_router(admin.router)  # guarded by an admin key in the router itself
-    public_paths = {"/ask", "/api/chat", "/search", "/v1/chat/completions", "/v1/models"}
+    public_paths = {"/ask", "/api/chat", "/search", "/feedback", "/v1/chat/completions", "/v1/models"}
     document_optional_keys(app, settings, public_paths=public_paths)
     return app

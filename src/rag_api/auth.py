@@ -3,7 +3,8 @@
 A key comes in `X-API-Key: <key>` or `Authorization: Bearer <key>`. It is compared with every configured key in
 constant time (`hmac.compare_digest` on SHA-256 digests, all keys checked, no early exit), so neither the timing
 nor the length of a guess tells anything. Keys are never logged: a client is known in logs and to the rate
-limiter by `key:<first 8 hex of its digest>`, or by its IP address when it sent no key.
+limiter by `key:<first 8 hex of its digest>`, or by its IP address when it sent no key. A refused key spends a
+token of the sender's address (`rag_api.ratelimit.count_failed_auth`): N wrong keys from one client get 429.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pydantic import SecretStr
 
 from chains.settings import Settings
 from rag_api.deps import State
+from rag_api.errors import ApiError
+from rag_api.ratelimit import count_failed_auth
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (or use Bearer)")
 _bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token (or use X-API-Key)")
@@ -70,6 +73,7 @@ async def require_api_key(request: Request, state: State, key: PresentedKey) -> 
         return
     if not state.settings.api_keys:
         return
+    count_failed_auth(request)
     message = "a valid API key is required (X-API-Key or Authorization: Bearer)"
     raise HTTPException(401, message if key is None else "the API key is not valid", headers=_CHALLENGE)
 
@@ -77,10 +81,12 @@ async def require_api_key(request: Request, state: State, key: PresentedKey) -> 
 async def require_admin_key(request: Request, state: State, key: PresentedKey) -> None:
     """Admin endpoints (ingest, delete): 401 without a key, 403 with a key that is not an admin key."""
     if key is None:
+        count_failed_auth(request)
         raise HTTPException(401, "an admin API key is required (X-API-Key or Authorization: Bearer)", _CHALLENGE)
     if not state.settings.admin_api_keys:
-        raise HTTPException(403, "admin endpoints are disabled: set ADMIN_API_KEYS to enable them")
+        raise ApiError(403, "admin_disabled", "admin endpoints are disabled: set ADMIN_API_KEYS to enable them")
     if not key_matches(key, state.settings.admin_api_keys):
+        count_failed_auth(request)
         raise HTTPException(403, "this API key may not use admin endpoints")
     _remember_client(request, key)
 

@@ -5,7 +5,10 @@ OpenAI's error types, `param` the offending field or null) plus the request id, 
 `/v1/chat/completions` read every error of this service, including those from auth and the rate limiter.
 
 Clients see the message of a `RagError` (written to be shown) but never the text of an unexpected exception:
-that is logged with the request id, which the response carries too.
+that is logged with the request id, which the response carries too. An `HTTPException` gets the code of its
+status (`unauthorized`, `rate_limited`...), or its own when raised as an `ApiError` (409 `ingest_in_progress`).
+A client that disconnects before its JSON answer is ready gets 499 `client_disconnected` (in the access log only:
+nobody reads it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chains.catalogue import FilterMatchesNothing
 from chains.errors import (
     CollectionMismatch,
     ConfigurationError,
@@ -38,6 +42,33 @@ logger = logging.getLogger(__name__)
 DEPENDENCY_RETRY_AFTER_S = 5
 
 
+class ApiError(StarletteHTTPException):
+    """An HTTP error with a stable code of its own, more specific than its status's (`_STATUS_CODES`)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
+        self.code = code
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its (non-streaming) answer was ready; the answer was cancelled."""
+
+
+# The code of an HTTPException by its status; any other status is `http_error`.
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     status: int
@@ -51,7 +82,8 @@ def classify(exc: Exception) -> ErrorInfo:
 
     Codes: `model_timeout` and `request_timeout` (504); `model_busy` (503 + Retry-After); `<dependency>_unavailable`
     for qdrant, chat_model and embeddings (503 + Retry-After: DEPENDENCY_RETRY_AFTER_S); `collection_mismatch`,
-    `configuration_error` (503); any other `RagError` its own code (400); anything unexpected `internal_error`
+    `configuration_error` (503); `filter_matches_nothing` (422, naming the stored values); any other
+    `RagError` its own code (400); anything unexpected `internal_error`
     (500, text never shown).
     """
     if isinstance(exc, ModelTimeout | DeadlineExceeded):
@@ -62,6 +94,8 @@ def classify(exc: Exception) -> ErrorInfo:
         return ErrorInfo(503, f"{exc.dependency}_unavailable", str(exc), DEPENDENCY_RETRY_AFTER_S)
     if isinstance(exc, CollectionMismatch | ConfigurationError):
         return ErrorInfo(503, exc.code, str(exc))
+    if isinstance(exc, FilterMatchesNothing):
+        return ErrorInfo(422, exc.code, str(exc))
     if isinstance(exc, RagError):
         return ErrorInfo(400, exc.code, str(exc))
     return ErrorInfo(500, "internal_error", "an unexpected error occurred; it has been logged")
@@ -115,6 +149,7 @@ def _described(description: str) -> dict[str, object]:
 # The error statuses of the public endpoints, for their OpenAPI `responses`.
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: _described("No or a wrong API key (when API_KEYS is set): `unauthorized`"),
+    408: _described("The body did not arrive within BODY_TIMEOUT_S: `body_timeout`"),
     413: _described("The body is larger than MAX_BODY_BYTES: `payload_too_large`"),
     422: _described("The body does not fit the schema or a configured limit: `invalid_request`"),
     429: _described("Too many requests from this client: `rate_limited`, with a Retry-After header"),
@@ -144,16 +179,7 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {
-        400: "bad_request",
-        401: "unauthorized",
-        403: "forbidden",
-        404: "not_found",
-        405: "method_not_allowed",
-        413: "payload_too_large",
-        429: "rate_limited",
-    }
-    code = codes.get(exc.status_code, "http_error")
+    code = exc.code if isinstance(exc, ApiError) else _STATUS_CODES.get(exc.status_code, "http_error")
     response = error_response(exc.status_code, code, str(exc.detail), request_id_of(request))
     if exc.headers:
         response.headers.update(exc.headers)
@@ -170,7 +196,14 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(info.status, info.code, info.message, request_id_of(request), headers)
 
 
+async def _on_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("request %s: client disconnected, answer cancelled", request_id_of(request))
+    message = "the client disconnected before the answer was ready; it was cancelled"
+    return error_response(499, "client_disconnected", message, request_id_of(request))
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnected, _on_disconnect)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RagError, _on_error)

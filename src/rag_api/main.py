@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from chains.settings import Settings, settings_error_message
+from chains.vectorstore import local_store_problem
 from rag_api.app import create_app
 from rag_api.logging_setup import configure_logging
+from rag_api.server import configure_header_timeout, uvicorn_options
 
 # uvicorn restarts a worker that does not answer its health check within this time (its default is 5 s). A
 # starting worker imports torch and loads the embedding model, which on a busy CPU takes longer than that.
@@ -43,9 +45,12 @@ def main(host: str, port: int, workers: int) -> None:
             f"{settings.qdrant_path} opens in one process only. Start one (docker compose up -d qdrant) and set "
             "QDRANT_URL=http://127.0.0.1:6333, or serve with --workers 1."
         )
+    if not settings.uses_qdrant_server and (problem := local_store_problem(settings.qdrant_path, deep=True)):
+        raise click.ClickException(problem)  # exit code 1, one paragraph, no traceback
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    options = uvicorn_options(settings)  # header timeout, proxy headers from TRUSTED_PROXIES only
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, **options)
         return
     uvicorn.run(
         "rag_api.main:app_from_environment",
@@ -56,6 +61,7 @@ def main(host: str, port: int, workers: int) -> None:
         log_config=None,
         access_log=False,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S,
+        **options,
     )
 
 
@@ -63,6 +69,7 @@ def app_from_environment() -> FastAPI:
     """The app of one worker process: settings read again from the environment, logging configured again."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    configure_header_timeout(settings)
     return create_app(settings)
 
 

@@ -1,14 +1,21 @@
 """Pure ASGI middleware: a request id on every request and response, one access log line per request, a body
-limit, and a last-resort JSON 500 for an exception nothing else handled.
+limit and a body read timeout, and a last-resort JSON 500 for an exception nothing else handled.
 
 Pure ASGI (not `BaseHTTPMiddleware`) so that streamed responses pass through untouched and cheaply. Routes add
 fields to the access line (retrieval and model ms, token counts, the question when LOG_QUESTIONS is on) with
 `note_access(request, ...)`: the line is written once the response, streamed or not, has ended. The same
 moment feeds the request count and latency metrics (rag_api.metrics), when the app has them.
+
+A body over MAX_BODY_BYTES (by Content-Length, or counted as a chunked body arrives) is 413 `payload_too_large`;
+a body still incomplete BODY_TIMEOUT_S after the app first asked for it is 408 `body_timeout`. While the body is
+read the errors are raised as `HTTPException`s, which FastAPI passes on (rather than its generic 400 "error parsing
+the body") to the app's handlers; both close the connection. This middleware sits inside CORSMiddleware, so its
+own responses (413, 500) carry the CORS headers of an allowed origin, as every other error does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -16,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +35,8 @@ errors_logger = logging.getLogger("rag_api.errors")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _ACCESS_KEY = "access"
+# The rest of a refused body is never read: the connection cannot carry another request, so it is closed.
+_CLOSE = {"Connection": "close"}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -48,16 +58,23 @@ def _json_error(status: int, code: str, message: str, request_id: str) -> tuple[
     start: Message = {
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
     }
     return start, {"type": "http.response.body", "body": body}
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, metrics: Metrics | None = None, body_timeout_s: float = 30.0
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,15 +146,31 @@ class RequestContextMiddleware:
         )
 
     def _limited(self, receive: Receive) -> Receive:
+        """`receive`, counting the body against MAX_BODY_BYTES and timing it against BODY_TIMEOUT_S. Once the body
+        is complete, `receive` only waits for the client to disconnect, which may take as long as it takes."""
         received = 0
+        deadline: float | None = None
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, body_done
+            if body_done:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.body_timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.body_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self._too_large_message)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         return limited_receive
@@ -149,5 +182,15 @@ class RequestContextMiddleware:
         await send(body)
 
 
-class BodyTooLarge(Exception):
-    """A chunked body grew past the limit while being read."""
+class BodyTooLarge(HTTPException):
+    """A chunked body grew past MAX_BODY_BYTES while being read: 413 `payload_too_large`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message, headers=_CLOSE)
+
+
+class BodyTimeout(HTTPException):
+    """The body did not arrive within BODY_TIMEOUT_S: 408 `body_timeout`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s (BODY_TIMEOUT_S)", _CLOSE)

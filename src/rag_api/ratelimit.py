@@ -4,6 +4,8 @@ Each client may make RATE_LIMIT_BURST requests at once and RATE_LIMIT_PER_MINUTE
 429 with `Retry-After` (whole seconds until a token is back). Buckets live in this process only, so N workers
 allow N times the rate: put a shared limiter in the proxy for a fleet. The table of buckets is bounded (least
 recently seen clients are forgotten first), so a flood of spoofed clients cannot grow memory without end.
+A refused API key counts against its sender's address too (`count_failed_auth`), so keys cannot be guessed at
+full speed.
 """
 
 from __future__ import annotations
@@ -73,15 +75,31 @@ def client_id(request: Request) -> str:
     label = getattr(request.state, "client_id", None)
     if isinstance(label, str):
         return label
+    return address_id(request)
+
+
+def address_id(request: Request) -> str:
+    """The peer's IP address (the client named by a trusted proxy when TRUSTED_PROXIES lists it)."""
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
-async def rate_limit(request: Request) -> None:
-    """A dependency (after auth, which names key holders): 429 with Retry-After when the client has no token left."""
+def spend_token(request: Request, client: str) -> None:
+    """Spend one of `client`'s tokens: 429 `rate_limited` with Retry-After when it has none left."""
     state: AppState = request.app.state.rag
-    wait = state.rate_limiter.take(client_id(request))
+    wait = state.rate_limiter.take(client)
     if wait > 0:
         retry_after = max(1, math.ceil(wait))
         raise HTTPException(
             429, f"too many requests; retry in {retry_after} s", headers={"Retry-After": str(retry_after)}
         )
+
+
+async def rate_limit(request: Request) -> None:
+    """A dependency (after auth, which names key holders): 429 with Retry-After when the client has no token left."""
+    spend_token(request, client_id(request))
+
+
+def count_failed_auth(request: Request) -> None:
+    """A refused key spends a token of its sender's address, so that guessing keys is rate limited like any other
+    request: past the burst the answer is 429, not another 401/403."""
+    spend_token(request, address_id(request))

@@ -17,7 +17,7 @@ import threading
 from qdrant_client import QdrantClient
 
 from chains.embeddings import embedding_dimension
-from chains.errors import DependencyUnavailable, RagError
+from chains.errors import DependencyUnavailable, RagError, StoreDamaged
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client, build_vector_store, ensure_collection
 from rag_api.state import AppState
@@ -39,7 +39,7 @@ def open_qdrant(settings: Settings) -> tuple[QdrantClient, str | None]:
     """The configured client, or a closed stand-in and the reason when the store cannot be opened now."""
     try:
         return build_qdrant_client(settings), None
-    except DependencyUnavailable as exc:
+    except (DependencyUnavailable, StoreDamaged) as exc:  # damaged: /ready says so until the files are restored
         logger.error("starting degraded: %s", exc)
         return closed_client(), str(exc)
 

@@ -1,10 +1,15 @@
-"""Pydantic models for every request and response body, with the limits a public endpoint needs."""
+"""Pydantic models for every request and response body, with the limits a public endpoint needs.
+
+Numbers and flags are strict (`"k": "5"` and `"stream": 0` are 422, not quietly converted): a client that sends the
+wrong type has a bug worth naming. Only those fields: strict strings would refuse nothing JSON can send anyway. A
+whole number written `5.0` stays accepted, as JSON Schema's `integer` allows it (`PassageCount`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
 from chains.settings import MAX_HISTORY_TURNS, MAX_K, MAX_QUESTION_CHARS, MAX_SELECTED_CHARS
 
@@ -13,6 +18,15 @@ MAX_TURN_CHARS = 8000
 # Python counts \x1c-\x1f as whitespace, Unicode does not; Python and Rust count \x85 (NEL), ECMAScript does
 # not; ECMAScript counts \ufeff (BOM), Python and Rust do not.
 NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
+
+
+def _integral_float_to_int(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A number of passages (`k`), strictly an integer: no strings, booleans or 2.5; but 5.0, which JSON Schema counts as
+# the integer 5. The bounds sit inside, so that OpenAPI shows them as minimum/maximum in an optional field too.
+PassageCount = Annotated[int, Strict(), Field(ge=1, le=MAX_K), BeforeValidator(_integral_float_to_int)]
 
 
 def _not_blank(value: str) -> str:
@@ -42,7 +56,9 @@ class AskRequest(BaseModel):
         min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK, description="The student's question."
     )
     stream: bool | None = Field(
-        None, description="Stream server-sent events. Default: stream when the Accept header asks for them."
+        None,
+        strict=True,
+        description="Stream server-sent events. Default: stream when the Accept header asks for them.",
     )
     history: list[TurnIn] = Field(
         default_factory=list, max_length=MAX_HISTORY_TURNS, description="Earlier turns, oldest first."
@@ -51,7 +67,10 @@ class AskRequest(BaseModel):
         None, max_length=MAX_SELECTED_CHARS, description="Text the reader selected on the page; used first."
     )
     selected_from: str | None = Field(None, max_length=500, description="The page or chapter the selection is from.")
-    k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages to retrieve.")
+    page_url: str | None = Field(
+        None, max_length=2000, description="The page the reader asks from (sent by the widget); not used yet."
+    )
+    k: PassageCount | None = Field(None, description="How many passages to retrieve.")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
 
@@ -63,9 +82,11 @@ class SourceOut(BaseModel):
     source: str = Field(description="The file it comes from, relative to the book's folder.")
     title: str | None
     heading_path: list[str]
-    url: str | None
+    url: str | None = Field(description="Its section on the book's site (BOOK_BASE_URL + page_path + #anchor).")
     page: int | None
     chunk_index: int | None
+    page_path: str | None = Field(None, description="Its page on the book's site, relative to BOOK_BASE_URL.")
+    anchor: str | None = Field(None, description="The id of its section's heading on that page.")
     score: float
     text: str
 
@@ -93,7 +114,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK)
-    k: int = Field(5, ge=1, le=MAX_K)
+    k: PassageCount = 5
     sources: list[str] | None = Field(None, max_length=100)
     chapter: str | None = Field(None, max_length=500)
 
@@ -174,7 +195,7 @@ class ChatQuestionOptions(BaseModel):
     )
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
-    k: int | None = Field(None, ge=1, le=MAX_K, description="How many passages to retrieve.")
+    k: PassageCount | None = Field(None, description="How many passages to retrieve.")
 
 
 class UIMessagePartIn(BaseModel):
@@ -227,3 +248,27 @@ class ChatRequest(BaseModel):
     messages: list[UIMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     message_id: str | None = Field(None, alias="messageId", max_length=200)
+
+
+# --- POST /feedback: a reader's rating of one answer ---
+
+MAX_FEEDBACK_COMMENT_CHARS = 2000
+
+
+class FeedbackRequest(BaseModel):
+    """A reader's thumbs up or down on an answer, by the `answer_id` its done event or JSON body carried."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"answer_id": "3f2a…", "rating": "down", "comment": "It missed chapter 4"}]},
+    )
+
+    answer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=MAX_FEEDBACK_COMMENT_CHARS, description="What was wrong or right.")
+
+
+class FeedbackResponse(BaseModel):
+    answer_id: str
+    rating: Literal["up", "down"]
+    stored: bool = True

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from qdrant_client import QdrantClient
 
 from chains.answer import Answerer
+from chains.catalogue import BookCatalogue
 from chains.rerank import Reranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from rag_api.ratelimit import TokenBuckets
+from rag_api.records import AnswerRecorder, RecordStore
 
 
 @dataclass(slots=True)
@@ -27,6 +29,11 @@ class AppState:
     collection_error: str | None = None
     # True while the store could not be opened (the client is a closed stand-in): see rag_api.recovery.
     qdrant_needs_reopen: bool = False
+    # The record of answers (None when RECORD_QUESTIONS=false or the database could not be opened).
+    records: RecordStore | None = None
+    recorder: AnswerRecorder | None = None
+    records_error: str | None = None
+    catalogue: BookCatalogue = field(default_factory=lambda: BookCatalogue(""))
 
 
 @dataclass(frozen=True, slots=True)

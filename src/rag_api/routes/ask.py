@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
 from chains.answer import AnswerRequest, Turn
-from rag_api.answering import stream_answer, whole_answer
+from rag_api.answering import resolve_filters, stream_answer, whole_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.limits import check_ask_limits
@@ -36,7 +36,8 @@ in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`
 | `done` | `{"answer_id", "mode", "citations", "usage", "timings"}` | last event of a successful answer |
 | `error` | `{"code", "message"}` | last event when something fails after the stream started |
 
-`Source` is `{number, source, title, heading_path, url, page, chunk_index, score, text}` (as in `AskResponse`).
+`Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text}` (as in
+`AskResponse`); `url` is its section on the book's site (BOOK_BASE_URL + page_path + #anchor), null without a base.
 `usage` is `{input_tokens, output_tokens, total_tokens}` when the model reports it, else `null`; `timings` is
 `{retrieval_ms, first_token_ms, total_ms}` (`first_token_ms` is `null` when no model was called).
 
@@ -125,6 +126,7 @@ async def ask(
         note_access(http, question=body.question)
     request = to_answer_request(body)
     if wants_stream(body, accept):
+        request = await resolve_filters(state, request)  # 422 before the stream, not a false refusal
         return sse_response(ask_sse(stream_answer(state, request, http), request_id), request_id)
     answer = await whole_answer(state, request, http)
     assert answer.timings is not None

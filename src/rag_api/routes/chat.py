@@ -44,8 +44,8 @@ The stream starts once the passages are found: a failure before that (Qdrant or 
 deadline) is an HTTP error with a JSON body, as for `/ask` without streaming (503 with Retry-After, 504), which
 `DefaultChatTransport` raises as the chat's error. The `retrieving` status then comes just before the sources.
 
-`providerMetadata.bookrag.number` is the number the answer cites as [n]; its `text`, `score`, `page` and `url`
-are there too. The stream ends with `data: [DONE]`.
+`providerMetadata.bookrag.number` is the number the answer cites as [n]; its `text`, `score`, `page`, `url` (the
+section on the book's site), `pagePath` and `anchor` are there too. The stream ends with `data: [DONE]`.
 
 The last user message is the question; its `metadata` may carry `selectedText`, `selectedFrom`, `chapter`,
 `sources` and `k` (as `/ask`'s fields). Earlier messages are the conversation (the last MAX_HISTORY_TURNS).

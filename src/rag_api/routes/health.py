@@ -15,6 +15,7 @@ import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from chains.vectorstore import local_store_problem
 from rag_api.deps import State
 from rag_api.recovery import recheck_qdrant
 from rag_api.schemas import DependencyHealth, HealthResponse
@@ -34,6 +35,10 @@ def _probe_qdrant(state: AppState) -> tuple[DependencyHealth, int | None]:
         recheck_qdrant(state)
     if state.collection_error:
         return DependencyHealth(ok=False, detail=state.collection_error), None
+    if not state.settings.uses_qdrant_server:  # a file deleted or overwritten under the running server
+        problem = local_store_problem(state.settings.qdrant_path)
+        if problem is not None:
+            return DependencyHealth(ok=False, detail=problem), None
     try:
         if not state.client.collection_exists(name):
             return DependencyHealth(ok=False, detail=f"collection {name!r} does not exist: run rag-ingest"), None

@@ -1,0 +1,184 @@
+"""The sentences of a passage that best answer the question, as `[start, end]` character offsets into its text.
+
+A reader checks a citation by its quote, not by a 256-token passage. Sentences are scored with the embedding model
+already loaded (the question's vector against each sentence's, in one batch for all passages) plus a small bonus
+for the question's own words, so that a sentence naming the thing asked about wins a tie. No new model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+[.)])\s)"
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_MIN_CHARS = 12
+_MAX_SENTENCES_PER_PASSAGE = 40
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "my",
+        "of",
+        "on",
+        "or",
+        "should",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    start: int
+    end: int
+    text: str
+
+
+def split_sentences(text: str) -> list[Sentence]:
+    """The passage's sentences (and list items, paragraphs), with offsets; fragments too short to quote are kept
+    joined to their neighbour."""
+    sentences: list[Sentence] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        _append(sentences, text, start, match.start())
+        start = match.end()
+    _append(sentences, text, start, len(text))
+    return sentences[:_MAX_SENTENCES_PER_PASSAGE]
+
+
+def _append(sentences: list[Sentence], text: str, start: int, end: int) -> None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if end <= start:
+        return
+    if sentences and (end - start < _MIN_CHARS or sentences[-1].end - sentences[-1].start < _MIN_CHARS):
+        previous = sentences.pop()
+        start = previous.start
+    sentences.append(Sentence(start, end, text[start:end]))
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in (m.group(0).casefold() for m in _WORD.finditer(text)) if w not in STOPWORDS and len(w) > 1}
+
+
+def lexical_overlap(question_words: set[str], sentence: str) -> float:
+    """The share of the question's content words the sentence contains (prefix match, a crude stem)."""
+    if not question_words:
+        return 0.0
+    words = content_words(sentence)
+    hits = sum(1 for q in question_words if any(w.startswith(q[:5]) or q.startswith(w[:5]) for w in words))
+    return hits / len(question_words)
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=False))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+def sentence_scores(
+    question: str, question_vector: Sequence[float], sentences: Sequence[str], vectors: Sequence[Sequence[float]]
+) -> list[float]:
+    """Each sentence's support for the question: cosine similarity plus a bonus for shared content words."""
+    words = content_words(question)
+    return [
+        cosine(question_vector, v) + 0.15 * lexical_overlap(words, s) for s, v in zip(sentences, vectors, strict=True)
+    ]
+
+
+def choose(scores: Sequence[float], best_overall: float, limit: int = 2, margin: float = 0.08) -> list[int]:
+    """The indices of a passage's highlighted sentences: its best one, and a second close to it, each within
+    `margin` of the best sentence of all passages, in text order."""
+    if not scores:
+        return []
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+    top = scores[ranked[0]]
+    chosen = [i for i in ranked[:limit] if scores[i] >= top - margin / 2 and scores[i] >= best_overall - margin]
+    return sorted(chosen or [ranked[0]])
+
+
+def highlight_passages(
+    question: str,
+    question_vector: Sequence[float],
+    texts: Sequence[str],
+    embed: Callable[[list[str]], list[list[float]]],
+) -> list[list[tuple[int, int]]]:
+    """For each passage, the `(start, end)` offsets of its best-answering sentences; all sentences embedded in
+    one batch."""
+    split = [split_sentences(text) for text in texts]
+    flat = [s.text for sentences in split for s in sentences]
+    if not flat:
+        return [[] for _ in texts]
+    vectors = embed(flat)
+    scores = sentence_scores(question, question_vector, flat, vectors)
+    best_overall = max(scores)
+    spans: list[list[tuple[int, int]]] = []
+    offset = 0
+    for sentences in split:
+        own = scores[offset : offset + len(sentences)]
+        offset += len(sentences)
+        spans.append([(sentences[i].start, sentences[i].end) for i in choose(own, best_overall)])
+    return spans
+
+
+def quote(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """The highlighted sentences of a passage as one quote, `…` where text was left out between them."""
+    pieces = [" ".join(text[start:end].split()) for start, end in spans]
+    return " … ".join(piece for piece in pieces if piece)
