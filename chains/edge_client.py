@@ -17,6 +17,7 @@ On purpose:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -63,16 +64,16 @@ def open_edge_client(settings: Settings) -> QdrantClient:
     """The edge client for QDRANT_PATH, with the configured collection opened now (so that a store held by another
     process is reported at start-up, as local mode does). Typed as `QdrantClient`: it answers the calls this project
     and langchain-qdrant make (see the module docstring)."""
-    client = EdgeClient(settings.qdrant_path / "edge")
-    if client.collection_exists(settings.qdrant_collection):
-        try:
+    try:
+        client = EdgeClient(settings.qdrant_path / "edge")
+        if client.collection_exists(settings.qdrant_collection):
             client.open(settings.qdrant_collection)
-        except StoreLocked as exc:
-            raise DependencyUnavailable(
-                "qdrant",
-                f"{exc} (the embedded store allows one process at a time). Stop that process (e.g. the API "
-                "server), or run Qdrant as a server (docker compose up -d qdrant) and set QDRANT_URL.",
-            ) from exc
+    except StoreLocked as exc:
+        raise DependencyUnavailable(
+            "qdrant",
+            f"{exc} (the embedded store allows one process at a time). Stop that process (e.g. the API "
+            "server), or run Qdrant as a server (docker compose up -d qdrant) and set QDRANT_URL.",
+        ) from exc
     return cast(QdrantClient, client)
 
 
@@ -88,6 +89,14 @@ class EdgeClient:
         self._timers: dict[str, threading.Timer] = {}
         self._optimizing = threading.Lock()  # close() waits for a running optimization rather than cut it off
         root.mkdir(parents=True, exist_ok=True)
+        # The whole store is this process's while the client is open, as local mode's `.lock` makes it (a shard's
+        # own WAL lock would leave a collection not yet created to whichever process creates it first).
+        self._lockfile = (root / ".lock").open("a+")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lockfile.close()
+            raise StoreLocked(f"the embedded store at {root} is open in another process") from exc
 
     # -- collections ---------------------------------------------------------------------------------------
 
@@ -377,6 +386,9 @@ class EdgeClient:
             for shard in shards:
                 shard.flush()
                 shard.close()
+        if not self._lockfile.closed:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._lockfile.close()
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(
