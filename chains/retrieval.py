@@ -135,7 +135,8 @@ class BookRetriever(BaseRetriever):
     candidates_per_k: int = 4
     min_candidates: int = 20
     reranker: Reranker | None = None
-    # Embedded store only: search an in-memory copy of the vectors (chains.local_index), not local mode's loops.
+    # Local mode only (QDRANT_ENGINE=local): search an in-memory copy of the vectors (chains.local_index), not
+    # local mode's loops. A server and the edge engine search, fuse and filter themselves (`query_points`).
     local_index: LocalIndex | None = None
     mmr: bool = False
     mmr_lambda: float = 0.7
@@ -156,7 +157,7 @@ class BookRetriever(BaseRetriever):
             candidates_per_k=settings.retrieval_candidates_per_k,
             min_candidates=settings.retrieval_min_candidates,
             reranker=reranker,
-            local_index=None if settings.uses_qdrant_server else LocalIndex(settings.qdrant_collection),
+            local_index=LocalIndex(settings.qdrant_collection) if settings.searches_in_memory else None,
             mmr=settings.retrieval_mmr,
             mmr_lambda=settings.retrieval_mmr_lambda,
             max_retries=settings.qdrant_max_retries,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     qdrant_path: Path = Path("data/qdrant")
     qdrant_collection: str = Field(DEFAULT_COLLECTION, pattern=r"^[A-Za-z0-9_\-]{1,255}$")
     qdrant_timeout_s: float = Field(10.0, gt=0, le=300)
+    # The embedded store's engine (without QDRANT_URL): qdrant-client's local mode searched through an in-memory
+    # index (`local`, the default), or Qdrant's own engine in-process (`edge`, qdrant-edge-py: chains/edge_client.py).
+    qdrant_engine: Literal["local", "edge"] = "local"
     # Collection layout, applied when the collection is created (an existing collection keeps its own):
     # shards and replicas for a cluster (QDRANT_SHARDS is the older name of QDRANT_SHARD_NUMBER), how many
     # replicas must confirm a write, vectors and payload on disk, quantized vectors kept in RAM, HNSW options.
@@ -245,6 +248,11 @@ class Settings(BaseSettings):
     @property
     def uses_qdrant_server(self) -> bool:
         return self.qdrant_url is not None
+
+    @property
+    def searches_in_memory(self) -> bool:
+        """The embedded store in local mode, whose own search is Python loops: the retriever uses chains.local_index."""
+        return not self.uses_qdrant_server and self.qdrant_engine == "local"
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redactor."""

@@ -139,6 +139,10 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantClient(url=str(settings.qdrant_url), api_key=api_key, timeout=int(settings.qdrant_timeout_s))
     settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+    if settings.qdrant_engine == "edge":
+        from chains.edge_client import open_edge_client
+
+        return open_edge_client(settings)
     problem = local_store_problem(settings.qdrant_path)
     if problem is not None:
         raise StoreDamaged(problem)

@@ -1,0 +1,615 @@
+"""The embedded store on Qdrant's own engine (qdrant-edge-py), behind the part of `QdrantClient` this project uses.
+
+`QDRANT_ENGINE=edge` (without `QDRANT_URL`): each collection is one `EdgeShard` in `QDRANT_PATH/edge/<name>`, the
+engine the Qdrant server runs (HNSW, payload indexes, prefetch with RRF/DBSF fusion, MMR, the IDF modifier) in
+this process. The indexer, the retriever, the health route and langchain-qdrant's `QdrantVectorStore` keep
+calling `QdrantClient` methods with `qdrant_client.models`; `EdgeClient` translates those calls and their answers,
+so the server path (`QDRANT_URL`, qdrant-client) and this one send the same requests and store the same vectors.
+
+On purpose:
+- Only what the project calls is translated; anything else raises `NotImplementedError` naming it, rather than
+  half-working.
+- The engine searches, fuses and filters itself: no in-memory copy (`chains/local_index.py` is for local mode).
+- The engine optimizes (merges segments, builds HNSW) only when asked: after writes, once no write has come for
+  `optimize_after_s`, a background thread does it; queries are answered from the unoptimized segments meanwhile.
+- One process at a time, as with local mode: the shard's write-ahead log is locked by the process that opened it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import qdrant_edge as qe
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.models import QueryResponse
+
+from chains.errors import DependencyUnavailable
+from chains.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_META = "bookrag-collection.json"  # the collection's vector layout, as `create_collection` was given it
+_DISTANCES = {
+    models.Distance.COSINE: qe.Distance.Cosine,
+    models.Distance.DOT: qe.Distance.Dot,
+    models.Distance.EUCLID: qe.Distance.Euclid,
+    models.Distance.MANHATTAN: qe.Distance.Manhattan,
+}
+_SCHEMAS = {
+    models.PayloadSchemaType.KEYWORD: qe.PayloadSchemaType.Keyword,
+    models.PayloadSchemaType.INTEGER: qe.PayloadSchemaType.Integer,
+    models.PayloadSchemaType.FLOAT: qe.PayloadSchemaType.Float,
+    models.PayloadSchemaType.BOOL: qe.PayloadSchemaType.Bool,
+    models.PayloadSchemaType.TEXT: qe.PayloadSchemaType.Text,
+    models.PayloadSchemaType.DATETIME: qe.PayloadSchemaType.Datetime,
+    models.PayloadSchemaType.UUID: qe.PayloadSchemaType.Uuid,
+}
+_DONE = models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
+RRF_K = 2  # Qdrant's default RRF constant
+
+
+class StoreLocked(RuntimeError):
+    """The shard is open in another process (its write-ahead log is locked)."""
+
+
+def open_edge_client(settings: Settings) -> QdrantClient:
+    """The edge client for QDRANT_PATH, with the configured collection opened now (so that a store held by another
+    process is reported at start-up, as local mode does). Typed as `QdrantClient`: it answers the calls this project
+    and langchain-qdrant make (see the module docstring)."""
+    try:
+        client = EdgeClient(settings.qdrant_path / "edge")
+        if client.collection_exists(settings.qdrant_collection):
+            client.open(settings.qdrant_collection)
+    except StoreLocked as exc:
+        raise DependencyUnavailable(
+            "qdrant",
+            f"{exc} (the embedded store allows one process at a time). Stop that process (e.g. the API "
+            "server), or run Qdrant as a server (docker compose up -d qdrant) and set QDRANT_URL.",
+        ) from exc
+    return cast(QdrantClient, client)
+
+
+class EdgeClient:
+    """`QdrantClient`'s methods that this project uses, over one `EdgeShard` per collection under `root`."""
+
+    def __init__(self, root: Path, optimize_after_s: float = 2.0) -> None:
+        self.root = root
+        self.optimize_after_s = optimize_after_s
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._layouts: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # guards the maps and the timers, never a search or a write
+        self._timers: dict[str, threading.Timer] = {}
+        self._optimizing = threading.Lock()  # close() waits for a running optimization rather than cut it off
+        root.mkdir(parents=True, exist_ok=True)
+        # The whole store is this process's while the client is open, as local mode's `.lock` makes it (a shard's
+        # own WAL lock would leave a collection not yet created to whichever process creates it first).
+        self._lockfile = (root / ".lock").open("a+")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lockfile.close()
+            raise StoreLocked(f"the embedded store at {root} is open in another process") from exc
+
+    # -- collections ---------------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self.root / name
+
+    def collection_exists(self, collection_name: str) -> bool:
+        return (self._path(collection_name) / _META).is_file()
+
+    def open(self, name: str) -> None:
+        """Open the collection's shard now rather than at the first call."""
+        self._shard(name)
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        with self._lock:
+            shard = self._shards.get(name)
+            if shard is not None:
+                return shard
+            if not self.collection_exists(name):
+                raise ValueError(f"Collection {name} not found")
+            try:
+                shard = qe.EdgeShard.load(str(self._path(name)))
+            except Exception as exc:
+                if "WouldBlock" in str(exc):
+                    raise StoreLocked(f"the embedded store at {self._path(name)} is open in another process") from exc
+                raise
+            self._shards[name] = shard
+            return shard
+
+    def _layout(self, name: str) -> dict[str, Any]:
+        if name not in self._layouts:
+            self._layouts[name] = json.loads((self._path(name) / _META).read_text(encoding="utf-8"))
+        return self._layouts[name]
+
+    def create_collection(
+        self,
+        collection_name: str,
+        vectors_config: models.VectorParams | dict[str, models.VectorParams] | None = None,
+        sparse_vectors_config: dict[str, models.SparseVectorParams] | None = None,
+        **_: Any,  # shards, replication, consistency, payload placement: a cluster's settings, not a shard's
+    ) -> bool:
+        if self.collection_exists(collection_name):
+            raise ValueError(f"Collection {collection_name} already exists")
+        dense = {"": vectors_config} if isinstance(vectors_config, models.VectorParams) else dict(vectors_config or {})
+        sparse = dict(sparse_vectors_config or {})
+        layout = {
+            "vectors": {name: p.model_dump(mode="json", exclude_none=True) for name, p in dense.items()},
+            "sparse_vectors": {name: p.model_dump(mode="json", exclude_none=True) for name, p in sparse.items()},
+        }
+        config = qe.EdgeConfig(
+            vectors={name: _dense_params(p) for name, p in dense.items()},
+            sparse_vectors={
+                name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if p.modifier == models.Modifier.IDF else None)
+                for name, p in sparse.items()
+            },
+        )
+        path = self._path(collection_name)
+        shard = qe.EdgeShard.create(str(path), config)
+        (path / _META).write_text(json.dumps(layout), encoding="utf-8")
+        with self._lock:
+            self._shards[collection_name] = shard
+            self._layouts[collection_name] = layout
+        return True
+
+    def delete_collection(self, collection_name: str, **_: Any) -> bool:
+        with self._lock:
+            timer = self._timers.pop(collection_name, None)
+            shard = self._shards.pop(collection_name, None)
+            self._layouts.pop(collection_name, None)
+        if timer is not None:
+            timer.cancel()
+        if shard is not None:
+            with self._optimizing:
+                shard.close()
+        if not self._path(collection_name).exists():
+            return False
+        shutil.rmtree(self._path(collection_name))
+        return True
+
+    def get_collection(self, collection_name: str) -> models.CollectionInfo:
+        """What `check_collection` and langchain-qdrant read: the vector layout, point count, payload indexes."""
+        layout = self._layout(collection_name)
+        info = self._shard(collection_name).info()
+        params = models.CollectionParams(
+            vectors={name: models.VectorParams(**v) for name, v in layout["vectors"].items()},
+            sparse_vectors={name: models.SparseVectorParams(**v) for name, v in layout["sparse_vectors"].items()},
+        )
+        schema = {
+            field: models.PayloadIndexInfo(data_type=_schema_name(index.data_type), points=index.points)
+            for field, index in info.payload_schema.items()
+        }
+        return models.CollectionInfo.model_construct(
+            status=models.CollectionStatus.GREEN,
+            optimizer_status=models.OptimizersStatusOneOf.OK,
+            points_count=info.points_count,
+            indexed_vectors_count=info.indexed_vectors_count,
+            segments_count=info.segments_count,
+            config=models.CollectionConfig.model_construct(  # type: ignore[call-arg]
+                params=params, metadata=layout.get("metadata")
+            ),
+            payload_schema=schema,
+        )
+
+    def update_collection(self, collection_name: str, metadata: dict[str, Any] | None = None, **_: Any) -> bool:
+        """Collection metadata (kept beside the shard, merged as a server merges it); other changes are a
+        server's (optimizer, HNSW and quantization updates are not translated)."""
+        if metadata:
+            layout = dict(self._layout(collection_name))
+            layout["metadata"] = {**(layout.get("metadata") or {}), **metadata}
+            (self._path(collection_name) / _META).write_text(json.dumps(layout), encoding="utf-8")
+            self._layouts[collection_name] = layout
+        return True
+
+    def create_payload_index(
+        self,
+        collection_name: str,
+        field_name: str,
+        field_schema: models.PayloadSchemaType | None = None,
+        **_: Any,
+    ) -> models.UpdateResult:
+        if field_schema not in _SCHEMAS:
+            raise NotImplementedError(f"the embedded engine indexes {sorted(_SCHEMAS)} here, not {field_schema}")
+        self._shard(collection_name).update(qe.UpdateOperation.create_field_index(field_name, _SCHEMAS[field_schema]))
+        return _DONE
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def _wrote(self, name: str) -> None:
+        """Optimize `name` once writes pause (a new write restarts the wait)."""
+        with self._lock:
+            old = self._timers.pop(name, None)
+            if old is not None:
+                old.cancel()
+            timer = threading.Timer(self.optimize_after_s, self._optimize, args=(name,))
+            timer.daemon = True
+            self._timers[name] = timer
+            timer.start()
+
+    def _optimize(self, name: str) -> None:
+        with self._lock:
+            shard = self._shards.get(name)
+        if shard is None:
+            return
+        try:
+            with self._optimizing:
+                shard.optimize()
+        except Exception as exc:  # the data is safe in the unoptimized segments; searches only run slower
+            logger.warning("optimizing the embedded collection %s failed: %s", name, exc)
+
+    def upsert(
+        self, collection_name: str, points: Sequence[models.PointStruct] | models.Batch, **_: Any
+    ) -> models.UpdateResult:
+        if isinstance(points, models.Batch):
+            raise NotImplementedError("the embedded engine takes a list of PointStruct, not a Batch")
+        converted = [qe.Point(_id_in(p.id), _vectors_in(p.vector), p.payload) for p in points]
+        if converted:
+            self._shard(collection_name).update(qe.UpdateOperation.upsert_points(converted))
+            self._wrote(collection_name)
+        return _DONE
+
+    def delete(self, collection_name: str, points_selector: Any, **_: Any) -> models.UpdateResult:
+        ids, where = _selector(points_selector)
+        shard = self._shard(collection_name)
+        if where is not None:
+            shard.update(qe.UpdateOperation.delete_points_by_filter(where))
+        elif ids:
+            shard.update(qe.UpdateOperation.delete_points(ids))
+        self._wrote(collection_name)
+        return _DONE
+
+    def set_payload(
+        self, collection_name: str, payload: dict[str, Any], points: Any, key: str | None = None, **_: Any
+    ) -> models.UpdateResult:
+        ids, where = _selector(points)
+        shard = self._shard(collection_name)
+        if where is not None:
+            shard.update(qe.UpdateOperation.set_payload_by_filter(where, payload, key))
+        elif ids:
+            shard.update(qe.UpdateOperation.set_payload(ids, payload, key))
+        return _DONE
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def count(
+        self, collection_name: str, count_filter: models.Filter | None = None, exact: bool = True, **_: Any
+    ) -> models.CountResult:
+        request = qe.CountRequest(exact=exact, filter=_filter(count_filter))
+        return models.CountResult(count=self._shard(collection_name).count(request))
+
+    def scroll(
+        self,
+        collection_name: str,
+        scroll_filter: models.Filter | None = None,
+        limit: int = 10,
+        offset: models.ExtendedPointId | None = None,
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool | Sequence[str] = False,
+        **_: Any,
+    ) -> tuple[list[models.Record], models.ExtendedPointId | None]:
+        request = qe.ScrollRequest(
+            offset=None if offset is None else _id_in(offset),
+            limit=limit,
+            filter=_filter(scroll_filter),
+            with_payload=_with(with_payload),
+            with_vector=_with(with_vectors),
+        )
+        records, next_offset = self._shard(collection_name).scroll(request)
+        return [_record(r) for r in records], None if next_offset is None else _id_out(next_offset)
+
+    def retrieve(
+        self,
+        collection_name: str,
+        ids: Sequence[models.ExtendedPointId],
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool | Sequence[str] = False,
+        **_: Any,
+    ) -> list[models.Record]:
+        records = self._shard(collection_name).retrieve(
+            [_id_in(i) for i in ids], with_payload=_with(with_payload), with_vector=_with(with_vectors)
+        )
+        return [_record(r) for r in records]
+
+    def query_points(
+        self,
+        collection_name: str,
+        query: Any = None,
+        using: str | None = None,
+        prefetch: models.Prefetch | Sequence[models.Prefetch] | None = None,
+        query_filter: models.Filter | None = None,
+        search_params: models.SearchParams | None = None,
+        limit: int = 10,
+        offset: int | None = None,
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool | Sequence[str] = False,
+        score_threshold: float | None = None,
+        **_: Any,  # consistency, timeout, lookup_from: a cluster's options
+    ) -> QueryResponse:
+        request = qe.QueryRequest(
+            limit=limit,
+            offset=offset,
+            query=_query(query, using),
+            prefetches=_prefetches(prefetch),
+            filter=_filter(query_filter),
+            score_threshold=score_threshold,
+            params=_params(search_params),
+            with_payload=_with(with_payload),
+            with_vector=_with(with_vectors),
+        )
+        points = self._shard(collection_name).query(request)
+        return QueryResponse(
+            points=[
+                models.ScoredPoint(
+                    id=_id_out(p.id),
+                    version=p.version,
+                    score=p.score,
+                    payload=p.payload,
+                    vector=_vectors_out(p.vector),
+                )
+                for p in points
+            ]
+        )
+
+    def facet(
+        self,
+        collection_name: str,
+        key: str,
+        facet_filter: models.Filter | None = None,
+        limit: int = 10,
+        exact: bool = False,
+        **_: Any,
+    ) -> models.FacetResponse:
+        request = qe.FacetRequest(key=key, limit=limit, exact=exact, filter=_filter(facet_filter))
+        response = self._shard(collection_name).facet(request)
+        return models.FacetResponse(hits=[models.FacetValueHit(value=hit.value, count=hit.count) for hit in response])
+
+    def optimize(self, collection_name: str) -> None:
+        """Optimize now (the bench and tests; the service lets the background timer do it)."""
+        self._shard(collection_name).optimize()
+
+    def close(self, **_: Any) -> None:
+        with self._lock:
+            timers, self._timers = list(self._timers.values()), {}
+            shards, self._shards = list(self._shards.values()), {}
+        for timer in timers:
+            timer.cancel()
+        with self._optimizing:
+            for shard in shards:
+                shard.flush()
+                shard.close()
+        if not self._lockfile.closed:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._lockfile.close()
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotImplementedError(
+            f"QdrantClient.{name} is not available on the embedded edge engine (QDRANT_ENGINE=edge); "
+            "use a Qdrant server (QDRANT_URL) for it"
+        )
+
+
+# -- translation -----------------------------------------------------------------------------------------------
+
+
+def _dense_params(params: models.VectorParams) -> qe.EdgeVectorParams:
+    """The engine's form of a dense vector's layout: distance, placement, HNSW and quantization."""
+    hnsw = None
+    if params.hnsw_config is not None:
+        given = params.hnsw_config
+        hnsw = qe.HnswIndexConfig(
+            m=given.m if given.m is not None else 16,
+            ef_construct=given.ef_construct if given.ef_construct is not None else 100,
+            full_scan_threshold=given.full_scan_threshold if given.full_scan_threshold is not None else 10_000,
+        )
+    quantization: Any = None
+    wanted = params.quantization_config
+    if isinstance(wanted, models.ScalarQuantization):
+        quantization = qe.ScalarQuantizationConfig(
+            type=qe.ScalarType.Int8, quantile=wanted.scalar.quantile, always_ram=wanted.scalar.always_ram
+        )
+    elif isinstance(wanted, models.BinaryQuantization):
+        quantization = qe.BinaryQuantizationConfig(always_ram=wanted.binary.always_ram)
+    elif wanted is not None:
+        raise NotImplementedError(f"the embedded engine here takes scalar or binary quantization, not {wanted}")
+    return qe.EdgeVectorParams(
+        size=params.size,
+        distance=_DISTANCES[params.distance],
+        on_disk=params.on_disk,
+        quantization_config=quantization,
+        hnsw_config=hnsw,
+    )
+
+
+def _schema_name(kind: Any) -> models.PayloadSchemaType:
+    for ours, theirs in _SCHEMAS.items():
+        if theirs == kind:
+            return ours
+    return models.PayloadSchemaType.KEYWORD
+
+
+def _id_in(point_id: Any) -> Any:
+    if isinstance(point_id, int | uuid.UUID):
+        return point_id
+    return uuid.UUID(str(point_id))  # qdrant-client accepts only ints and UUIDs too
+
+
+def _id_out(point_id: Any) -> models.ExtendedPointId:
+    return point_id if isinstance(point_id, int) else str(point_id)
+
+
+def _with(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else bool(value)
+
+
+def _sparse_in(vector: models.SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
+def _vectors_in(vector: Any) -> Any:
+    if isinstance(vector, dict):
+        out: dict[str, Any] = {}
+        for name, value in vector.items():
+            if isinstance(value, models.SparseVector):
+                out[name] = _sparse_in(value)
+            elif isinstance(value, list):
+                out[name] = [float(x) for x in value]
+            else:
+                raise NotImplementedError(f"the embedded engine stores vectors and sparse vectors, not {type(value)}")
+        return out
+    if isinstance(vector, list):
+        return {"": [float(x) for x in vector]}
+    raise NotImplementedError(f"the embedded engine stores vectors and sparse vectors, not {type(vector)}")
+
+
+def _vectors_out(vector: Any) -> Any:
+    if not vector:
+        return None
+    if isinstance(vector, dict):
+        out = {
+            name: models.SparseVector(indices=list(v.indices), values=list(v.values))
+            if isinstance(v, qe.SparseVector)
+            else list(v)
+            for name, v in vector.items()
+        }
+        return out[""] if set(out) == {""} else out
+    return list(vector)
+
+
+def _record(record: qe.Record) -> models.Record:
+    return models.Record(id=_id_out(record.id), payload=record.payload, vector=_vectors_out(record.vector))
+
+
+def _selector(selector: Any) -> tuple[list[Any], qe.Filter | None]:
+    """Point ids or a filter, from any of qdrant-client's point selectors."""
+    if isinstance(selector, models.PointIdsList):
+        return [_id_in(i) for i in selector.points], None
+    if isinstance(selector, models.FilterSelector):
+        return [], _filter(selector.filter)
+    if isinstance(selector, models.Filter):
+        return [], _filter(selector)
+    if isinstance(selector, list | tuple):
+        return [_id_in(i) for i in selector], None
+    raise NotImplementedError(f"the embedded engine selects points by ids or a filter, not {type(selector)}")
+
+
+def _conditions(conditions: Any) -> list[Any] | None:
+    if conditions is None:
+        return None
+    if not isinstance(conditions, list):
+        conditions = [conditions]
+    return [_condition(c) for c in conditions]
+
+
+def _filter(where: models.Filter | None) -> qe.Filter | None:
+    if where is None:
+        return None
+    if where.min_should is not None:
+        raise NotImplementedError("the embedded engine's filters here take must / should / must_not, not min_should")
+    return qe.Filter(
+        must=_conditions(where.must), should=_conditions(where.should), must_not=_conditions(where.must_not)
+    )
+
+
+def _condition(condition: Any) -> Any:
+    if isinstance(condition, models.Filter):
+        return _filter(condition)
+    if isinstance(condition, models.FieldCondition):
+        return qe.FieldCondition(
+            key=condition.key,
+            match=_match(condition.match),
+            range=_range(condition.range),
+            is_empty=condition.is_empty,
+            is_null=condition.is_null,
+        )
+    if isinstance(condition, models.HasIdCondition):
+        return qe.HasIdCondition({_id_in(i) for i in condition.has_id})
+    if isinstance(condition, models.HasVectorCondition):
+        return qe.HasVectorCondition(condition.has_vector)
+    if isinstance(condition, models.IsEmptyCondition):
+        return qe.IsEmptyCondition(condition.is_empty.key)
+    if isinstance(condition, models.IsNullCondition):
+        return qe.IsNullCondition(condition.is_null.key)
+    raise NotImplementedError(f"the embedded engine's filters here do not take {type(condition).__name__}")
+
+
+def _match(match: Any) -> Any:
+    if match is None:
+        return None
+    if isinstance(match, models.MatchValue):
+        return qe.MatchValue(match.value)
+    if isinstance(match, models.MatchAny):
+        return qe.MatchAny(list(match.any))  # type: ignore[arg-type]
+    if isinstance(match, models.MatchExcept):
+        return qe.MatchExcept(list(match.except_))  # type: ignore[arg-type]
+    if isinstance(match, models.MatchText):
+        return qe.MatchText(match.text)
+    raise NotImplementedError(f"the embedded engine's filters here do not take {type(match).__name__}")
+
+
+def _range(bounds: Any) -> qe.RangeFloat | None:
+    if bounds is None:
+        return None
+    if not isinstance(bounds, models.Range):
+        raise NotImplementedError(f"the embedded engine's filters here take numeric ranges, not {type(bounds)}")
+    return qe.RangeFloat(gte=bounds.gte, gt=bounds.gt, lte=bounds.lte, lt=bounds.lt)
+
+
+def _params(params: models.SearchParams | None) -> qe.SearchParams | None:
+    if params is None:
+        return None
+    return qe.SearchParams(hnsw_ef=params.hnsw_ef, exact=bool(params.exact))
+
+
+def _nearest(vector: Any, using: str | None) -> qe.Query:
+    if isinstance(vector, models.SparseVector):
+        return qe.Query.Nearest(_sparse_in(vector), using=using)
+    if isinstance(vector, list):
+        return qe.Query.Nearest([float(x) for x in vector], using=using)
+    raise NotImplementedError(f"the embedded engine searches by a vector or a sparse vector, not {type(vector)}")
+
+
+def _query(query: Any, using: str | None) -> Any:
+    if query is None:
+        return None
+    if isinstance(query, models.NearestQuery):
+        if query.mmr is not None:
+            diversity = 0.5 if query.mmr.diversity is None else query.mmr.diversity
+            candidates = query.mmr.candidates_limit or 100
+            # Qdrant's MMR weighs relevance by lambda = 1 - diversity (its server does this translation too).
+            return qe.Mmr(_vector(query.nearest), 1.0 - diversity, candidates, using=using)
+        return _nearest(query.nearest, using)
+    if isinstance(query, models.FusionQuery):
+        return qe.Fusion.Dbsf() if query.fusion == models.Fusion.DBSF else qe.Fusion.Rrf(k=RRF_K)
+    if isinstance(query, models.RrfQuery):
+        return qe.Fusion.Rrf(k=query.rrf.k or RRF_K, weights=query.rrf.weights)
+    return _nearest(query, using)
+
+
+def _vector(vector: Any) -> Any:
+    return _sparse_in(vector) if isinstance(vector, models.SparseVector) else [float(x) for x in vector]
+
+
+def _prefetches(prefetch: models.Prefetch | Sequence[models.Prefetch] | None) -> list[qe.Prefetch] | None:
+    if prefetch is None:
+        return None
+    items: Iterable[models.Prefetch] = [prefetch] if isinstance(prefetch, models.Prefetch) else prefetch
+    return [
+        qe.Prefetch(
+            limit=p.limit or 10,
+            query=_query(p.query, p.using),
+            prefetches=_prefetches(p.prefetch),
+            params=_params(p.params),
+            filter=_filter(p.filter),
+            score_threshold=p.score_threshold,
+        )
+        for p in items
+    ]
