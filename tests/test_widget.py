@@ -451,3 +451,40 @@ async def test_the_widget_works_on_a_page_with_an_amd_loader_and_commonjs_global
             await expect(answer).to_have_text("wide and shallow")
             assert await page.evaluate("[window.__amd, Object.keys(window.module.exports).length]") == [None, 0]
             assert problems["errors"] == []
+
+
+async def test_a_reader_rates_an_answer_down_with_a_comment_and_the_authors_report_shows_it(
+    sample_book_indexed: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    from playwright.async_api import expect
+
+    from rag_api.records import RecordStore
+
+    with live_site(sample_book_indexed, embeddings, qdrant, answer="Thirty centimetres deep [1].") as (_, host_url):
+        async with browser_context() as context:
+            page = await context.new_page()
+            problems = watch_problems(page)
+            await page.goto(host_url)
+            await page.get_by_role("button", name="Ask the book").click()
+            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
+            await page.keyboard.press("Enter")
+            dialog = page.get_by_role("dialog")
+            down = dialog.get_by_role("button", name="Not helpful")
+            await expect(down).to_be_visible()
+            await down.click()
+            await dialog.get_by_role("textbox", name="What was missing or wrong? (optional)").fill("Say how wide too")
+            await dialog.get_by_role("button", name="Send").click()
+            await expect(dialog.get_by_text("Thanks for the feedback")).to_be_visible()
+            await expect(down).to_have_attribute("aria-pressed", "true")
+            await page.reload()  # the panel reopens as it was, the rating with it
+            await expect(page.get_by_role("dialog").get_by_role("button", name="Not helpful")).to_have_attribute(
+                "aria-pressed", "true"
+            )
+            assert problems["errors"] == []
+    store = RecordStore.open(sample_book_indexed.database_url)
+    try:
+        (row,) = list(store.answers_since())
+    finally:
+        store.close()
+    assert row["question"] == QUESTION
+    assert row["feedback"] == [{"rating": "down", "comment": "Say how wide too"}]

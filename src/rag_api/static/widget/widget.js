@@ -356,9 +356,16 @@ var CSS = [
   ".sources-title{margin:0 0 4px;font-size:12px;font-weight:600;color:var(--muted)}",
   ".sources li{margin:2px 0}.sources li.flash{outline:2px solid var(--accent);border-radius:4px}",
   ".sources .file{color:var(--muted)}",
-  ".meta{display:flex;align-items:center;gap:10px;margin-top:6px;font-size:12px;color:var(--muted)}",
+  ".meta{display:flex;flex-wrap:wrap;align-items:center;gap:10px;margin-top:6px;font-size:12px;color:var(--muted)}",
   ".meta button{border:1px solid var(--line);background:var(--bg);color:var(--fg);border-radius:6px;",
   "padding:2px 8px;font-size:12px}",
+  ".meta .rate{display:inline-flex;align-items:center;gap:4px}",
+  ".meta .rate button[aria-pressed=true]{border-color:var(--accent);background:var(--soft)}",
+  ".rate-comment{display:flex;gap:6px;margin-top:6px}",
+  ".rate-comment input{flex:1;min-width:0;border:1px solid var(--line);border-radius:6px;padding:4px 8px;",
+  "font:inherit;font-size:13px;background:var(--bg);color:var(--fg)}",
+  ".rate-comment button{border:1px solid var(--line);background:var(--bg);color:var(--fg);border-radius:6px;",
+  "padding:2px 10px;font-size:12px}",
   ".error{color:var(--bad);margin-top:8px}",
   "form{border-top:1px solid var(--line);padding:10px 12px 12px;background:var(--bg)}",
   ".chip{display:flex;align-items:flex-start;gap:6px;margin:0 0 8px;padding:6px 8px;background:var(--soft);",
@@ -703,8 +710,61 @@ Chat.prototype.drawTurn = function (turn) {
       done("Could not copy");
     }
   });
-  meta.append(copy, mode);
-  box.append(status, answer, sources, meta);
+  // A reader's rating of the answer (POST /feedback), with an optional comment when it is a thumbs down.
+  var rate = el("span", "rate");
+  // Words, not emoji: a machine without an emoji font shows an empty box.
+  var up = el("button", "", "Helpful");
+  var down = el("button", "", "Not helpful");
+  var rateNote = el("span", "rate-note");
+  rateNote.setAttribute("role", "status");
+  [[up, "Helpful"], [down, "Not helpful"]].forEach(function (pair) {
+    pair[0].type = "button";
+    pair[0].setAttribute("aria-pressed", "false");
+  });
+  rate.append(up, down, rateNote);
+  var comment = el("div", "rate-comment");
+  comment.hidden = true;
+  var commentInput = el("input");
+  commentInput.type = "text";
+  commentInput.maxLength = 2000;
+  commentInput.placeholder = "What was missing or wrong? (optional)";
+  commentInput.setAttribute("aria-label", "What was missing or wrong? (optional)");
+  var commentSend = el("button", "", "Send");
+  commentSend.type = "button";
+  comment.append(commentInput, commentSend);
+  var showRating = function () {
+    up.setAttribute("aria-pressed", String(turn.rating === "up"));
+    down.setAttribute("aria-pressed", String(turn.rating === "down"));
+  };
+  var sendRating = function (rating, text) {
+    rateNote.textContent = "Sending…";
+    self.rate(turn, rating, text).then(function (ok) {
+      rateNote.textContent = ok ? "Thanks for the feedback" : "Could not send the rating";
+      showRating();
+    });
+  };
+  up.addEventListener("click", function () {
+    comment.hidden = true;
+    sendRating("up", null);
+  });
+  down.addEventListener("click", function () {
+    comment.hidden = false;
+    commentInput.focus();
+  });
+  var sendComment = function () {
+    comment.hidden = true;
+    sendRating("down", commentInput.value.trim() || null);
+    down.focus();
+  };
+  commentSend.addEventListener("click", sendComment);
+  commentInput.addEventListener("keydown", function (event) {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      sendComment();
+    }
+  });
+  meta.append(copy, rate, mode);
+  box.append(status, answer, sources, meta, comment);
   this.log.append(box);
 
   var scheduled = false;
@@ -769,6 +829,8 @@ Chat.prototype.drawTurn = function (turn) {
       mode.textContent = turn.mode === "extractive" ? "Passages from the book (no chat model configured)"
         : turn.mode === "not_in_book" ? "Not found in the book" : "";
       meta.hidden = !turn.answer;
+      rate.hidden = !(turn.answerId && turn.complete);
+      showRating();
       self.followAnswer();
     },
   };
@@ -849,6 +911,7 @@ Chat.prototype.ask = async function (question, selected) {
       } else if (item.event === "done") {
         finished = true;
         turn.mode = data.mode || null;
+        turn.answerId = typeof data.answer_id === "string" ? data.answer_id : null;
       } else if (item.event === "error") {
         turn.error = "The answer failed: " + (data.message || "unknown error") + (data.code ? " (" + data.code + ")" : "");
       }
@@ -866,6 +929,30 @@ Chat.prototype.ask = async function (question, selected) {
     view.finish();
     saveState(config, this.state);
   }
+};
+
+// Sends a rating for a finished answer; true when the service stored it.
+Chat.prototype.rate = async function (turn, rating, comment) {
+  var config = this.config;
+  var headers = { "Content-Type": "application/json" };
+  var key = config.apiKey || savedKey();
+  if (key) headers.Authorization = "Bearer " + key;
+  var body = { answer_id: turn.answerId, rating: rating };
+  if (comment) body.comment = comment.slice(0, 2000);
+  try {
+    var response = await fetch(config.apiBase + "/feedback", {
+      method: "POST",
+      headers: headers,
+      body: JSON.stringify(body),
+      credentials: "omit",
+    });
+    if (!response.ok) return false;
+  } catch (e) {
+    return false;
+  }
+  turn.rating = rating;
+  saveState(config, this.state);
+  return true;
 };
 
 // A refused question: the key prompt, and the question again once a key is entered.
