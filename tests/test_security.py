@@ -27,7 +27,7 @@ from rag_api.auth import client_label, key_matches, require_admin_key
 from rag_api.logging_setup import REDACTED, JsonFormatter, Redactor, TextFormatter
 from rag_api.ratelimit import TokenBuckets
 from tests.conftest import app_client
-from tests.fakes import CountingChatModel
+from tests.fakes import CountingChatModel, cycling_model
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ class UsageChatModel(GenericFakeChatModel):
 
 
 def always(answer: str) -> GenericFakeChatModel:
-    return GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=answer)]))
+    return cycling_model(answer)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""How every answer route runs the answerer: under the request deadline, noting timings and token counts for
-the access log and the metrics. Routes differ only in how they parse the question and encode the result.
+"""How every answer route runs the answer chain (`chains.answer.answer_events`): under the request deadline,
+noting timings and token counts for the access log and the metrics. Routes differ only in how they parse the
+question and encode the result.
 
 On purpose: `stream_retrieved_answer` runs retrieval before the response exists, so that a client of
 `/v1/chat/completions` or `/api/chat` gets a real HTTP status (503 with Retry-After when Qdrant is down) for a
@@ -14,7 +15,17 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, SourcesEvent, Timings, TokenEvent
+from chains.answer import (
+    Answer,
+    AnswerEvent,
+    AnswerRequest,
+    DoneEvent,
+    SourcesEvent,
+    Timings,
+    TokenEvent,
+    answer_events,
+    fold_answer,
+)
 from chains.guard import call_within_deadline, within_deadline
 from rag_api.metrics import metrics_of
 from rag_api.middleware import note_access
@@ -53,7 +64,7 @@ def stream_answer(state: AppState, request: AnswerRequest, http: Request) -> Asy
     """The answer's events for an encoder (wrap them in `rag_api.streaming.guard`): token deltas coalesced
     (STREAM_COALESCE_MS), ending with `DeadlineExceeded` past REQUEST_TIMEOUT_S."""
     settings = state.settings
-    events = within_deadline(_noting_done(state.answerer.stream(request), http), settings.request_timeout_s)
+    events = within_deadline(_noting_done(answer_events(state.chain, request), http), settings.request_timeout_s)
     return coalesce_tokens(events, settings.stream_coalesce_ms / 1000)
 
 
@@ -103,6 +114,8 @@ async def stream_retrieved_answer(state: AppState, request: AnswerRequest, http:
 
 async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -> Answer:
     """The whole answer at once (the same events, folded), within REQUEST_TIMEOUT_S."""
-    answer = await call_within_deadline(state.answerer.answer(request), state.settings.request_timeout_s)
+    answer = await call_within_deadline(
+        fold_answer(answer_events(state.chain, request)), state.settings.request_timeout_s
+    )
     note_answer(http, answer.timings, answer.usage, answer.mode)
     return answer

@@ -118,6 +118,11 @@ class DependencyHealth(BaseModel):
     detail: str | None = None
 
 
+class ChatModelInfo(BaseModel):
+    provider: str = Field(description="`openai` (any OpenAI-compatible endpoint), `anthropic`, ... (CHAT_MODEL).")
+    name: str = Field(description="The provider's model name.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     down: list[Literal["qdrant", "chat_model", "embeddings"]] = Field(
@@ -130,6 +135,9 @@ class HealthResponse(BaseModel):
     collection: str
     points: int | None
     chat_model: str | None = Field(description="The configured chat model, or null for extractive answers.")
+    model: ChatModelInfo | None = Field(
+        None, description="The chat model's provider and name, or null for extractive answers."
+    )
     embedding_model: str
 
 
