@@ -45,7 +45,8 @@ FINISH_KEYS = ("finish_reason", "stop_reason", "done_reason")
 
 @dataclass(frozen=True, slots=True)
 class ModelText:
-    """Text the model streamed since the previous piece, how many deltas it joins, and the usage when reported."""
+    """Text the model streamed since the previous piece, how many deltas it joins, and the usage so far when this
+    piece reports any."""
 
     text: str
     deltas: int = 1
@@ -107,14 +108,15 @@ async def stream_model_text(
                 continue
             reason = finish_reason(chunk) or reason
             chunk_usage = usage_of(chunk)
-            usage = chunk_usage or usage
+            if chunk_usage:  # some providers split it (Anthropic: input at the start, output at the end): add up
+                usage = chunk_usage if usage is None else {k: usage[k] + chunk_usage[k] for k in usage}
             text = chunk.text if isinstance(chunk.text, str) else ""
             if text:
                 deltas += 1
                 if first_text_at is None:
                     first_text_at = time.perf_counter()
             if text or chunk_usage:
-                yield ModelText(text, 1 if text else 0, chunk_usage)
+                yield ModelText(text, 1 if text else 0, usage if chunk_usage else None)
     except Exception as exc:  # not BaseException: cancellation is the caller's, never a model failure
         translated = model_error(exc)
         if translated is exc:
