@@ -87,6 +87,9 @@ class AskResponse(BaseModel):
     citations: list[int] = Field(description="Numbers of the sources the answer cites.")
     usage: dict[str, int] | None
     timings: TimingsOut
+    history_turns_used: int = Field(
+        0, description="How many of the latest conversation turns the answer read (at most HISTORY_TURNS)."
+    )
 
 
 class SearchRequest(BaseModel):
