@@ -4,10 +4,14 @@ short by the server answered as `model_incomplete` (an error event; 502 for JSON
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from httpx import AsyncClient
 from qdrant_client import QdrantClient
@@ -15,9 +19,11 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.models import build_chat_model
 from chains.settings import Settings
+from rag_api.app import create_app
+from rag_api.state import Overrides
 from tests.conftest import app_client
 from tests.live import free_port, serve
-from tests.test_model_stream import WORDS, Upstream, completion_stream, paced
+from tests.test_model_stream import WORDS, Upstream, chunk, completion_stream, paced
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +95,56 @@ async def test_a_stream_cut_short_by_the_model_server_is_model_incomplete_never_
     messages = [{"role": "user", "content": QUESTION["question"]}]
     v1 = await http.post("/v1/chat/completions", json={"model": "book", "messages": messages})
     assert v1.status_code == 502
+
+
+@pytest.mark.parametrize("face", ["/ask", "/v1/chat/completions", "/api/chat"])
+async def test_a_client_leaving_mid_answer_stops_the_upstream_request_and_is_no_model_error(
+    face: str,
+    settings: Settings,
+    embeddings: LocalEmbeddings,
+    qdrant: QdrantClient,
+    indexed_book: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stopped = threading.Event()
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                await asyncio.sleep(0.02)
+                yield chunk({"content": "more "})
+        finally:
+            stopped.set()
+
+    upstream_port, api_port = free_port(), free_port()
+    configured = settings.model_copy(
+        update={"chat_model": "m", "openai_base_url": f"http://127.0.0.1:{upstream_port}/v1", "chat_max_retries": 0}
+    )
+    app = create_app(configured, Overrides(embeddings=embeddings, client=qdrant))
+    question = QUESTION["question"]
+    bodies = {
+        "/ask": {**QUESTION, "stream": True},
+        "/v1/chat/completions": {"model": "b", "stream": True, "messages": [{"role": "user", "content": question}]},
+        "/api/chat": {"messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": question}]}]},
+    }
+    upstream = serve(Upstream(endless).app(), upstream_port)
+    with upstream, serve(app, api_port) as base_url, caplog.at_level(logging.INFO):
+        async with (
+            httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+            client.stream("POST", face, json=bodies[face]) as response,
+        ):
+            seen = 0
+            async for line in response.aiter_lines():
+                seen += "more" in line
+                if seen == 3:
+                    break  # leaving the block closes the connection mid-answer
+        assert await asyncio.to_thread(stopped.wait, 10), "the upstream request stopped"
+        for _ in range(100):
+            if app.state.rag.gate.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert app.state.rag.gate.in_flight == 0, "the model slot is released"
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "rag_api" in r.name]
+    assert problems == [], "a disconnect is reported as cancellation, never as a model failure"
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)
