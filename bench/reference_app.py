@@ -2,8 +2,9 @@
 
     python -m bench.reference_app --port 8902 [--langserve]
 
-Over the chain of `chains.answer.build_answer_chain` (the product's retriever on the same store, its prompt and
-the same `ChatOpenAI` settings), built once at start-up:
+Over the textbook LCEL chain, `{context: retriever | format, question} | prompt | ChatOpenAI | StrOutputParser`
+(the product's retriever on the same store, its prompt and the same `ChatOpenAI` settings; none of the product's
+condensing, threshold or selection), built once at start-up: the plain way, for comparison only.
 
 - `POST /ask` `{"question": "..."}`: `chain.astream_events(question, version="v2")` mapped to an
   `EventSourceResponse`, the way LangChain's streaming docs show it: `on_retriever_end` becomes a `sources` event,
@@ -25,16 +26,38 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 from sse_starlette import EventSourceResponse
 
-from chains.answer import build_answer_chain
 from chains.embeddings import build_embeddings
 from chains.models import build_chat_model
+from chains.prompts import ANSWER_PROMPT, format_passages
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client, build_vector_store
 
 logger = logging.getLogger(__name__)
+
+
+def plain_chain(retriever: BookRetriever, model: BaseChatModel) -> Runnable[str, str]:
+    """The LCEL chain of LangChain's RAG tutorials over these parts: question in, text out."""
+
+    def to_prompt_input(question: str) -> dict[str, Any]:
+        return {"question": question}
+
+    def format_docs(documents: list[Document]) -> str:
+        return format_passages(documents)
+
+    return (
+        RunnableLambda(to_prompt_input)
+        | RunnablePassthrough.assign(context=(lambda x: x["question"]) | retriever | RunnableLambda(format_docs))
+        | ANSWER_PROMPT
+        | model
+        | StrOutputParser()
+    )
 
 
 def build_chain(settings: Settings) -> tuple[Any, Any]:
@@ -45,7 +68,7 @@ def build_chain(settings: Settings) -> tuple[Any, Any]:
     model = build_chat_model(settings)
     if model is None:
         raise SystemExit("CHAT_MODEL must be set: the reference routes stream a chat model's tokens")
-    return build_answer_chain(retriever, model), client
+    return plain_chain(retriever, model), client
 
 
 def langserve_error() -> str | None:

@@ -329,21 +329,26 @@ def bench_target(
     warm, fresh = questions_for(store)
     common.configure_fake_model(model, args.first_tokens, 0)
     send(server, target, [target.body(q) for q in warm], 1)
-    progress(f"{target.name}: first events")
     # Each route gets its own new questions: the routes of one process share its embedding cache.
     index, routes = slot
-    result["first_events"] = first_events(
-        server, target, args.clients, args.per_client, fresh[index::routes], args.min_requests
-    )
-    common.configure_fake_model(model, args.cpu_tokens, 0)
-    progress(f"{target.name}: CPU per token")
-    result["cpu"] = cpu_per_token(server, model, target, warm, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
-    common.configure_fake_model(model, args.paced_tokens, args.paced_delay_ms)
-    progress(f"{target.name}: concurrent streams")
-    deadline = time.monotonic() + args.step_budget_s
-    result["concurrency"] = max_streams(
-        server, target, warm, args.steps, args.gap_limit_ms, deadline, args.paced_tokens
-    )
+    if "first" in args.phases:
+        progress(f"{target.name}: first events")
+        result["first_events"] = first_events(
+            server, target, args.clients, args.per_client, fresh[index::routes], args.min_requests
+        )
+    if "cpu" in args.phases:
+        common.configure_fake_model(model, args.cpu_tokens, 0)
+        progress(f"{target.name}: CPU per token")
+        result["cpu"] = cpu_per_token(
+            server, model, target, warm, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency
+        )
+    if "streams" in args.phases:
+        common.configure_fake_model(model, args.paced_tokens, args.paced_delay_ms)
+        progress(f"{target.name}: concurrent streams")
+        deadline = time.monotonic() + args.step_budget_s
+        result["concurrency"] = max_streams(
+            server, target, warm, args.steps, args.gap_limit_ms, deadline, args.paced_tokens
+        )
     result["rss_mb"] = round(common.rss_mb(server.pid), 1)
     result["load_average_end"] = common.load_average()
     return result
@@ -387,7 +392,7 @@ def bench_servers(
                     **bench_target(target, by_kind[kind], store, model, args, (index, len(routes))),
                     "servers_start_s": start_s,
                 }
-        if not args.no_floor:
+        if not args.no_floor and "cpu" in args.phases:
             common.configure_fake_model(model, args.cpu_tokens, 0)
             progress("ChatOpenAI.astream floor")
             floor = astream_floor(model, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
@@ -403,7 +408,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if name == "bookrag" or "cpu" not in other:
             continue
         mine, theirs = ours["cpu"]["cpu_ms_per_model_token"], other["cpu"]["cpu_ms_per_model_token"]
-        streams_mine, streams_theirs = ours["concurrency"]["sustained"], other["concurrency"]["sustained"]
+        streams_mine = ours.get("concurrency", {}).get("sustained", 0)
+        streams_theirs = other.get("concurrency", {}).get("sustained", 0)
         out[name] = {
             "cpu_per_token_bookrag_over_other": round(mine / theirs, 3) if mine and theirs else None,
             "sustained_streams_bookrag_over_other": round(streams_mine / streams_theirs, 2) if streams_theirs else None,
@@ -426,7 +432,7 @@ def markdown(report: dict[str, Any]) -> str:
         if "error" in res:
             lines.append(f"| {name} | - | {res['error']} | | |")
             continue
-        for row in res["first_events"]:
+        for row in res.get("first_events", []):
             src = f"{row['sources_p50_ms']} / {row['sources_p95_ms']}" if row["sources_p50_ms"] is not None else "n/a"
             tok = f"{row['token_p50_ms']} / {row['token_p95_ms']}"
             lines.append(f"| {name} | {row['clients']} | {src} | {tok} | {row['failed']}/{row['requests']} |")
@@ -440,9 +446,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, res in report["targets"].items():
-        if "error" in res:
+        if "error" in res or "cpu" not in res:
             continue
-        cpu, conc = res["cpu"], res["concurrency"]
+        cpu, conc = res["cpu"], res.get("concurrency", {"sustained": "-"})
         lines.append(
             f"| {name} | {cpu['cpu_ms_per_model_token']} | {cpu['cpu_ms_per_token_event']} | {cpu['token_events']} "
             f"| {conc['sustained']} | {res['load_average_start']} -> {res['load_average_end']} |"
@@ -464,7 +470,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name, res in report["targets"].items():
         if "error" in res:
             continue
-        for s in res["concurrency"]["steps"]:
+        for s in res.get("concurrency", {}).get("steps", []):
             if "skipped" in s:
                 lines.append(f"| {name} | {s['streams']} | {s['skipped']} | | | |")
                 continue
@@ -503,6 +509,13 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
     parser.add_argument("--gap-limit-ms", type=float, default=100.0)
     parser.add_argument("--step-budget-s", type=float, default=120.0, help="time for the concurrency steps a target")
     parser.add_argument("--no-floor", action="store_true", help="skip the ChatOpenAI.astream floor")
+    parser.add_argument(
+        "--phases",
+        type=lambda text: {p.strip() for p in text.split(",") if p.strip()},
+        default={"first", "cpu", "streams"},
+        help="which measurements to run, of: first (first events), cpu (CPU per token, and the floor), streams "
+        "(concurrent paced streams)",
+    )
     parser.add_argument(
         "--bookrag-src",
         type=Path,

@@ -1,13 +1,13 @@
-"""How an answer is made, as a stream of the service's own events.
+"""How an answer is made: one LangChain Runnable, and the translator from its stream to the service's events.
 
-    retrieve (one query embedding, one Qdrant query) -> sources -> prompt -> chat model text -> done
+    request -> condense the follow-up -> retrieve -> sources -> prompt -> chat model -> text
 
-`Answerer.stream` yields `StatusEvent`, `SourcesEvent`, `TokenEvent`... and one `DoneEvent`; wire formats (SSE,
-OpenAI chunks, AI SDK chunks) are encoders over these events in the API. Errors propagate as exceptions: the API
-turns them into its error event, since only it knows what a client may see. The model's text comes from
-`chains.model_stream` (the OpenAI stream read directly, or `model.astream`), never through `astream_events`, which
-costs several times more CPU per token; the retriever and model still run their LangChain callbacks, so tracing
-sees both.
+`build_answer_chain` builds the chain once at start-up; a LangChain user can `ainvoke`, `astream` or
+`astream_events` it. `answer_events` reads its `astream` and yields `StatusEvent`, `SourcesEvent`, `TokenEvent`...
+and one `DoneEvent`; wire formats (SSE, OpenAI chunks, AI SDK chunks) are encoders over these events in the API.
+Errors propagate as exceptions: the API turns them into its error event, since only it knows what a client may
+see. The model's text comes from `chains.model_stream` (public interfaces only); the retriever, the prompt and
+the model run under the chain's run, so tracing sees each step and every token.
 
 With no chat model configured the answer is extractive (the best passages, labelled as such), and when no
 passage is relevant enough the answer says the book does not cover the question without calling the model.
@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypedDict, cast
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
+from langchain_core.runnables import (
+    AddableDict,
+    Runnable,
+    RunnableConfig,
+    RunnableGenerator,
+    RunnableLambda,
+)
 
-from chains.errors import DependencyUnavailable, ModelTimeout
-from chains.guard import ModelGate
-from chains.model_stream import stream_model_text
+from chains.guard import ModelGate, close_iterator
+from chains.model_stream import TextStream, merged, model_error, text_stream_for
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -142,11 +146,14 @@ class TokenEvent:
 
 @dataclass(frozen=True, slots=True)
 class DoneEvent:
+    """The end of a whole answer; `history_turns_used` is how many of the request's turns it read (HISTORY_TURNS)."""
+
     answer_id: str
     mode: AnswerMode
     citations: list[int]
     usage: dict[str, int] | None
     timings: Timings
+    history_turns_used: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +176,7 @@ class Answer:
     citations: list[int] = field(default_factory=list)
     usage: dict[str, int] | None = None
     timings: Timings | None = None
+    history_turns_used: int = 0
 
 
 def selection_document(request: AnswerRequest) -> Document | None:
@@ -189,9 +197,9 @@ def retrieval_query(request: AnswerRequest) -> str:
     return request.question
 
 
-def format_history(history: Sequence[Turn], max_turns: int = 6) -> str:
+def format_history(history: Sequence[Turn]) -> str:
     """The conversation for the condense prompt's `<conversation>` block, each turn escaped (`neutralise`)."""
-    return "\n".join(f"{turn.role}: {neutralise(turn.content)}" for turn in history[-max_turns:])
+    return "\n".join(f"{turn.role}: {neutralise(turn.content)}" for turn in history)
 
 
 def extractive_answer(sources: Sequence[Source]) -> str:
@@ -205,41 +213,56 @@ def extractive_answer(sources: Sequence[Source]) -> str:
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
 
 
-def model_error(exc: Exception) -> Exception:
-    """Translate the OpenAI client's failures into this project's errors; anything else is left as it is."""
-    import openai
+def as_answer_request(value: AnswerRequest | str | Mapping[str, Any]) -> AnswerRequest:
+    """The chain's input: an `AnswerRequest`, a question, or a dict of `AnswerRequest`'s fields (history as
+    `Turn`s or `{"role", "content"}` dicts), as a LangChain user would pass it."""
+    if isinstance(value, AnswerRequest):
+        return value
+    if isinstance(value, str):
+        return AnswerRequest(value)
+    fields = dict(value)
+    fields["history"] = tuple(
+        t if isinstance(t, Turn) else Turn(t["role"], t["content"]) for t in fields.get("history", ())
+    )
+    return AnswerRequest(**fields)
 
-    if isinstance(exc, openai.APITimeoutError | TimeoutError):
-        return ModelTimeout()
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return DependencyUnavailable("chat_model", "the chat model endpoint rejected the configured API key")
-    if isinstance(exc, openai.APIConnectionError | openai.RateLimitError | openai.InternalServerError):
-        return DependencyUnavailable("chat_model", "the chat model endpoint is unreachable or overloaded")
-    if isinstance(exc, openai.APIStatusError):
-        return DependencyUnavailable("chat_model", f"the chat model endpoint answered HTTP {exc.status_code}")
-    return exc
+
+class AnswerChunk(TypedDict, total=False):
+    """What the answer chain streams, key by key (`AddableDict`s, so `ainvoke` returns them merged):
+
+    first one chunk with `sources`, `mode` and `history_turns_used`; then `answer` text deltas (with `deltas`, the
+    model's streamed deltas each joins); then `usage` once, when the model reports it."""
+
+    sources: list[Source]
+    mode: AnswerMode
+    history_turns_used: int
+    answer: str
+    deltas: int
+    usage: dict[str, int]
 
 
-class Answerer:
-    """Built once at start-up from a retriever, an optional chat model and the settings."""
+class _AnswerSteps:
+    """The steps of the answer chain, sharing the retriever, model, settings and model gate built at start-up."""
 
-    def __init__(
-        self,
-        retriever: BookRetriever,
-        model: BaseChatModel | None,
-        settings: Settings,
-        gate: ModelGate | None = None,
-    ) -> None:
+    def __init__(self, retriever: BookRetriever, model: BaseChatModel | None, settings: Settings, gate: ModelGate):
         self.retriever = retriever
         self.model = model
         self.settings = settings
-        self.gate = gate or ModelGate.from_settings(settings)
+        self.gate = gate
+        self.text: TextStream | None = text_stream_for(model, settings) if model is not None else None
 
-    @property
-    def mode(self) -> AnswerMode:
-        return "generated" if self.model is not None else "extractive"
+    def prepare(self, value: AnswerRequest | str | Mapping[str, Any]) -> dict[str, Any]:
+        """The request, its history cut to the last HISTORY_TURNS turns (the done event says how many were used)."""
+        request = as_answer_request(value)
+        window = self.settings.history_turns
+        history = tuple(request.history[-window:]) if window else ()
+        return {"request": replace(request, history=history)}
 
-    async def standalone_question(self, request: AnswerRequest) -> str:
+    async def condense(self, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        """`query`: what to search for (a follow-up rewritten by the model to stand alone)."""
+        return {**state, "query": await self.standalone_question(state["request"], config)}
+
+    async def standalone_question(self, request: AnswerRequest, config: RunnableConfig) -> str:
         """A follow-up rewritten to stand alone (by the model), so that retrieval finds the right passages."""
         if not request.history:
             return retrieval_query(request)
@@ -251,10 +274,8 @@ class Answerer:
         )
         try:
             async with self.gate.slot():
-                rewritten = await self.model.ainvoke(messages)
-        except DependencyUnavailable:
-            raise
-        except Exception as exc:
+                rewritten = await self.model.ainvoke(messages, config)
+        except Exception as exc:  # not BaseException: cancellation is no model failure
             translated = model_error(exc)
             if translated is exc:
                 raise
@@ -262,74 +283,136 @@ class Answerer:
         text = rewritten.text.strip() if isinstance(rewritten.text, str) else ""
         return text or retrieval_query(request)
 
-    async def retrieve(self, request: AnswerRequest) -> list[Source]:
-        query = await self.standalone_question(request)
+    async def retrieve(self, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        """`sources`: the passages relevant enough to answer from (RETRIEVAL_SCORE_THRESHOLD), the selection first,
+        numbered."""
+        request: AnswerRequest = state["request"]
         documents = await self.retriever.ainvoke(
-            query, k=request.k or self.settings.retrieval_k, sources=request.sources, chapter=request.chapter
+            state["query"],
+            config,
+            k=request.k or self.settings.retrieval_k,
+            sources=request.sources,
+            chapter=request.chapter,
         )
-        relevant = [d for d in documents if d.metadata.get("score", 0.0) >= self.settings.retrieval_score_threshold]
+        threshold = self.settings.retrieval_score_threshold
+        relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
         selection = selection_document(request)
         if selection is not None:
             relevant.insert(0, selection)
-        base = self.settings.book_base_url
-        return [Source.from_document(number, doc, base) for number, doc in enumerate(relevant, start=1)]
-
-    def messages_for(self, request: AnswerRequest, sources: Sequence[Source]) -> list[BaseMessage]:
-        documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
-        history: list[BaseMessage] = [
-            HumanMessage(neutralise(t.content)) if t.role == "user" else AIMessage(neutralise(t.content))
-            for t in request.history[-6:]
+        sources = [
+            Source.from_document(number, doc, self.settings.book_base_url)
+            for number, doc in enumerate(relevant, start=1)
         ]
-        return ANSWER_PROMPT.format_messages(
-            context=format_passages(documents), question=neutralise(request.question), history=history
-        )
+        return {**state, "sources": sources}
 
-    async def stream(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
-        started = time.perf_counter()
-        answer_id = uuid.uuid4().hex
-        yield StatusEvent("retrieving")
-        sources = await self.retrieve(request)
-        retrieval_ms = (time.perf_counter() - started) * 1000
-        yield SourcesEvent(sources)
-
-        if not sources:
-            yield TokenEvent(NOT_IN_BOOK)
-            yield DoneEvent(answer_id, "not_in_book", [], None, _timings(started, retrieval_ms, None))
+    async def generate(
+        self, states: AsyncIterator[dict[str, Any]], config: RunnableConfig
+    ) -> AsyncIterator[AnswerChunk]:
+        """Sources first, then the answer: the model's text, the extractive passages, or "not in the book"."""
+        state: dict[str, Any] = {}
+        async for part in states:  # one chunk: the steps before do not stream
+            state.update(part)
+        request: AnswerRequest = state["request"]
+        sources: list[Source] = state["sources"]
+        mode: AnswerMode = "not_in_book" if not sources else "generated" if self.model else "extractive"
+        yield AddableDict(sources=sources, mode=mode, history_turns_used=len(request.history))  # type: ignore[misc]
+        if mode == "not_in_book":
+            yield AddableDict(answer=NOT_IN_BOOK, deltas=1)  # type: ignore[misc]
             return
-        if self.model is None:
-            text = extractive_answer(sources)
-            yield TokenEvent(text)
-            citations = [s.number for s in sources]
-            yield DoneEvent(answer_id, "extractive", citations, None, _timings(started, retrieval_ms, None))
+        if self.text is None:
+            yield AddableDict(answer=extractive_answer(sources), deltas=1)  # type: ignore[misc]
             return
-
-        yield StatusEvent("generating")
-        first_token_ms: float | None = None
+        prompt = await ANSWER_PROMPT.ainvoke(prompt_input(request, sources), config)
         usage: dict[str, int] | None = None
-        parts: list[str] = []
-        try:
-            pieces = stream_model_text(self.model, self.messages_for(request, sources))
-            async for piece in self.gate.stream(pieces):
-                usage = piece.usage or usage
-                if not piece.text:
-                    continue
-                if first_token_ms is None:
-                    first_token_ms = (time.perf_counter() - started) * 1000
-                parts.append(piece.text)
-                yield TokenEvent(piece.text, piece.deltas)
-        except Exception as exc:
-            translated = model_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-        citations = cited_numbers("".join(parts), len(sources))
-        yield DoneEvent(answer_id, "generated", citations, usage, _timings(started, retrieval_ms, first_token_ms))
+        pieces = self.text(prompt.to_messages(), config)
+        async for piece in merged(self.gate.stream(pieces)):
+            usage = piece.usage or usage
+            if piece.text:
+                yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
+        if usage:
+            yield AddableDict(usage=usage)  # type: ignore[misc]
 
-    async def answer(self, request: AnswerRequest) -> Answer:
-        """The whole answer at once: the same events, folded."""
-        result = Answer()
-        parts: list[str] = []
-        async for event in self.stream(request):
+
+def prompt_input(request: AnswerRequest, sources: Sequence[Source]) -> dict[str, Any]:
+    """The answer prompt's variables: the numbered passages, the (windowed) conversation, the question."""
+    documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
+    history: list[BaseMessage] = [
+        HumanMessage(neutralise(t.content)) if t.role == "user" else AIMessage(neutralise(t.content))
+        for t in request.history
+    ]
+    return {"context": format_passages(documents), "question": neutralise(request.question), "history": history}
+
+
+def build_answer_chain(
+    retriever: BookRetriever, model: BaseChatModel | None, settings: Settings, gate: ModelGate | None = None
+) -> Runnable[Any, AnswerChunk]:
+    """The answer as one LangChain Runnable, built once at start-up:
+
+        request (history windowed) -> condense the follow-up -> retrieve -> sources -> prompt -> model -> text
+
+    Its input is an `AnswerRequest`, a question, or a dict of `AnswerRequest`'s fields; it streams `AnswerChunk`s
+    (sources first, then text), and `ainvoke` returns them merged. Async only (the steps await the store and the
+    model); `answer_events` translates its stream into the service's events."""
+    steps = _AnswerSteps(retriever, model, settings, gate or ModelGate.from_settings(settings))
+    chain = (
+        # Plain steps that each add a key to the state, not `RunnablePassthrough.assign`: streamed, `assign` runs its
+        # step in a task of its own that a cancelled stream leaves running (a condensing call would go on).
+        RunnableLambda(steps.prepare, name="answer_request")
+        | RunnableLambda(steps.condense, name="condense_question")
+        | RunnableLambda(steps.retrieve, name="retrieve_sources")
+        | RunnableGenerator(cast("Any", steps.generate), name="generate_answer")
+    )
+    return cast("Runnable[Any, AnswerChunk]", chain.with_config(run_name="book_answer"))
+
+
+async def answer_events(
+    chain: Runnable[Any, AnswerChunk], request: AnswerRequest, config: RunnableConfig | None = None
+) -> AsyncIterator[AnswerEvent]:
+    """The one translator from the chain's stream to the service's events: `StatusEvent("retrieving")`, the
+    `SourcesEvent`, `StatusEvent("generating")` when the model is called, `TokenEvent`s, one `DoneEvent`. Errors
+    propagate as exceptions (the API turns them into its error event); closing this closes the chain."""
+    started = time.perf_counter()
+    answer_id = uuid.uuid4().hex
+    yield StatusEvent("retrieving")
+    sources: list[Source] = []
+    mode: AnswerMode = "generated"
+    turns_used = 0
+    retrieval_ms = 0.0
+    first_token_ms: float | None = None
+    usage: dict[str, int] | None = None
+    parts: list[str] = []
+    chunks = chain.astream(request, config)
+    try:
+        async for chunk in chunks:
+            if "sources" in chunk:
+                sources, mode = chunk["sources"], chunk["mode"]
+                turns_used = chunk["history_turns_used"]
+                retrieval_ms = (time.perf_counter() - started) * 1000
+                yield SourcesEvent(sources)
+                if mode == "generated":
+                    yield StatusEvent("generating")
+            if text := chunk.get("answer"):
+                if first_token_ms is None and mode == "generated":
+                    first_token_ms = (time.perf_counter() - started) * 1000
+                parts.append(text)
+                yield TokenEvent(text, chunk.get("deltas", 1))
+            usage = chunk.get("usage") or usage
+    finally:
+        await close_iterator(chunks)
+    if mode == "generated":
+        citations = cited_numbers("".join(parts), len(sources))
+    else:
+        citations = [s.number for s in sources] if mode == "extractive" else []
+    timings = _timings(started, retrieval_ms, first_token_ms)
+    yield DoneEvent(answer_id, mode, citations, usage, timings, turns_used)
+
+
+async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
+    """The whole answer at once: the same events, folded (the non-streaming response)."""
+    result = Answer()
+    parts: list[str] = []
+    try:
+        async for event in events:
             if isinstance(event, SourcesEvent):
                 result.sources = event.sources
             elif isinstance(event, TokenEvent):
@@ -337,8 +420,11 @@ class Answerer:
             elif isinstance(event, DoneEvent):
                 result.answer_id, result.mode, result.citations = event.answer_id, event.mode, event.citations
                 result.usage, result.timings = event.usage, event.timings
-        result.text = "".join(parts)
-        return result
+                result.history_turns_used = event.history_turns_used
+    finally:
+        await close_iterator(events)
+    result.text = "".join(parts)
+    return result
 
 
 def _timings(started: float, retrieval_ms: float, first_token_ms: float | None) -> Timings:
@@ -348,29 +434,11 @@ def _timings(started: float, retrieval_ms: float, first_token_ms: float | None) 
     )
 
 
-def build_answer_chain(retriever: BookRetriever, model: BaseChatModel) -> Runnable[str, str]:
-    """The same answer as plain LCEL (question in, text out), for LangChain tooling and the reference benchmarks."""
-
-    def to_prompt_input(question: str) -> dict[str, Any]:
-        return {"question": neutralise(question)}
-
-    def format_docs(documents: list[Document]) -> str:
-        return format_passages(documents)
-
-    return (
-        RunnableLambda(to_prompt_input)
-        | RunnablePassthrough.assign(context=(lambda x: x["question"]) | retriever | RunnableLambda(format_docs))
-        | ANSWER_PROMPT
-        | model
-        | StrOutputParser()
-    )
-
-
 __all__ = [
     "Answer",
+    "AnswerChunk",
     "AnswerEvent",
     "AnswerRequest",
-    "Answerer",
     "DoneEvent",
     "ErrorEvent",
     "Source",
@@ -379,6 +447,9 @@ __all__ = [
     "Timings",
     "TokenEvent",
     "Turn",
+    "answer_events",
+    "as_answer_request",
     "build_answer_chain",
+    "fold_answer",
     "heading_label",
 ]

@@ -4,6 +4,7 @@
     ├── ConfigurationError        a setting or argument is wrong (names it and the fix)
     ├── DependencyUnavailable     Qdrant, the chat model or the embedding model cannot be reached
     │   ├── ModelTimeout          the chat model did not answer in time (or stalled mid-stream)
+    │   ├── ModelIncomplete       the chat model's stream ended without saying it was finished (cut short)
     │   └── ModelBusy             every model slot is taken and none came free in time (retry later)
     ├── DeadlineExceeded          the whole request took longer than REQUEST_TIMEOUT_S
     ├── CollectionMismatch        the stored collection does not fit the configured embedding model
@@ -39,6 +40,15 @@ class ModelTimeout(DependencyUnavailable):
     code = "model_timeout"
 
     def __init__(self, message: str = "the chat model did not answer in time") -> None:
+        super().__init__("chat_model", message)
+
+
+class ModelIncomplete(DependencyUnavailable):
+    code = "model_incomplete"
+
+    def __init__(
+        self, message: str = "the chat model's answer was cut short: its stream ended before the model finished"
+    ) -> None:
         super().__init__("chat_model", message)
 
 

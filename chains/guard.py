@@ -12,7 +12,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from chains.errors import DeadlineExceeded, ModelBusy, ModelTimeout
 from chains.settings import Settings
@@ -20,7 +20,8 @@ from chains.settings import Settings
 T = TypeVar("T")
 
 
-async def _close(iterator: AsyncIterator[T]) -> None:
+async def close_iterator(iterator: AsyncIterator[Any]) -> None:
+    """Close an async iterator that can be closed (an async generator): its cleanup runs now, not at GC."""
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
@@ -73,7 +74,7 @@ class ModelGate:
                         ) from None
                     yield chunk
         finally:
-            await _close(chunks)
+            await close_iterator(chunks)
 
 
 async def within_deadline(events: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
@@ -93,7 +94,7 @@ async def within_deadline(events: AsyncIterator[T], seconds: float) -> AsyncIter
                 raise DeadlineExceeded(seconds) from None
             yield event
     finally:
-        await _close(events)
+        await close_iterator(events)
 
 
 async def call_within_deadline(awaitable: Awaitable[T], seconds: float) -> T:

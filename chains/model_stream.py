@@ -1,225 +1,306 @@
-"""The chat model's answer as a stream of text pieces, read as cheaply as the endpoint allows.
+"""The chat model's answer as a stream of text pieces, through public interfaces only.
 
-`ChatOpenAI.astream` turns every streamed token into a pydantic `ChatCompletionChunk`, dumps it back to a dict,
-builds an `AIMessageChunk` and a `ChatGenerationChunk`, runs the per-token callbacks and keeps every chunk to merge
-at the end: most of the server's CPU per token (docs/benchmarks.md). For a `ChatOpenAI` model this module sends
-the very request `ChatOpenAI` would (its payload, its `openai` client with the same key, base URL, timeout and
-retries, so the same HTTP errors) and reads the server-sent events itself: a few dict lookups a token, and all the
-deltas that arrived in one network read become one piece. The LangChain callbacks still see the call start and
-end, with the whole message and its usage, so tracing works; only the per-token callbacks are not fired.
+Any chat model (a provider of `init_chat_model`, a model handed in, a fake in tests) streams through
+`model.astream(messages, config)`, so LangChain's callbacks and tracing see the call and every token, as a child
+of the caller's run. The OpenAI-compatible default (`ChatOpenAI` built from CHAT_MODEL) streams through the
+`openai` SDK's own iterator instead (`OpenAIChatStream`): the request built from the public settings, sent by the
+model's own `openai` client (same key, base URL, timeout, retries), with the LangChain callbacks fired through their
+public manager (start, every token when a handler listens, end). On purpose, and measured (docs/benchmarks.md):
+`ChatOpenAI.astream` alone costs about half the CPU per token of a plain `astream_events` route, more than the
+0.40 the service may spend in all.
 
-Any other chat model (a fake in tests, another provider), or a request `ChatOpenAI` would not send to Chat
-Completions (the Responses API, structured output), goes through `model.astream`, folded into the same pieces.
+Failures are translated into this project's errors (`model_error`); a stream that ends without the model saying
+it finished (no finish reason: a proxy that cut the body cleanly) is `ModelIncomplete`, never a complete answer.
+Only `Exception` is caught: cancellation (the client went away) passes through and is never a model failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.load import dumpd
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult
+from langchain_core.runnables import RunnableConfig, ensure_config
 
-from chains.errors import DependencyUnavailable, ModelTimeout
-
-try:  # the HTTP library of the `openai` client: httpx2 from openai 3 on, httpx before
-    import httpx2 as _http
-except ImportError:  # pragma: no cover - older openai
-    import httpx as _http  # type: ignore[no-redef]
+from chains.errors import DependencyUnavailable, ModelIncomplete, ModelTimeout
+from chains.guard import close_iterator
+from chains.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Where providers say how a streamed answer ended, in `response_metadata`: OpenAI and most OpenAI-compatible
+# servers, Google, Mistral (`finish_reason`); Anthropic (`stop_reason`); Ollama (`done_reason`).
+FINISH_KEYS = ("finish_reason", "stop_reason", "done_reason")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelText:
-    """Text the model streamed since the previous piece, how many deltas it joins, and the usage when reported."""
+    """Text the model streamed since the previous piece, how many deltas it joins, and the usage so far when this
+    piece reports any."""
 
     text: str
     deltas: int = 1
     usage: dict[str, int] | None = None
 
 
-def usage_dict(raw: Any) -> dict[str, int] | None:
-    """`{input_tokens, output_tokens, total_tokens}` from an OpenAI `usage` object, or None."""
-    if not isinstance(raw, dict):
+def usage_of(chunk: AIMessageChunk) -> dict[str, int] | None:
+    """`{input_tokens, output_tokens, total_tokens}` of a chunk that reports token usage, else None."""
+    meta = chunk.usage_metadata
+    if not meta:
         return None
-    prompt, completion = int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0)
     return {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "total_tokens": int(raw.get("total_tokens") or prompt + completion),
+        "input_tokens": int(meta.get("input_tokens", 0)),
+        "output_tokens": int(meta.get("output_tokens", 0)),
+        "total_tokens": int(meta.get("total_tokens", 0)),
     }
 
 
-class SseDataSplitter:
-    """Incremental split of a `text/event-stream` body into the `data` of each event (bytes in, strings out).
-
-    Events end at a blank line (`\\n\\n`, `\\r\\n\\r\\n` or `\\r\\r`); a `data` field spread over several lines is
-    joined with newlines, as the SSE specification says. Comments, `event:` and `id:` lines are skipped.
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        buffer = self._pending + data
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *events, self._pending = buffer.split(b"\n\n")
-        return [payload for event in events if (payload := _event_data(event)) is not None]
+def finish_reason(chunk: AIMessageChunk) -> str | None:
+    """How the model says its answer ended (`stop`, `length`, `end_turn`...), when this chunk says it."""
+    meta = chunk.response_metadata
+    for key in FINISH_KEYS:
+        if reason := meta.get(key):
+            return str(reason)
+    return None
 
 
-def _event_data(event: bytes) -> str | None:
-    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
-        return None
-    return b"\n".join(lines).decode()
+def model_error(exc: Exception) -> Exception:
+    """Translate a chat model client's failures into this project's errors; anything else is left as it is."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return ModelTimeout()
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return DependencyUnavailable("chat_model", "the chat model endpoint rejected the configured API key")
+    if isinstance(exc, openai.APIConnectionError | openai.RateLimitError | openai.InternalServerError):
+        return DependencyUnavailable("chat_model", "the chat model endpoint is unreachable or overloaded")
+    if isinstance(exc, openai.APIStatusError):
+        return DependencyUnavailable("chat_model", f"the chat model endpoint answered HTTP {exc.status_code}")
+    if isinstance(exc, openai.APIError):  # an `{"error": ...}` event in the stream
+        logger.warning("the chat model endpoint sent an error in its stream: %s", exc)
+        return DependencyUnavailable("chat_model", "the chat model endpoint failed while streaming its answer")
+    if isinstance(exc, json.JSONDecodeError):
+        logger.warning("the chat model endpoint sent a data line that is not JSON: %s", exc)
+        return DependencyUnavailable("chat_model", "the chat model endpoint sent a malformed stream")
+    return exc
 
 
-@dataclass(slots=True)
-class _Fold:
-    """What the data events of one network read add up to."""
-
-    text: str = ""
-    deltas: int = 0
-    usage: dict[str, int] | None = None
-    done: bool = False
-
-
-def fold_events(payloads: Iterable[str]) -> _Fold:
-    """Join the content deltas of Chat Completions chunks; note usage and `[DONE]`; raise on an error event."""
-    fold = _Fold()
-    parts: list[str] = []
-    for payload in payloads:
-        if payload == "[DONE]":
-            fold.done = True
-            break
-        try:
-            chunk = json.loads(payload)
-        except json.JSONDecodeError:
-            logger.warning("the chat model endpoint sent a data line that is not JSON: %.200r", payload)
-            raise DependencyUnavailable("chat_model", "the chat model endpoint sent a malformed stream") from None
-        if not isinstance(chunk, dict):
-            continue
-        if chunk.get("error"):
-            logger.warning("the chat model endpoint sent an error in its stream: %s", chunk["error"])
-            raise DependencyUnavailable("chat_model", "the chat model endpoint failed while streaming its answer")
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                parts.append(content)
-                fold.deltas += 1
-        if chunk.get("usage"):
-            fold.usage = usage_dict(chunk["usage"])
-    fold.text = "".join(parts)
-    return fold
-
-
-def chat_completions_payload(model: BaseChatModel, messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
-    """The streaming Chat Completions request `model` would send for `messages`, or None when it is not a
-    `ChatOpenAI` or would not use Chat Completions for it (then `model.astream` must be used)."""
-    from langchain_openai import ChatOpenAI
-
-    build = getattr(model, "_get_request_payload", None)  # private in langchain-openai: checked, not assumed
-    if not isinstance(model, ChatOpenAI) or model.root_async_client is None or build is None:
-        return None
-    options: dict[str, Any] = {"stream": True}
-    if model.stream_usage:
-        options["stream_options"] = {"include_usage": True}
-    payload: dict[str, Any] = build(list(messages), **options)
-    if "messages" not in payload or "response_format" in payload or payload.get("tools"):
-        return None
-    return payload
-
-
-async def stream_model_text(model: BaseChatModel, messages: Sequence[BaseMessage]) -> AsyncIterator[ModelText]:
-    """The model's answer to `messages`, one piece per network read (or per chunk, through `model.astream`)."""
-    payload = chat_completions_payload(model, messages)
-    if payload is None:
-        async for piece in _through_astream(model, messages):
-            yield piece
-        return
-    async for piece in _read_chat_completions(model, messages, payload):
-        yield piece
-
-
-async def _through_astream(model: BaseChatModel, messages: Sequence[BaseMessage]) -> AsyncIterator[ModelText]:
-    async for chunk in model.astream(list(messages)):
-        usage = None
-        if isinstance(chunk, AIMessageChunk) and chunk.usage_metadata:
-            meta = chunk.usage_metadata
-            usage = {
-                "input_tokens": int(meta.get("input_tokens", 0)),
-                "output_tokens": int(meta.get("output_tokens", 0)),
-                "total_tokens": int(meta.get("total_tokens", 0)),
-            }
-        text = chunk.text if isinstance(chunk.text, str) else ""
-        if text or usage:
-            yield ModelText(text, 1 if text else 0, usage)
-
-
-async def _read_chat_completions(
-    model: Any, messages: Sequence[BaseMessage], payload: dict[str, Any]
+async def stream_model_text(
+    model: BaseChatModel, messages: Sequence[BaseMessage], config: RunnableConfig | None = None
 ) -> AsyncIterator[ModelText]:
-    callbacks = AsyncCallbackManager.configure(
-        None, model.callbacks, model.verbose, None, model.tags, None, model.metadata
-    )
-    invocation = {key: value for key, value in payload.items() if key != "messages"}
-    serialized = getattr(model, "_serialized", None) or dumpd(model)  # langchain-core caches it on the model
-    (run,) = await callbacks.on_chat_model_start(
-        serialized, [list(messages)], invocation_params=invocation, batch_size=1
-    )
-    parts: list[str] = []
-    usage: dict[str, int] | None = None
-    deltas, started, first_text_at = 0, time.perf_counter(), None
+    """The model's answer to `messages`, one piece per streamed chunk; `ModelIncomplete` when the stream ends
+    before the model said it finished."""
+    deltas, usage, reason = 0, None, None
+    started, first_text_at = time.perf_counter(), None
     try:
-        streaming = model.root_async_client.chat.completions.with_streaming_response.create(**payload)
-        async with streaming as response:
-            splitter, done = SseDataSplitter(), False
-            async for data in _body(response):
-                if done:  # read on to the end: an HTTP/1.1 connection is reused only when its body was drained
-                    continue
-                fold = fold_events(splitter.feed(data))
-                done, usage = fold.done, fold.usage or usage
-                if fold.text and first_text_at is None:
+        async for chunk in model.astream(list(messages), config):
+            if not isinstance(chunk, AIMessageChunk):
+                continue
+            reason = finish_reason(chunk) or reason
+            chunk_usage = usage_of(chunk)
+            if chunk_usage:  # some providers split it (Anthropic: input at the start, output at the end): add up
+                usage = chunk_usage if usage is None else {k: usage[k] + chunk_usage[k] for k in usage}
+            text = chunk.text if isinstance(chunk.text, str) else ""
+            if text:
+                deltas += 1
+                if first_text_at is None:
                     first_text_at = time.perf_counter()
-                deltas += fold.deltas
-                if fold.text or fold.usage:
-                    parts.append(fold.text)
-                    yield ModelText(fold.text, fold.deltas, fold.usage)
-    except BaseException as exc:
-        await run.on_llm_error(exc)
-        raise
+            if text or chunk_usage:
+                yield ModelText(text, 1 if text else 0, usage if chunk_usage else None)
+    except Exception as exc:  # not BaseException: cancellation is the caller's, never a model failure
+        translated = model_error(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+    _log_call(model, deltas, started, first_text_at, usage, reason)
+    if reason is None:
+        logger.warning("the chat model's stream ended after %d deltas without a finish reason: cut short", deltas)
+        raise ModelIncomplete()
+
+
+def _log_call(
+    model: Any, deltas: int, started: float, first_text_at: float | None, usage: Any, reason: str | None
+) -> None:
     logger.debug(
-        "chat model %s: %d deltas in %.1f ms (first text after %s ms), usage %s",
-        payload.get("model"),
+        "chat model %s: %d deltas in %.1f ms (first text after %s ms), finish %s, usage %s",
+        getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__,
         deltas,
         (time.perf_counter() - started) * 1000,
         "-" if first_text_at is None else f"{(first_text_at - started) * 1000:.1f}",
+        reason,
         usage,
     )
-    message = AIMessage("".join(parts), usage_metadata=cast("UsageMetadata | None", usage))
-    await run.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
 
 
-async def _body(response: Any) -> AsyncIterator[bytes]:
-    """The response body as it arrives. The `openai` client raises its own errors for the request, but a failure
-    while the body streams comes from its HTTP library: named here as this project's errors."""
+async def merged(pieces: AsyncIterator[ModelText]) -> AsyncIterator[ModelText]:
+    """`pieces` read ahead by a task, everything that arrived since the last pull joined into one piece.
+
+    On purpose: a model's deltas often arrive many to a network read, and each piece the chain yields costs a
+    task per Runnable step it passes (LangChain's streaming): joined, the chain's cost is per read, not per token,
+    and a slow model's tokens still go out one by one, at once. Closing this cancels the reader and `pieces`.
+    """
+    pending: list[ModelText] = []
+    arrived = asyncio.Event()
+    finished: list[BaseException | None] = []
+
+    async def read_ahead() -> None:
+        try:
+            async for piece in pieces:
+                pending.append(piece)
+                arrived.set()
+            finished.append(None)
+        except Exception as exc:  # handed to the consumer, which raises it in its own task
+            finished.append(exc)
+        finally:
+            arrived.set()
+            await close_iterator(pieces)
+
+    reader = asyncio.create_task(read_ahead(), name="model-text-read-ahead")
     try:
-        async for data in response.iter_bytes():
-            yield data
-    except _http.TimeoutException as exc:
-        raise ModelTimeout("the chat model stopped sending its answer and was given up on") from exc
-    except _http.TransportError as exc:
-        message = "the connection to the chat model endpoint broke while it streamed its answer"
-        raise DependencyUnavailable("chat_model", message) from exc
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            if pending:
+                batch, pending[:] = list(pending), []
+                usage = next((p.usage for p in reversed(batch) if p.usage), None)
+                yield ModelText("".join(p.text for p in batch), sum(p.deltas for p in batch), usage)
+            if finished and not pending:
+                if finished[0] is not None:
+                    raise finished[0]
+                return
+    finally:
+        reader.cancel()
+        await asyncio.wait({reader})
+
+
+TextStream = Callable[[Sequence[BaseMessage], RunnableConfig | None], AsyncIterator[ModelText]]
+
+
+def text_stream_for(model: BaseChatModel, settings: Settings) -> TextStream:
+    """How the chain reads `model`'s text: the `openai` SDK's iterator for the OpenAI-compatible model built from
+    CHAT_MODEL, `model.astream` for any other."""
+    fast = OpenAIChatStream.for_model(model, settings)
+    if fast is not None:
+        return fast.stream
+
+    def through_astream(messages: Sequence[BaseMessage], config: RunnableConfig | None) -> AsyncIterator[ModelText]:
+        return stream_model_text(model, messages, config)
+
+    return through_astream
+
+
+def _openai_usage(raw: Any) -> dict[str, int] | None:
+    if raw is None:
+        return None
+    prompt, completion = int(raw.prompt_tokens or 0), int(raw.completion_tokens or 0)
+    return {"input_tokens": prompt, "output_tokens": completion, "total_tokens": int(raw.total_tokens or 0)}
+
+
+class OpenAIChatStream:
+    """A `ChatOpenAI` model's Chat Completions stream through the `openai` SDK's own iterator, with the model's
+    callbacks. Built once per model at start-up (its serialized form and request parameters are fixed)."""
+
+    def __init__(self, model: Any, params: dict[str, Any]) -> None:
+        self.model = model
+        self.params = params
+        self.serialized = dumpd(model)
+
+    @classmethod
+    def for_model(cls, model: BaseChatModel, settings: Settings) -> OpenAIChatStream | None:
+        """For the `ChatOpenAI` that `chains.models.build_chat_model` made from `settings`, else None."""
+        from langchain_openai import ChatOpenAI
+
+        from chains.models import OPENAI, ChatModelName
+
+        if settings.chat_model is None or not isinstance(model, ChatOpenAI) or model.use_responses_api:
+            return None
+        name = ChatModelName.parse(settings.chat_model)
+        if name.provider != OPENAI or model.model_name != name.model or model.root_async_client is None:
+            return None
+        params: dict[str, Any] = {"model": name.model, "temperature": settings.chat_temperature, "stream": True}
+        if settings.chat_max_tokens is not None:
+            params["max_completion_tokens"] = settings.chat_max_tokens
+        if model.stream_usage:
+            params["stream_options"] = {"include_usage": True}
+        return cls(model, params)
+
+    async def stream(
+        self, messages: Sequence[BaseMessage], config: RunnableConfig | None = None
+    ) -> AsyncIterator[ModelText]:
+        """Like `stream_model_text`: one piece per streamed chunk, `ModelIncomplete` without a finish reason."""
+        config = ensure_config(config)
+        model = self.model
+        manager = AsyncCallbackManager.configure(
+            inheritable_callbacks=config.get("callbacks"),
+            local_callbacks=model.callbacks,
+            verbose=model.verbose,
+            inheritable_tags=config.get("tags"),
+            local_tags=model.tags,
+            inheritable_metadata=config.get("metadata"),
+            local_metadata=model.metadata,
+        )
+        (run,) = await manager.on_chat_model_start(
+            self.serialized, [list(messages)], invocation_params=self.params, batch_size=1
+        )
+        parts: list[str] = []
+        usage: dict[str, int] | None = None
+        reason: str | None = None
+        started, first_text_at = time.perf_counter(), None
+
+        def result(finish: str | None) -> LLMResult:
+            meta = {"finish_reason": finish, "model_name": self.params["model"]}
+            message = AIMessage(
+                "".join(parts), usage_metadata=cast("UsageMetadata | None", usage), response_metadata=meta
+            )
+            return LLMResult(generations=[[ChatGeneration(message=message)]])
+
+        try:
+            stream = await model.root_async_client.chat.completions.create(
+                messages=convert_to_openai_messages(list(messages)), **self.params
+            )
+            try:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = _openai_usage(chunk.usage)
+                    text = ""
+                    for choice in chunk.choices:
+                        if choice.index == 0:
+                            text = choice.delta.content or ""
+                            reason = choice.finish_reason or reason
+                    if text:
+                        if first_text_at is None:
+                            first_text_at = time.perf_counter()
+                        parts.append(text)
+                        if run.handlers:  # the per-token callbacks, when anything listens
+                            piece = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                            await run.on_llm_new_token(text, chunk=piece)
+                    if text or chunk.usage is not None:
+                        yield ModelText(text, 1 if text else 0, usage if chunk.usage is not None else None)
+            finally:
+                await stream.close()
+        except Exception as exc:
+            translated = model_error(exc)
+            await run.on_llm_error(translated)
+            if translated is exc:
+                raise
+            raise translated from exc
+        except (asyncio.CancelledError, GeneratorExit):
+            await run.on_llm_end(result("cancelled"))  # the reader left: an end, not a model failure
+            raise
+        _log_call(model, len(parts), started, first_text_at, usage, reason)
+        if reason is None:
+            logger.warning("the chat model's stream ended after %d deltas without a finish reason", len(parts))
+            error = ModelIncomplete()
+            await run.on_llm_error(error)
+            raise error
+        await run.on_llm_end(result(reason))

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(MAX_QUESTION_CHARS, ge=1, le=MAX_QUESTION_CHARS)
     max_selected_chars: int = Field(MAX_SELECTED_CHARS, ge=1, le=MAX_SELECTED_CHARS)
     max_history_turns: int = Field(MAX_HISTORY_TURNS, ge=0, le=MAX_HISTORY_TURNS)
+    # How many of the latest conversation turns an answer reads (condensing and the prompt), on every face; older
+    # turns are dropped, and the done event / JSON answer says how many were used (`history_turns_used`).
+    history_turns: int = Field(6, ge=0, le=MAX_HISTORY_TURNS)
     max_k: int = Field(MAX_K, ge=1, le=MAX_K)
 
     # Access: API keys (comma-separated). Public endpoints need one of API_KEYS when it is set; admin endpoints

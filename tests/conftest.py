@@ -69,6 +69,8 @@ def _no_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tracing stays off too: it would send the tests' questions and passages to LangSmith.
     for name in (
         "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_API_URL",
         "CHAT_MODEL",
         "EMBEDDING_PROVIDER",
         "QDRANT_COLLECTION",
@@ -79,6 +81,7 @@ def _no_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_BASE_URL", CLOSED_PORT_URL)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", CLOSED_PORT_URL.removesuffix("/v1"))
 
 
 @pytest.fixture(scope="session")

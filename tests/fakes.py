@@ -1,8 +1,12 @@
-"""Fake chat models for tests: scripted answers streamed word by word, failures, and a call counter."""
+"""Fake chat models for tests: scripted answers streamed word by word, failures, and a call counter.
+
+Each fake ends its stream as real providers do, with a `finish_reason` in the last chunk's `response_metadata`:
+a stream without one is a cut-short answer (`ModelIncomplete`)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,10 +16,42 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
+FINISHED = {"finish_reason": "stop"}
 
-def scripted_model(*answers: str) -> GenericFakeChatModel:
+
+def finished(chunk: ChatGenerationChunk | None = None) -> ChatGenerationChunk:
+    """`chunk` (or an empty one) marked as the last of a complete answer."""
+    chunk = chunk or ChatGenerationChunk(message=AIMessageChunk(content=""))
+    chunk.message.response_metadata = {**chunk.message.response_metadata, **FINISHED}
+    return chunk
+
+
+class FakeChatModel(GenericFakeChatModel):
+    """`GenericFakeChatModel` (its messages streamed word by word) whose stream says it finished."""
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        previous = None
+        for chunk in super()._stream(messages, stop, run_manager, **kwargs):
+            if previous is not None:
+                yield previous
+            previous = chunk
+        yield finished(previous)
+
+
+def scripted_model(*answers: str) -> FakeChatModel:
     """A chat model that answers with `answers` in turn, streamed word by word."""
-    return GenericFakeChatModel(messages=iter([AIMessage(content=a) for a in answers]))
+    return FakeChatModel(messages=iter([AIMessage(content=a) for a in answers]))
+
+
+def cycling_model(answer: str) -> FakeChatModel:
+    """A chat model that answers every call with `answer`, streamed word by word."""
+    return FakeChatModel(messages=itertools.cycle([AIMessage(content=answer)]))
 
 
 class CountingChatModel(GenericFakeChatModel):
@@ -47,6 +83,7 @@ class CountingChatModel(GenericFakeChatModel):
                 await asyncio.sleep(self.delay_s)
                 self.chunks_produced += 1
                 yield ChatGenerationChunk(message=AIMessageChunk(content=f"word{index} "))
+            yield finished()
         except (asyncio.CancelledError, GeneratorExit):
             self.stopped_early = True
             raise
@@ -71,7 +108,7 @@ class UsageChatModel(GenericFakeChatModel):
         for index, word in enumerate(words):
             yield ChatGenerationChunk(message=AIMessageChunk(content=word if index == 0 else f" {word}"))
         usage = {"input_tokens": 120, "output_tokens": len(words), "total_tokens": 120 + len(words)}
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))  # type: ignore[arg-type]
+        yield finished(ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage)))  # type: ignore[arg-type]
 
 
 class FailingChatModel(GenericFakeChatModel):
@@ -104,7 +141,7 @@ class FailingChatModel(GenericFakeChatModel):
             yield chunk
 
 
-class RecordingChatModel(GenericFakeChatModel):
+class RecordingChatModel(FakeChatModel):
     """Answers with scripted messages in turn (streamed word by word) and records the messages of every call."""
 
     prompts: list[list[BaseMessage]] = Field(default_factory=list)

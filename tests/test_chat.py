@@ -4,7 +4,6 @@ fake chat models. The JavaScript client's view of the same route is in tests/tes
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,8 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from httpx import AsyncClient
 from httpx_sse import aconnect_sse
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
 from pydantic import SecretStr
 from qdrant_client import QdrantClient
 
@@ -30,7 +27,7 @@ from rag_api.routes.chat import to_answer_request
 from rag_api.schemas import ChatRequest
 from rag_api.state import Overrides
 from tests.conftest import app_client
-from tests.fakes import CountingChatModel, FailingChatModel, scripted_model
+from tests.fakes import CountingChatModel, FailingChatModel, cycling_model, scripted_model
 from tests.live import free_port, serve
 
 ANSWER = "Water each young tree with about twenty litres once a week [1]."
@@ -306,7 +303,7 @@ async def test_chat_is_rate_limited_like_ask(
     settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
 ) -> None:
     limited = settings.model_copy(update={"rate_limit_per_minute": 6, "rate_limit_burst": 1})
-    model = GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=ANSWER)]))
+    model = cycling_model(ANSWER)
     async for _, client in app_client(limited, embeddings, qdrant, model):
         assert (await client.post("/ask", json={"question": QUESTION})).status_code == 200
         response = await client.post("/api/chat", json=chat_body(user(QUESTION)))

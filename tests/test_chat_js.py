@@ -5,7 +5,6 @@ when npm is present)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 import subprocess
@@ -14,14 +13,13 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
 from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
+from tests.fakes import cycling_model
 from tests.live import free_port, serve
 
 pytestmark = pytest.mark.integration
@@ -58,7 +56,7 @@ def run_client(node: str, base_url: str, *questions: str) -> list[dict[str, Any]
 @pytest.fixture
 def book_app(settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path) -> FastAPI:
     """The service over the indexed book; every model call answers ANSWER (each turn and a condensed follow-up)."""
-    model = GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=ANSWER)]))
+    model = cycling_model(ANSWER)
     return create_app(settings, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
 
 

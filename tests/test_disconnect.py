@@ -162,7 +162,7 @@ async def test_a_client_that_leaves_stops_the_model_and_frees_its_slot(
         await hang_up_after_start(base_url, path, body, upstream)
         assert await asyncio.to_thread(upstream.closed.wait, WAIT_S), "the model server saw its request closed"
         assert not upstream.finished
-        gate = app.state.rag.answerer.gate
+        gate = app.state.rag.gate
         await until(lambda: gate.in_flight == 0, "the model slot to be released")
         async with httpx.AsyncClient(base_url=base_url, timeout=WAIT_S) as client:
             response = await client.post("/ask", json={"question": QUESTION, "stream": False})

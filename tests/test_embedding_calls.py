@@ -127,12 +127,11 @@ async def test_requests_reuse_what_start_up_built(
     model = answers("About twenty litres a week [1].", "In late winter [1].")
     async for app, http in app_client(settings, counting, qdrant, model):
         state = app.state.rag
-        built = (state.embeddings, state.retriever, state.chat_model, state.answerer, state.client)
+        built = (state.embeddings, state.retriever, state.chat_model, state.chain, state.gate, state.client)
         await ask(http, QUESTION)
         await ask(http, "When should apple trees be pruned?")
-        assert (state.embeddings, state.retriever, state.chat_model, state.answerer, state.client) == built
+        assert (state.embeddings, state.retriever, state.chat_model, state.chain, state.gate, state.client) == built
         assert app.state.rag is state
-        assert state.answerer.retriever is state.retriever and state.answerer.model is state.chat_model
         assert state.retriever.vector_store.embeddings is counting
     # Two new questions: two model calls in all, nothing else embedded (no documents, no warm-up per request).
     assert counting.model_calls.encodes == 2

@@ -31,7 +31,7 @@ from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
 from tests.conftest import QDRANT_URL, app_client, ingest_into
-from tests.fakes import CountingChatModel, scripted_model
+from tests.fakes import CountingChatModel, finished, scripted_model
 from tests.live import free_port, serve
 
 pytestmark = pytest.mark.integration
@@ -72,6 +72,7 @@ class ScriptedFaultModel(GenericFakeChatModel):
                 raise RuntimeError("upstream connection reset (secret internal detail)")
             await asyncio.sleep(self.delay_s)
             yield ChatGenerationChunk(message=AIMessageChunk(content=word if index == 0 else f" {word}"))
+        yield finished()
 
 
 @pytest.fixture

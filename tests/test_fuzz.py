@@ -8,15 +8,12 @@ Rate limiting is off here: fuzzing is about input handling, and 429 is covered b
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
 from qdrant_client import QdrantClient
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -24,6 +21,7 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
+from tests.fakes import cycling_model
 from tests.live import free_port, serve
 
 pytestmark = pytest.mark.integration
@@ -42,7 +40,7 @@ EXCLUDED_CHECKS = {
 def live_schema(
     settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
 ) -> Iterator[schemathesis.BaseSchema]:
-    model = GenericFakeChatModel(messages=itertools.cycle([AIMessage(content="Twenty litres a week [1].")]))
+    model = cycling_model("Twenty litres a week [1].")
     app = create_app(
         settings.model_copy(update={"rate_limit_per_minute": 0}),
         Overrides(chat_model=model, embeddings=embeddings, client=qdrant),

@@ -3,7 +3,6 @@ the extra `sources` and `citations` fields, usage, history, and errors in OpenAI
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from tests.conftest import app_client
-from tests.fakes import CountingChatModel, FailingChatModel, StallingChatModel, UsageChatModel
+from tests.fakes import CountingChatModel, FailingChatModel, StallingChatModel, UsageChatModel, cycling_model
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ KEY = "public-key-0123456789"
 
 
 def always(answer: str) -> GenericFakeChatModel:
-    return GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=answer)]))
+    return cycling_model(answer)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from rag_api.auth import client_label, key_matches, require_admin_key
 from rag_api.logging_setup import REDACTED, JsonFormatter, Redactor, TextFormatter
 from rag_api.ratelimit import TokenBuckets
 from tests.conftest import app_client
-from tests.fakes import CountingChatModel
+from tests.fakes import CountingChatModel, cycling_model, finished
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +51,11 @@ class UsageChatModel(GenericFakeChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         yield ChatGenerationChunk(message=AIMessageChunk(content=ANSWER))
         usage = {"input_tokens": 321, "output_tokens": 7, "total_tokens": 328}
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))  # type: ignore[arg-type]
+        yield finished(ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage)))  # type: ignore[arg-type]
 
 
 def always(answer: str) -> GenericFakeChatModel:
-    return GenericFakeChatModel(messages=itertools.cycle([AIMessage(content=answer)]))
+    return cycling_model(answer)
 
 
 @pytest.fixture

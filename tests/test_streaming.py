@@ -72,7 +72,7 @@ class TestAskStream:
         assert sources[0]["number"] == 1 and sources[0]["heading_path"][0] == "Watering Young Trees"
         assert {"source", "title", "url", "page", "score", "text"} <= set(sources[0])
         done = events[-1][2]
-        assert set(done) == {"answer_id", "mode", "citations", "usage", "timings"}
+        assert set(done) == {"answer_id", "mode", "citations", "usage", "timings", "history_turns_used"}
         assert done["mode"] == "generated" and done["citations"] == [1] and done["usage"] is None
         assert set(done["timings"]) == {"retrieval_ms", "first_token_ms", "total_ms"}
         assert 0 <= done["timings"]["retrieval_ms"] <= done["timings"]["first_token_ms"] <= done["timings"]["total_ms"]
@@ -146,7 +146,7 @@ async def test_client_disconnect_stops_the_model_and_leaves_no_task(
             assert produced < model.words
             await asyncio.sleep(0.2)
             assert model.chunks_produced == produced, "no chunk is produced after the disconnect"
-            assert app.state.rag.answerer.gate.in_flight == 0, "the model slot is released"
+            assert app.state.rag.gate.in_flight == 0, "the model slot is released"
             leaks = {"coalesce_tokens.<locals>.read_ahead", "RequestResponseCycle.run_asgi"}
             await _until(lambda: not (_task_names(model.loop) & leaks), "the request's tasks to end")
 
@@ -165,7 +165,7 @@ async def test_retrieved_answer_closed_without_being_read_stops_the_model(
         await _until(lambda: model.chunks_produced > 0, "the model to be called (read ahead) after retrieval")
         await answer.aclose()
         assert model.stopped_early, "the model stream was cancelled, not run to its end"
-        assert app.state.rag.answerer.gate.in_flight == 0, "the model slot is released"
+        assert app.state.rag.gate.in_flight == 0, "the model slot is released"
 
 
 # Token coalescing, on plain async generators.

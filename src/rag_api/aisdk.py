@@ -114,6 +114,7 @@ def finish_metadata(event: DoneEvent, request_id: str | None) -> dict[str, Any]:
             "totalMs": event.timings.total_ms,
         },
         "requestId": request_id,
+        "historyTurnsUsed": event.history_turns_used,
     }
 
 

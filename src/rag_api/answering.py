@@ -1,5 +1,6 @@
-"""How every answer route runs the answerer: under the request deadline, noting timings and token counts for
-the access log and the metrics. Routes differ only in how they parse the question and encode the result.
+"""How every answer route runs the answer chain (`chains.answer.answer_events`): under the request deadline,
+noting timings and token counts for the access log and the metrics. Routes differ only in how they parse the
+question and encode the result.
 
 On purpose: `stream_retrieved_answer` runs retrieval before the response exists, so that a client of
 `/v1/chat/completions` or `/api/chat` gets a real HTTP status (503 with Retry-After when Qdrant is down) for a
@@ -29,6 +30,8 @@ from chains.answer import (
     SourcesEvent,
     Timings,
     TokenEvent,
+    answer_events,
+    fold_answer,
 )
 from chains.citations import check_citations
 from chains.guard import call_within_deadline, within_deadline
@@ -151,9 +154,8 @@ def stream_answer(state: AppState, request: AnswerRequest, http: Request) -> Asy
     """The answer's events for an encoder (wrap them in `rag_api.streaming.guard`): token deltas coalesced
     (STREAM_COALESCE_MS), ending with `DeadlineExceeded` past REQUEST_TIMEOUT_S."""
     settings = state.settings
-    events = within_deadline(
-        _noting_done(state.answerer.stream(request), state, request, http), settings.request_timeout_s
-    )
+    noted = _noting_done(answer_events(state.chain, request), state, request, http)
+    events = within_deadline(noted, settings.request_timeout_s)
     return coalesce_tokens(events, settings.stream_coalesce_ms / 1000)
 
 
@@ -211,10 +213,12 @@ async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -
     disconnects first."""
     request = await resolve_filters(state, request)
     deadline = state.settings.request_timeout_s
-    answer = await until_disconnected(call_within_deadline(state.answerer.answer(request), deadline), http)
+    answer = await until_disconnected(
+        call_within_deadline(fold_answer(answer_events(state.chain, request)), deadline), http
+    )
     note_answer(http, answer.timings, answer.usage, answer.mode)
     if state.recorder is not None and answer.timings is not None:
-        done = DoneEvent(answer.answer_id, answer.mode, answer.citations, answer.usage, answer.timings)
+        done = DoneEvent(answer.answer_id, answer.mode, answer.citations, answer.usage, answer.timings)  # for the record
         record = answer_record(request, endpoint_of(http), answer.sources, answer.text, done, state.settings.chat_model)
         state.recorder.submit(record)
     return answer

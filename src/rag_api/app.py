@@ -13,10 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from qdrant_client import QdrantClient
 
-from chains.answer import Answerer
+from chains.answer import build_answer_chain
 from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
+from chains.guard import ModelGate
 from chains.local_index import limit_blas_threads
 from chains.models import build_chat_model
 from chains.rerank import build_reranker
@@ -82,10 +83,11 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
     if collection_error is None:
         retriever.warm()
     chat_model = overrides.chat_model or build_chat_model(settings)
-    answerer = Answerer(retriever, chat_model, settings)
+    gate = ModelGate.from_settings(settings)
+    chain = build_answer_chain(retriever, chat_model, settings, gate)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
     state = AppState(
-        settings, client, embeddings, retriever, chat_model, answerer, rate_limiter, collection_error, needs_reopen
+        settings, client, embeddings, retriever, chat_model, chain, gate, rate_limiter, collection_error, needs_reopen
     )
     state.catalogue = BookCatalogue(settings.qdrant_collection)
     state.records, state.records_error = open_records(settings)

@@ -29,6 +29,7 @@ from chains.errors import (
     DeadlineExceeded,
     DependencyUnavailable,
     ModelBusy,
+    ModelIncomplete,
     ModelTimeout,
     RagError,
 )
@@ -80,7 +81,8 @@ class ErrorInfo:
 def classify(exc: Exception) -> ErrorInfo:
     """What a client is told about `exc`: status, stable code and a safe message.
 
-    Codes: `model_timeout` and `request_timeout` (504); `model_busy` (503 + Retry-After); `<dependency>_unavailable`
+    Codes: `model_timeout` and `request_timeout` (504); `model_incomplete` (502: the model's stream was cut short);
+    `model_busy` (503 + Retry-After); `<dependency>_unavailable`
     for qdrant, chat_model and embeddings (503 + Retry-After: DEPENDENCY_RETRY_AFTER_S); `collection_mismatch`,
     `configuration_error` (503); `filter_matches_nothing` (422, naming the stored values); any other
     `RagError` its own code (400); anything unexpected `internal_error`
@@ -88,6 +90,8 @@ def classify(exc: Exception) -> ErrorInfo:
     """
     if isinstance(exc, ModelTimeout | DeadlineExceeded):
         return ErrorInfo(504, exc.code, str(exc))
+    if isinstance(exc, ModelIncomplete):  # a bad answer from upstream, not one that is down
+        return ErrorInfo(502, exc.code, str(exc))
     if isinstance(exc, ModelBusy):
         return ErrorInfo(503, exc.code, str(exc), int(exc.retry_after_s))
     if isinstance(exc, DependencyUnavailable):
@@ -153,6 +157,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     413: _described("The body is larger than MAX_BODY_BYTES: `payload_too_large`"),
     422: _described("The body does not fit the schema or a configured limit: `invalid_request`"),
     429: _described("Too many requests from this client: `rate_limited`, with a Retry-After header"),
+    502: _described("The chat model's stream ended before the model finished: `model_incomplete`"),
     503: _described(
         "A dependency is down: `qdrant_unavailable`, `chat_model_unavailable`, `embeddings_unavailable` "
         "(Retry-After); or `model_busy` (every model slot taken; Retry-After)"

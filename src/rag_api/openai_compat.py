@@ -98,6 +98,7 @@ class ChatCompletion(BaseModel):
     citations: list[int] = Field(description="Numbers of the sources the answer cites.")
     answer_id: str
     mode: Literal["generated", "extractive", "not_in_book"]
+    history_turns_used: int = Field(0, description="How many of the latest turns the answer read (HISTORY_TURNS).")
 
 
 class ModelCard(BaseModel):
@@ -181,6 +182,7 @@ def chat_completion(answer: Answer, completion: str, model: str) -> ChatCompleti
         citations=answer.citations,
         answer_id=answer.answer_id,
         mode=answer.mode,
+        history_turns_used=answer.history_turns_used,
     )
 
 
@@ -227,7 +229,14 @@ async def chat_chunks(
             sent_role = True
             yield chunk({"role": "assistant", "content": ""}, sources=[source_json(s) for s in event.sources])
         elif isinstance(event, DoneEvent):
-            yield chunk({}, "stop", citations=event.citations, answer_id=event.answer_id, mode=event.mode)
+            yield chunk(
+                {},
+                "stop",
+                citations=event.citations,
+                answer_id=event.answer_id,
+                mode=event.mode,
+                history_turns_used=event.history_turns_used,
+            )
             if include_usage:
                 yield _data(dumps({**head, "choices": [], "usage": usage_out(event.usage)}))
             yield b"data: [DONE]\n\n"

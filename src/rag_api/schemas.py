@@ -108,6 +108,9 @@ class AskResponse(BaseModel):
     citations: list[int] = Field(description="Numbers of the sources the answer cites.")
     usage: dict[str, int] | None
     timings: TimingsOut
+    history_turns_used: int = Field(
+        0, description="How many of the latest conversation turns the answer read (at most HISTORY_TURNS)."
+    )
 
 
 class SearchRequest(BaseModel):
@@ -139,6 +142,11 @@ class DependencyHealth(BaseModel):
     detail: str | None = None
 
 
+class ChatModelInfo(BaseModel):
+    provider: str = Field(description="`openai` (any OpenAI-compatible endpoint), `anthropic`, ... (CHAT_MODEL).")
+    name: str = Field(description="The provider's model name.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     down: list[Literal["qdrant", "chat_model", "embeddings"]] = Field(
@@ -151,6 +159,9 @@ class HealthResponse(BaseModel):
     collection: str
     points: int | None
     chat_model: str | None = Field(description="The configured chat model, or null for extractive answers.")
+    model: ChatModelInfo | None = Field(
+        None, description="The chat model's provider and name, or null for extractive answers."
+    )
     embedding_model: str
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable
 from qdrant_client import QdrantClient
 
-from chains.answer import Answerer
+from chains.answer import AnswerChunk
 from chains.catalogue import BookCatalogue
+from chains.guard import ModelGate
 from chains.rerank import Reranker
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -24,7 +27,9 @@ class AppState:
     embeddings: Embeddings
     retriever: BookRetriever
     chat_model: BaseChatModel | None
-    answerer: Answerer
+    # The answer chain (chains.answer.build_answer_chain) and the gate on its model calls, built once.
+    chain: Runnable[Any, AnswerChunk]
+    gate: ModelGate
     rate_limiter: TokenBuckets
     collection_error: str | None = None
     # True while the store could not be opened (the client is a closed stand-in): see rag_api.recovery.

@@ -179,6 +179,7 @@ def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
             "citations": event.citations,
             "usage": event.usage,
             "timings": asdict(event.timings),
+            "history_turns_used": event.history_turns_used,
         }
     return "error", {"code": event.code, "message": event.message}
 

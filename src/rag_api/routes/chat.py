@@ -1,6 +1,6 @@
 """`POST /api/chat`: the answer as the AI SDK's UI message stream, for frontends built on `useChat`.
 
-The same answer as `/ask` (one `Answerer.stream`, the same deadline, limits, keys and rate limit), in another
+The same answer as `/ask` (one answer chain, the same deadline, limits, keys and rate limit), in another
 wire format (`rag_api.aisdk`). The AI SDK sends the whole conversation each time, so the conversation is cut to
 its last MAX_HISTORY_TURNS turns (and each turn to MAX_TURN_CHARS) instead of being refused as `/ask` would.
 """

@@ -3,7 +3,9 @@
 Both probe on each call, so a dependency that comes back is seen at once: while Qdrant is down they retry
 opening the store and checking the collection (`rag_api.recovery`), and the service recovers without a restart.
 The chat
-model endpoint is probed with a short `GET {base}/models`: any HTTP answer but 401/403/5xx means it is up.
+model is reported as its provider and name (`model`); an OpenAI-compatible endpoint is probed with a short
+`GET {base}/models` (free: no tokens): any HTTP answer but 401/403/5xx means it is up. Other providers are not
+probed, since none has a free call that proves a key works: their failures show as 503 `chat_model_unavailable`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from chains.models import OPENAI, ChatModelName
 from chains.vectorstore import local_store_problem
 from rag_api.deps import State
 from rag_api.recovery import recheck_qdrant
-from rag_api.schemas import DependencyHealth, HealthResponse
+from rag_api.schemas import ChatModelInfo, DependencyHealth, HealthResponse
 from rag_api.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ async def _probe_chat_model(state: AppState) -> DependencyHealth:
         return DependencyHealth(ok=True, detail="none configured: extractive answers")
     if settings.chat_model is None:
         return DependencyHealth(ok=True, detail="in-process model")
+    provider = ChatModelName.parse(settings.chat_model).provider
+    if provider != OPENAI:
+        return DependencyHealth(ok=True, detail=f"{provider}: not probed (no free call to make)")
     base = str(settings.openai_base_url or DEFAULT_OPENAI_BASE).rstrip("/")
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
     try:
@@ -74,6 +80,16 @@ def _probe_embeddings(state: AppState) -> DependencyHealth:
     return DependencyHealth(ok=True, detail="remote: failures show as 503 embeddings_unavailable")
 
 
+def model_info(state: AppState) -> ChatModelInfo | None:
+    """The chat model answers come from: provider and name, from the settings (no call made)."""
+    if state.settings.chat_model is not None:
+        name = ChatModelName.parse(state.settings.chat_model)
+        return ChatModelInfo(provider=name.provider, name=name.model)
+    if state.chat_model is not None:  # handed in ready-made (tests, benchmarks)
+        return ChatModelInfo(provider="in-process", name=type(state.chat_model).__name__)
+    return None
+
+
 async def health_of(state: AppState) -> HealthResponse:
     (qdrant, points), chat_model = await asyncio.gather(
         asyncio.to_thread(_probe_qdrant, state), _probe_chat_model(state)
@@ -88,6 +104,7 @@ async def health_of(state: AppState) -> HealthResponse:
         collection=state.settings.qdrant_collection,
         points=points,
         chat_model=state.settings.chat_model,
+        model=model_info(state),
         embedding_model=state.settings.embedding_model,
     )
 

@@ -1,6 +1,6 @@
 """`POST /v1/chat/completions` and `GET /v1/models`: the book behind OpenAI's API, for OpenAI clients and chat UIs.
 
-The same answerer, auth, limits and rate limit as `/ask`; only the wire format differs (`rag_api.openai_compat`).
+The same answer chain, auth, limits and rate limit as `/ask`; only the wire format differs (`rag_api.openai_compat`).
 """
 
 from __future__ import annotations
