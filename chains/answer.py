@@ -15,6 +15,9 @@ passage is relevant enough the answer says the book does not cover the question 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -33,12 +36,17 @@ from langchain_core.runnables import (
     RunnableLambda,
 )
 
+from chains.book_terms import BookVocabulary
+from chains.citations import check_citations
 from chains.guard import ModelGate, close_iterator
+from chains.highlights import content_words, highlight_passages, quote
 from chains.model_stream import TextStream, merged, model_error, text_stream_for
-from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, cited_numbers, format_passages, heading_label, neutralise
+from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.site_urls import section_url
+
+logger = logging.getLogger(__name__)
 
 AnswerMode = Literal["generated", "extractive", "not_in_book"]
 
@@ -57,7 +65,9 @@ EXTRACTIVE_PREFIX = (
     "No chat model is configured, so this is not a generated answer. "
     "These are the passages of the book that best match your question:\n\n"
 )
-_EXTRACT_CHARS = 400
+_EXTRACT_CHARS = 600
+_EXTRACT_SOURCES = 3
+_CLOSEST_SECTIONS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,8 @@ class Source:
     chunk_index: int | None
     page_path: str | None = None
     anchor: str | None = None
+    # `[start, end]` offsets into `text` of the sentences that best answer the question (chains.highlights).
+    highlights: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
     def from_document(cls, number: int, document: Document, base_url: object | None = None) -> Source:
@@ -154,6 +166,8 @@ class DoneEvent:
     usage: dict[str, int] | None
     timings: Timings
     history_turns_used: int = 0
+    # `[n]` markers of a generated answer that name no source (never linked); `citations` holds only real ones.
+    invalid_citations: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +191,7 @@ class Answer:
     usage: dict[str, int] | None = None
     timings: Timings | None = None
     history_turns_used: int = 0
+    invalid_citations: list[int] = field(default_factory=list)
 
 
 def selection_document(request: AnswerRequest) -> Document | None:
@@ -202,15 +217,72 @@ def format_history(history: Sequence[Turn]) -> str:
     return "\n".join(f"{turn.role}: {neutralise(turn.content)}" for turn in history)
 
 
-def extractive_answer(sources: Sequence[Source]) -> str:
-    """An honest answer with no model: the start of each passage, with its number and heading."""
+def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) -> str:
+    """An honest answer with no model: the highlighted sentences of the best passages (the passage's start when it
+    has none), each with its number and heading."""
     parts = []
-    for source in sources:
-        excerpt = " ".join(source.text.split())
+    for source in sources[:limit]:
+        excerpt = quote(source.text, source.highlights) if source.highlights else " ".join(source.text.split())
         if len(excerpt) > _EXTRACT_CHARS:
             excerpt = excerpt[:_EXTRACT_CHARS].rsplit(" ", 1)[0] + " …"
         parts.append(f"[{source.number}] **{source.label}**: {excerpt}")
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
+
+
+# A follow-up that cannot stand alone: it points back with a pronoun, or says too little to search for.
+_REFERRING = frozenset(
+    [
+        "it",
+        "its",
+        "this",
+        "these",
+        "those",
+        "they",
+        "them",
+        "their",
+        "he",
+        "she",
+        "him",
+        "her",
+        "one",
+        "ones",
+        "there",
+        "such",
+    ]
+)
+_WORDS = re.compile(r"[A-Za-z']+")
+
+
+def needs_context(question: str) -> bool:
+    """Whether a question leans on the conversation ("How deep should it be?", "And pears?")."""
+    words = [w.casefold() for w in _WORDS.findall(question)]
+    return any(w in _REFERRING for w in words) or len(content_words(question)) < 2
+
+
+# How a model says the passages do not hold the answer (the prompt asks for one such sentence, citing nothing).
+_MODEL_REFUSAL = re.compile(
+    r"\b(book|passages?|text|sources?)\b[^.]{0,80}?\b(does not|doesn't|do not|don't|did not|cannot|can't|"
+    r"is not|isn't|are not|aren't|not)\b[^.]{0,40}?\b(cover|mention|contain|say|discuss|address|answer|include|"
+    r"provide|explain|describe|covered|mentioned|found)",
+    re.IGNORECASE,
+)
+
+
+def is_model_refusal(answer: str, valid_citations: Sequence[int]) -> bool:
+    """A generated answer that says the book does not cover the question (and cites nothing): a refusal."""
+    return not valid_citations and bool(_MODEL_REFUSAL.search(answer[:400]))
+
+
+def not_in_book_text(missing: Sequence[str], closest: Sequence[str]) -> str:
+    """The refusal, saying what the book lacks when that is known, and offering the closest sections."""
+    if missing:
+        names = ", ".join(f"“{term}”" for term in missing)
+        text = f"The book does not mention {names}, so it cannot answer this."
+    else:
+        text = NOT_IN_BOOK
+    if closest:
+        text += " The closest sections: " + "; ".join(closest) + "."
+    return text
 
 
 def as_answer_request(value: AnswerRequest | str | Mapping[str, Any]) -> AnswerRequest:
@@ -244,12 +316,20 @@ class AnswerChunk(TypedDict, total=False):
 class _AnswerSteps:
     """The steps of the answer chain, sharing the retriever, model, settings and model gate built at start-up."""
 
-    def __init__(self, retriever: BookRetriever, model: BaseChatModel | None, settings: Settings, gate: ModelGate):
+    def __init__(
+        self,
+        retriever: BookRetriever,
+        model: BaseChatModel | None,
+        settings: Settings,
+        gate: ModelGate,
+        vocabulary: BookVocabulary | None = None,
+    ):
         self.retriever = retriever
         self.model = model
         self.settings = settings
         self.gate = gate
         self.text: TextStream | None = text_stream_for(model, settings) if model is not None else None
+        self.vocabulary = vocabulary or BookVocabulary(settings.qdrant_collection)
 
     def prepare(self, value: AnswerRequest | str | Mapping[str, Any]) -> dict[str, Any]:
         """The request, its history cut to the last HISTORY_TURNS turns (the done event says how many were used)."""
@@ -267,8 +347,11 @@ class _AnswerSteps:
         if not request.history:
             return retrieval_query(request)
         if self.model is None:
+            # Nothing to condense with: the question leads, the last question only helps one that cannot stand alone.
+            if not needs_context(request.question):
+                return retrieval_query(request)
             last_user = next((t.content for t in reversed(request.history) if t.role == "user"), "")
-            return f"{last_user}\n{retrieval_query(request)}".strip()
+            return f"{retrieval_query(request)}\n{last_user}".strip()
         messages = CONDENSE_PROMPT.format_messages(
             history=format_history(request.history), question=neutralise(request.question)
         )
@@ -296,14 +379,41 @@ class _AnswerSteps:
         )
         threshold = self.settings.retrieval_score_threshold
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
+        missing = self.missing_terms(request.question) if relevant else []
+        if missing:
+            relevant = []
         selection = selection_document(request)
-        if selection is not None:
+        if selection is not None and relevant:  # never the reader's own selection alone, echoed as the answer
             relevant.insert(0, selection)
         sources = [
             Source.from_document(number, doc, self.settings.book_base_url)
             for number, doc in enumerate(relevant, start=1)
         ]
-        return {**state, "sources": sources}
+        if sources:
+            sources = await self.highlighted(state["query"], sources)
+        closest = list(dict.fromkeys(Source.from_document(0, d).label for d in documents))[:_CLOSEST_SECTIONS]
+        return {**state, "sources": sources, "missing": missing, "closest": closest}
+
+    def missing_terms(self, question: str) -> list[str]:
+        """The question's names and identifiers the book never uses (chains.book_terms); [] while unknown."""
+        client = getattr(self.retriever.vector_store, "client", None)
+        vocabulary = self.vocabulary.current(client) if client is not None else None
+        return vocabulary.missing(question) if vocabulary is not None else []
+
+    async def highlighted(self, query: str, sources: list[Source]) -> list[Source]:
+        """The sources with the sentences that best answer `query` marked, scored by the embedding model."""
+        embeddings = self.retriever.vector_store.embeddings
+        if embeddings is None:
+            return sources
+        try:
+            vector = await embeddings.aembed_query(query)  # cached: the retriever embedded it a moment ago
+            spans = await asyncio.to_thread(
+                highlight_passages, query, vector, [s.text for s in sources], embeddings.embed_documents
+            )
+        except Exception:
+            logger.warning("could not highlight the passages; sources go without highlights", exc_info=True)
+            return sources
+        return [replace(source, highlights=span) for source, span in zip(sources, spans, strict=True)]
 
     async def generate(
         self, states: AsyncIterator[dict[str, Any]], config: RunnableConfig
@@ -317,7 +427,8 @@ class _AnswerSteps:
         mode: AnswerMode = "not_in_book" if not sources else "generated" if self.model else "extractive"
         yield AddableDict(sources=sources, mode=mode, history_turns_used=len(request.history))  # type: ignore[misc]
         if mode == "not_in_book":
-            yield AddableDict(answer=NOT_IN_BOOK, deltas=1)  # type: ignore[misc]
+            text = not_in_book_text(state.get("missing", []), state.get("closest", []))
+            yield AddableDict(answer=text, deltas=1)  # type: ignore[misc]
             return
         if self.text is None:
             yield AddableDict(answer=extractive_answer(sources), deltas=1)  # type: ignore[misc]
@@ -344,7 +455,11 @@ def prompt_input(request: AnswerRequest, sources: Sequence[Source]) -> dict[str,
 
 
 def build_answer_chain(
-    retriever: BookRetriever, model: BaseChatModel | None, settings: Settings, gate: ModelGate | None = None
+    retriever: BookRetriever,
+    model: BaseChatModel | None,
+    settings: Settings,
+    gate: ModelGate | None = None,
+    vocabulary: BookVocabulary | None = None,
 ) -> Runnable[Any, AnswerChunk]:
     """The answer as one LangChain Runnable, built once at start-up:
 
@@ -353,7 +468,7 @@ def build_answer_chain(
     Its input is an `AnswerRequest`, a question, or a dict of `AnswerRequest`'s fields; it streams `AnswerChunk`s
     (sources first, then text), and `ainvoke` returns them merged. Async only (the steps await the store and the
     model); `answer_events` translates its stream into the service's events."""
-    steps = _AnswerSteps(retriever, model, settings, gate or ModelGate.from_settings(settings))
+    steps = _AnswerSteps(retriever, model, settings, gate or ModelGate.from_settings(settings), vocabulary)
     chain = (
         # Plain steps that each add a key to the state, not `RunnablePassthrough.assign`: streamed, `assign` runs its
         # step in a task of its own that a cancelled stream leaves running (a condensing call would go on).
@@ -399,12 +514,16 @@ async def answer_events(
             usage = chunk.get("usage") or usage
     finally:
         await close_iterator(chunks)
+    invalid: list[int] = []
     if mode == "generated":
-        citations = cited_numbers("".join(parts), len(sources))
+        text = "".join(parts)
+        citations, invalid = check_citations(text, len(sources))
+        if is_model_refusal(text, citations):
+            mode = "not_in_book"  # the model's own "the book does not cover this" counts as a refusal
     else:
-        citations = [s.number for s in sources] if mode == "extractive" else []
+        citations = [s.number for s in sources[:_EXTRACT_SOURCES]] if mode == "extractive" else []
     timings = _timings(started, retrieval_ms, first_token_ms)
-    yield DoneEvent(answer_id, mode, citations, usage, timings, turns_used)
+    yield DoneEvent(answer_id, mode, citations, usage, timings, turns_used, invalid)
 
 
 async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
@@ -421,6 +540,7 @@ async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
                 result.answer_id, result.mode, result.citations = event.answer_id, event.mode, event.citations
                 result.usage, result.timings = event.usage, event.timings
                 result.history_turns_used = event.history_turns_used
+                result.invalid_citations = event.invalid_citations
     finally:
         await close_iterator(events)
     result.text = "".join(parts)

@@ -107,6 +107,7 @@ def finish_metadata(event: DoneEvent, request_id: str | None) -> dict[str, Any]:
         "answerId": event.answer_id,
         "mode": event.mode,
         "citations": event.citations,
+        "invalidCitations": event.invalid_citations,
         "usage": usage,
         "timings": {
             "retrievalMs": event.timings.retrieval_ms,

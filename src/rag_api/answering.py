@@ -218,7 +218,9 @@ async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -
     )
     note_answer(http, answer.timings, answer.usage, answer.mode)
     if state.recorder is not None and answer.timings is not None:
-        done = DoneEvent(answer.answer_id, answer.mode, answer.citations, answer.usage, answer.timings)  # for the record
+        done = DoneEvent(
+            answer.answer_id, answer.mode, answer.citations, answer.usage, answer.timings
+        )  # for the record
         record = answer_record(request, endpoint_of(http), answer.sources, answer.text, done, state.settings.chat_model)
         state.recorder.submit(record)
     return answer

@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from qdrant_client import QdrantClient
 
 from chains.answer import build_answer_chain
+from chains.book_terms import BookVocabulary
 from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
@@ -84,12 +85,16 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
         retriever.warm()
     chat_model = overrides.chat_model or build_chat_model(settings)
     gate = ModelGate.from_settings(settings)
-    chain = build_answer_chain(retriever, chat_model, settings, gate)
+    vocabulary = BookVocabulary(settings.qdrant_collection)
+    if collection_error is None:
+        vocabulary.current(client)  # read in the background: the term check starts once it is done
+    chain = build_answer_chain(retriever, chat_model, settings, gate, vocabulary)
     rate_limiter = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
     state = AppState(
         settings, client, embeddings, retriever, chat_model, chain, gate, rate_limiter, collection_error, needs_reopen
     )
     state.catalogue = BookCatalogue(settings.qdrant_collection)
+    state.vocabulary = vocabulary
     state.records, state.records_error = open_records(settings)
     state.recorder = AnswerRecorder(state.records) if state.records is not None else None
     return state

@@ -96,6 +96,7 @@ class ChatCompletion(BaseModel):
     usage: ChatUsage | None = Field(description="Token counts when the chat model reports them, else null.")
     sources: list[SourceOut] = Field(description="The passages the answer was written from, cited as [number].")
     citations: list[int] = Field(description="Numbers of the sources the answer cites.")
+    invalid_citations: list[int] = Field(default_factory=list, description="[n] markers that name no source.")
     answer_id: str
     mode: Literal["generated", "extractive", "not_in_book"]
     history_turns_used: int = Field(0, description="How many of the latest turns the answer read (HISTORY_TURNS).")
@@ -180,6 +181,7 @@ def chat_completion(answer: Answer, completion: str, model: str) -> ChatCompleti
         usage=ChatUsage(**usage) if usage else None,
         sources=[SourceOut(**asdict(s)) for s in answer.sources],
         citations=answer.citations,
+        invalid_citations=answer.invalid_citations,
         answer_id=answer.answer_id,
         mode=answer.mode,
         history_turns_used=answer.history_turns_used,
@@ -233,6 +235,7 @@ async def chat_chunks(
                 {},
                 "stop",
                 citations=event.citations,
+                invalid_citations=event.invalid_citations,
                 answer_id=event.answer_id,
                 mode=event.mode,
                 history_turns_used=event.history_turns_used,

@@ -11,6 +11,7 @@ from langchain_core.runnables import Runnable
 from qdrant_client import QdrantClient
 
 from chains.answer import AnswerChunk
+from chains.book_terms import BookVocabulary
 from chains.catalogue import BookCatalogue
 from chains.guard import ModelGate
 from chains.rerank import Reranker
@@ -39,6 +40,7 @@ class AppState:
     recorder: AnswerRecorder | None = None
     records_error: str | None = None
     catalogue: BookCatalogue = field(default_factory=lambda: BookCatalogue(""))
+    vocabulary: BookVocabulary | None = None  # the book's words, for the term check of the answer chain
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,6 +177,7 @@ def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
             "answer_id": event.answer_id,
             "mode": event.mode,
             "citations": event.citations,
+            "invalid_citations": event.invalid_citations,
             "usage": event.usage,
             "timings": asdict(event.timings),
             "history_turns_used": event.history_turns_used,

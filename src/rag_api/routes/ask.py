@@ -33,7 +33,7 @@ in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`
 | `sources` | `{"sources": [Source, ...]}` | once, before the first token (may be `[]`: not in the book) |
 | `status` | `{"stage": "generating"}` | the chat model starts (absent when no model is called) |
 | `token` | `{"text": "..."}` | text deltas of the answer, in order; append them (one may carry several model tokens) |
-| `done` | `{"answer_id", "mode", "citations", "usage", "timings", "history_turns_used"}` | the last, on success |
+| `done` | `{"answer_id", "mode", "citations", "invalid_citations", "usage", "timings", "history_turns_used"}` | last |
 | `error` | `{"code", "message"}` | last event when something fails after the stream started |
 
 `Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text}` (as in
@@ -136,6 +136,7 @@ async def ask(
         mode=answer.mode,
         sources=[SourceOut(**asdict(s)) for s in answer.sources],
         citations=answer.citations,
+        invalid_citations=answer.invalid_citations,
         usage=answer.usage,
         timings=TimingsOut(**asdict(answer.timings)),
         history_turns_used=answer.history_turns_used,
