@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from qdrant_client import QdrantClient
@@ -26,6 +25,7 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
+from tests.fakes import FakeChatModel
 from tests.live import free_port, serve
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -74,7 +74,7 @@ HOST_PAGE = """<!doctype html>
 """
 
 
-class SlowScriptedModel(GenericFakeChatModel):
+class SlowScriptedModel(FakeChatModel):
     """Streams its scripted answer piece by piece, a little apart, so the stream can be seen arriving."""
 
     delay_s: float = 0.01
