@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from qdrant_client import QdrantClient
 
-from bench.eval_retrieval import BOOKS, ingest_project, load_questions, normalise, store_folder
+from bench.eval_retrieval import DATASETS, ingest_project, load_questions, normalise, store_folder
 from chains.answer import build_answer_chain
 from chains.embeddings import build_embeddings
 from chains.retrieval import BookRetriever
@@ -36,7 +36,7 @@ def old_extractive(texts: Sequence[str]) -> str:
 
 
 async def measure(name: str) -> dict[str, object]:
-    book, questions_path = BOOKS[name]
+    book, questions_path = DATASETS[name]
     questions = load_questions(questions_path)
     embeddings = build_embeddings(Settings(_env_file=None))  # type: ignore[call-arg]
     folder = store_folder(name, book)
