@@ -39,7 +39,7 @@ from langchain_core.runnables import (
 from chains.book_terms import BookVocabulary
 from chains.citations import check_citations
 from chains.guard import ModelGate, close_iterator
-from chains.highlights import content_words, highlight_passages, quote
+from chains.highlights import content_words, highlight_passages, quote_in_context
 from chains.model_stream import TextStream, merged, model_error, text_stream_for
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
@@ -66,7 +66,7 @@ EXTRACTIVE_PREFIX = (
     "These are the passages of the book that best match your question:\n\n"
 )
 _EXTRACT_CHARS = 600
-_EXTRACT_SOURCES = 3
+_EXTRACT_SOURCES = 5
 _CLOSEST_SECTIONS = 3
 
 
@@ -222,7 +222,9 @@ def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) 
     has none), each with its number and heading."""
     parts = []
     for source in sources[:limit]:
-        excerpt = quote(source.text, source.highlights) if source.highlights else " ".join(source.text.split())
+        excerpt = (
+            quote_in_context(source.text, source.highlights) if source.highlights else " ".join(source.text.split())
+        )
         if len(excerpt) > _EXTRACT_CHARS:
             excerpt = excerpt[:_EXTRACT_CHARS].rsplit(" ", 1)[0] + " …"
         parts.append(f"[{source.number}] **{source.label}**: {excerpt}")

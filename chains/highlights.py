@@ -143,7 +143,13 @@ def sentence_scores(
     ]
 
 
-def choose(scores: Sequence[float], best_overall: float, limit: int = 2, margin: float = 0.08) -> list[int]:
+def is_quotable(sentence: str) -> bool:
+    """A sentence a reader can be shown as the quote: not a bare heading line (short, no closing punctuation)."""
+    text = sentence.strip()
+    return len(text.split()) >= 6 or text[-1:] in ".!?…:;)\"'”’"
+
+
+def choose(scores: Sequence[float], best_overall: float, limit: int = 2, margin: float = 0.16) -> list[int]:
     """The indices of a passage's highlighted sentences: its best one, and a second close to it, each within
     `margin` of the best sentence of all passages, in text order."""
     if not scores:
@@ -167,7 +173,11 @@ def highlight_passages(
     if not flat:
         return [[] for _ in texts]
     vectors = embed(flat)
-    scores = sentence_scores(question, question_vector, flat, vectors)
+    # A heading line often echoes the question best and answers nothing: it can only be chosen when nothing else is.
+    scores = [
+        score if is_quotable(text) else score - 1.0
+        for score, text in zip(sentence_scores(question, question_vector, flat, vectors), flat, strict=True)
+    ]
     best_overall = max(scores)
     spans: list[list[tuple[int, int]]] = []
     offset = 0
@@ -182,3 +192,14 @@ def quote(text: str, spans: Sequence[tuple[int, int]]) -> str:
     """The highlighted sentences of a passage as one quote, `…` where text was left out between them."""
     pieces = [" ".join(text[start:end].split()) for start, end in spans]
     return " … ".join(piece for piece in pieces if piece)
+
+
+def quote_in_context(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """The highlighted sentences and the one after the last of them (an answer often follows its topic sentence:
+    "Young trees need deep watering. Give each about twenty litres a week."), `…` where text was left out."""
+    if not spans:
+        return ""
+    following = next((s for s in split_sentences(text) if s.start >= spans[-1][1]), None)
+    if following is None:
+        return quote(text, spans)
+    return quote(text, [*spans[:-1], (spans[-1][0], following.end)])

@@ -65,7 +65,7 @@ async def test_out_of_book_question_is_refused_without_calling_the_model(
 ) -> None:
     model = CountingChatModel()
     answer = await answer_with(retriever, model, settings, AnswerRequest("What is the capital of Mongolia?"))
-    assert answer.mode == "not_in_book" and answer.text == NOT_IN_BOOK
+    assert answer.mode == "not_in_book" and answer.text.startswith(NOT_IN_BOOK)
     assert model.calls == 0
 
 
@@ -82,11 +82,21 @@ async def test_follow_up_is_condensed_before_retrieval(retriever: BookRetriever,
 
 async def test_selected_text_is_the_first_passage(retriever: BookRetriever, settings: Settings) -> None:
     model = CountingChatModel(words=3, delay_s=0)
-    request = AnswerRequest("What does this mean?", selected_text="Remove the three Ds first.", selected_from="pruning")
+    selected = "Prune apple trees in late winter. Remove the three Ds first."
+    request = AnswerRequest("Why should I do this?", selected_text=selected, selected_from="pruning")
     answer = await answer_with(retriever, model, settings, request)
-    assert answer.sources[0].text == "Remove the three Ds first." and answer.sources[0].source == "pruning"
+    assert answer.sources[0].text == selected and answer.sources[0].source == "pruning"
+    assert answer.sources[1].source.endswith("pruning.md")  # its passage in the book, found through the selection
     prompt = str(model.prompts[0][-1].content)
-    assert prompt.index("Remove the three Ds first.") < prompt.index("</passage>")
+    assert prompt.index(selected) < prompt.index("</passage>")
+
+
+async def test_a_selection_whose_passage_is_not_found_is_not_echoed_as_the_only_source(
+    retriever: BookRetriever, settings: Settings
+) -> None:
+    request = AnswerRequest("What is this?", selected_text="Quarterly VAT returns are due in May.")
+    answer = await answer_with(retriever, None, settings, request)
+    assert answer.mode == "not_in_book" and answer.sources == []
 
 
 async def test_extractive_answer_without_a_model_is_labelled(retriever: BookRetriever, settings: Settings) -> None:
@@ -165,5 +175,6 @@ async def test_out_of_book_question_with_hybrid_retrieval_is_refused_without_a_m
     assert retriever.mode == "hybrid"
     model = recording_model("should never be used")
     answer = await answer_with(retriever, model, settings, AnswerRequest("Who won the World Cup in 1998?"))
-    assert (answer.mode, answer.text, answer.sources, answer.citations) == ("not_in_book", NOT_IN_BOOK, [], [])
+    assert (answer.mode, answer.sources, answer.citations) == ("not_in_book", [], [])
+    assert answer.text.startswith(NOT_IN_BOOK)
     assert model.prompts == []
