@@ -155,7 +155,7 @@ async def test_ask_without_chat_model_gives_labelled_extractive_answer(client: A
 async def test_question_outside_the_book_gets_refusal(client: AsyncClient) -> None:
     body = (await client.post("/ask", json={"question": "Who won the 1998 football world cup final?"})).json()
     assert body["mode"] == "not_in_book"
-    assert body["answer"] == NOT_IN_BOOK
+    assert body["answer"].startswith(NOT_IN_BOOK)
     assert body["sources"] == []
 
 
