@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 BlockKind = Literal["heading", "text", "code", "table"]
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdx"})
-SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | {".html", ".htm", ".txt", ".text", ".rst", ".pdf", ".docx"})
+HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
+SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | HTML_SUFFIXES | {".txt", ".text", ".rst", ".pdf", ".docx"})
 _TEXT_SUFFIXES = SUPPORTED_SUFFIXES - {".pdf", ".docx"}
 _MAX_FILE_BYTES = 200 * 1024 * 1024
 
@@ -42,6 +43,7 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _MDX_ESM = re.compile(r"^(import|export)\s")
 _JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
 _JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
+_XML_DECLARATION = re.compile(r"\A\ufeff?\s*<\?xml[^>]*\?>\s*")
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
 # A fence's info string past the language (Docusaurus' ```md title="x" {1-4}), which Python-Markdown's fenced
 # code does not accept: the fence then goes unseen and the code in it is read as Markdown (its `# lines` as headings).
@@ -424,8 +426,8 @@ def load_document(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDo
             document = load_pdf(path, limits)
         elif suffix == ".docx":
             document = load_docx(path, limits)
-        elif suffix in (".html", ".htm"):
-            markup = read_limited_text(path, limits)
+        elif suffix in HTML_SUFFIXES:
+            markup = _XML_DECLARATION.sub("", read_limited_text(path, limits), count=1)  # XHTML's <?xml ...?>
             blocks = with_html_anchors(_checked_elements(path, _partition("html", text=markup), limits), markup)
             document = LoadedDocument(path, None, blocks)
         else:

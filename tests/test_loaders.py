@@ -168,3 +168,20 @@ def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path
     blocks = load_document(page).blocks
     assert [b.text for b in blocks if b.kind == "heading"] == ["Create a Document", "Configure the Sidebar"]
     assert any(b.kind == "code" and "# Hello" in b.text for b in blocks)
+
+
+def test_an_xhtml_chapter_with_its_xml_declaration_loads_like_html(tmp_path: Path) -> None:
+    chapter = tmp_path / "economy.xhtml"
+    chapter.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops">\n'
+        '<head><title>Economy</title></head><body><section epub:type="chapter">\n'
+        '<h2 epub:type="title">Economy</h2><p>I lived alone, in the woods, a mile from any neighbor.</p>\n'
+        '<h3 id="cost">The cost of the house</h3><p>The mass of men lead lives of quiet desperation.</p>\n'
+        "</section></body></html>\n",
+        encoding="utf-8",
+    )
+    document = load_document(chapter)
+    headings = [(b.level, b.text) for b in document.blocks if b.kind == "heading"]
+    assert headings == [(2, "Economy"), (3, "The cost of the house")]
+    assert any("quiet desperation" in b.text for b in document.blocks if b.kind == "text")
