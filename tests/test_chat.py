@@ -191,11 +191,12 @@ async def test_chat_stream_is_data_lines_separated_by_blank_lines(client: AsyncC
 
 @pytest.mark.integration
 async def test_selected_text_in_the_question_metadata_is_the_first_source(client: AsyncClient) -> None:
-    body = chat_body(user("What does this mean?", selectedText="Remove the three Ds first.", selectedFrom="pruning"))
+    selected = "Prune apple trees in late winter. Remove the three Ds first."
+    body = chat_body(user("Why should I do this?", selectedText=selected, selectedFrom="pruning"))
     payloads, _ = await chunks_of(client, body)
     first = next(p for p in payloads if p["type"] == "source-document")
     assert first["sourceId"] == "S1" and first["filename"] == "pruning" and first["mediaType"] == "text/plain"
-    assert first["providerMetadata"]["bookrag"]["text"] == "Remove the three Ds first."
+    assert first["providerMetadata"]["bookrag"]["text"] == selected
 
 
 @pytest.mark.integration
