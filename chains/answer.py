@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypedDict, cast
@@ -68,6 +70,7 @@ EXTRACTIVE_PREFIX = (
 _EXTRACT_CHARS = 600
 _EXTRACT_SOURCES = 5
 _CLOSEST_SECTIONS = 3
+_SENTENCE_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +335,9 @@ class _AnswerSteps:
         self.gate = gate
         self.text: TextStream | None = text_stream_for(model, settings) if model is not None else None
         self.vocabulary = vocabulary or BookVocabulary(settings.qdrant_collection)
+        # Sentence vectors for highlights, by text: the passages readers ask about repeat, and so do their sentences.
+        self._sentence_vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._sentence_lock = threading.Lock()
 
     def prepare(self, value: AnswerRequest | str | Mapping[str, Any]) -> dict[str, Any]:
         """The request, its history cut to the last HISTORY_TURNS turns (the done event says how many were used)."""
@@ -396,6 +402,28 @@ class _AnswerSteps:
         closest = list(dict.fromkeys(Source.from_document(0, d).label for d in documents))[:_CLOSEST_SECTIONS]
         return {**state, "sources": sources, "missing": missing, "closest": closest}
 
+    def sentence_vectors(self, sentences: list[str]) -> list[list[float]]:
+        """The sentences' vectors, embedding in one batch only those not seen lately (an LRU of recent ones)."""
+        embeddings = self.retriever.vector_store.embeddings
+        assert embeddings is not None
+        with self._sentence_lock:
+            missing = list(dict.fromkeys(t for t in sentences if t not in self._sentence_vectors))
+        if missing:
+            fresh = embeddings.embed_documents(missing)
+            with self._sentence_lock:
+                self._sentence_vectors.update(zip(missing, fresh, strict=True))
+                while len(self._sentence_vectors) > _SENTENCE_CACHE:
+                    self._sentence_vectors.popitem(last=False)
+        with self._sentence_lock:
+            found = {t: self._sentence_vectors.get(t) for t in sentences}
+            for text in found:
+                if text in self._sentence_vectors:
+                    self._sentence_vectors.move_to_end(text)
+        if any(v is None for v in found.values()):  # evicted meanwhile by other requests: embed them here
+            again = [t for t, v in found.items() if v is None]
+            found.update(zip(again, embeddings.embed_documents(again), strict=True))
+        return [found[t] for t in sentences]  # type: ignore[misc]
+
     def missing_terms(self, question: str) -> list[str]:
         """The question's names and identifiers the book never uses (chains.book_terms); [] while unknown."""
         client = getattr(self.retriever.vector_store, "client", None)
@@ -410,7 +438,7 @@ class _AnswerSteps:
         try:
             vector = await embeddings.aembed_query(query)  # cached: the retriever embedded it a moment ago
             spans = await asyncio.to_thread(
-                highlight_passages, query, vector, [s.text for s in sources], embeddings.embed_documents
+                highlight_passages, query, vector, [s.text for s in sources], self.sentence_vectors
             )
         except Exception:
             logger.warning("could not highlight the passages; sources go without highlights", exc_info=True)

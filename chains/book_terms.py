@@ -17,6 +17,7 @@ again when the point count changes; until the first read is done the check is sk
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -38,8 +39,29 @@ them themselves then there these they this those through to too under until up v
 which while who whom why will with would you your yours yourself yourselves ok okay"""
 _STOP = frozenset(_STOP_TEXT.split())
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
-_IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]|^[A-Z]{3,}$")
+_IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]")
+_ACRONYM = re.compile(r"^[A-Z]{3,}$")
 _SCROLL_PAGE = 1000
+
+
+@functools.cache
+def english_words() -> frozenset[str]:
+    """Whole words of the packaged embedding model's WordPiece vocabulary (about 20,000 common English words):
+    an upper-case word that is one of them is emphasis ("the BEST time"), not an acronym."""
+    from chains.embeddings import packaged_model_path
+
+    try:
+        vocab = packaged_model_path("all-MiniLM-L6-v2") / "vocab.txt"
+        lines = vocab.read_text(encoding="utf-8").splitlines()
+    except Exception:  # no packaged model here: every acronym counts
+        return frozenset()
+    return frozenset(line for line in lines if line.isalpha())
+
+
+def is_identifier(word: str) -> bool:
+    if _IDENTIFIER.search(word):
+        return True
+    return bool(_ACRONYM.match(word)) and word.lower() not in english_words()
 
 
 def distinctive_terms(question: str) -> list[str]:
@@ -50,7 +72,7 @@ def distinctive_terms(question: str) -> list[str]:
     for position, word in enumerate(words):
         lowered = word.lower()
         capitalised = word[0].isupper() and position > 0 and lowered not in _STOP and len(word) > 1
-        if capitalised and not _IDENTIFIER.search(word):
+        if capitalised and not is_identifier(word) and not _ACRONYM.match(word):
             name.append(word)
             continue
         if name:
@@ -58,7 +80,7 @@ def distinctive_terms(question: str) -> list[str]:
             name = []
         if lowered in _STOP or len(word) < 3:
             continue
-        if _IDENTIFIER.search(word):
+        if is_identifier(word):
             found.append(word)
     if name:
         found.append(" ".join(name))
