@@ -72,7 +72,15 @@ class TestAskStream:
         assert sources[0]["number"] == 1 and sources[0]["heading_path"][0] == "Watering Young Trees"
         assert {"source", "title", "url", "page", "score", "text"} <= set(sources[0])
         done = events[-1][2]
-        assert set(done) == {"answer_id", "mode", "citations", "usage", "timings", "history_turns_used"}
+        assert set(done) == {
+            "answer_id",
+            "mode",
+            "citations",
+            "invalid_citations",
+            "usage",
+            "timings",
+            "history_turns_used",
+        }
         assert done["mode"] == "generated" and done["citations"] == [1] and done["usage"] is None
         assert set(done["timings"]) == {"retrieval_ms", "first_token_ms", "total_ms"}
         assert 0 <= done["timings"]["retrieval_ms"] <= done["timings"]["first_token_ms"] <= done["timings"]["total_ms"]
