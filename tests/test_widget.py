@@ -471,6 +471,8 @@ async def test_a_reader_rates_an_answer_down_with_a_comment_and_the_authors_repo
             dialog = page.get_by_role("dialog")
             down = dialog.get_by_role("button", name="Not helpful")
             await expect(down).to_be_visible()
+            # each source shows the sentences that answer (its highlights), as text
+            await expect(dialog.locator(".sources li q.quote").first).to_contain_text("centimetres")
             await down.click()
             await dialog.get_by_role("textbox", name="What was missing or wrong? (optional)").fill("Say how wide too")
             await dialog.get_by_role("button", name="Send").click()

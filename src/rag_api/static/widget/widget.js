@@ -195,6 +195,20 @@ var ALLOWED_TAGS = [
   "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "span",
 ];
 
+// The sentences of a source that best answer the question (its `highlights`), as plain text for a quote.
+function sourceQuote(source) {
+  var spans = Array.isArray(source.highlights) ? source.highlights : [];
+  var text = typeof source.text === "string" ? source.text : "";
+  var parts = [];
+  spans.forEach(function (span) {
+    if (Array.isArray(span) && span.length === 2 && span[0] >= 0 && span[1] <= text.length && span[0] < span[1]) {
+      parts.push(text.slice(span[0], span[1]).replace(/\s+/g, " ").trim());
+    }
+  });
+  var quote = parts.join(" … ");
+  return quote.length > 280 ? quote.slice(0, 277).replace(/\s+\S*$/, "") + " …" : quote;
+}
+
 function el(tag, className, text) {
   var node = document.createElement(tag);
   if (className) node.className = className;
@@ -356,6 +370,7 @@ var CSS = [
   ".sources-title{margin:0 0 4px;font-size:12px;font-weight:600;color:var(--muted)}",
   ".sources li{margin:2px 0}.sources li.flash{outline:2px solid var(--accent);border-radius:4px}",
   ".sources .file{color:var(--muted)}",
+  ".sources .quote{display:block;margin:2px 0 6px;color:var(--muted);font-size:12px;font-style:italic}",
   ".meta{display:flex;flex-wrap:wrap;align-items:center;gap:10px;margin-top:6px;font-size:12px;color:var(--muted)}",
   ".meta button{border:1px solid var(--line);background:var(--bg);color:var(--fg);border-radius:6px;",
   "padding:2px 8px;font-size:12px}",
@@ -793,6 +808,8 @@ Chat.prototype.drawTurn = function (turn) {
           ? source.title : null;
         if (source.page) file = (file ? file + ", " : "") + "page " + source.page;
         if (file) item.append(el("span", "file", " · " + file));
+        var quoted = sourceQuote(source);
+        if (quoted) item.append(el("q", "quote", quoted));
         sourceList.append(item);
       });
       sources.hidden = !(turn.sources && turn.sources.length);
