@@ -433,13 +433,16 @@ class _AnswerSteps:
     async def highlighted(self, query: str, sources: list[Source]) -> list[Source]:
         """The sources with the sentences that best answer `query` marked, scored by the embedding model."""
         embeddings = self.retriever.vector_store.embeddings
-        if embeddings is None:
+        how = self.settings.source_highlights
+        if how == "off" or (how == "embedding" and embeddings is None):
             return sources
+        texts = [s.text for s in sources]
         try:
-            vector = await embeddings.aembed_query(query)  # cached: the retriever embedded it a moment ago
-            spans = await asyncio.to_thread(
-                highlight_passages, query, vector, [s.text for s in sources], self.sentence_vectors
-            )
+            if how == "lexical" or embeddings is None:
+                spans = highlight_passages(query, [], texts, None)
+            else:
+                vector = await embeddings.aembed_query(query)  # cached: the retriever embedded it a moment ago
+                spans = await asyncio.to_thread(highlight_passages, query, vector, texts, self.sentence_vectors)
         except Exception:
             logger.warning("could not highlight the passages; sources go without highlights", exc_info=True)
             return sources

@@ -164,7 +164,7 @@ def highlight_passages(
     question: str,
     question_vector: Sequence[float],
     texts: Sequence[str],
-    embed: Callable[[list[str]], list[list[float]]],
+    embed: Callable[[list[str]], list[list[float]]] | None,
 ) -> list[list[tuple[int, int]]]:
     """For each passage, the `(start, end)` offsets of its best-answering sentences; all sentences embedded in
     one batch."""
@@ -172,12 +172,13 @@ def highlight_passages(
     flat = [s.text for sentences in split for s in sentences]
     if not flat:
         return [[] for _ in texts]
-    vectors = embed(flat)
+    if embed is None:  # lexical only: the question's words, no model call
+        words = content_words(question)
+        raw = [lexical_overlap(words, text) for text in flat]
+    else:
+        raw = sentence_scores(question, question_vector, flat, embed(flat))
     # A heading line often echoes the question best and answers nothing: it can only be chosen when nothing else is.
-    scores = [
-        score if is_quotable(text) else score - 1.0
-        for score, text in zip(sentence_scores(question, question_vector, flat, vectors), flat, strict=True)
-    ]
+    scores = [score if is_quotable(text) else score - 1.0 for score, text in zip(raw, flat, strict=True)]
     best_overall = max(scores)
     spans: list[list[tuple[int, int]]] = []
     offset = 0

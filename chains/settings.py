@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     # How many of the latest conversation turns an answer reads (condensing and the prompt), on every face; older
     # turns are dropped, and the done event / JSON answer says how many were used (`history_turns_used`).
     history_turns: int = Field(6, ge=0, le=MAX_HISTORY_TURNS)
+    # How each source's answering sentences are found (chains/highlights.py): `embedding` scores every sentence of
+    # the k passages with the embedding model (~80 ms for 5 passages on 2 cores, before the sources event; recent
+    # sentences are cached), `lexical` by the question's words only (no model call), `off` sends none.
+    source_highlights: Literal["embedding", "lexical", "off"] = "embedding"
     max_k: int = Field(MAX_K, ge=1, le=MAX_K)
 
     # Access: API keys (comma-separated). Public endpoints need one of API_KEYS when it is set; admin endpoints

@@ -41,3 +41,9 @@ def test_the_answering_sentence_is_highlighted(embeddings: LocalEmbeddings) -> N
     assert all(0 <= start < end <= len(PRUNING) for start, end in pruning)
     assert "cherries and plums are pruned in summer" in quote(PRUNING, pruning)
     assert len(planting) == 1
+
+
+def test_lexical_highlights_need_no_model() -> None:
+    question = "When should I prune cherry trees?"
+    (pruning,) = highlight_passages(question, [], [PRUNING], None)
+    assert "cherries and plums are pruned in summer" in quote(PRUNING, pruning)
