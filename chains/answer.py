@@ -407,22 +407,16 @@ class _AnswerSteps:
         embeddings = self.retriever.vector_store.embeddings
         assert embeddings is not None
         with self._sentence_lock:
-            missing = list(dict.fromkeys(t for t in sentences if t not in self._sentence_vectors))
-        if missing:
-            fresh = embeddings.embed_documents(missing)
-            with self._sentence_lock:
-                self._sentence_vectors.update(zip(missing, fresh, strict=True))
-                while len(self._sentence_vectors) > _SENTENCE_CACHE:
-                    self._sentence_vectors.popitem(last=False)
+            known = {t: self._sentence_vectors[t] for t in sentences if t in self._sentence_vectors}
+            for text in known:
+                self._sentence_vectors.move_to_end(text)
+        missing = [t for t in dict.fromkeys(sentences) if t not in known]
+        fresh = dict(zip(missing, embeddings.embed_documents(missing), strict=True)) if missing else {}
         with self._sentence_lock:
-            found = {t: self._sentence_vectors.get(t) for t in sentences}
-            for text in found:
-                if text in self._sentence_vectors:
-                    self._sentence_vectors.move_to_end(text)
-        if any(v is None for v in found.values()):  # evicted meanwhile by other requests: embed them here
-            again = [t for t, v in found.items() if v is None]
-            found.update(zip(again, embeddings.embed_documents(again), strict=True))
-        return [found[t] for t in sentences]  # type: ignore[misc]
+            self._sentence_vectors.update(fresh)
+            while len(self._sentence_vectors) > _SENTENCE_CACHE:
+                self._sentence_vectors.popitem(last=False)
+        return [known[t] if t in known else fresh[t] for t in sentences]
 
     def missing_terms(self, question: str) -> list[str]:
         """The question's names and identifiers the book never uses (chains.book_terms); [] while unknown."""
