@@ -26,7 +26,7 @@ product's configurations; nothing here changes a product default.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 from langchain_core.documents import Document
 from qdrant_client import QdrantClient
 
+from chains.book_terms import Vocabulary, stored_texts
 from chains.embeddings import packaged_model_path
 from chains.retrieval import BookRetriever
 from chains.sparse import terms
@@ -106,37 +107,11 @@ def distinctive_terms(question: str, common: frozenset[str] | None = None, rare_
 
 
 @dataclass(frozen=True)
-class BookVocabulary:
-    """What the book's chunks say, for presence checks: its indexed terms and its normalised text."""
+class BookVocabulary(Vocabulary):
+    """The product's presence checks (chains.book_terms), with this module's wider notion of a distinctive term."""
 
-    terms: frozenset[str]
-    text: str  # every chunk's indexed terms in order, space-separated: phrases are looked up in it
-
-    @classmethod
-    def of(cls, texts: Iterable[str]) -> BookVocabulary:
-        streams = [" ".join(terms(text)) for text in texts]
-        return cls(frozenset(t for stream in streams for t in stream.split()), " \n ".join(streams))
-
-    def has(self, term: str) -> bool:
-        indexed = terms(term)
-        if not indexed:
-            return True  # nothing the book could be checked for
-        if " " in term.strip():
-            return f" {' '.join(indexed)} " in f" {self.text} "
-        return all(t in self.terms for t in indexed)
-
-    def missing(self, question: str, rare_words: bool = True) -> list[str]:
+    def missing(self, question: str, rare_words: bool = True) -> list[str]:  # type: ignore[override]
         return [term for term in distinctive_terms(question, rare_words=rare_words) if not self.has(term)]
-
-
-def stored_texts(client: QdrantClient, collection: str) -> list[str]:
-    texts: list[str] = []
-    offset = None
-    while True:
-        records, offset = client.scroll(collection, limit=1000, offset=offset, with_payload=True)
-        texts.extend(str((r.payload or {}).get("page_content", "")) for r in records)
-        if offset is None:
-            return texts
 
 
 Search = Callable[[str], list[Document]]
