@@ -9,7 +9,10 @@ model's sentence-transformers files as JSON; a model that pools otherwise is not
 
 Throughput (docs/ingest.md): texts are tokenized once, sorted by token length and batched, so a batch pads to
 the longest of similar lengths rather than to the longest of all; vectors come back in the callers' order.
-Questions run on one thread each (several at once use the other cores); documents on every core.
+Every run is single-threaded: a question takes one thread, and documents are embedded batch-parallel, one batch
+per core at a time, on the same session. Measured on the benchmark book (docs/benchmarks.md): a two-thread
+intra-op pool spent 15.7 CPU s where two single-threaded batches side by side spent 12.7, and without spinning
+its threads mostly waited on each other.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +161,8 @@ def available_cores() -> int:
 
 
 class OnnxEncoder:
-    """Normalised sentence embeddings: one ONNX Runtime session for questions (one thread a call, callers may run
-    several at once: a session is thread-safe) and one, made on first use, for documents on `threads` cores."""
+    """Normalised sentence embeddings from one ONNX Runtime session, one thread a run (a session is thread-safe):
+    questions run in their callers' threads, documents in batches spread over `threads` pool threads."""
 
     def __init__(self, graph: Path, model_dir: Path, layout: ModelLayout, threads: int | None = None) -> None:
         import onnxruntime
@@ -166,10 +171,11 @@ class OnnxEncoder:
         self._onnxruntime = onnxruntime
         self._graph = graph
         self._threads = threads or available_cores()
-        self._query_session = self._session(1)
-        self._document_session: Any = None
-        self._inputs = [i.name for i in self._query_session.get_inputs()]
-        self.dimension = int(self._query_session.get_outputs()[0].shape[-1])
+        self._session = self._new_session()
+        self._pool: ThreadPoolExecutor | None = None  # for documents, made on first use
+        self._pool_lock = threading.Lock()
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self.dimension = int(self._session.get_outputs()[0].shape[-1])
         self._layout = layout
         self.max_seq_length = layout.max_seq_length
         # tokenizer.json carries its own truncation and padding (128, fixed, for this model): the model's
@@ -181,16 +187,18 @@ class OnnxEncoder:
         self._counter.no_truncation()
         self._counter.no_padding()
 
-    def _session(self, threads: int) -> Any:
+    def _new_session(self) -> Any:
         options = self._onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = self._onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads > 1:
-            # Idle pool threads sleep instead of spinning: on a shared machine spinning cost ~25 % more CPU for the
-            # same vectors (measured on 126 chunks of the benchmark book, docs/ingest.md).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self._onnxruntime.InferenceSession(str(self._graph), options, providers=["CPUExecutionProvider"])
+
+    def _document_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="onnx-documents")
+            return self._pool
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
         # as sentence-transformers' Transformer.tokenize does
@@ -202,28 +210,38 @@ class OnnxEncoder:
         return len(self._counter.encode(text, add_special_tokens=False).ids)
 
     def encode(self, texts: Sequence[str], batch_size: int = 1, *, documents: bool = False) -> np.ndarray:
-        """Vectors of `texts`, in their order; `documents` runs on every core (ingest), else on one (a question)."""
-        if documents and self._document_session is None:
-            self._document_session = self._session(self._threads)
-        session = self._document_session if documents else self._query_session
+        """Vectors of `texts`, in their order; `documents` spreads the batches over every core (ingest), else the
+        batches run one after the other in the calling thread (a question)."""
         encodings = self._tokenizer.encode_batch(self._prepare(texts))
         vectors = np.empty((len(encodings), self.dimension), dtype=np.float32)
-        for batch in length_buckets([len(e.ids) for e in encodings], max(1, batch_size)):
-            width = max(len(encodings[i].ids) for i in batch)
-            feeds = {name: np.zeros((len(batch), width), dtype=np.int64) for name in self._inputs}
-            for row, i in enumerate(batch):
-                encoding = encodings[i]
-                size = len(encoding.ids)
-                values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask}
-                values["token_type_ids"] = encoding.type_ids
-                for name in self._inputs:
-                    feeds[name][row, :size] = values[name]
-            (tokens,) = session.run(None, feeds)
-            mask = feeds["attention_mask"][..., None].astype(np.float32)
-            pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            vectors[batch] = pooled
+        batches = length_buckets([len(e.ids) for e in encodings], max(1, batch_size))
+
+        def run(batch: list[int]) -> None:
+            vectors[batch] = self._run(encodings, batch)
+
+        if documents and len(batches) > 1 and self._threads > 1:
+            list(self._document_pool().map(run, batches))  # re-raises the first failure
+        else:
+            for batch in batches:
+                run(batch)
         return vectors
+
+    def _run(self, encodings: Sequence[Any], batch: list[int]) -> np.ndarray:
+        """The pooled, normalised vectors of one batch, padded to its longest text."""
+        width = max(len(encodings[i].ids) for i in batch)
+        feeds = {name: np.zeros((len(batch), width), dtype=np.int64) for name in self._inputs}
+        for row, i in enumerate(batch):
+            encoding = encodings[i]
+            size = len(encoding.ids)
+            values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask}
+            values["token_type_ids"] = encoding.type_ids
+            for name in self._inputs:
+                feeds[name][row, :size] = values[name]
+        (tokens,) = self._session.run(None, feeds)
+        mask = feeds["attention_mask"][..., None].astype(np.float32)
+        pooled: np.ndarray = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled
 
 
 def load_onnx_encoder(model_dir: Path, cache_dir: Path, threads: int | None = None) -> OnnxEncoder | None:
