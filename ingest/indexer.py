@@ -43,7 +43,7 @@ from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
 from ingest.book_root import remember_root, remembered_root
 from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
-from ingest.parse_worker import load_isolated
+from ingest.parse_worker import ParseWorker, load_isolated
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
@@ -374,6 +374,7 @@ class Indexer:
             count_tokens = length_function(settings, embeddings)
         self.count_tokens = count_tokens
         self.batch_size = batch_size
+        self._parser: ParseWorker | None = None  # one child loads a run's files (`ingest`); else one per file
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
         self.style = settings.book_site_style
         # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
@@ -456,7 +457,9 @@ class Indexer:
         return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
-        document = load_isolated(path, self.limits, self.stop)  # a child process within the per-file limits
+        # In a child process within the per-file limits: the run's worker (`ingest`), else one of its own.
+        parser = self._parser
+        document = parser.load(path) if parser is not None else load_isolated(path, self.limits, self.stop)
         # A file outside the book's root has no page on the book's site.
         page = None if PurePosixPath(source).is_absolute() else page_path(source, document.metadata, self.style)
         chunks = split_document(document, source, self.count_tokens, self.options, page, self.style)
@@ -668,6 +671,7 @@ class Indexer:
             settle(done)  # written while the next group embeds
 
         seen: set[str] = set()
+        self._parser = ParseWorker(self.limits, self.stop)
         try:
             for path in files:
                 self.check_stop()
@@ -706,6 +710,8 @@ class Indexer:
             self.check_stop()
             commit()
         finally:
+            parser, self._parser = self._parser, None
+            parser.close()
             worker.shutdown(wait=True, cancel_futures=True)
         if on_progress is not None:
             on_progress(progress)

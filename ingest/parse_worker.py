@@ -1,12 +1,18 @@
-"""Load one file in a child process that can be killed: the per-file time and memory budget of ingest.
+"""Load files in a child process that can be killed: the per-file time and memory budget of ingest.
 
 On purpose: a crafted file (a PDF content stream or a DOCX part that inflates a thousandfold) can keep a parser
-busy for minutes and take gigabytes, and Python cannot stop a thread. So each file is loaded in a child process,
-forked from a forkserver that has already imported the parsers (a file costs a fork, not the seconds of
-importing `unstructured`). The child caps its own address space at INGEST_MAX_PARSER_MB more than it starts
-with; the parent kills it at INGEST_MAX_SECONDS_PER_FILE or when the ingest is stopped (shutdown), and whatever
-it held goes with it. The limits that count pages, characters, inflated bytes and elements run in the child too
-(`ingest.loaders.IngestLimits`), so most bombs are named by those long before the clock runs out.
+busy for minutes and take gigabytes, and Python cannot stop a thread. So files are loaded in a child process,
+forked from a forkserver that has already imported the parsers (a new child costs a fork, not the seconds of
+importing `unstructured`). One child loads the files of a run one after another (`ParseWorker`): before each
+file it caps its own address space at INGEST_MAX_PARSER_MB more than it holds then; the parent kills it at
+INGEST_MAX_SECONDS_PER_FILE or when the ingest is stopped (shutdown), and whatever it held goes with it. A child
+that was killed, died, or failed a file is not reused: the next file gets a fresh one, and a child is retired
+after `_FILES_PER_CHILD` files so that what a parser leaks does not pile up. The limits that count pages,
+characters, inflated bytes and elements run in the child too (`ingest.loaders.IngestLimits`), so most bombs are
+named by those long before the clock runs out.
+
+Why one child for many files: a child per file cost about 70 ms a file on a quiet machine and 160 ms at load 16
+(start, import of this module's pickled target, exit), a fifth of parsing the benchmark book (docs/ingest.md).
 """
 
 from __future__ import annotations
@@ -52,23 +58,56 @@ def _address_space() -> int | None:
         return None
 
 
-def _child(connection: Connection, path: Path, limits: IngestLimits) -> None:
+_FILES_PER_CHILD = 64
+_NO_MEMORY = "needs more than {:,} MiB to parse (INGEST_MAX_PARSER_MB)"
+
+
+def _cap_address_space(limits: IngestLimits) -> None:
+    """Allow this process INGEST_MAX_PARSER_MB more address space than it holds now (the soft limit only, so
+    that the next file can be given its own budget)."""
+    start = _address_space()
+    if start is not None:
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        cap = start + limits.max_parser_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+
+
+def _lift_cap() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def _load_one(path: Path, limits: IngestLimits) -> tuple[str, Any]:
     try:
-        start = _address_space()
-        if start is not None:
-            cap = start + limits.max_parser_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-        result: tuple[str, Any] = ("ok", load_document(path, limits))
+        _cap_address_space(limits)
+        return ("ok", load_document(path, limits))
     except DocumentError as exc:
-        result = ("error", exc.reason)
+        return ("error", exc.reason)
     except MemoryError:
-        result = ("error", f"needs more than {limits.max_parser_mb:,} MiB to parse (INGEST_MAX_PARSER_MB)")
+        return ("error", _NO_MEMORY.format(limits.max_parser_mb))
     except Exception as exc:  # a parser's own bug on a strange file: that file fails, the ingest goes on
-        result = ("error", f"the parser failed ({type(exc).__name__}: {exc})")
+        return ("error", f"the parser failed ({type(exc).__name__}: {exc})")
+
+
+def _serve(connection: Connection, limits: IngestLimits) -> None:
+    """The child: load each path it is sent, within the budget, and send back the document or the reason."""
     try:
-        connection.send(result)
-    except MemoryError:
-        connection.send(("error", f"needs more than {limits.max_parser_mb:,} MiB to parse (INGEST_MAX_PARSER_MB)"))
+        while True:
+            try:
+                path = connection.recv()
+            except EOFError:
+                return
+            if path is None:
+                return
+            result = _load_one(path, limits)
+            try:
+                connection.send(result)
+            except MemoryError:
+                connection.send(("error", _NO_MEMORY.format(limits.max_parser_mb)))
+            finally:
+                _lift_cap()
+            if result[0] == "error":
+                return  # the parent starts a fresh child for the next file
     finally:
         connection.close()
 
@@ -95,42 +134,107 @@ def _main_module_hidden() -> Iterator[None]:
                 main.__dict__.pop("__spec__", None)
 
 
-def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None = None) -> LoadedDocument:
-    """`load_document(path, limits)` in a child process, within the time and memory budget of `limits`.
+class ParseWorker:
+    """Loads files one after another in a child process within the time and memory budget of `limits`.
 
-    Raises `DocumentError` naming the limit when the file needs more, `IngestStopped` when `stop` is set.
+    Used from one thread at a time; `close()` (or the `with` block) ends the child.
     """
-    receiver, sender = _context.Pipe(duplex=False)
-    child = _context.Process(target=_child, args=(sender, path, limits), name="bookrag-parse", daemon=True)
-    with _main_module_hidden():
-        child.start()
-    sender.close()
-    deadline = time.monotonic() + limits.max_seconds
-    try:
-        while not receiver.poll(_POLL_S):
-            if stop is not None and stop.is_set():
-                raise IngestStopped()
-            if not child.is_alive() and not receiver.poll():
-                raise DocumentError(
-                    str(path),
-                    f"the parser died (exit code {child.exitcode}); if the system killed it for memory, lower "
-                    "INGEST_MAX_PARSER_MB or give the machine more",
-                )
-            if time.monotonic() > deadline:
-                raise DocumentError(
-                    str(path),
-                    f"took longer than {limits.max_seconds:g} s to parse (INGEST_MAX_SECONDS_PER_FILE); not ingested",
-                )
-        try:
-            kind, value = receiver.recv()
-        except EOFError as exc:
-            raise DocumentError(str(path), f"the parser died (exit code {child.exitcode})") from exc
-    finally:
+
+    def __init__(self, limits: IngestLimits, stop: threading.Event | None = None) -> None:
+        self.limits = limits
+        self.stop = stop
+        self._child: Any = None
+        self._connection: Connection | None = None
+        self._files = 0  # loaded by the current child
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's process id (None between children)."""
+        return self._child.pid if self._child is not None else None
+
+    def __enter__(self) -> ParseWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> tuple[Any, Connection]:
+        mine, theirs = _context.Pipe(duplex=True)
+        child = _context.Process(target=_serve, args=(theirs, self.limits), name="bookrag-parse", daemon=True)
+        with _main_module_hidden():
+            child.start()
+        theirs.close()
+        self._child, self._connection, self._files = child, mine, 0
+        return child, mine
+
+    def _end(self, kill: bool) -> None:
+        """End the current child: asked to exit, or killed (a file over its budget, a stop)."""
+        child, connection = self._child, self._connection
+        self._child = self._connection = None
+        if child is None or connection is None:
+            return
+        if not kill and child.is_alive():
+            with contextlib.suppress(OSError):
+                connection.send(None)
+            child.join(5)
         if child.is_alive():
             child.kill()
         child.join()
-        receiver.close()
-    if kind == "error":
-        raise DocumentError(str(path), str(value))
-    document: LoadedDocument = value
-    return document
+        connection.close()
+
+    def close(self) -> None:
+        self._end(kill=False)
+
+    def load(self, path: Path) -> LoadedDocument:
+        """`load_document(path, limits)` in the child; raises `DocumentError` naming the limit when the file needs
+        more, `IngestStopped` when `stop` is set (the child is killed in both cases)."""
+        if self._child is None or self._connection is None or not self._child.is_alive():
+            self._end(kill=True)
+            self._start()
+        child, connection = self._child, self._connection
+        assert connection is not None
+        deadline = time.monotonic() + self.limits.max_seconds
+        finished = False
+        try:
+            connection.send(path)
+            while not connection.poll(_POLL_S):
+                if self.stop is not None and self.stop.is_set():
+                    raise IngestStopped()
+                if not child.is_alive() and not connection.poll():
+                    raise DocumentError(
+                        str(path),
+                        f"the parser died (exit code {child.exitcode}); if the system killed it for memory, lower "
+                        "INGEST_MAX_PARSER_MB or give the machine more",
+                    )
+                if time.monotonic() > deadline:
+                    raise DocumentError(
+                        str(path),
+                        f"took longer than {self.limits.max_seconds:g} s to parse (INGEST_MAX_SECONDS_PER_FILE); "
+                        "not ingested",
+                    )
+            try:
+                kind, value = connection.recv()
+            except EOFError as exc:
+                raise DocumentError(str(path), f"the parser died (exit code {child.exitcode})") from exc
+            finished = True
+        except BrokenPipeError as exc:  # the child died between two files
+            raise DocumentError(str(path), f"the parser died (exit code {child.exitcode})") from exc
+        finally:
+            if not finished:
+                self._end(kill=True)
+        self._files += 1
+        if kind == "error" or self._files >= _FILES_PER_CHILD:
+            self._end(kill=False)  # a child that failed a file exits by itself; a fresh one takes the next
+        if kind == "error":
+            raise DocumentError(str(path), str(value))
+        document: LoadedDocument = value
+        return document
+
+
+def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None = None) -> LoadedDocument:
+    """`load_document(path, limits)` in a child process of its own, within the time and memory budget of `limits`.
+
+    Raises `DocumentError` naming the limit when the file needs more, `IngestStopped` when `stop` is set.
+    """
+    with ParseWorker(limits, stop) as worker:
+        return worker.load(path)

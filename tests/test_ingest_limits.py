@@ -24,8 +24,8 @@ from chains.errors import IngestStopped
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client, ensure_collection
 from ingest.indexer import Indexer, IngestReport, discover_files
-from ingest.loaders import IngestLimits
-from ingest.parse_worker import load_isolated
+from ingest.loaders import IngestLimits, LoadedDocument
+from ingest.parse_worker import ParseWorker, load_isolated
 from tests.conftest import CLOSED_PORT_URL
 from tests.live import free_port
 
@@ -91,6 +91,10 @@ def ingest(qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings
     ensure_collection(qdrant, settings, embeddings.dimension)
     indexer = Indexer(qdrant, embeddings, settings, embeddings.count_tokens)
     return indexer.ingest(list(discover_files([book])), book.parent)
+
+
+def text_of(document: LoadedDocument) -> str:
+    return "\n".join(block.text for block in document.blocks)
 
 
 def test_pdf_and_docx_bombs_fail_by_name_and_the_chapter_beside_them_goes_in(
@@ -162,6 +166,71 @@ def test_stopping_an_ingest_kills_the_parse_at_once(tmp_path: Path) -> None:
     threading.Timer(0.5, stop.set).start()
     with pytest.raises(IngestStopped):
         load_isolated(slow, IngestLimits(), stop)
+
+
+def test_one_parse_worker_loads_file_after_file_in_the_same_child(tmp_path: Path) -> None:
+    chapters = []
+    for n in range(3):
+        chapters.append(tmp_path / f"ch{n}.md")
+        chapters[-1].write_text(f"# Chapter {n}\n\nThe text of chapter number {n}.\n", encoding="utf-8")
+    with ParseWorker(IngestLimits()) as worker:
+        pids = set()
+        texts = []
+        for chapter in chapters:
+            texts.append(text_of(worker.load(chapter)))
+            pids.add(worker.pid)
+    assert [f"chapter number {n}" in text for n, text in enumerate(texts)] == [True, True, True]
+    assert len(pids) == 1 and None not in pids  # reused, not a child per file
+    assert worker.pid is None  # closed with the block
+
+
+def test_the_reused_parse_worker_kills_a_file_over_its_time_budget_and_the_next_file_goes_in(tmp_path: Path) -> None:
+    before = tmp_path / "before.md"
+    before.write_text("# Before\n\nLoaded by the first child.\n", encoding="utf-8")
+    slow = pdf_with_content(tmp_path / "slow.pdf", text_operators(4 * MIB))
+    after = tmp_path / "after.md"
+    after.write_text("# After\n\nLoaded by a fresh child.\n", encoding="utf-8")
+    with ParseWorker(IngestLimits(max_seconds=1.0)) as worker:
+        assert "first child" in text_of(worker.load(before))
+        first = worker.pid
+        assert first is not None
+        with pytest.raises(Exception) as failure:
+            worker.load(slow)
+        assert "INGEST_MAX_SECONDS_PER_FILE" in str(failure.value)
+        assert worker.pid is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)  # the child that held the slow file is gone
+        assert "fresh child" in text_of(worker.load(after))
+        assert worker.pid not in (None, first)
+
+
+def test_the_reused_parse_worker_fails_a_file_over_its_memory_budget_by_name_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    limits = IngestLimits(max_parser_mb=64, max_inflated_bytes=64 * MIB, max_chars=10**9)
+    small = [tmp_path / f"small{n}.md" for n in range(2)]
+    for n, path in enumerate(small):
+        path.write_text(f"# Small {n}\n\n" + "A sentence of a small chapter. " * 2000, encoding="utf-8")
+    big = pdf_with_content(tmp_path / "big.pdf", b"BT /F1 12 Tf 72 700 Td (" + b"A" * (30 * MIB) + b") Tj ET")
+    with ParseWorker(limits) as worker:
+        for path in small:
+            assert "small chapter" in text_of(worker.load(path))
+        with pytest.raises(Exception) as failure:
+            worker.load(big)
+        assert "INGEST_MAX_PARSER_MB" in str(failure.value)
+        assert "Small 0" in text_of(worker.load(small[0]))
+
+
+def test_an_ingest_with_a_file_over_the_time_budget_stores_the_files_before_and_after_it(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
+) -> None:
+    pdf_with_content(book_dir / "slow.pdf", text_operators(4 * MIB))
+    tight = settings.model_copy(update={"ingest_max_seconds_per_file": 1.0})
+    report = ingest(qdrant, embeddings, tight, book_dir)
+    errors = {f.source: f.error or "" for f in report.files if f.error}
+    assert errors.keys() == {"book/slow.pdf"} and "INGEST_MAX_SECONDS_PER_FILE" in errors["book/slow.pdf"]
+    stored = {p.payload["metadata"]["source"] for p in qdrant.scroll(settings.qdrant_collection, limit=1000)[0]}
+    assert stored == {"book/pruning.md", "book/watering.md"}  # sorted before and after slow.pdf
 
 
 def test_sigterm_during_an_admin_ingest_stops_it_and_the_server_exits_keeping_every_file(
