@@ -7,7 +7,8 @@ skipped without even being parsed.
 
 Throughput (docs/ingest.md): the embedding model gets large groups of chunks (it sorts them by length so that a
 batch pads little), one group is embedded in a worker thread while the next files are parsed and split and the
-previous group is written, and points are upserted in large batches.
+previous group is written, and points are upserted in large batches. When the model is idle (at the start), half
+a group goes rather than the model waiting for the parser; one child process parses all of a run's files.
 
 Never a half-state: new chunks are embedded in batches that span files; a file's chunks are written only once
 all of them are embedded (upserts batched across files), and its stale chunks are deleted only once all of its
@@ -660,6 +661,10 @@ class Indexer:
             if on_progress is not None:
                 on_progress(progress)
 
+        def idle() -> bool:
+            """Whether the embedding worker has nothing to do: then half a group goes, not to wait for the rest."""
+            return in_flight is None or in_flight[1].done()
+
         def submit(batch: list[tuple[FilePlan, int]]) -> None:
             nonlocal in_flight
             self.check_stop()
@@ -699,7 +704,7 @@ class Indexer:
                         (embedding if plan.new else ready).append(plan)
                         to_embed.extend((plan, i) for i in range(len(plan.new)))
                 progress.files_done += 1
-                while len(to_embed) >= self.batch_size:
+                while len(to_embed) >= self.batch_size or (len(to_embed) >= max(1, self.batch_size // 2) and idle()):
                     submit(to_embed[: self.batch_size])
                     del to_embed[: self.batch_size]
                 if on_progress is not None:

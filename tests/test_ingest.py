@@ -290,3 +290,31 @@ def test_bad_file_is_reported_and_the_rest_ingested(
     assert sorted(f.source for f in report.failed) == ["book/broken.pdf", "book/empty.md"]
     assert "2 failed" in report.summary()
     assert "twenty litres" in stored_texts(qdrant, settings)
+
+
+def test_chunks_embedded_in_small_overlapping_groups_get_the_same_vectors_as_in_one_group(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
+) -> None:
+    """Groups of 3 (2 when the model is idle) span files and are embedded while later files are parsed: every
+    point still gets its own chunk's vector, as when the whole book is one group."""
+    for n in range(5):
+        parts = [
+            f"## Part {k}\n\n"
+            + " ".join(f"Fact {n}.{k}.{m}: chapter {n} tells of orchard {m} here." for m in range(20))
+            for k in range(4)
+        ]
+        (book_dir / f"chapter{n}.md").write_text(f"# Chapter {n}\n\n" + "\n\n".join(parts) + "\n", encoding="utf-8")
+    files = list(discover_files([book_dir]))
+    whole = settings.model_copy(update={"qdrant_collection": settings.qdrant_collection + "_whole"})
+    small = indexer(qdrant, embeddings, settings, batch_size=3).ingest(files, book_dir.parent)
+    one = indexer(qdrant, embeddings, whole, batch_size=10_000).ingest(files, book_dir.parent)
+    assert small.embedded == one.embedded > 20
+
+    def vectors(collection: str) -> dict[str, list[float]]:
+        points, _ = qdrant.scroll(collection, limit=10_000, with_vectors=True)
+        return {str(p.id): p.vector["dense"] for p in points}  # type: ignore[index,call-overload]
+
+    grouped, reference = vectors(settings.qdrant_collection), vectors(whole.qdrant_collection)
+    assert grouped.keys() == reference.keys()
+    worst = min(sum(a * b for a, b in zip(grouped[i], reference[i], strict=True)) for i in grouped)
+    assert worst > 0.9999
