@@ -228,10 +228,7 @@ def main(
 
 
 def _progress_line(progress: Progress) -> str:
-    return (
-        f"{progress.files_done}/{progress.files_total} files read, {progress.chunks_embedded} chunks embedded "
-        f"({progress.rate:.1f}/s), {progress.chunks_written} written"
-    )
+    return progress.describe()
 
 
 def _run(

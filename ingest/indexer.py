@@ -60,6 +60,8 @@ FILE_FIELDS = ("file_hash", "chunk_count")
 _SCROLL_PAGE = 1024
 # Chunks given to the embedding model at once (it batches them by length), and points upserted in one request.
 DEFAULT_BATCH_SIZE = 256
+# Fewer chunks than this embedded: no rate is shown (one short batch and a thread start are not a throughput).
+RATE_MIN_CHUNKS = 64
 _T = TypeVar("_T")
 
 
@@ -88,6 +90,7 @@ class IngestReport:
     embedded: int = 0
     seconds: float = 0.0
     load_seconds: float = 0.0  # loading the embedding model, within `seconds`; not counted in the rate
+    embed_seconds: float = 0.0  # from the model ready to the last vectors back (parsing meanwhile included)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)  # what the user should know and may act on
 
@@ -118,8 +121,11 @@ class IngestReport:
     def summary(self) -> str:
         prefix = "dry run: would have " if self.dry_run else ""
         pruned = f" ({len(self.pruned_sources)} files pruned)" if self.pruned_sources else ""
-        working = self.seconds - self.load_seconds
-        rate = f", {self.embedded / working:.1f} chunks/s embedded" if self.embedded and working > 0 else ""
+        rate = ""
+        if self.embedded >= RATE_MIN_CHUNKS and self.embed_seconds > 0:
+            rate = f", {self.embedded / self.embed_seconds:.1f} chunks/s embedded"
+        elif self.embedded:
+            rate = f", {self.embedded} embedded in {self.embed_seconds:.2f}s"
         load = f" (model load {self.load_seconds:.1f}s)" if self.load_seconds >= 0.05 else ""
         return (
             f"{prefix}{len(self.files)} files ({len(self.failed)} failed, {self.updated_files} changed); chunks: "
@@ -150,6 +156,7 @@ class IngestReport:
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
             "summary": self.summary(),
         }
 
@@ -159,7 +166,8 @@ class Progress:
     """Where a run is, for a progress bar: called after each file is read and each batch is embedded or written.
 
     `chunks_embedded` have vectors, `chunks_written` are in the store; the rate is chunks embedded a second since
-    the model was ready (its loading, on the first chunk to embed, is not counted).
+    the model was ready (its loading, on the first chunk to embed, is not counted), None before any chunk was
+    embedded or while too few were for a rate to mean anything (`RATE_MIN_CHUNKS`).
     """
 
     files_total: int
@@ -169,9 +177,20 @@ class Progress:
     started: float = field(default_factory=time.perf_counter)
 
     @property
-    def rate(self) -> float:
+    def rate(self) -> float | None:
         elapsed = time.perf_counter() - self.started
-        return self.chunks_embedded / elapsed if elapsed > 0 else 0.0
+        if self.chunks_embedded < RATE_MIN_CHUNKS or elapsed <= 0:
+            return None
+        return self.chunks_embedded / elapsed
+
+    def describe(self) -> str:
+        """One line for a progress bar: files read, chunks embedded (with the rate once it means something), written."""
+        rate = self.rate
+        shown = f" ({rate:.1f}/s)" if rate is not None else ""
+        return (
+            f"{self.files_done}/{self.files_total} files read, {self.chunks_embedded} chunks embedded{shown}, "
+            f"{self.chunks_written} written"
+        )
 
 
 @dataclass(slots=True)
@@ -646,6 +665,7 @@ class Indexer:
                 plan.vectors[i] = vector
                 plan.waiting -= 1
             report.embedded += len(batch)
+            report.embed_seconds = time.perf_counter() - progress.started
             progress.chunks_embedded += len(batch)
             return batch
 
