@@ -210,6 +210,7 @@ def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
                 settings.chunk_size,
                 settings.chunk_overlap,
                 settings.chunk_size_unit,
+                settings.embedding_quantize,
                 [(p.relative_to(book).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in book_files(book)],
             ]
         ).encode()
@@ -680,8 +681,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prototypes = list(PROTOTYPES)
     limit_blas_threads()  # as `rag-api` does at start-up
     # The product's query path (ONNX Runtime when it can be exported), no query cache: every question embedded.
-    onnx_dir = Settings(_env_file=None).embedding_onnx_dir  # type: ignore[call-arg]
-    embeddings = LocalEmbeddings(packaged_model_path("all-MiniLM-L6-v2"), cache_size=0, onnx_dir=onnx_dir)
+    # EMBEDDING_QUANTIZE from the environment: the int8 graph for documents and questions, in a store of its own.
+    product = Settings(_env_file=None)  # type: ignore[call-arg]
+    embeddings = LocalEmbeddings(
+        packaged_model_path("all-MiniLM-L6-v2"),
+        cache_size=0,
+        onnx_dir=product.embedding_onnx_dir,
+        quantize=product.embedding_quantize == "int8",
+    )
     started = time.perf_counter()
     if args.scale_only:
         questions = [q for _, path in datasets.values() for q in load_questions(path, args.limit)]

@@ -69,6 +69,7 @@ class LocalEmbeddings(Embeddings):
         cache_size: int = 1024,
         onnx_dir: Path | None = None,
         threads: int | None = None,
+        quantize: bool = False,
     ) -> None:
         self._batch_size = batch_size
         self._lock = threading.Lock()
@@ -78,7 +79,7 @@ class LocalEmbeddings(Embeddings):
         self._onnx: OnnxEncoder | None = None
         self._model: SentenceTransformer | None = None
         if onnx_dir is not None:
-            self._onnx = self._load_onnx(model_path, onnx_dir, threads)
+            self._onnx = self._load_onnx(model_path, onnx_dir, threads, quantize)
         if self._onnx is not None:
             self.dimension: int = self._onnx.dimension
             self.max_seq_length: int = self._onnx.max_seq_length
@@ -88,9 +89,9 @@ class LocalEmbeddings(Embeddings):
             self.dimension = int(measure() or 0)
             self.max_seq_length = int(model.max_seq_length or 256)
 
-    def _load_onnx(self, model_path: Path, onnx_dir: Path, threads: int | None) -> OnnxEncoder | None:
+    def _load_onnx(self, model_path: Path, onnx_dir: Path, threads: int | None, quantize: bool) -> OnnxEncoder | None:
         try:
-            return load_onnx_encoder(model_path, onnx_dir, threads)
+            return load_onnx_encoder(model_path, onnx_dir, threads, quantize)
         except ConfigurationError:
             raise  # the graph is missing and PyTorch is not installed to export it: nothing can embed
         except Exception as exc:  # a graph that does not load must not stop the service while PyTorch can run
@@ -198,7 +199,12 @@ def build_embeddings(settings: Settings) -> Embeddings:
         logger.info("loading local embedding model %s from %s", settings.embedding_model, path)
         onnx_dir = settings.embedding_onnx_dir if settings.embedding_runtime == "onnx" else None
         return LocalEmbeddings(
-            path, settings.embedding_batch_size, settings.embedding_cache_size, onnx_dir, settings.embedding_threads
+            path,
+            settings.embedding_batch_size,
+            settings.embedding_cache_size,
+            onnx_dir,
+            settings.embedding_threads,
+            quantize=settings.embedding_quantize == "int8",
         )
     from langchain_openai import OpenAIEmbeddings
 

@@ -17,7 +17,14 @@ import pytest
 
 from chains.embeddings import LocalEmbeddings, build_embeddings, packaged_model_path
 from chains.errors import ConfigurationError
-from chains.onnx_encoder import OnnxEncoder, graph_path, length_buckets, model_fingerprint, read_layout
+from chains.onnx_encoder import (
+    OnnxEncoder,
+    graph_path,
+    length_buckets,
+    model_fingerprint,
+    quantized_path,
+    read_layout,
+)
 from chains.settings import Settings
 from ingest.indexer import Indexer, discover_files, source_key
 
@@ -117,6 +124,45 @@ def test_bucketed_batches_come_back_in_the_callers_order(embeddings: LocalEmbedd
     batched = encoder.encode(texts, batch_size=4, documents=True)
     one_by_one = np.stack([encoder.encode([t])[0] for t in texts])
     assert (batched * one_by_one).sum(axis=1).min() > 0.99999
+
+
+def test_documents_spread_over_pool_threads_come_back_in_order_with_the_same_vectors(
+    embeddings: LocalEmbeddings, real_chunks: list[str]
+) -> None:
+    """Batches run side by side on one session (3 threads, whatever the machine's cores): each text keeps its own
+    vector, as when every batch runs in the calling thread."""
+    model_dir = packaged_model_path("all-MiniLM-L6-v2")
+    layout = read_layout(model_dir)
+    assert layout is not None and embeddings._onnx is not None
+    graph = embeddings._onnx._graph
+    texts = real_chunks[:30] + TEXTS
+    parallel = OnnxEncoder(graph, model_dir, layout, threads=3).encode(texts, batch_size=2, documents=True)
+    serial = OnnxEncoder(graph, model_dir, layout, threads=1).encode(texts, batch_size=2, documents=True)
+    assert (parallel * serial).sum(axis=1).min() > 0.99999
+
+
+def test_the_int8_graph_is_made_once_beside_the_float_one_and_stays_close_to_it(
+    embeddings: LocalEmbeddings, real_chunks: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = packaged_model_path("all-MiniLM-L6-v2")
+    assert embeddings._onnx is not None
+    float_graph = graph_path(model_dir, tmp_path)
+    shutil.copyfile(embeddings._onnx._graph, float_graph)  # the float graph already exported: no PyTorch needed
+    settings = Settings(_env_file=None, embedding_onnx_dir=tmp_path, embedding_quantize="int8")  # type: ignore[call-arg]
+    with caplog.at_level(logging.INFO, logger="chains.onnx_encoder"):
+        first = build_embeddings(settings)
+        written = quantized_path(float_graph).stat().st_mtime_ns
+        second = build_embeddings(settings)
+    assert quantized_path(float_graph).stat().st_mtime_ns == written
+    assert sum("quantising" in r.getMessage() for r in caplog.records) == 1
+    assert isinstance(first, LocalEmbeddings) and isinstance(second, LocalEmbeddings)
+    assert first._onnx is not None and first._onnx._graph == quantized_path(float_graph)
+    texts = real_chunks + TEXTS
+    int8 = np.asarray(first.embed_documents(texts))
+    exact = np.asarray(embeddings.embed_documents(texts))
+    cosines = (int8 * exact).sum(axis=1)
+    assert cosines.min() > 0.98 and cosines.max() < 0.99999  # close, and really another graph
+    assert second.embed_query("mulch") == first.embed_query("mulch")
 
 
 def test_the_export_is_made_once_and_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
