@@ -15,8 +15,11 @@ sentence-transformers on PyTorch (`SentenceTransformer.encode`, normalised), in 
   same size as 256 MiniLM tokens), `QdrantVectorStore.from_documents`; run twice, since that is what an author
   would do without an indexer (the second run embeds everything again and stores every chunk twice).
 
+Also bookrag with EMBEDDING_QUANTIZE=int8 (the int8 graph, made once beside the float one), same book, same run.
+
 Prints a Markdown table (for docs/ingest.md), the ratio of the first ingests, and the machine and its load
-average (the machine may be shared: ratios within one run are what count).
+average (the machine may be shared: ratios within one run are what count). CPU seconds are this process's, every
+thread (bookrag's parse child is a separate process: not in them), and move less with the load than wall time.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,20 +64,37 @@ class SentenceTransformerEmbeddings(Embeddings):
         return self.embed_documents([text])[0]
 
 
-def bookrag_runs(book: Path, store: Path, embeddings: object) -> dict[str, float]:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bookrag_runs(book: Path, store: Path, embeddings: object, cli: bool = True) -> dict[str, float]:
     settings = Settings(_env_file=None, qdrant_path=store, qdrant_collection="bench_bookrag")  # type: ignore[call-arg]
     client = build_qdrant_client(settings)
     files = list(discover_files([book], (), DEFAULT_EXCLUDES))
     try:
         ensure_collection(client, settings, 384)
         indexer = Indexer(client, embeddings, settings)  # type: ignore[arg-type]
+        cpu = cpu_seconds()
         first = indexer.ingest(files, book.parent)
+        first_cpu = cpu_seconds() - cpu
         again = indexer.ingest(files, book.parent)
         points = client.count(settings.qdrant_collection, exact=True).count
     finally:
         client.close()
     assert not first.failed, first.summary()
     assert again.embedded == 0, again.summary()
+    result = {
+        "files": len(files),
+        "chunks": first.added,
+        "first_s": first.seconds,
+        "first_cpu": first_cpu,
+        "again_s": again.seconds,
+        "points_after_two": points,
+    }
+    if not cli:
+        return result
     env = {**os.environ, "QDRANT_PATH": str(store), "QDRANT_COLLECTION": "bench_bookrag"}
     started = time.perf_counter()
     cli = subprocess.run(
@@ -86,19 +107,12 @@ def bookrag_runs(book: Path, store: Path, embeddings: object) -> dict[str, float
     )
     cli_seconds = time.perf_counter() - started
     assert "0 added, 0 updated" in cli.stdout, cli.stdout + cli.stderr
-    return {
-        "files": len(files),
-        "chunks": first.added,
-        "first_s": first.seconds,
-        "again_s": again.seconds,
-        "cli_again_s": cli_seconds,
-        "points_after_two": points,
-    }
+    return {**result, "cli_again_s": cli_seconds}
 
 
 def langchain_runs(book: Path, store: Path, embeddings: object) -> dict[str, float]:
-    def run() -> tuple[int, float]:
-        started = time.perf_counter()
+    def run() -> tuple[int, float, float]:
+        started, cpu = time.perf_counter(), cpu_seconds()
         documents = [
             Document(page_content=path.read_text(encoding="utf-8"), metadata={"source": str(path)})
             for path in sorted(book.rglob("*"))
@@ -108,18 +122,24 @@ def langchain_runs(book: Path, store: Path, embeddings: object) -> dict[str, flo
         store_ = QdrantVectorStore.from_documents(
             chunks, embeddings, path=str(store), collection_name="bench_langchain"
         )
-        seconds = time.perf_counter() - started
+        seconds, used = time.perf_counter() - started, cpu_seconds() - cpu
         store_.client.close()
-        return len(chunks), seconds
+        return len(chunks), seconds, used
 
-    chunks, first_s = run()
-    _, again_s = run()
+    chunks, first_s, first_cpu = run()
+    _, again_s, _ = run()
     from qdrant_client import QdrantClient
 
     client = QdrantClient(path=str(store))
     points = client.count("bench_langchain", exact=True).count
     client.close()
-    return {"chunks": chunks, "first_s": first_s, "again_s": again_s, "points_after_two": points}
+    return {
+        "chunks": chunks,
+        "first_s": first_s,
+        "first_cpu": first_cpu,
+        "again_s": again_s,
+        "points_after_two": points,
+    }
 
 
 def machine() -> str:
@@ -154,29 +174,45 @@ def main() -> None:
     plain_embeddings = SentenceTransformerEmbeddings(packaged_model_path(settings.embedding_model))
     plain_embeddings.embed_documents(["warm up"])
     print(f"model load, plain (PyTorch): {time.perf_counter() - started:.1f}s (not in the figures below)")
+    started = time.perf_counter()
+    int8_embeddings = build_embeddings(settings.model_copy(update={"embedding_quantize": "int8"}))
+    int8_embeddings.embed_documents(["warm up"])
+    print(f"model load, bookrag int8: {time.perf_counter() - started:.1f}s (not in the figures below)")
     with tempfile.TemporaryDirectory() as tmp:
         print(f"load average (1/5/15 min) before bookrag: {load_average()}")
         ours = bookrag_runs(book, Path(tmp) / "bookrag", embeddings)
+        print(f"load average before bookrag int8: {load_average()}")
+        int8 = bookrag_runs(book, Path(tmp) / "bookrag-int8", int8_embeddings, cli=False)
         print(f"load average before the plain recipe: {load_average()}")
         plain = langchain_runs(book, Path(tmp) / "langchain", plain_embeddings)
         print(f"load average at the end: {load_average()}")
     print()
     print(f"book: {book.name} ({ours['files']} files)")
     print()
-    print("| way | chunks | first ingest | chunks/s | unchanged re-ingest | points after two runs |")
-    print("|---|---|---|---|---|---|")
+    print("| way | chunks | first ingest | CPU s | chunks/s | unchanged re-ingest | points after two runs |")
+    print("|---|---|---|---|---|---|---|")
     print(
-        f"| bookrag `Indexer` | {ours['chunks']} | {ours['first_s']:.1f} s | {ours['chunks'] / ours['first_s']:.1f} | "
+        f"| bookrag `Indexer` | {ours['chunks']} | {ours['first_s']:.1f} s | {ours['first_cpu']:.1f} | "
+        f"{ours['chunks'] / ours['first_s']:.1f} | "
         f"{ours['again_s']:.2f} s in process; {ours['cli_again_s']:.1f} s as `rag-ingest` | "
         f"{ours['points_after_two']} |"
     )
     print(
-        f"| LangChain `from_documents` | {plain['chunks']} | {plain['first_s']:.1f} s | "
+        f"| bookrag `Indexer`, EMBEDDING_QUANTIZE=int8 | {int8['chunks']} | {int8['first_s']:.1f} s | "
+        f"{int8['first_cpu']:.1f} | {int8['chunks'] / int8['first_s']:.1f} | {int8['again_s']:.2f} s in process | "
+        f"{int8['points_after_two']} |"
+    )
+    print(
+        f"| LangChain `from_documents` | {plain['chunks']} | {plain['first_s']:.1f} s | {plain['first_cpu']:.1f} | "
         f"{plain['chunks'] / plain['first_s']:.1f} | {plain['again_s']:.1f} s (embeds all again) | "
         f"{plain['points_after_two']} (duplicates) |"
     )
     print()
-    print(f"first ingest, bookrag / plain recipe: {ours['first_s'] / plain['first_s']:.2f}")
+    for name, way in (("bookrag", ours), ("bookrag int8", int8)):
+        print(
+            f"first ingest, {name} / plain recipe: {way['first_s'] / plain['first_s']:.2f} wall, "
+            f"{way['first_cpu'] / plain['first_cpu']:.2f} CPU"
+        )
 
 
 if __name__ == "__main__":
