@@ -20,6 +20,7 @@ a file whose stored chunks carry mixed file hashes never counts as unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import hashlib
@@ -476,6 +477,16 @@ class Indexer:
             return None
         return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
+    @contextlib.contextmanager
+    def parsing(self) -> Iterator[None]:
+        """Within the block, `chunks_for` loads every file in one child process (`ParseWorker`), not one each."""
+        with ParseWorker(self.limits, self.stop) as parser:
+            self._parser = parser
+            try:
+                yield
+            finally:
+                self._parser = None
+
     def chunks_for(self, path: Path, source: str) -> list[Chunk]:
         # In a child process within the per-file limits: the run's worker (`ingest`), else one of its own.
         parser = self._parser
@@ -696,7 +707,8 @@ class Indexer:
             settle(done)  # written while the next group embeds
 
         seen: set[str] = set()
-        self._parser = ParseWorker(self.limits, self.stop)
+        parsing = contextlib.ExitStack()
+        parsing.enter_context(self.parsing())
         try:
             for path in files:
                 self.check_stop()
@@ -735,8 +747,7 @@ class Indexer:
             self.check_stop()
             commit()
         finally:
-            parser, self._parser = self._parser, None
-            parser.close()
+            parsing.close()
             worker.shutdown(wait=True, cancel_futures=True)
         if on_progress is not None:
             on_progress(progress)
