@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # always take one thread each.
     embedding_threads: int | None = Field(None, ge=1, le=256)
     # "int8": the ONNX graph's matrix products with int8 weights (dynamic quantisation, per channel; made once from
-    # the float graph, which needs the `export` extra): ~1.6x fewer CPU seconds, vectors at cosine >= 0.99 to the
+    # the float graph, which needs the `export` extra): about 0.55 of the CPU seconds, vectors at cosine >= 0.99 to the
     # float ones (docs/ingest.md has the retrieval quality with and without).
     embedding_quantize: Literal["off", "int8"] = "off"
 
