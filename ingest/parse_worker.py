@@ -11,8 +11,8 @@ after `_FILES_PER_CHILD` files so that what a parser leaks does not pile up. The
 characters, inflated bytes and elements run in the child too (`ingest.loaders.IngestLimits`), so most bombs are
 named by those long before the clock runs out.
 
-Why one child for many files: a child per file cost about 70 ms a file on a quiet machine and 160 ms at load 16
-(start, import of this module's pickled target, exit), a fifth of parsing the benchmark book (docs/ingest.md).
+Why one child for many files: with a child per file, the benchmark book's 34 files took 7.3 s to load (215 ms a
+file: fork, start, exit), with one child for all of them 2.5-2.9 s (load average 7; docs/benchmarks.md).
 """
 
 from __future__ import annotations
