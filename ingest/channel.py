@@ -125,10 +125,8 @@ def read_endpoint(store: Path) -> Endpoint | None:
     path = folder / SECRET_NAME
     try:
         folder_info = os.lstat(folder)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # no server; or the store itself is closed to this user
         return None
-    except PermissionError as exc:
-        raise _cannot_read(store, path, None) from exc
     if not stat.S_ISDIR(folder_info.st_mode):
         raise _untrusted(path, f"{folder} is not a folder")
     try:
@@ -162,10 +160,10 @@ def read_endpoint(store: Path) -> Endpoint | None:
     return endpoint
 
 
-def _cannot_read(store: Path, path: Path, owner: int | None) -> ChannelRefused:
-    whose = f" (uid {owner})" if owner is not None else ""
+def _cannot_read(store: Path, path: Path, owner: int) -> ChannelRefused:
     return ChannelRefused(
-        f"the API server holding the embedded store at {store} takes ingest only from the store's owner{whose}: its "
+        f"the API server holding the embedded store at {store} takes ingest only from the store's owner (uid "
+        f"{owner}): its "
         f"ingest secret {path} cannot be read by this user (uid {os.geteuid()}). Run rag-ingest as the user the "
         "server runs as, or ingest through POST /admin/ingest with an admin key (docs/ingest.md)."
     )
@@ -220,8 +218,8 @@ class ClaimedChannel:
     _socket_inode: int
     _released: bool = False
 
-    def release(self) -> None:
-        """Remove the secret file (if it is still this server's), then the socket."""
+    def remove_files(self) -> None:
+        """Remove the secret file (if it is still this server's) and the socket's file: no new caller finds them."""
         if self._released:
             return
         self._released = True
@@ -232,11 +230,15 @@ class ClaimedChannel:
             current = None
         if current == self.secret:
             path.unlink(missing_ok=True)
-        self.listener.close()
         socket_path = self.folder / SOCKET_NAME
         with contextlib.suppress(OSError):
             if os.lstat(socket_path).st_ino == self._socket_inode:
                 socket_path.unlink()
+
+    def release(self) -> None:
+        """Remove the files and close the listening socket (when nothing else serves it)."""
+        self.remove_files()
+        self.listener.close()
 
 
 def claim_channel(store: Path, collection: str) -> ClaimedChannel:

@@ -22,6 +22,7 @@ import pytest
 from ingest.channel import CHANNEL_FOLDER, SECRET_NAME, SOCKET_NAME
 from tests.conftest import CLOSED_PORT_URL, QDRANT_URL, SAMPLE_CHAPTER
 from tests.live import free_port
+from tests.test_ingest_limits import MIB, pdf_with_content, text_operators
 
 pytestmark = [
     pytest.mark.integration,
@@ -99,9 +100,10 @@ def rag_ingest(
 def start_server(home: Path) -> Served:
     env = environment(home)
     port = free_port()
-    process = subprocess.Popen(
-        [str(BIN / "rag-api"), "--port", str(port)], cwd=home, env=env, stdout=subprocess.DEVNULL
-    )
+    with (home / "server.log").open("ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "rag-api"), "--port", str(port)], cwd=home, env=env, stdout=log, stderr=log
+        )
     served = Served(home, env, f"http://127.0.0.1:{port}", process)
     deadline = time.monotonic() + 180
     while True:
@@ -182,6 +184,38 @@ def test_a_bad_file_is_named_and_fails_the_run_while_the_rest_goes_in(served: Se
     assert not any("tangerine" in str(r["text"]) for r in served.search("vault combination tangerine"))
 
 
+def test_a_cli_that_goes_away_stops_its_job_in_the_server(served: Served) -> None:
+    """Ctrl-C on rag-ingest stops the server's job at once, as a local run would stop: the lock is free again long
+    before the slow file (about a minute of parsing) could have finished."""
+    slow = pdf_with_content(served.book / "a-slow.pdf", text_operators(4 * MIB))
+    try:
+        cli = subprocess.Popen(
+            [str(BIN / "rag-ingest"), "book/a-slow.pdf", "-q"],
+            cwd=served.home,
+            env=served.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert cli.stderr is not None
+        assert "holds the store" in cli.stderr.readline()  # handed over; the server is parsing it now
+        time.sleep(2)
+        cli.send_signal(signal.SIGINT)
+        cli.wait(timeout=30)
+        assert cli.returncode != 0
+        (served.book / "ch12.md").write_text("# Sloes\n\nSloes are picked after the first frost.\n", "utf-8")
+        deadline = time.monotonic() + 40  # far below the parse's minute: only a stopped job frees the lock
+        while True:
+            after = rag_ingest(served.env, served.home, "book/ch12.md", "-q")
+            if "another ingest is running" not in after.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert after.returncode == 0, after.stderr
+    finally:
+        slow.unlink()
+    assert any("first frost" in str(r["text"]) for r in served.search("sloes picked after frost"))
+    assert not any(r["metadata"]["source"] == "a-slow.pdf" for r in served.search("word word word"))  # type: ignore[index]
+
+
 def test_a_path_outside_the_remembered_root_is_a_usage_error_from_the_server(served: Served, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
@@ -256,4 +290,6 @@ def test_without_a_server_the_cli_ingests_itself_and_stale_files_of_a_killed_ser
     finally:
         stop_server(restarted)
     assert not (channel / SECRET_NAME).exists() and not (channel / SOCKET_NAME).exists()  # removed on shutdown
+    log = (tmp_path / "server.log").read_text(encoding="utf-8")
+    assert "Traceback" not in log, log[-3000:]
     shutil.rmtree(tmp_path / "qdrant")

@@ -101,9 +101,9 @@ class IngestChannel:
 
     async def close(self) -> None:
         """Remove the files first (no new caller finds them), stop listening, let a running job stop."""
-        self._claimed.release()
+        self._claimed.remove_files()
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # closes the listening socket too
         if self._handlers:
             _, pending = await asyncio.wait(self._handlers, timeout=_CLOSE_WAIT_S)
             for task in pending:
