@@ -165,6 +165,9 @@ def main(
     folder argument (a file's own folder; for several paths the folder they share). So `rag-ingest book/` and a
     later `rag-ingest book/ch1.md` store ch1.md under the same key.
 
+    While a running rag-api holds the embedded store (QDRANT_PATH), the job is handed to it over a local socket
+    that only the store's owner can use, and its progress is shown here: nothing to restart, nothing to set.
+
     \b
     Examples:
       rag-ingest book/ --prune
