@@ -159,7 +159,9 @@ def run_job(
             def progress(p: Progress) -> None:
                 report_progress(ProgressFigures.of(p))
 
-        report = indexer.ingest(found.files, choice.root, bool(job.prune), job.dry_run, progress, scope)
+        report = indexer.ingest(
+            found.files, choice.root, bool(job.prune), job.dry_run, on_progress=progress, prune_scope=scope
+        )
         report.files.extend(outside_outcomes(found.outside, choice.root, "the folder given"))
         reports.append(report)
     return reports

@@ -287,6 +287,18 @@ def test_without_a_server_the_cli_ingests_itself_and_stale_files_of_a_killed_ser
         assert handed.returncode == 0, handed.stderr
         assert f"(pid {restarted.process.pid}) holds the store" in handed.stderr
         assert "1 files (0 failed, 1 changed)" in handed.stdout
+
+        # SIGTERM while a handed-over job parses a slow file: the job stops, the CLI is told, the files go.
+        pdf_with_content(tmp_path / "book" / "a-slow.pdf", text_operators(4 * MIB))
+        cli = subprocess.Popen(
+            [str(BIN / "rag-ingest"), "book/a-slow.pdf", "-q"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        )
+        assert cli.stderr is not None and "holds the store" in cli.stderr.readline()
+        time.sleep(2)
+        stop_server(restarted)
+        assert cli.wait(timeout=60) == 1
+        told = cli.stderr.read()
+        assert "the ingest was stopped (the server is shutting down)" in told and "Traceback" not in told
     finally:
         stop_server(restarted)
     assert not (channel / SECRET_NAME).exists() and not (channel / SOCKET_NAME).exists()  # removed on shutdown
