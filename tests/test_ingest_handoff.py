@@ -264,6 +264,45 @@ def test_a_user_who_cannot_read_the_secret_is_refused_with_a_clear_message(serve
     assert not any("bletted" in str(r["text"]) for r in served.search("medlars bletted"))
 
 
+IMPOSTOR = """
+import json, os, socket, sys
+folder = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)  # opened as root; the caller below is another user
+secret = json.load(open(os.path.join(sys.argv[1], "secret.json")))["secret"]
+os.setgid(65534)
+os.setuid(65534)
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(f"/proc/self/fd/{folder}/socket")
+stream = sock.makefile()
+job = {"paths": ["/etc/passwd"], "collection": "handoff_book"}
+try:  # the secret and a job; the server may already have closed its end, refusing before reading
+    sock.sendall(json.dumps({"secret": secret, "job": job}).encode() + b"\\n")
+except BrokenPipeError:
+    pass
+print(stream.readline())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_with_the_secret_and_the_socket_opened_to_it_is_refused(served: Served) -> None:
+    """Defence in depth: even with the folder and socket opened up and the secret leaked, the server checks the
+    caller's uid on the socket and reads nothing for another user."""
+    socket_file = served.channel / SOCKET_NAME
+    try:
+        served.channel.chmod(0o711)
+        socket_file.chmod(0o666)
+        result = subprocess.run(
+            [sys.executable, "-c", IMPOSTOR, str(served.channel)], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        served.channel.chmod(0o700)
+        socket_file.chmod(0o600)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["event"] == "error" and answer["code"] == "forbidden"
+    assert "takes ingest only from its own user (uid 0), not uid 65534" in answer["message"]
+    assert not any("root:x:0:0" in str(r["text"]) for r in served.search("root x 0 0 bin bash"))
+
+
 def test_without_a_server_the_cli_ingests_itself_and_stale_files_of_a_killed_server_are_not_trusted(
     tmp_path: Path,
 ) -> None:
