@@ -2,9 +2,10 @@
 
 The EPUB itself is read by ebooklib (its OPF, manifest, spine, and the EPUB 3 nav or, without one, the EPUB 2
 NCX); each chapter's XHTML then goes through the same HTML partitioning as a `.xhtml` file, so its headings and
-their `id`s become blocks as they would there. Each chapter is its own source in the store (`book.epub/` + its
-path in the book, `walden.epub/text/chapter-1.xhtml`), with a digest of its own bytes, so that a changed chapter
-replaces only itself.
+their `id`s become blocks as they would there. A publisher's page (title page, imprint, colophon, licence, as
+its `epub:type` says) is left out. Each chapter is its own source in the store (`book.epub/` + its path in the
+book, `walden.epub/text/economy.xhtml`), with a digest of its own bytes, so that a changed chapter replaces only
+itself.
 
 An EPUB is a zip, and this runs on files nobody checked: before ebooklib opens it, the archive's directory is
 read and refused when it is DRM-protected (rights.xml, an LCP licence, FairPlay's sinf.xml, or an
@@ -49,6 +50,12 @@ _XMLENC = "{http://www.w3.org/2001/04/xmlenc#}"
 # are stored already compressed, so they inflate to about their size in the archive.
 _TEXT_MEMBERS = frozenset({".xhtml", ".html", ".htm", ".xml", ".opf", ".ncx", ".css", ".svg", ".smil", ".txt", ""})
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# The `epub:type`s (EPUB Structural Semantics) of a publisher's pages rather than the book's text: a title page,
+# an imprint or colophon, a licence; read from the chapter's <body> and its first <section>, left out.
+PUBLISHER_PAGES = frozenset(
+    {"cover", "titlepage", "halftitlepage", "seriespage", "imprint", "colophon", "copyright-page", "toc", "landmarks"}
+)
+_EPUB_TYPE = re.compile(r"<(?:body|section)\b[^>]*?\bepub:type\s*=\s*[\"']([^\"']*)[\"']", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -149,6 +156,15 @@ def check_archive(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> None:
         raise DocumentError(str(path), f"cannot read the file ({exc.strerror or exc})") from exc
 
 
+def publisher_page(markup: str) -> str | None:
+    """The structural type that marks a chapter as a publisher's page (`colophon`), or None for the book's text."""
+    for match in list(_EPUB_TYPE.finditer(markup, 0, 20_000))[:2]:
+        kinds = PUBLISHER_PAGES.intersection(match.group(1).split())
+        if kinds:
+            return sorted(kinds)[0]
+    return None
+
+
 def _nav_titles(toc: Any, base: str) -> dict[str, str]:
     """The first title the navigation gives each file (by its path relative to the OPF), depth first."""
     from ebooklib import epub
@@ -210,7 +226,12 @@ def load_epub(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedBook:
         # Its path relative to the OPF's folder (as the nav names it); a file beside that folder keeps the rest.
         name = "/".join(p for p in PurePosixPath(posixpath.normpath(item.get_name())).parts if p != "..")
         try:
-            blocks = html_blocks(path, bytes(item.content).decode("utf-8-sig"), limits)
+            markup = bytes(item.content).decode("utf-8-sig")
+            kind = publisher_page(markup)
+            if kind is not None:
+                logger.debug("%s: %s is a publisher's page (%s), left out", path, name, kind)
+                continue
+            blocks = html_blocks(path, markup, limits)
         except UnicodeDecodeError as exc:
             raise DocumentError(str(path), f"chapter {name} is not UTF-8 text (byte {exc.start})") from exc
         except DocumentError as exc:

@@ -285,15 +285,17 @@ def test_zip_bombs_unsafe_paths_and_non_epubs_are_refused_before_parsing(tmp_pat
 
 
 def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> None:
-    """No EPUB 3 nav: the NCX (here in a subfolder, its hrefs relative to itself) names the chapters."""
+    """No EPUB 3 nav: the NCX (here in a subfolder, its hrefs relative to itself) names the chapters; the
+    imprint, marked by its epub:type, is left out."""
     opf = (
         '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" version="2.0" unique-identifier="id">'
         '<metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>Old Orchard</dc:title>'
         '<dc:identifier id="id">old-1</dc:identifier><dc:language>en</dc:language></metadata><manifest>'
         '<item id="ncx" href="nav/toc.ncx" media-type="application/x-dtbncx+xml"/>'
         '<item id="one" href="one.html" media-type="application/xhtml+xml"/>'
-        '<item id="two" href="two.html" media-type="application/xhtml+xml"/></manifest>'
-        '<spine toc="ncx"><itemref idref="two"/><itemref idref="one"/></spine></package>'
+        '<item id="two" href="two.html" media-type="application/xhtml+xml"/>'
+        '<item id="imprint" href="imprint.html" media-type="application/xhtml+xml"/></manifest>'
+        '<spine toc="ncx"><itemref idref="imprint"/><itemref idref="two"/><itemref idref="one"/></spine></package>'
     )
     ncx = (
         '<?xml version="1.0"?><ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1"><navMap>'
@@ -315,6 +317,11 @@ def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> 
         archive.writestr("OPS/nav/toc.ncx", ncx)
         archive.writestr("OPS/one.html", page.format("One", "A whip-and-tongue graft joins scion and stock."))
         archive.writestr("OPS/two.html", page.format("Two", "A dwarfing rootstock keeps a tree small."))
+        archive.writestr(  # a publisher's page, marked as such: not part of the book's text
+            "OPS/imprint.html",
+            '<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><body>'
+            '<section epub:type="imprint"><p>Typeset by the Orchard Press.</p></section></body></html>',
+        )
     book = load_epub(path)
     assert book.title == "Old Orchard"
     assert [(c.name, c.document.title) for c in book.chapters] == [
