@@ -60,10 +60,11 @@ _EPUB_TYPE = re.compile(r"<(?:body|section)\b[^>]*?\bepub:type\s*=\s*[\"']([^\"'
 
 @dataclass(slots=True)
 class Chapter:
-    """One spine item: its path in the book (relative to the OPF's folder), its document, a digest of both."""
+    """One spine item: its path in the book (relative to the OPF's folder), its document (None when its digest
+    was among the `known` ones: not parsed), and a digest of its path, nav title and bytes."""
 
     name: str
-    document: LoadedDocument
+    document: LoadedDocument | None
     digest: str
     position: int  # in the spine, from 0
 
@@ -204,9 +205,15 @@ def _read(path: Path) -> Any:
         raise DocumentError(str(path), f"not a readable EPUB ({type(exc).__name__}: {detail})") from exc
 
 
-def load_epub(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedBook:
+def load_epub(
+    path: Path, limits: IngestLimits = DEFAULT_LIMITS, salt: str = "", known: frozenset[str] = frozenset()
+) -> LoadedBook:
     """The book's chapters in spine order, each a document titled from the navigation; raises `DocumentError`
-    naming the file and the problem when it is DRM-protected, broken or over a limit."""
+    naming the file and the problem when it is DRM-protected, broken or over a limit.
+
+    Each chapter's digest starts from `salt` (the indexer's split settings); a chapter whose digest is in `known`
+    (stored whole already) is not partitioned, so a changed EPUB costs the parsing of its changed chapters only.
+    """
     from ebooklib import epub
 
     check_archive(path, limits)
@@ -225,11 +232,18 @@ def load_epub(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedBook:
         seen.add(item.get_name())
         # Its path relative to the OPF's folder (as the nav names it); a file beside that folder keeps the rest.
         name = "/".join(p for p in PurePosixPath(posixpath.normpath(item.get_name())).parts if p != "..")
+        nav_title = titles.get(posixpath.normpath(item.get_name()))
+        content = bytes(item.content)
+        parts = [salt.encode(), name.encode(), (nav_title or "").encode(), content]
+        digest = hashlib.sha256(b"\x00".join(parts)).hexdigest()[:32]
         try:
-            markup = bytes(item.content).decode("utf-8-sig")
+            markup = content.decode("utf-8-sig")
             kind = publisher_page(markup)
             if kind is not None:
                 logger.debug("%s: %s is a publisher's page (%s), left out", path, name, kind)
+                continue
+            if digest in known:
+                loaded.chapters.append(Chapter(name, None, digest, len(loaded.chapters)))
                 continue
             blocks = html_blocks(path, markup, limits)
         except UnicodeDecodeError as exc:
@@ -242,14 +256,9 @@ def load_epub(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedBook:
         chars += sum(len(b.text) for b in blocks)
         limits.check_chars(path, chars)
         first_heading = next((b.text for b in blocks if b.kind == "heading"), None)
-        title = (
-            titles.get(posixpath.normpath(item.get_name()))
-            or first_heading
-            or PurePosixPath(name).stem.replace("-", " ").replace("_", " ")
-        )
-        digest = hashlib.sha256(b"\x00".join([name.encode(), title.encode(), bytes(item.content)])).hexdigest()
+        title = nav_title or first_heading or PurePosixPath(name).stem.replace("-", " ").replace("_", " ")
         document = LoadedDocument(Path(name), title, blocks)
-        loaded.chapters.append(Chapter(name, document, digest[:32], len(loaded.chapters)))
+        loaded.chapters.append(Chapter(name, document, digest, len(loaded.chapters)))
     if not loaded.chapters:
         raise DocumentError(str(path), "no text found in the book's spine")
     return loaded

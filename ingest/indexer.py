@@ -540,15 +540,24 @@ class Indexer:
                 FilePlan(FileOutcome(name, unchanged=len(ids), parsed=False), [], [], [], {})
                 for name, ids in sorted(parts.items())
             ]
-        book: LoadedBook = run_isolated(load_epub, path, self.limits, self.stop)
+        # The chapters stored whole: the child does not even partition them again when their digest is the same.
+        whole = {
+            next(iter(ids.values())).file_hash: ids
+            for ids in parts.values()
+            if len({(c.file_hash, c.chunk_count) for c in ids.values()}) == 1
+            and next(iter(ids.values())).chunk_count == len(ids)
+        }
+        load = functools.partial(load_epub, salt=self.signature, known=frozenset(h for h in whole if h))
+        book: LoadedBook = run_isolated(load, path, self.limits, self.stop)
         plans: list[FilePlan] = []
         total = 0
         for chapter in book.chapters:
             name = part_source(source, chapter.name)
-            fields = {"book_hash": digest, "file_hash": self._hash(chapter.digest.encode())}
+            fields = {"book_hash": digest, "file_hash": chapter.digest}
             kept = parts.get(name, {})
-            if kept and all(c.file_hash == fields["file_hash"] and c.chunk_count == len(kept) for c in kept.values()):
-                total += len(kept)  # unchanged chapter: no split, no embedding; only its book hash is new
+            if chapter.document is None:
+                kept = whole[chapter.digest]
+                total += len(kept)  # unchanged chapter: no parse, no embedding; only its book hash is new
                 restamp = [cid for cid, c in kept.items() if c.book_hash != digest]
                 plans.append(FilePlan(FileOutcome(name, unchanged=len(kept), parsed=False), [], restamp, [], fields))
                 continue

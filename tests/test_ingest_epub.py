@@ -328,3 +328,34 @@ def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> 
         ("two.html", "Choosing Rootstock"),
         ("one.html", "Grafting by Hand"),
     ]
+
+
+def test_a_deleted_epub_is_pruned_with_its_folder_and_deleted_by_its_name(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "shelf"
+    folder.mkdir()
+    write_epub(folder / "orchard.epub")
+    write_epub(folder / "second.epub")
+    assert run_cli(settings, str(folder), "-q").exit_code == 0
+    (folder / "second.epub").unlink()
+    pruned = run_cli(settings, str(folder), "--prune", "-q")
+    assert pruned.exit_code == 0, pruned.output
+    assert all(f"pruned second.epub/text/{name}" in pruned.stdout for name in SPINE)
+    deleted = run_cli(settings, "--delete", "orchard.epub", "-q")
+    assert deleted.exit_code == 0, deleted.output
+    client = QdrantClient(path=str(settings.qdrant_path))
+    try:
+        assert stored(client, settings) == {}
+    finally:
+        client.close()
+
+
+def test_chapters_whose_digest_is_known_are_not_parsed_again(tmp_path: Path) -> None:
+    book = write_epub(tmp_path / "orchard.epub")
+    first = load_epub(book, salt="settings-1")
+    assert all(c.document is not None for c in first.chapters)
+    known = frozenset({first.chapters[0].digest})
+    again = load_epub(book, salt="settings-1", known=known)
+    assert again.chapters[0].document is None and again.chapters[0].digest == first.chapters[0].digest
+    assert all(c.document is not None for c in again.chapters[1:])
+    resalted = load_epub(book, salt="settings-2", known=known)  # other split settings: every chapter read again
+    assert all(c.document is not None for c in resalted.chapters)
