@@ -225,6 +225,7 @@ def load_epub(
     loaded = LoadedBook(path, str(book.title).strip() or None if book.title else None)
     chars = 0
     seen: set[str] = set()
+    inherited: str | None = None  # the last title the nav gave, for a part it does not list (a split chapter)
     for idref, _linear in book.spine:
         item = book.get_item_with_id(idref)
         if not isinstance(item, epub.EpubHtml) or not item.is_chapter() or item.get_name() in seen:
@@ -233,8 +234,9 @@ def load_epub(
         # Its path relative to the OPF's folder (as the nav names it); a file beside that folder keeps the rest.
         name = "/".join(p for p in PurePosixPath(posixpath.normpath(item.get_name())).parts if p != "..")
         nav_title = titles.get(posixpath.normpath(item.get_name()))
+        inherited = nav_title or inherited
         content = bytes(item.content)
-        parts = [salt.encode(), name.encode(), (nav_title or "").encode(), content]
+        parts = [salt.encode(), name.encode(), (nav_title or "").encode(), (inherited or "").encode(), content]
         digest = hashlib.sha256(b"\x00".join(parts)).hexdigest()[:32]
         try:
             markup = content.decode("utf-8-sig")
@@ -256,7 +258,7 @@ def load_epub(
         chars += sum(len(b.text) for b in blocks)
         limits.check_chars(path, chars)
         first_heading = next((b.text for b in blocks if b.kind == "heading"), None)
-        title = nav_title or first_heading or PurePosixPath(name).stem.replace("-", " ").replace("_", " ")
+        title = nav_title or first_heading or inherited or PurePosixPath(name).stem.replace("-", " ").replace("_", " ")
         document = LoadedDocument(Path(name), title, blocks)
         loaded.chapters.append(Chapter(name, document, digest, len(loaded.chapters)))
     if not loaded.chapters:

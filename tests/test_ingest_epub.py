@@ -286,7 +286,7 @@ def test_zip_bombs_unsafe_paths_and_non_epubs_are_refused_before_parsing(tmp_pat
 
 def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> None:
     """No EPUB 3 nav: the NCX (here in a subfolder, its hrefs relative to itself) names the chapters; the
-    imprint, marked by its epub:type, is left out."""
+    imprint, marked by its epub:type, is left out, and a part the NCX does not list keeps the title before it."""
     opf = (
         '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" version="2.0" unique-identifier="id">'
         '<metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>Old Orchard</dc:title>'
@@ -294,8 +294,10 @@ def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> 
         '<item id="ncx" href="nav/toc.ncx" media-type="application/x-dtbncx+xml"/>'
         '<item id="one" href="one.html" media-type="application/xhtml+xml"/>'
         '<item id="two" href="two.html" media-type="application/xhtml+xml"/>'
-        '<item id="imprint" href="imprint.html" media-type="application/xhtml+xml"/></manifest>'
-        '<spine toc="ncx"><itemref idref="imprint"/><itemref idref="two"/><itemref idref="one"/></spine></package>'
+        '<item id="imprint" href="imprint.html" media-type="application/xhtml+xml"/>'
+        '<item id="more" href="two-split.html" media-type="application/xhtml+xml"/></manifest>'
+        '<spine toc="ncx"><itemref idref="imprint"/><itemref idref="two"/><itemref idref="more"/>'
+        '<itemref idref="one"/></spine></package>'
     )
     ncx = (
         '<?xml version="1.0"?><ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1"><navMap>'
@@ -317,6 +319,11 @@ def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> 
         archive.writestr("OPS/nav/toc.ncx", ncx)
         archive.writestr("OPS/one.html", page.format("One", "A whip-and-tongue graft joins scion and stock."))
         archive.writestr("OPS/two.html", page.format("Two", "A dwarfing rootstock keeps a tree small."))
+        archive.writestr(  # the rest of chapter two, split off into a file of its own that the NCX does not list
+            "OPS/two-split.html",
+            '<html xmlns="http://www.w3.org/1999/xhtml"><body><p>Seedling stock grows a full-sized tree.</p>'
+            "</body></html>",
+        )
         archive.writestr(  # a publisher's page, marked as such: not part of the book's text
             "OPS/imprint.html",
             '<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><body>'
@@ -326,6 +333,7 @@ def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> 
     assert book.title == "Old Orchard"
     assert [(c.name, c.document.title) for c in book.chapters] == [
         ("two.html", "Choosing Rootstock"),
+        ("two-split.html", "Choosing Rootstock"),
         ("one.html", "Grafting by Hand"),
     ]
 
