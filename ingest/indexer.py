@@ -3,7 +3,9 @@
 A chunk's point id derives from (source, position, content), so an unchanged chunk keeps its id and is neither
 embedded nor written again. Every point also carries its file's hash (the file's bytes plus the split settings)
 and the file's chunk count: a file whose stored points all carry its current hash, and as many as it had, is
-skipped without even being parsed.
+skipped without even being parsed. An EPUB is one file of several sources, one a chapter (`plan_book`): each
+chapter is hashed alone and the whole EPUB's hash rides along, so an unchanged EPUB is skipped unopened and a
+changed one re-embeds only its changed chapters.
 
 Throughput (docs/ingest.md): the embedding model gets large groups of chunks (it sorts them by length so that a
 batch pads little), one group is embedded in a worker thread while the next files are parsed and split and the
