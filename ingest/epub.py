@@ -45,6 +45,8 @@ DRM_FILES = {
     "META-INF/sinf.xml": "Apple FairPlay DRM (META-INF/sinf.xml)",
 }
 _ENCRYPTION = "META-INF/encryption.xml"
+_CONTAINER = "META-INF/container.xml"
+_OCF = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 _XMLENC = "{http://www.w3.org/2001/04/xmlenc#}"
 # Members read as text (their declared sizes count against INGEST_MAX_INFLATED_BYTES); images, fonts and audio
 # are stored already compressed, so they inflate to about their size in the archive.
@@ -118,6 +120,18 @@ def _encrypted_parts(path: Path, data: bytes) -> list[str]:
     return encrypted
 
 
+def _package_path(path: Path, data: bytes) -> str:
+    """The OPF's path inside the zip, as META-INF/container.xml names it."""
+    try:
+        root = ElementTree.fromstring(data)
+    except ElementTree.ParseError as exc:
+        raise DocumentError(str(path), f"{_CONTAINER} cannot be read ({exc})") from exc
+    for rootfile in root.iter(f"{_OCF}rootfile"):
+        if rootfile.get("media-type") == "application/oebps-package+xml" and rootfile.get("full-path"):
+            return posixpath.normpath(unquote(str(rootfile.get("full-path"))))
+    raise DocumentError(str(path), f"{_CONTAINER} names no package (.opf) file")
+
+
 def check_archive(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> None:
     """Refuse, before any parser sees it, an EPUB that is not a zip, is DRM-protected, names a path outside
     itself, or declares more than the limits let it inflate to."""
@@ -149,8 +163,11 @@ def check_archive(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> None:
                         f"DRM-protected: {_ENCRYPTION} encrypts {len(encrypted)} part(s) ({shown}); only DRM-free "
                         "EPUBs can be ingested",
                     )
-            if "META-INF/container.xml" not in names:
-                raise DocumentError(str(path), "not an EPUB: it has no META-INF/container.xml")
+            if _CONTAINER not in names:
+                raise DocumentError(str(path), f"not an EPUB: it has no {_CONTAINER}")
+            package = _package_path(path, archive.read(_CONTAINER))
+            if package not in names:
+                raise DocumentError(str(path), f"its package file {package!r}, named by {_CONTAINER}, is missing")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise DocumentError(str(path), f"not a readable EPUB: a broken or truncated zip ({exc})") from exc
     except OSError as exc:
@@ -199,10 +216,15 @@ def _read(path: Path) -> Any:
     except DocumentError:
         raise
     except Exception as exc:  # ebooklib raises EpubException, KeyError, lxml and index errors for a broken book
-        detail = str(exc) or "a part it names is missing or malformed"
-        if isinstance(exc, KeyError):
-            detail = f"the file {exc.args[0]!r} it names is missing"
-        raise DocumentError(str(path), f"not a readable EPUB ({type(exc).__name__}: {detail})") from exc
+        missing = re.search(r"named '([^']+)'", str(exc)) if isinstance(exc, KeyError) else None
+        if missing:
+            reason = f"not a readable EPUB: the part {missing.group(1)!r} that its package file names is missing"
+        else:
+            detail = getattr(exc, "msg", None) or str(exc) or "no detail"
+            reason = (
+                f"not a readable EPUB: its package file or navigation is malformed ({type(exc).__name__}: {detail})"
+            )
+        raise DocumentError(str(path), reason) from exc
 
 
 def load_epub(

@@ -280,8 +280,15 @@ def test_zip_bombs_unsafe_paths_and_non_epubs_are_refused_before_parsing(tmp_pat
         for info in old.infolist():
             if info.filename != "EPUB/text/b-pruning.xhtml":
                 new.writestr(info, old.read(info.filename))
-    with pytest.raises(DocumentError, match=r"not a readable EPUB .*b-pruning\.xhtml"):
+    with pytest.raises(DocumentError, match=r"the part 'EPUB/text/b-pruning\.xhtml' that its package file names is"):
         load_epub(missing)
+    no_opf = tmp_path / "no-opf.epub"
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(no_opf, "w") as new:
+        for info in old.infolist():
+            if info.filename != "EPUB/content.opf":
+                new.writestr(info, old.read(info.filename))
+    with pytest.raises(DocumentError, match=r"package file 'EPUB/content\.opf', named by META-INF/container\.xml, is"):
+        load_epub(no_opf)
 
 
 def test_an_epub2_book_takes_its_chapter_titles_from_the_ncx(tmp_path: Path) -> None:
