@@ -215,6 +215,8 @@ def _read(path: Path) -> Any:
         return epub.read_epub(str(path), {"ignore_ncx": True})  # EPUB 3 nav when there is one, else the NCX
     except DocumentError:
         raise
+    except zipfile.BadZipFile as exc:  # a member that does not match its declared size or checksum
+        raise DocumentError(str(path), f"not a readable EPUB: a damaged part in the zip ({exc})") from exc
     except Exception as exc:  # ebooklib raises EpubException, KeyError, lxml and index errors for a broken book
         missing = re.search(r"named '([^']+)'", str(exc)) if isinstance(exc, KeyError) else None
         if missing:

@@ -267,6 +267,18 @@ def test_zip_bombs_unsafe_paths_and_non_epubs_are_refused_before_parsing(tmp_pat
     assert bomb.stat().st_size < 100_000
     with pytest.raises(DocumentError, match=r"inflate past 1,048,576 bytes.*INGEST_MAX_INFLATED_BYTES"):
         load_epub(bomb, IngestLimits(max_inflated_bytes=1024 * 1024))
+    # A member that lies about its size: zipfile stops at the declared 1,000 bytes, and the checksum fails.
+    liar = rewrite_zip(good, tmp_path / "liar.epub", {"EPUB/text/a-planting.xhtml": b" " * (4 * 1024 * 1024)})
+    data = bytearray(liar.read_bytes())
+    name = b"EPUB/text/a-planting.xhtml"
+    for signature, offset, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        at = data.find(signature)
+        while data[at + name_at : at + name_at + len(name)] != name:
+            at = data.find(signature, at + 4)
+        data[at + offset : at + offset + 4] = (1000).to_bytes(4, "little")
+    liar.write_bytes(bytes(data))
+    with pytest.raises(DocumentError, match="not a readable EPUB: a damaged part in the zip"):
+        load_epub(liar, IngestLimits(max_inflated_bytes=1024 * 1024))
     climbing = rewrite_zip(good, tmp_path / "climbing.epub", {"../../etc/cron.d/x": b"x"})
     with pytest.raises(DocumentError, match=r"unsafe path \('../../etc/cron.d/x'\)"):
         load_epub(climbing)
