@@ -154,7 +154,7 @@ def main(
     batch_size: int,
     quiet: bool,
 ) -> None:
-    """Ingest the book files and folders PATHS (Markdown, MDX, HTML, text, PDF, DOCX) into Qdrant.
+    """Ingest the book files and folders PATHS (Markdown, MDX, HTML, text, PDF, DOCX, EPUB) into Qdrant.
 
     Re-running is cheap: unchanged files are skipped, changed files replace their old chunks (new ones are
     written before old ones are removed). Settings (QDRANT_URL, QDRANT_PATH, EMBEDDING_MODEL, CHUNK_SIZE,
@@ -176,6 +176,7 @@ def main(
       rag-ingest docs/ --include '**/*.mdx' --exclude 'drafts/**'
       rag-ingest book/ --dry-run
       rag-ingest --delete old-chapter.md
+      rag-ingest walden.epub                 # one source a chapter: walden.epub/text/economy.xhtml, ...
     """
     if not paths and not delete_sources:
         raise click.UsageError("give PATHS to ingest, or --delete SOURCE")

@@ -19,10 +19,10 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chains.errors import DocumentError, IngestStopped
 from ingest.loaders import IngestLimits, LoadedDocument, load_document
@@ -38,10 +38,14 @@ _PRELOAD = [
     "unstructured.partition.html",
     "unstructured.partition.text",
     "unstructured.partition.docx",
+    "ingest.epub",
+    "ebooklib.epub",
 ]
 _POLL_S = 0.05
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(_PRELOAD)
+_T = TypeVar("_T")
+Loader = Callable[[Path, IngestLimits], _T]
 
 
 def _address_space() -> int | None:
@@ -52,13 +56,13 @@ def _address_space() -> int | None:
         return None
 
 
-def _child(connection: Connection, path: Path, limits: IngestLimits) -> None:
+def _child(connection: Connection, path: Path, limits: IngestLimits, loader: Loader[Any] = load_document) -> None:
     try:
         start = _address_space()
         if start is not None:
             cap = start + limits.max_parser_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-        result: tuple[str, Any] = ("ok", load_document(path, limits))
+        result: tuple[str, Any] = ("ok", loader(path, limits))
     except DocumentError as exc:
         result = ("error", exc.reason)
     except MemoryError:
@@ -100,8 +104,13 @@ def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None
 
     Raises `DocumentError` naming the limit when the file needs more, `IngestStopped` when `stop` is set.
     """
+    return run_isolated(load_document, path, limits, stop)
+
+
+def run_isolated(loader: Loader[_T], path: Path, limits: IngestLimits, stop: threading.Event | None = None) -> _T:
+    """`loader(path, limits)` (a module-level function: the child imports it by name) in a child process."""
     receiver, sender = _context.Pipe(duplex=False)
-    child = _context.Process(target=_child, args=(sender, path, limits), name="bookrag-parse", daemon=True)
+    child = _context.Process(target=_child, args=(sender, path, limits, loader), name="bookrag-parse", daemon=True)
     with _main_module_hidden():
         child.start()
     sender.close()
@@ -132,5 +141,5 @@ def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None
         receiver.close()
     if kind == "error":
         raise DocumentError(str(path), str(value))
-    document: LoadedDocument = value
-    return document
+    loaded: _T = value
+    return loaded
