@@ -5,6 +5,7 @@ while the rest of the run goes in."""
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -386,3 +387,14 @@ def test_chapters_whose_digest_is_known_are_not_parsed_again(tmp_path: Path) -> 
     assert all(c.document is not None for c in again.chapters[1:])
     resalted = load_epub(book, salt="settings-2", known=known)  # other split settings: every chapter read again
     assert all(c.document is not None for c in resalted.chapters)
+
+
+def test_without_the_epub_extra_an_epub_fails_naming_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ebooklib (AGPL) is the optional `epub` extra: a deployment without it gets a failure it can act on.
+    good = write_epub(tmp_path / "orchard.epub")
+    monkeypatch.setitem(sys.modules, "ebooklib", None)  # what `import ebooklib` meets when it is not installed
+    monkeypatch.setitem(sys.modules, "ebooklib.epub", None)
+    with pytest.raises(DocumentError, match=r"needs the optional ebooklib package: pip install 'bookrag\[epub\]'"):
+        load_epub(good)
