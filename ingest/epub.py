@@ -210,7 +210,9 @@ def _read(path: Path) -> Any:
     try:
         from ebooklib import epub
     except ImportError as exc:  # the `epub` extra is not installed
-        raise DocumentError(str(path), "reading EPUB needs the optional ebooklib package: pip install 'bookrag[epub]'") from exc
+        raise DocumentError(
+            str(path), "reading EPUB needs the optional ebooklib package: pip install 'bookrag[epub]'"
+        ) from exc
     try:
         return epub.read_epub(str(path), {"ignore_ncx": True})  # EPUB 3 nav when there is one, else the NCX
     except DocumentError:
@@ -241,6 +243,7 @@ def load_epub(
     check_archive(path, limits)
     book = _read(path)
     from ebooklib import epub  # present: _read said so
+
     ncx = next((item for item in book.get_items() if isinstance(item, epub.EpubNcx)), None)
     has_nav = any(isinstance(item, epub.EpubNav) for item in book.get_items())
     # Nav hrefs come back relative to the OPF's folder; an NCX's as written, relative to the NCX file.
