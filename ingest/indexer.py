@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
-SPLIT_VERSION = "3"  # 3: page_path and anchor (links to the book's site) instead of a stored url
+SPLIT_VERSION = "4"  # 3: page_path and anchor (links to the book's site); 4: a cut part keeps its full stop
 # What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
 # added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
 VECTOR_LAYOUT = "dense+sparse-bm25-1"
