@@ -81,6 +81,12 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class AnswerRequest:
+    """One question, as every face of the API parses it (`rag_api.answer_request`) and as the chain takes it.
+
+    `history` is the conversation before the question, oldest first: the chain reads its last HISTORY_TURNS turns.
+    `page_url` (the page the reader asks from) and `stream` (how the caller wants the answer delivered) are for the
+    caller; the chain does not read them."""
+
     question: str
     history: Sequence[Turn] = ()
     selected_text: str | None = None
@@ -88,6 +94,8 @@ class AnswerRequest:
     k: int | None = None
     sources: Sequence[str] | None = None
     chapter: str | None = None
+    page_url: str | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

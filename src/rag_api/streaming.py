@@ -160,6 +160,18 @@ def dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+# The answer's token usage is LangChain's (`input_tokens`, `output_tokens`, `total_tokens`, `chains.model_stream`);
+# a wire format that names them otherwise renames them with `usage_named`.
+USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def usage_named(usage: dict[str, int] | None, names: tuple[str, str, str]) -> dict[str, int] | None:
+    """The usage under a wire format's names (in `USAGE_KEYS` order); None when the model reported none."""
+    if not usage:
+        return None
+    return {name: usage.get(key, 0) for key, name in zip(USAGE_KEYS, names, strict=True)}
+
+
 def source_json(source: Source) -> dict[str, Any]:
     return asdict(source)
 

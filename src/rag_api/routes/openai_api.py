@@ -62,7 +62,7 @@ async def chat_completions(
     if state.settings.log_questions:
         note_access(http, question=request.question)
     completion = completion_id()
-    if body.stream:
+    if request.stream:
         # Retrieval before the response: a failure there is an HTTP status that OpenAI clients raise.
         answer = await stream_retrieved_answer(state, request, http)
         chunks = chat_chunks(answer.events(), request_id, completion, body.model, included_usage(body))
