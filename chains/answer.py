@@ -160,6 +160,14 @@ class SourcesEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HighlightsEvent:
+    """The highlights of the sources already sent, by source number: a generated answer's come after its first
+    token (SOURCE_HIGHLIGHTS=embedding), so that scoring them never delays it."""
+
+    highlights: dict[int, list[tuple[int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     """Text to append to the answer; `deltas` is how many of the model's streamed deltas it joins."""
 
@@ -187,7 +195,7 @@ class ErrorEvent:
     message: str
 
 
-AnswerEvent = StatusEvent | SourcesEvent | TokenEvent | DoneEvent | ErrorEvent
+AnswerEvent = StatusEvent | SourcesEvent | HighlightsEvent | TokenEvent | DoneEvent | ErrorEvent
 
 
 @dataclass(slots=True)
@@ -316,13 +324,16 @@ class AnswerChunk(TypedDict, total=False):
     """What the answer chain streams, key by key (`AddableDict`s, so `ainvoke` returns them merged):
 
     first one chunk with `sources`, `mode` and `history_turns_used`; then `answer` text deltas (with `deltas`, the
-    model's streamed deltas each joins); then `usage` once, when the model reports it."""
+    model's streamed deltas each joins); once, among or after them, `highlights` (each source's, in order) when a
+    generated answer's highlights come after its first token (SOURCE_HIGHLIGHTS=embedding); then `usage` once,
+    when the model reports it."""
 
     sources: list[Source]
     mode: AnswerMode
     history_turns_used: int
     answer: str
     deltas: int
+    highlights: list[list[tuple[int, int]]]
     usage: dict[str, int]
 
 
@@ -405,10 +416,17 @@ class _AnswerSteps:
             Source.from_document(number, doc, self.settings.book_base_url)
             for number, doc in enumerate(relevant, start=1)
         ]
-        if sources:
+        if sources and not self.highlights_later:
             sources = await self.highlighted(state["query"], sources)
         closest = list(dict.fromkeys(Source.from_document(0, d).label for d in documents))[:_CLOSEST_SECTIONS]
         return {**state, "sources": sources, "missing": missing, "closest": closest}
+
+    @property
+    def highlights_later(self) -> bool:
+        """Whether a generated answer's highlights come after its first token: scored by the embedding model they
+        cost tens of ms of CPU (more under load), which must not hold the sources and the model request back.
+        Lexical ones cost nothing, and an extractive answer is made of them: those come with the sources."""
+        return self.text is not None and self.settings.source_highlights == "embedding"
 
     def sentence_vectors(self, sentences: list[str]) -> list[list[float]]:
         """The sentences' vectors, embedding in one batch only those not seen lately (an LRU of recent ones)."""
@@ -471,10 +489,27 @@ class _AnswerSteps:
         prompt = await ANSWER_PROMPT.ainvoke(prompt_input(request, sources), config)
         usage: dict[str, int] | None = None
         pieces = self.text(prompt.to_messages(), config)
-        async for piece in merged(self.gate.stream(pieces)):
-            usage = piece.usage or usage
-            if piece.text:
-                yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
+        # Highlights scored by the embedding model start once the model has answered its first text, and go out
+        # as soon as they are ready (between two pieces, or after the last one).
+        highlighting: asyncio.Task[list[Source]] | None = None
+        pending = self.highlights_later
+        try:
+            async for piece in merged(self.gate.stream(pieces)):
+                usage = piece.usage or usage
+                if piece.text:
+                    yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
+                    if pending and highlighting is None:
+                        highlighting = asyncio.create_task(self.highlighted(state["query"], sources))
+                if pending and highlighting is not None and highlighting.done():
+                    pending = False
+                    yield AddableDict(highlights=[s.highlights for s in highlighting.result()])  # type: ignore[misc]
+            if pending:
+                highlighted = await (highlighting or self.highlighted(state["query"], sources))
+                yield AddableDict(highlights=[s.highlights for s in highlighted])  # type: ignore[misc]
+        finally:
+            if highlighting is not None and not highlighting.done():
+                highlighting.cancel()
+                await asyncio.wait({highlighting})
         if usage:
             yield AddableDict(usage=usage)  # type: ignore[misc]
 
@@ -546,6 +581,8 @@ async def answer_events(
                     first_token_ms = (time.perf_counter() - started) * 1000
                 parts.append(text)
                 yield TokenEvent(text, chunk.get("deltas", 1))
+            if (spans := chunk.get("highlights")) is not None:
+                yield HighlightsEvent({s.number: span for s, span in zip(sources, spans, strict=True)})
             usage = chunk.get("usage") or usage
     finally:
         await close_iterator(chunks)
@@ -571,6 +608,8 @@ async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
                 result.sources = event.sources
             elif isinstance(event, TokenEvent):
                 parts.append(event.text)
+            elif isinstance(event, HighlightsEvent):
+                result.sources = with_highlights(result.sources, event)
             elif isinstance(event, DoneEvent):
                 result.answer_id, result.mode, result.citations = event.answer_id, event.mode, event.citations
                 result.usage, result.timings = event.usage, event.timings
@@ -580,6 +619,11 @@ async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
         await close_iterator(events)
     result.text = "".join(parts)
     return result
+
+
+def with_highlights(sources: Sequence[Source], event: HighlightsEvent) -> list[Source]:
+    """The sources with the highlights that came after them."""
+    return [replace(s, highlights=event.highlights.get(s.number, s.highlights)) for s in sources]
 
 
 def _timings(started: float, retrieval_ms: float, first_token_ms: float | None) -> Timings:
@@ -596,6 +640,7 @@ __all__ = [
     "AnswerRequest",
     "DoneEvent",
     "ErrorEvent",
+    "HighlightsEvent",
     "Source",
     "SourcesEvent",
     "StatusEvent",
@@ -607,4 +652,5 @@ __all__ = [
     "build_answer_chain",
     "fold_answer",
     "heading_label",
+    "with_highlights",
 ]

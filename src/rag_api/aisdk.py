@@ -26,6 +26,7 @@ from chains.answer import (
     AnswerEvent,
     DoneEvent,
     ErrorEvent,
+    HighlightsEvent,
     Source,
     SourcesEvent,
     StatusEvent,
@@ -154,6 +155,8 @@ async def ui_message_sse(
         elif isinstance(event, SourcesEvent):
             for source in event.sources:
                 yield encode_chunk(source_document(source))
+        elif isinstance(event, HighlightsEvent):
+            continue  # the UI message stream's source documents carry no highlights
         else:
             for chunk in closing_chunks(event, text_open, request_id):
                 yield encode_chunk(chunk)

@@ -16,12 +16,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, ErrorEvent, SourcesEvent, TokenEvent, Turn
+from chains.answer import (
+    Answer,
+    AnswerEvent,
+    AnswerRequest,
+    DoneEvent,
+    ErrorEvent,
+    HighlightsEvent,
+    SourcesEvent,
+    TokenEvent,
+    Turn,
+)
 from chains.settings import Settings
 from rag_api.answer_request import Fields, answer_request, invalid
 from rag_api.errors import error_body
 from rag_api.schemas import MAX_TURN_CHARS, SourceOut
-from rag_api.streaming import dumps, guard, source_json, usage_named
+from rag_api.streaming import dumps, guard, highlights_json, source_json, usage_named
 
 MODEL_ID = "bookrag"
 MAX_MESSAGES = 200
@@ -205,6 +215,7 @@ async def chat_chunks(
         return _data(dumps({**head, "choices": [choice], **extra}))
 
     sent_role = False
+    highlights: list[dict[str, Any]] | None = None
     async for event in guard(events, request_id):
         if isinstance(event, TokenEvent):
             if not sent_role:
@@ -214,10 +225,14 @@ async def chat_chunks(
         elif isinstance(event, SourcesEvent):
             sent_role = True
             yield chunk({"role": "assistant", "content": ""}, sources=[source_json(s) for s in event.sources])
+        elif isinstance(event, HighlightsEvent):
+            highlights = highlights_json(event)
         elif isinstance(event, DoneEvent):
+            extra = {} if highlights is None else {"highlights": highlights}
             yield chunk(
                 {},
                 "stop",
+                **extra,
                 citations=event.citations,
                 invalid_citations=event.invalid_citations,
                 answer_id=event.answer_id,

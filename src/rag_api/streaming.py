@@ -28,6 +28,7 @@ from chains.answer import (
     AnswerEvent,
     DoneEvent,
     ErrorEvent,
+    HighlightsEvent,
     Source,
     SourcesEvent,
     StatusEvent,
@@ -176,6 +177,11 @@ def source_json(source: Source) -> dict[str, Any]:
     return asdict(source)
 
 
+def highlights_json(event: HighlightsEvent) -> list[dict[str, Any]]:
+    """`[{"number": 1, "highlights": [[start, end], ...]}, ...]`: each source's highlights, by its number."""
+    return [{"number": number, "highlights": spans} for number, spans in event.highlights.items()]
+
+
 def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
     """The SSE event name and JSON data for one answer event."""
     if isinstance(event, TokenEvent):
@@ -184,6 +190,8 @@ def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
         return "status", {"stage": event.stage}
     if isinstance(event, SourcesEvent):
         return "sources", {"sources": [source_json(s) for s in event.sources]}
+    if isinstance(event, HighlightsEvent):
+        return "highlights", {"highlights": highlights_json(event)}
     if isinstance(event, DoneEvent):
         return "done", {
             "answer_id": event.answer_id,
