@@ -71,6 +71,8 @@ _EXTRACT_CHARS = 600
 _EXTRACT_SOURCES = 5
 _CLOSEST_SECTIONS = 3
 _SENTENCE_CACHE = 4096
+_HIGHLIGHTS_YIELD_S = 1.0
+_HIGHLIGHTS_POLL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +359,9 @@ class _AnswerSteps:
         # Sentence vectors for highlights, by text: the passages readers ask about repeat, and so do their sentences.
         self._sentence_vectors: OrderedDict[str, list[float]] = OrderedDict()
         self._sentence_lock = threading.Lock()
+        # Retrievals in flight: late highlights wait for them (up to _HIGHLIGHTS_YIELD_S), so that scoring one
+        # answer's sentences never delays another answer's search, and so its sources and first token.
+        self._retrieving = 0
 
     def prepare(self, value: AnswerRequest | str | Mapping[str, Any]) -> dict[str, Any]:
         """The request, its history cut to the last HISTORY_TURNS turns (the done event says how many were used)."""
@@ -397,13 +402,17 @@ class _AnswerSteps:
         """`sources`: the passages relevant enough to answer from (RETRIEVAL_SCORE_THRESHOLD), the selection first,
         numbered."""
         request: AnswerRequest = state["request"]
-        documents = await self.retriever.ainvoke(
-            state["query"],
-            config,
-            k=request.k or self.settings.retrieval_k,
-            sources=request.sources,
-            chapter=request.chapter,
-        )
+        self._retrieving += 1
+        try:
+            documents = await self.retriever.ainvoke(
+                state["query"],
+                config,
+                k=request.k or self.settings.retrieval_k,
+                sources=request.sources,
+                chapter=request.chapter,
+            )
+        finally:
+            self._retrieving -= 1
         threshold = self.settings.retrieval_score_threshold
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
         missing = self.missing_terms(request.question) if relevant else []
@@ -427,6 +436,15 @@ class _AnswerSteps:
         cost tens of ms of CPU (more under load), which must not hold the sources and the model request back.
         Lexical ones cost nothing, and an extractive answer is made of them: those come with the sources."""
         return self.text is not None and self.settings.source_highlights == "embedding"
+
+    async def late_highlights(self, query: str, sources: list[Source]) -> list[Source]:
+        """`highlighted`, once no other answer is searching (or after _HIGHLIGHTS_YIELD_S): the embedding model
+        scores the sentences, and a search waiting behind that work would be a first token waiting."""
+        waited = 0.0
+        while self._retrieving and waited < _HIGHLIGHTS_YIELD_S:
+            await asyncio.sleep(_HIGHLIGHTS_POLL_S)
+            waited += _HIGHLIGHTS_POLL_S
+        return await self.highlighted(query, sources)
 
     def sentence_vectors(self, sentences: list[str]) -> list[list[float]]:
         """The sentences' vectors, embedding in one batch only those not seen lately (an LRU of recent ones)."""
@@ -499,12 +517,12 @@ class _AnswerSteps:
                 if piece.text:
                     yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
                     if pending and highlighting is None:
-                        highlighting = asyncio.create_task(self.highlighted(state["query"], sources))
+                        highlighting = asyncio.create_task(self.late_highlights(state["query"], sources))
                 if pending and highlighting is not None and highlighting.done():
                     pending = False
                     yield AddableDict(highlights=[s.highlights for s in highlighting.result()])  # type: ignore[misc]
             if pending:
-                highlighted = await (highlighting or self.highlighted(state["query"], sources))
+                highlighted = await (highlighting or self.late_highlights(state["query"], sources))
                 yield AddableDict(highlights=[s.highlights for s in highlighted])  # type: ignore[misc]
         finally:
             if highlighting is not None and not highlighting.done():
