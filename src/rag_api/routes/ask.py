@@ -34,11 +34,14 @@ in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`
 | `sources` | `{"sources": [Source, ...]}` | once, before the first token (may be `[]`: not in the book) |
 | `status` | `{"stage": "generating"}` | the chat model starts (absent when no model is called) |
 | `token` | `{"text": "..."}` | text deltas of the answer, in order; append them (one may carry several model tokens) |
+| `highlights` | `{"highlights": [{"number", "highlights"}, ...]}` | once, among the tokens: the sources' highlights |
 | `done` | `{"answer_id", "mode", "citations", "invalid_citations", "usage", "timings", "history_turns_used"}` | last |
 | `error` | `{"code", "message"}` | last event when something fails after the stream started |
 
-`Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text}` (as in
-`AskResponse`); `url` is its section on the book's site (BOOK_BASE_URL + page_path + #anchor), null without a base.
+`Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text,
+highlights}` (as in `AskResponse`); a generated answer's `highlights` (`[[start, end], ...]` in `text`) come late, in
+the `highlights` event, so that scoring them never delays the first token; `url` is its section on the book's
+site (BOOK_BASE_URL + page_path + #anchor), null without a base.
 `usage` is `{input_tokens, output_tokens, total_tokens}` when the model reports it, else `null`; `timings` is
 `{retrieval_ms, first_token_ms, total_ms}` (`first_token_ms` is `null` when no model was called).
 
