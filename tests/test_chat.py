@@ -95,11 +95,12 @@ def test_source_media_type_and_id_follow_the_passage() -> None:
     def source(path: str, chunk_index: int | None) -> Source:
         return Source(1, "text", 0.5, path, None, ["A", "B"], None, None, chunk_index)
 
-    assert [media_type(source(p, 0)) for p in ("a.md", "b.MDX", "c.pdf", "d.rst", "e.bin")] == [
+    assert [media_type(source(p, 0)) for p in ("a.md", "b.MDX", "c.pdf", "d.rst", "b.epub/t/c.xhtml", "e.bin")] == [
         "text/markdown",
         "text/markdown",
         "application/pdf",
         "text/x-rst",
+        "application/xhtml+xml",
         "text/plain",
     ]
     assert source_id(source("book/a.md", 3)) == "book/a.md#3" and source_id(source("selected text", None)) == "S1"

@@ -49,6 +49,7 @@ _MEDIA_TYPES = {
     ".txt": "text/plain",
     ".html": "text/html",
     ".htm": "text/html",
+    ".xhtml": "application/xhtml+xml",  # also an EPUB's chapters: book.epub/text/ch01.xhtml
     ".pdf": "application/pdf",
     ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
 }
