@@ -168,6 +168,58 @@ def first_events(
     return rows
 
 
+def interleaved_first_events(
+    servers: dict[str, common.Server],
+    targets: Sequence[Target],
+    clients: Sequence[int],
+    per_client: int,
+    rounds: int,
+    questions: Sequence[str],
+    min_requests: int = 20,
+) -> dict[str, Any]:
+    """Time to the first token of every target at each `clients` level, the targets taking turns: `rounds`
+    batches each, a batch of one target then one of the next (the order reversed every round), each batch of
+    questions new to both servers (the same questions for each target). On a shared machine the load changes by
+    the minute; turns put each target under the same load, so their difference and ratio are what to read."""
+    rows: list[dict[str, Any]] = []
+    used = 0
+    for level in clients:
+        count = max(level * per_client, min_requests)
+        token: dict[str, list[float]] = {t.name: [] for t in targets}
+        sources: dict[str, list[float]] = {t.name: [] for t in targets}
+        failed = dict.fromkeys(token, 0)
+        loads = [common.load_average()]
+        for round_index in range(rounds):
+            batch = take(questions, count, used)
+            used += count
+            order = targets if round_index % 2 == 0 else list(reversed(targets))
+            for target in order:
+                streams = send(servers[target.name], target, [target.body(q) for q in batch], level)
+                good = ok_streams(streams, target)
+                failed[target.name] += len(streams) - len(good)
+                token[target.name] += [t for s in good if (t := s.first(target.token_event)) is not None]
+                if target.sources_event:
+                    sources[target.name] += [t for s in good if (t := s.first(target.sources_event)) is not None]
+            loads.append(common.load_average())
+        row: dict[str, Any] = {"clients": level, "requests_per_target": count * rounds, "load_averages": loads}
+        for name in token:
+            row[name] = {
+                "failed": failed[name],
+                "token_p50_ms": ms(common.percentile(token[name], 50)) if token[name] else None,
+                "token_p95_ms": ms(common.percentile(token[name], 95)) if token[name] else None,
+                "sources_p50_ms": ms(common.percentile(sources[name], 50)) if sources[name] else None,
+            }
+        first, *others = [t.name for t in targets]
+        for other in others:
+            mine, theirs = row[first]["token_p50_ms"], row[other]["token_p50_ms"]
+            if mine is not None and theirs is not None:
+                row[f"{first}_minus_{other}_token_p50_ms"] = round(mine - theirs, 1)
+                row[f"{first}_over_{other}_token_p50"] = round(mine / theirs, 2) if theirs else None
+        rows.append(row)
+        progress(f"interleaved first tokens, {level} clients: done")
+    return {"rounds": rounds, "targets": [t.name for t in targets], "levels": rows}
+
+
 def cpu_per_token(
     server: common.Server,
     model: common.Server,
@@ -356,7 +408,7 @@ def bench_target(
 
 def bench_servers(
     targets: Sequence[Target], store: BookStore, args: argparse.Namespace, scratch: Path
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
     """Start the fake model server and the servers `targets` need all at once (bookrag's `rag-api`; the reference
     app, with LangServe when asked for), then measure each route in turn while the other server idles. The
     reference app gets a copy of the store: the embedded store opens in one process at a time."""
@@ -382,12 +434,26 @@ def bench_servers(
     progress("starting the servers: " + ", ".join(spec.name for spec in specs))
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
-    floor = None
+    floor = interleaved = None
     with common.servers(specs) as running:
         start_s = round(time.monotonic() - started, 1)
         model, by_kind = running[0], {server.name: server for server in running[1:]}
+        if "ttft" in args.phases:
+            common.configure_fake_model(model, args.first_tokens, 0)
+            warm, fresh = questions_for(store)
+            for target in targets:
+                send(by_kind[target.server], target, [target.body(q) for q in warm], 1)
+            progress("interleaved first tokens: " + ", ".join(t.name for t in targets))
+            servers_of = {t.name: by_kind[t.server] for t in targets}
+            # questions past those the per-target first-event runs use, so that every one is new to the server
+            interleaved = interleaved_first_events(
+                servers_of, targets, args.clients, args.per_client, args.rounds, fresh[len(fresh) // 2 :],
+                args.min_requests,
+            )  # fmt: skip
         for kind, routes in kinds.items():
             for index, target in enumerate(routes):
+                if not args.phases & {"first", "cpu", "streams"}:
+                    break
                 results[target.name] = {
                     **bench_target(target, by_kind[kind], store, model, args, (index, len(routes))),
                     "servers_start_s": start_s,
@@ -396,7 +462,7 @@ def bench_servers(
             common.configure_fake_model(model, args.cpu_tokens, 0)
             progress("ChatOpenAI.astream floor")
             floor = astream_floor(model, args.cpu_streams, args.cpu_tokens, args.cpu_concurrency)
-    return results, floor
+    return results, floor, interleaved
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -417,8 +483,36 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def interleaved_markdown(interleaved: dict[str, Any]) -> list[str]:
+    names = interleaved["targets"]
+    first, *others = names
+    head = " | ".join(f"{n} first token p50 / p95 ms (sources p50)" for n in names)
+    lines = [
+        "",
+        f"First tokens, the targets taking turns ({interleaved['rounds']} rounds a level), the model instant:",
+        "",
+        f"| clients | requests a target | {head} | "
+        + " | ".join(f"{first} - {o} p50 ms | {first} / {o} p50" for o in others)
+        + " | failed | load average during |",
+        "|---" * (2 + len(names) + 2 * len(others) + 2) + "|",
+    ]
+    for row in interleaved["levels"]:
+        cells = [f"{row[n]['token_p50_ms']} / {row[n]['token_p95_ms']} ({row[n]['sources_p50_ms']})" for n in names] + [
+            f"{row.get(f'{first}_minus_{o}_token_p50_ms')} | {row.get(f'{first}_over_{o}_token_p50')}" for o in others
+        ]
+        failed = ", ".join(f"{row[n]['failed']}" for n in names)
+        loads = row["load_averages"]
+        lines.append(
+            f"| {row['clients']} | {row['requests_per_target']} | " + " | ".join(cells)
+            + f" | {failed} | {loads[0].split()[0]} .. {max(float(x.split()[0]) for x in loads):.2f} |"
+        )  # fmt: skip
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [common.machine_markdown(report["machine"]), ""]
+    if "interleaved" in report:
+        lines += interleaved_markdown(report["interleaved"])
     lines.append(
         f"Book: `{report['book']}`, {report['chunks']} chunks in the embedded store "
         f"({report['real_chunks']} real, the rest padding)."
@@ -498,6 +592,7 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
     )
     parser.add_argument("--clients", type=int_list, default=[1, 10, 100], help="concurrent clients per level")
     parser.add_argument("--per-client", type=int, default=3, help="requests per client")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each target takes per level (phase ttft)")
     parser.add_argument("--min-requests", type=int, default=20, help="at least this many requests a level")
     parser.add_argument("--first-tokens", type=int, default=20, help="tokens an answer in the first-event runs")
     parser.add_argument("--cpu-streams", type=int, default=60)
@@ -514,7 +609,7 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
         type=lambda text: {p.strip() for p in text.split(",") if p.strip()},
         default={"first", "cpu", "streams"},
         help="which measurements to run, of: first (first events), cpu (CPU per token, and the floor), streams "
-        "(concurrent paced streams)",
+        "(concurrent paced streams), ttft (first tokens, the targets taking turns at each level: opt-in)",
     )
     parser.add_argument(
         "--bookrag-src",
@@ -546,7 +641,7 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
             results[LANGSERVE.name] = {"error": f"langserve does not import: {reason}"}
             chosen.remove(LANGSERVE)
     with tempfile.TemporaryDirectory(prefix="bookrag-stream-bench-") as scratch:
-        measured, floor = bench_servers(chosen, store, args, Path(scratch))
+        measured, floor, interleaved = bench_servers(chosen, store, args, Path(scratch))
     results.update(measured)
     report: dict[str, Any] = {
         "machine": info,
@@ -561,6 +656,8 @@ def main(argv: Sequence[str] | None = None, embeddings: Any = None) -> dict[str,
     }
     if floor is not None:
         report["floor"] = floor
+    if interleaved is not None:
+        report["interleaved"] = interleaved
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=str))

@@ -71,6 +71,8 @@ _EXTRACT_CHARS = 600
 _EXTRACT_SOURCES = 5
 _CLOSEST_SECTIONS = 3
 _SENTENCE_CACHE = 4096
+_HIGHLIGHTS_YIELD_S = 1.0
+_HIGHLIGHTS_POLL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,12 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class AnswerRequest:
+    """One question, as every face of the API parses it (`rag_api.answer_request`) and as the chain takes it.
+
+    `history` is the conversation before the question, oldest first: the chain reads its last HISTORY_TURNS turns.
+    `page_url` (the page the reader asks from) and `stream` (how the caller wants the answer delivered) are for the
+    caller; the chain does not read them."""
+
     question: str
     history: Sequence[Turn] = ()
     selected_text: str | None = None
@@ -88,6 +96,8 @@ class AnswerRequest:
     k: int | None = None
     sources: Sequence[str] | None = None
     chapter: str | None = None
+    page_url: str | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +162,14 @@ class SourcesEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HighlightsEvent:
+    """The highlights of the sources already sent, by source number: a generated answer's come after its first
+    token (SOURCE_HIGHLIGHTS=embedding), so that scoring them never delays it."""
+
+    highlights: dict[int, list[tuple[int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     """Text to append to the answer; `deltas` is how many of the model's streamed deltas it joins."""
 
@@ -179,7 +197,7 @@ class ErrorEvent:
     message: str
 
 
-AnswerEvent = StatusEvent | SourcesEvent | TokenEvent | DoneEvent | ErrorEvent
+AnswerEvent = StatusEvent | SourcesEvent | HighlightsEvent | TokenEvent | DoneEvent | ErrorEvent
 
 
 @dataclass(slots=True)
@@ -308,13 +326,16 @@ class AnswerChunk(TypedDict, total=False):
     """What the answer chain streams, key by key (`AddableDict`s, so `ainvoke` returns them merged):
 
     first one chunk with `sources`, `mode` and `history_turns_used`; then `answer` text deltas (with `deltas`, the
-    model's streamed deltas each joins); then `usage` once, when the model reports it."""
+    model's streamed deltas each joins); once, among or after them, `highlights` (each source's, in order) when a
+    generated answer's highlights come after its first token (SOURCE_HIGHLIGHTS=embedding); then `usage` once,
+    when the model reports it."""
 
     sources: list[Source]
     mode: AnswerMode
     history_turns_used: int
     answer: str
     deltas: int
+    highlights: list[list[tuple[int, int]]]
     usage: dict[str, int]
 
 
@@ -338,6 +359,9 @@ class _AnswerSteps:
         # Sentence vectors for highlights, by text: the passages readers ask about repeat, and so do their sentences.
         self._sentence_vectors: OrderedDict[str, list[float]] = OrderedDict()
         self._sentence_lock = threading.Lock()
+        # Retrievals in flight: late highlights wait for them (up to _HIGHLIGHTS_YIELD_S), so that scoring one
+        # answer's sentences never delays another answer's search, and so its sources and first token.
+        self._retrieving = 0
 
     def prepare(self, value: AnswerRequest | str | Mapping[str, Any]) -> dict[str, Any]:
         """The request, its history cut to the last HISTORY_TURNS turns (the done event says how many were used)."""
@@ -378,13 +402,17 @@ class _AnswerSteps:
         """`sources`: the passages relevant enough to answer from (RETRIEVAL_SCORE_THRESHOLD), the selection first,
         numbered."""
         request: AnswerRequest = state["request"]
-        documents = await self.retriever.ainvoke(
-            state["query"],
-            config,
-            k=request.k or self.settings.retrieval_k,
-            sources=request.sources,
-            chapter=request.chapter,
-        )
+        self._retrieving += 1
+        try:
+            documents = await self.retriever.ainvoke(
+                state["query"],
+                config,
+                k=request.k or self.settings.retrieval_k,
+                sources=request.sources,
+                chapter=request.chapter,
+            )
+        finally:
+            self._retrieving -= 1
         threshold = self.settings.retrieval_score_threshold
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
         missing = self.missing_terms(request.question) if relevant else []
@@ -397,10 +425,26 @@ class _AnswerSteps:
             Source.from_document(number, doc, self.settings.book_base_url)
             for number, doc in enumerate(relevant, start=1)
         ]
-        if sources:
+        if sources and not self.highlights_later:
             sources = await self.highlighted(state["query"], sources)
         closest = list(dict.fromkeys(Source.from_document(0, d).label for d in documents))[:_CLOSEST_SECTIONS]
         return {**state, "sources": sources, "missing": missing, "closest": closest}
+
+    @property
+    def highlights_later(self) -> bool:
+        """Whether a generated answer's highlights come after its first token: scored by the embedding model they
+        cost tens of ms of CPU (more under load), which must not hold the sources and the model request back.
+        Lexical ones cost nothing, and an extractive answer is made of them: those come with the sources."""
+        return self.text is not None and self.settings.source_highlights == "embedding"
+
+    async def late_highlights(self, query: str, sources: list[Source]) -> list[Source]:
+        """`highlighted`, once no other answer is searching (or after _HIGHLIGHTS_YIELD_S): the embedding model
+        scores the sentences, and a search waiting behind that work would be a first token waiting."""
+        waited = 0.0
+        while self._retrieving and waited < _HIGHLIGHTS_YIELD_S:
+            await asyncio.sleep(_HIGHLIGHTS_POLL_S)
+            waited += _HIGHLIGHTS_POLL_S
+        return await self.highlighted(query, sources)
 
     def sentence_vectors(self, sentences: list[str]) -> list[list[float]]:
         """The sentences' vectors, embedding in one batch only those not seen lately (an LRU of recent ones)."""
@@ -463,10 +507,27 @@ class _AnswerSteps:
         prompt = await ANSWER_PROMPT.ainvoke(prompt_input(request, sources), config)
         usage: dict[str, int] | None = None
         pieces = self.text(prompt.to_messages(), config)
-        async for piece in merged(self.gate.stream(pieces)):
-            usage = piece.usage or usage
-            if piece.text:
-                yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
+        # Highlights scored by the embedding model start once the model has answered its first text, and go out
+        # as soon as they are ready (between two pieces, or after the last one).
+        highlighting: asyncio.Task[list[Source]] | None = None
+        pending = self.highlights_later
+        try:
+            async for piece in merged(self.gate.stream(pieces)):
+                usage = piece.usage or usage
+                if piece.text:
+                    yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
+                    if pending and highlighting is None:
+                        highlighting = asyncio.create_task(self.late_highlights(state["query"], sources))
+                if pending and highlighting is not None and highlighting.done():
+                    pending = False
+                    yield AddableDict(highlights=[s.highlights for s in highlighting.result()])  # type: ignore[misc]
+            if pending:
+                highlighted = await (highlighting or self.late_highlights(state["query"], sources))
+                yield AddableDict(highlights=[s.highlights for s in highlighted])  # type: ignore[misc]
+        finally:
+            if highlighting is not None and not highlighting.done():
+                highlighting.cancel()
+                await asyncio.wait({highlighting})
         if usage:
             yield AddableDict(usage=usage)  # type: ignore[misc]
 
@@ -538,6 +599,8 @@ async def answer_events(
                     first_token_ms = (time.perf_counter() - started) * 1000
                 parts.append(text)
                 yield TokenEvent(text, chunk.get("deltas", 1))
+            if (spans := chunk.get("highlights")) is not None:
+                yield HighlightsEvent({s.number: span for s, span in zip(sources, spans, strict=True)})
             usage = chunk.get("usage") or usage
     finally:
         await close_iterator(chunks)
@@ -563,6 +626,8 @@ async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
                 result.sources = event.sources
             elif isinstance(event, TokenEvent):
                 parts.append(event.text)
+            elif isinstance(event, HighlightsEvent):
+                result.sources = with_highlights(result.sources, event)
             elif isinstance(event, DoneEvent):
                 result.answer_id, result.mode, result.citations = event.answer_id, event.mode, event.citations
                 result.usage, result.timings = event.usage, event.timings
@@ -572,6 +637,11 @@ async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
         await close_iterator(events)
     result.text = "".join(parts)
     return result
+
+
+def with_highlights(sources: Sequence[Source], event: HighlightsEvent) -> list[Source]:
+    """The sources with the highlights that came after them."""
+    return [replace(s, highlights=event.highlights.get(s.number, s.highlights)) for s in sources]
 
 
 def _timings(started: float, retrieval_ms: float, first_token_ms: float | None) -> Timings:
@@ -588,6 +658,7 @@ __all__ = [
     "AnswerRequest",
     "DoneEvent",
     "ErrorEvent",
+    "HighlightsEvent",
     "Source",
     "SourcesEvent",
     "StatusEvent",
@@ -599,4 +670,5 @@ __all__ = [
     "build_answer_chain",
     "fold_answer",
     "heading_label",
+    "with_highlights",
 ]

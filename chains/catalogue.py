@@ -66,13 +66,18 @@ def closest(values: Sequence[str], known: Sequence[str]) -> list[str]:
 
 
 def match_source(value: str, known: Sequence[str]) -> list[str]:
-    """The stored sources a requested source means: itself, else those ending with its path, else by name."""
+    """The stored sources a requested source means: itself, else those ending with its path, else an EPUB's
+    chapters, else by name."""
     wanted = value.strip().lstrip("./")
     if wanted in known:
         return [wanted]
     trailing = [s for s in known if s.endswith("/" + wanted)]
     if trailing:
         return trailing
+    if wanted.lower().endswith(".epub"):  # an EPUB stands for its chapters (`book.epub/text/ch1.xhtml`)
+        chapters = [s for s in known if s.startswith(wanted + "/") or f"/{wanted}/" in f"/{s}"]
+        if chapters:
+            return chapters
     form = normalise(wanted)
     return [s for s in known if form and normalise(s) == form]
 

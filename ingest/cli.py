@@ -2,14 +2,19 @@
 
 Progress (files, chunks, rate) and one line per failed file go to stderr, the summary to stdout. Exit codes:
 0 all files ingested, 1 some files failed or the store or model could not be used, 2 a usage error.
+
+When a running `rag-api` holds the embedded store, the job is handed to it (ingest/handoff.py) and its progress and
+reports are shown the same way, with the same exit codes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from langchain_core.embeddings import Embeddings
@@ -20,25 +25,20 @@ from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import DependencyUnavailable, RagError
 from chains.settings import Settings, settings_error_message
 from chains.vectorstore import build_qdrant_client, check_collection, ensure_collection
-from ingest.book_root import BookRootError, choose_root, remembered_root
-from ingest.indexer import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EXCLUDES,
-    Indexer,
-    IngestReport,
-    Progress,
-    discover,
-    outside_outcomes,
-    prune_scope_of,
-)
+from ingest.book_root import BookRootError
+from ingest.channel import ChannelRefused, find_server
+from ingest.handoff import HandoffFailed, hand_over
+from ingest.indexer import DEFAULT_BATCH_SIZE, Indexer
+from ingest.job import IngestJob, JobUsageError, ProgressFigures, job_from_arguments, run_job
 from ingest.splitter import approximate_tokens
 
 logger = logging.getLogger("ingest")
 
 LOCKED_HINT = (
-    "Ways through: ingest through the running server instead (POST /admin/ingest with an ADMIN_API_KEYS key and "
-    "INGEST_ROOT set on the server; see docs/ingest.md), stop the process holding the store and run rag-ingest "
-    "again, or run Qdrant as a server and set QDRANT_URL."
+    "A running rag-api would have taken the work itself (nothing to set); this holder is another process (another "
+    "rag-ingest, a notebook, an older server). Ways through: wait for it or stop it and run rag-ingest again, "
+    "ingest through a server configured for it (POST /admin/ingest with an ADMIN_API_KEYS key and INGEST_ROOT; "
+    "see docs/ingest.md), or run Qdrant as a server and set QDRANT_URL."
 )
 
 
@@ -154,7 +154,7 @@ def main(
     batch_size: int,
     quiet: bool,
 ) -> None:
-    """Ingest the book files and folders PATHS (Markdown, MDX, HTML, text, PDF, DOCX) into Qdrant.
+    """Ingest the book files and folders PATHS (Markdown, MDX, HTML, text, PDF, DOCX, EPUB) into Qdrant.
 
     Re-running is cheap: unchanged files are skipped, changed files replace their old chunks (new ones are
     written before old ones are removed). Settings (QDRANT_URL, QDRANT_PATH, EMBEDDING_MODEL, CHUNK_SIZE,
@@ -165,6 +165,9 @@ def main(
     folder argument (a file's own folder; for several paths the folder they share). So `rag-ingest book/` and a
     later `rag-ingest book/ch1.md` store ch1.md under the same key.
 
+    While a running rag-api holds the embedded store (QDRANT_PATH), the job is handed to it over a local socket
+    that only the store's owner can use, and its progress is shown here: nothing to restart, nothing to set.
+
     \b
     Examples:
       rag-ingest book/ --prune
@@ -173,6 +176,7 @@ def main(
       rag-ingest docs/ --include '**/*.mdx' --exclude 'drafts/**'
       rag-ingest book/ --dry-run
       rag-ingest --delete old-chapter.md
+      rag-ingest walden.epub                 # one source a chapter: walden.epub/text/economy.xhtml, ...
     """
     if not paths and not delete_sources:
         raise click.UsageError("give PATHS to ingest, or --delete SOURCE")
@@ -180,80 +184,111 @@ def main(
         raise click.UsageError("--prune needs the PATHS that are still part of the book")
     settings = load_settings(qdrant_collection=collection)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    found = discover(paths, include, (*DEFAULT_EXCLUDES, *exclude))
-    files = found.files
-    if paths and not files and not found.outside and not (prune or prune_all):  # an emptied folder still prunes
-        raise click.UsageError("no supported files found under the given paths")
-    client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
-    reports: list[IngestReport] = []
+    job = job_from_arguments(
+        paths, root, include, exclude, prune, prune_all, delete_sources, dry_run, batch_size, settings.qdrant_collection
+    )
     try:
-        embeddings = LazyEmbeddings(settings, lambda model: _check_store(client, settings, model, dry_run))
-        if not dry_run and not client.collection_exists(settings.qdrant_collection):
+        job.check(job.discover())
+    except JobUsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    # The embedded store opens in one process: a running API server holding it takes the job itself.
+    handed = None if settings.uses_qdrant_server else _run_in_server(settings, job, quiet)
+    reports = handed if handed is not None else _run_here(settings, job, quiet)
+    if _echo_reports(reports):
+        sys.exit(1)
+
+
+def _note(message: str) -> None:
+    click.echo(f"note: {message}", err=True)
+
+
+class ProgressView:
+    """The progress bar on stderr, fed by this process's indexer or by the server's events, and its final figures
+    (printed also where stderr is not a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.last: ProgressFigures | None = None
+        self._stack = contextlib.ExitStack()
+        self._bar: Any = None
+
+    def update(self, figures: ProgressFigures) -> None:
+        self.last = figures
+        if self.quiet:
+            return
+        if self._bar is None:
+            bar = click.progressbar(length=figures.files_total, label="ingesting", file=sys.stderr, show_pos=True)
+            self._bar = self._stack.enter_context(bar)
+        self._bar.label = figures.line()
+        self._bar.update(figures.files_done - self._bar.pos)
+
+    def __enter__(self) -> ProgressView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+        if self.last is not None and not self.quiet:
+            click.echo(self.last.line(), err=True)
+
+
+def _run_in_server(settings: Settings, job: IngestJob, quiet: bool) -> list[dict[str, Any]] | None:
+    """Hand the job to the API server holding the embedded store; None when no server holds it."""
+    try:
+        server = find_server(settings.qdrant_path)
+    except ChannelRefused as exc:
+        raise click.ClickException(str(exc)) from exc
+    if server is None:
+        return None
+    endpoint, sock = server
+    _note(f"the API server (pid {endpoint.pid}) holds the store at {settings.qdrant_path}: ingesting through it")
+    try:
+        with ProgressView(quiet) as view:
+            return hand_over(endpoint, sock, job, view.update, _note)
+    except HandoffFailed as exc:
+        if exc.exit_code == 2:
+            raise click.UsageError(str(exc)) from exc
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run_here(settings: Settings, job: IngestJob, quiet: bool) -> list[dict[str, Any]]:
+    client = open_store(settings)  # first: a locked store is told before the model takes seconds to load
+    try:
+        embeddings = LazyEmbeddings(settings, lambda model: _check_store(client, settings, model, job.dry_run))
+        if not job.dry_run and not client.collection_exists(settings.qdrant_collection):
             embeddings.model()  # the collection is made for the model's vector size
-        indexer = Indexer(client, embeddings, settings, batch_size=batch_size)
-        if delete_sources:
-            reports.append(indexer.delete_sources(delete_sources, dry_run))
-        if paths:
-            choice = choose_root(paths, root, remembered_root(client, settings.qdrant_collection))
-            if choice.note:
-                click.echo(f"note: {choice.note}", err=True)
-            scope = None if prune_all else prune_scope_of(paths, choice.root)
-            report = _run(indexer, files, choice.root, prune or prune_all, scope, dry_run, quiet)
-            report.files.extend(outside_outcomes(found.outside, choice.root, "the folder given"))
-            reports.append(report)
-    except BookRootError as exc:
+        indexer = Indexer(client, embeddings, settings, batch_size=job.batch_size)
+        with ProgressView(quiet) as view:
+            reports = run_job(indexer, job, view.update, _note)
+    except (BookRootError, JobUsageError) as exc:
         raise click.UsageError(str(exc)) from exc
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         client.close()
+    return [report.as_dict() for report in reports]
+
+
+def _echo_reports(reports: list[dict[str, Any]]) -> int:
+    """Print each report (failed files and notes on stderr, changes and the summary on stdout); returns the
+    number of failed files."""
     failed = 0
     for report in reports:
-        for outcome in report.files:
-            if outcome.error is not None:
-                click.echo(f"failed: {outcome.source}: {outcome.error}", err=True)
-            elif dry_run and outcome.changed:
+        dry_run = bool(report["dry_run"])
+        for outcome in report["files"]:
+            if outcome["error"] is not None:
+                click.echo(f"failed: {outcome['source']}: {outcome['error']}", err=True)
+            elif dry_run and (outcome["added"] or outcome["updated"] or outcome["removed"]):
                 click.echo(
-                    f"would change {outcome.source}: {outcome.added} added, {outcome.updated} updated, "
-                    f"{outcome.unchanged} unchanged, {outcome.removed} removed"
+                    f"would change {outcome['source']}: {outcome['added']} added, {outcome['updated']} updated, "
+                    f"{outcome['unchanged']} unchanged, {outcome['removed']} removed"
                 )
-        for source in report.pruned_sources:
+        for source in report["pruned_sources"]:
             click.echo(f"{'would prune' if dry_run else 'pruned'} {source}")
-        for note in report.notes:
-            click.echo(f"note: {note}", err=True)
-        failed += len(report.failed)
-        click.echo(report.summary())
-    if failed:
-        sys.exit(1)
-
-
-def _progress_line(progress: Progress) -> str:
-    return progress.describe()
-
-
-def _run(
-    indexer: Indexer,
-    files: list[Path],
-    base_dir: Path,
-    prune: bool,
-    scope: list[str] | None,
-    dry_run: bool,
-    quiet: bool,
-) -> IngestReport:
-    if quiet:
-        return indexer.ingest(files, base_dir, prune, dry_run, prune_scope=scope)
-    last = Progress(len(files))
-    with click.progressbar(length=len(files), label="ingesting", file=sys.stderr, show_pos=True) as bar:
-
-        def advance(progress: Progress) -> None:
-            nonlocal last
-            last = progress
-            bar.label = _progress_line(progress)
-            bar.update(progress.files_done - bar.pos)
-
-        report = indexer.ingest(files, base_dir, prune, dry_run, on_progress=advance, prune_scope=scope)
-    click.echo(_progress_line(last), err=True)  # the final figures, also where stderr is not a terminal
-    return report
+        for note in report["notes"]:
+            _note(note)
+        failed += int(report["failed"])
+        click.echo(report["summary"])
+    return failed
 
 
 if __name__ == "__main__":

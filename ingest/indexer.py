@@ -3,7 +3,9 @@
 A chunk's point id derives from (source, position, content), so an unchanged chunk keeps its id and is neither
 embedded nor written again. Every point also carries its file's hash (the file's bytes plus the split settings)
 and the file's chunk count: a file whose stored points all carry its current hash, and as many as it had, is
-skipped without even being parsed.
+skipped without even being parsed. An EPUB is one file of several sources, one a chapter (`plan_book`): each
+chapter is hashed alone and the whole EPUB's hash rides along, so an unchanged EPUB is skipped unopened and a
+changed one re-embeds only its changed chapters.
 
 Throughput (docs/ingest.md): the embedding model gets large groups of chunks (it sorts them by length so that a
 batch pads little), one group is embedded in a worker thread while the next files are parsed and split and the
@@ -44,20 +46,22 @@ from chains.site_urls import page_path
 from chains.sparse import encode_document
 from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
 from ingest.book_root import remember_root, remembered_root
+from ingest.epub import LoadedBook, is_book, is_part_of, load_epub, part_source
 from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
-from ingest.parse_worker import ParseWorker, load_isolated
+from ingest.parse_worker import ParseWorker, load_isolated, run_isolated
 from ingest.splitter import Chunk, SplitOptions, TokenCounter, approximate_tokens, split_document
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
-SPLIT_VERSION = "3"  # 3: page_path and anchor (links to the book's site) instead of a stored url
+SPLIT_VERSION = "4"  # 3: page_path and anchor (links to the book's site); 4: a cut part keeps its full stop
 # What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
 # added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
 VECTOR_LAYOUT = "dense+sparse-bm25-1"
-# Per-file fields on every chunk; they are not part of a chunk's identity.
-FILE_FIELDS = ("file_hash", "chunk_count")
+# Per-file fields on every chunk; they are not part of a chunk's identity. A chapter of an EPUB (one source of
+# several in one file) also carries the hash of the whole EPUB, so that an unchanged EPUB is skipped unread.
+FILE_FIELDS = ("file_hash", "chunk_count", "book_hash")
 _SCROLL_PAGE = 1024
 # Chunks given to the embedding model at once (it batches them by length), and points upserted in one request.
 DEFAULT_BATCH_SIZE = 256
@@ -184,21 +188,13 @@ class Progress:
             return None
         return self.chunks_embedded / elapsed
 
-    def describe(self) -> str:
-        """One line for a progress bar: files read, chunks embedded (with the rate once it means something), written."""
-        rate = self.rate
-        shown = f" ({rate:.1f}/s)" if rate is not None else ""
-        return (
-            f"{self.files_done}/{self.files_total} files read, {self.chunks_embedded} chunks embedded{shown}, "
-            f"{self.chunks_written} written"
-        )
-
 
 @dataclass(slots=True)
 class StoredChunk:
     chunk_index: int | None
     file_hash: str | None
     chunk_count: int | None
+    book_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -454,7 +450,10 @@ class Indexer:
             if "source" not in metadata:
                 continue
             by_source.setdefault(str(metadata["source"]), {})[str(point.id)] = StoredChunk(
-                metadata.get("chunk_index"), metadata.get("file_hash"), metadata.get("chunk_count")
+                metadata.get("chunk_index"),
+                metadata.get("file_hash"),
+                metadata.get("chunk_count"),
+                metadata.get("book_hash"),
             )
         return by_source
 
@@ -475,6 +474,9 @@ class Indexer:
             data = path.read_bytes()
         except OSError:
             return None
+        return self._hash(data)
+
+    def _hash(self, data: bytes) -> str:
         return hashlib.sha256(self.signature.encode() + b"\x00" + data).hexdigest()[:32]
 
     @contextlib.contextmanager
@@ -516,15 +518,21 @@ class Indexer:
         ):
             return FilePlan(FileOutcome(source, unchanged=len(stored), parsed=False), [], [], [], {})
         chunks = self.chunks_for(path, source)
-        file_fields = {"file_hash": digest, "chunk_count": len(chunks)}
+        return self.plan_chunks(source, chunks, {"file_hash": digest, "chunk_count": len(chunks)}, stored)
+
+    def plan_chunks(
+        self, source: str, chunks: list[Chunk], file_fields: dict[str, Any], stored: dict[str, StoredChunk]
+    ) -> FilePlan:
+        """What must change for one source to hold `chunks`, each stamped with `file_fields`."""
         wanted: dict[str, Chunk] = {}
         for chunk in chunks:
             wanted[chunk_id(chunk)] = Chunk(chunk.text, chunk.embed_text, {**chunk.metadata, **file_fields})
         new = [chunk for cid, chunk in wanted.items() if cid not in stored]
+        stamp = tuple(file_fields.get(name) for name in FILE_FIELDS)
         restamp = [
             cid
             for cid in wanted
-            if cid in stored and (stored[cid].file_hash, stored[cid].chunk_count) != (digest, len(chunks))
+            if cid in stored and (stored[cid].file_hash, stored[cid].chunk_count, stored[cid].book_hash) != stamp
         ]
         stale = sorted(set(stored) - wanted.keys())
         stale_positions = {stored[cid].chunk_index for cid in stale}
@@ -537,6 +545,65 @@ class Indexer:
             removed=len(stale) - updated,
         )
         return FilePlan(outcome, new, restamp, stale, file_fields, [None] * len(new), waiting=len(new))
+
+    def plan_path(self, path: Path, source: str, stored: dict[str, dict[str, StoredChunk]]) -> list[FilePlan]:
+        """The plans for one file: itself, or each chapter of an EPUB (and its chapters no longer there)."""
+        if is_book(path):
+            return self.plan_book(path, source, stored)
+        return [self.plan_file(path, source, stored.get(source, {}))]
+
+    def plan_book(self, path: Path, source: str, stored: dict[str, dict[str, StoredChunk]]) -> list[FilePlan]:
+        """An EPUB's chapters, each a source of its own (`book.epub/text/ch1.xhtml`) with its own hash: skipped
+        unread when the whole file is unchanged, else a chapter whose hash matches is only re-stamped with the
+        new book hash, and a chapter gone from the book is deleted (after the others, as a stale file is)."""
+        digest = self.file_hash(path)
+        parts = {name: chunks for name, chunks in stored.items() if is_part_of(name, source)}
+        if (
+            digest is not None
+            and parts
+            and all(c.book_hash == digest and c.chunk_count == len(ids) for ids in parts.values() for c in ids.values())
+        ):
+            return [
+                FilePlan(FileOutcome(name, unchanged=len(ids), parsed=False), [], [], [], {})
+                for name, ids in sorted(parts.items())
+            ]
+        # The chapters stored whole: the child does not even partition them again when their digest is the same.
+        whole = {
+            next(iter(ids.values())).file_hash: ids
+            for ids in parts.values()
+            if len({(c.file_hash, c.chunk_count) for c in ids.values()}) == 1
+            and next(iter(ids.values())).chunk_count == len(ids)
+        }
+        load = functools.partial(load_epub, salt=self.signature, known=frozenset(h for h in whole if h))
+        parser = self._parser  # the run's parse child, else one of its own
+        book: LoadedBook = (
+            parser.run(load, path) if parser is not None else run_isolated(load, path, self.limits, self.stop)
+        )
+        plans: list[FilePlan] = []
+        total = 0
+        for chapter in book.chapters:
+            name = part_source(source, chapter.name)
+            fields = {"book_hash": digest, "file_hash": chapter.digest}
+            kept = parts.get(name, {})
+            if chapter.document is None:
+                kept = whole[chapter.digest]
+                total += len(kept)  # unchanged chapter: no parse, no embedding; only its book hash is new
+                restamp = [cid for cid, c in kept.items() if c.book_hash != digest]
+                plans.append(FilePlan(FileOutcome(name, unchanged=len(kept), parsed=False), [], restamp, [], fields))
+                continue
+            # An EPUB has no page on the book's site: its chapters carry no page path.
+            chunks = split_document(chapter.document, name, self.count_tokens, self.options, None, self.style)
+            for chunk in chunks:
+                chunk.metadata.update({"book": book.title or path.stem, "spine_index": chapter.position})
+            total += len(chunks)
+            plans.append(self.plan_chunks(name, chunks, {**fields, "chunk_count": len(chunks)}, kept))
+        if total > self.limits.max_chunks:
+            raise self.limits.over(path, f"{total:,} chunks", self.limits.max_chunks, "INGEST_MAX_CHUNKS_PER_FILE")
+        present = {plan.outcome.source for plan in plans}
+        for name, ids in sorted(parts.items()):
+            if name not in present:
+                plans.append(FilePlan(FileOutcome(name, removed=len(ids)), [], [], sorted(ids), {}))
+        return plans
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -726,11 +793,14 @@ class Indexer:
                     continue
                 seen.add(source)
                 try:
-                    plan = self.plan_file(path, source, stored.get(source, {}))
+                    plans = self.plan_path(path, source, stored)
                 except DocumentError as exc:
                     report.files.append(FileOutcome(source, error=exc.reason))
                     logger.debug("skipped %s: %s", path, exc.reason)
-                else:
+                    plans = []
+                    seen.update(name for name in stored if is_part_of(name, source))  # a failed EPUB keeps its own
+                for plan in plans:
+                    seen.add(plan.outcome.source)
                     report.files.append(plan.outcome)
                     if not dry_run and plan.has_writes:
                         (embedding if plan.new else ready).append(plan)
@@ -781,11 +851,13 @@ class Indexer:
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
         stored = self.stored_chunks()
-        for source in sources:
-            if source not in stored:
-                report.files.append(FileOutcome(source, error="no such source in the collection"))
-                continue
-            count = len(stored[source]) if dry_run else self.delete_source(source)
-            report.files.append(FileOutcome(source, removed=count))
+        for asked in sources:
+            # An EPUB's name stands for all of its chapters.
+            names = [asked] if asked in stored else sorted(s for s in stored if is_book(asked) and is_part_of(s, asked))
+            if not names:
+                report.files.append(FileOutcome(asked, error="no such source in the collection"))
+            for source in names:
+                count = len(stored[source]) if dry_run else self.delete_source(source)
+                report.files.append(FileOutcome(source, removed=count))
         report.seconds = time.perf_counter() - started
         return report

@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 BlockKind = Literal["heading", "text", "code", "table"]
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdx"})
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
-SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | HTML_SUFFIXES | {".txt", ".text", ".rst", ".pdf", ".docx"})
-_TEXT_SUFFIXES = SUPPORTED_SUFFIXES - {".pdf", ".docx"}
+# An EPUB is a book of several sources, read chapter by chapter by `ingest.epub.load_epub`.
+SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | HTML_SUFFIXES | {".txt", ".text", ".rst", ".pdf", ".docx", ".epub"})
+_TEXT_SUFFIXES = SUPPORTED_SUFFIXES - {".pdf", ".docx", ".epub"}
 _MAX_FILE_BYTES = 200 * 1024 * 1024
 
 _FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
@@ -292,6 +293,13 @@ def _checked_elements(path: Path, elements: list[Any], limits: IngestLimits) -> 
     return blocks
 
 
+def html_blocks(path: Path, markup: str, limits: IngestLimits = DEFAULT_LIMITS) -> list[Block]:
+    """An HTML or XHTML page's blocks, its headings with their own `id`s (an EPUB's chapters come here too)."""
+    limits.check_chars(path, len(markup))
+    markup = _XML_DECLARATION.sub("", markup, count=1)  # XHTML's <?xml ...?>
+    return with_html_anchors(_checked_elements(path, _partition("html", text=markup), limits), markup)
+
+
 def read_limited_text(path: Path, limits: IngestLimits) -> str:
     text = read_text(path)
     limits.check_chars(path, len(text))
@@ -427,9 +435,9 @@ def load_document(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDo
         elif suffix == ".docx":
             document = load_docx(path, limits)
         elif suffix in HTML_SUFFIXES:
-            markup = _XML_DECLARATION.sub("", read_limited_text(path, limits), count=1)  # XHTML's <?xml ...?>
-            blocks = with_html_anchors(_checked_elements(path, _partition("html", text=markup), limits), markup)
-            document = LoadedDocument(path, None, blocks)
+            document = LoadedDocument(path, None, html_blocks(path, read_limited_text(path, limits), limits))
+        elif suffix == ".epub":
+            raise DocumentError(str(path), "an EPUB holds several chapters: read it with ingest.epub.load_epub")
         else:
             assert suffix in _TEXT_SUFFIXES
             elements = _partition("text", text=read_limited_text(path, limits))

@@ -25,10 +25,10 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chains.errors import DocumentError, IngestStopped
 from ingest.loaders import IngestLimits, LoadedDocument, load_document
@@ -44,10 +44,14 @@ _PRELOAD = [
     "unstructured.partition.html",
     "unstructured.partition.text",
     "unstructured.partition.docx",
+    "ingest.epub",
+    "ebooklib.epub",
 ]
 _POLL_S = 0.05
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(_PRELOAD)
+_T = TypeVar("_T")
+Loader = Callable[[Path, IngestLimits], _T]
 
 
 def _address_space() -> int | None:
@@ -77,10 +81,10 @@ def _lift_cap() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
-def _load_one(path: Path, limits: IngestLimits) -> tuple[str, Any]:
+def _load_one(loader: Loader[Any], path: Path, limits: IngestLimits) -> tuple[str, Any]:
     try:
         _cap_address_space(limits)
-        return ("ok", load_document(path, limits))
+        return ("ok", loader(path, limits))
     except DocumentError as exc:
         return ("error", exc.reason)
     except MemoryError:
@@ -90,16 +94,17 @@ def _load_one(path: Path, limits: IngestLimits) -> tuple[str, Any]:
 
 
 def _serve(connection: Connection, limits: IngestLimits) -> None:
-    """The child: load each path it is sent, within the budget, and send back the document or the reason."""
+    """The child: run each (loader, path) it is sent within the budget, and send back the result or the reason."""
     try:
         while True:
             try:
-                path = connection.recv()
+                request = connection.recv()
             except EOFError:
                 return
-            if path is None:
+            if request is None:
                 return
-            result = _load_one(path, limits)
+            loader, path = request
+            result = _load_one(loader, path, limits)
             try:
                 connection.send(result)
             except MemoryError:
@@ -188,6 +193,11 @@ class ParseWorker:
     def load(self, path: Path) -> LoadedDocument:
         """`load_document(path, limits)` in the child; raises `DocumentError` naming the limit when the file needs
         more, `IngestStopped` when `stop` is set (the child is killed in both cases)."""
+        return self.run(load_document, path)
+
+    def run(self, loader: Loader[_T], path: Path) -> _T:
+        """`loader(path, limits)` in the child (a module-level function, or a partial of one: the child imports
+        it by name); raises as `load` does."""
         if self._child is None or self._connection is None or not self._child.is_alive():
             self._end(kill=True)
             self._start()
@@ -196,7 +206,7 @@ class ParseWorker:
         deadline = time.monotonic() + self.limits.max_seconds
         finished = False
         try:
-            connection.send(path)
+            connection.send((loader, path))
             while not connection.poll(_POLL_S):
                 if self.stop is not None and self.stop.is_set():
                     raise IngestStopped()
@@ -227,8 +237,8 @@ class ParseWorker:
             self._end(kill=False)  # a child that failed a file exits by itself; a fresh one takes the next
         if kind == "error":
             raise DocumentError(str(path), str(value))
-        document: LoadedDocument = value
-        return document
+        loaded: _T = value
+        return loaded
 
 
 def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None = None) -> LoadedDocument:
@@ -236,5 +246,11 @@ def load_isolated(path: Path, limits: IngestLimits, stop: threading.Event | None
 
     Raises `DocumentError` naming the limit when the file needs more, `IngestStopped` when `stop` is set.
     """
+    return run_isolated(load_document, path, limits, stop)
+
+
+def run_isolated(loader: Loader[_T], path: Path, limits: IngestLimits, stop: threading.Event | None = None) -> _T:
+    """`loader(path, limits)` (a module-level function: the child imports it by name) in a child process of its
+    own, within the time and memory budget of `limits`."""
     with ParseWorker(limits, stop) as worker:
-        return worker.load(path)
+        return worker.run(loader, path)

@@ -146,6 +146,7 @@ def pieces_of(section: Section, count: TokenCounter, options: SplitOptions) -> l
         chunk_overlap=options.chunk_overlap,
         length_function=count,
         separators=["\n\n", "\n", ". ", "; ", ", ", " ", ""],
+        keep_separator="end",  # a cut part ends with its full stop rather than the next one starting with ". "
     )
     pieces: list[Piece] = []
     for block in section.blocks:

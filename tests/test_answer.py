@@ -60,6 +60,25 @@ async def test_stream_yields_status_sources_tokens_done(retriever: BookRetriever
     assert "eight centimetres" in events[1].sources[0].text
 
 
+async def test_highlights_come_after_the_first_text_and_fold_into_the_sources(
+    retriever: BookRetriever, settings: Settings
+) -> None:
+    """Scored by the embedding model (the default), a generated answer's highlights never hold back its sources or
+    its first token: the chain streams them after the first text; `ainvoke` and the folded answer carry them."""
+    assert settings.source_highlights == "embedding"
+    chain = build_answer_chain(retriever, scripted_model("Mulch eight centimetres deep [1].", "Eight [1]."), settings)
+    chunks = [chunk async for chunk in chain.astream("How deep should mulch be?")]
+    keys = [next(iter(chunk)) for chunk in chunks]
+    assert keys[0] == "sources" and all(not s.highlights for s in chunks[0]["sources"])
+    assert keys.index("answer") < keys.index("highlights") and keys.count("highlights") == 1
+    spans = chunks[keys.index("highlights")]["highlights"]
+    assert len(spans) == len(chunks[0]["sources"]) and spans[0]
+    text = chunks[0]["sources"][0].text
+    assert any("eight centimetres" in text[start:end] for start, end in spans[0])
+    answer = await fold_answer(answer_events(chain, AnswerRequest("How deep should mulch be?")))
+    assert answer.sources[0].highlights and answer.text == "Eight [1]."
+
+
 async def test_out_of_book_question_is_refused_without_calling_the_model(
     retriever: BookRetriever, settings: Settings
 ) -> None:

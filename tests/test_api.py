@@ -95,7 +95,10 @@ async def test_ask_streams_events_in_order_with_ids(client: AsyncClient) -> None
     assert names[0] == "status" and events[0][2] == {"stage": "retrieving"}
     assert names[1] == "sources"
     assert names[2] == "status" and events[2][2] == {"stage": "generating"}
-    assert set(names[3:-1]) == {"token"}
+    # the highlights come once, after the first token (SOURCE_HIGHLIGHTS=embedding: they never hold it back)
+    assert names[3] == "token" and set(names[3:-1]) == {"token", "highlights"} and names.count("highlights") == 1
+    highlights = next(data for name, _, data in events if name == "highlights")["highlights"]
+    assert [h["number"] for h in highlights] == [s["number"] for s in events[1][2]["sources"]]
     assert names[-1] == "done"
     assert [int(event_id) for _, event_id, _ in events] == list(range(1, len(events) + 1))
     text = "".join(str(data["text"]) for name, _, data in events if name == "token")

@@ -72,6 +72,29 @@ def test_stream_bench_measures_each_route_end_to_end(
     assert all(f"| {name} |" in table for name in targets.split(","))
 
 
+def test_stream_bench_first_tokens_taking_turns(tiny_book: Path, tmp_path: Path, embeddings: LocalEmbeddings) -> None:
+    report = stream_bench.main(
+        [
+            "--book", str(tiny_book), "--cache-dir", str(tmp_path / "cache"), "--pad-to", "40",
+            "--targets", "bookrag,reference", "--phases", "ttft", "--clients", "1,2", "--per-client", "1",
+            "--min-requests", "2", "--rounds", "2", "--first-tokens", "3", "--json",
+        ],
+        embeddings=embeddings,
+    )  # fmt: skip
+    interleaved = report["interleaved"]
+    assert interleaved["targets"] == ["bookrag", "reference"] and interleaved["rounds"] == 2
+    assert [row["clients"] for row in interleaved["levels"]] == [1, 2]
+    for row in interleaved["levels"]:
+        assert row["requests_per_target"] == 2 * 2 and len(row["load_averages"]) == 3
+        assert row["bookrag"]["failed"] == row["reference"]["failed"] == 0
+        assert row["bookrag"]["token_p50_ms"] is not None and row["reference"]["token_p50_ms"] is not None
+        assert row["bookrag_minus_reference_token_p50_ms"] == round(
+            row["bookrag"]["token_p50_ms"] - row["reference"]["token_p50_ms"], 1
+        )
+    assert report["targets"] == {}  # only the phase asked for
+    assert "bookrag - reference p50 ms" in stream_bench.markdown(report)
+
+
 def test_data_only_events_are_named_by_their_json() -> None:
     openai, aisdk = stream_bench.BOOKRAG_OPENAI.data_names, stream_bench.BOOKRAG_AISDK.data_names
     assert common.event_name(b'data: {"choices":[{"delta":{"content":"Hi"}}]}', openai) == "token"

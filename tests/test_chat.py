@@ -76,12 +76,13 @@ def test_last_user_message_is_the_question_and_earlier_turns_the_history() -> No
     assert request.chapter == "Pruning" and request.k == 3
 
 
-def test_long_conversation_is_cut_to_the_last_history_turns() -> None:
+def test_long_conversation_is_kept_whole_for_the_chain_to_window() -> None:
+    """Not cut, nor refused, at parsing: the chain reads the last HISTORY_TURNS (tests/test_history_window.py)."""
     turns = [user(f"question {i}", f"u{i}") if i % 2 == 0 else assistant(f"answer {i}", f"a{i}") for i in range(30)]
     body = ChatRequest.model_validate(chat_body(*turns, user("last", "u-last")))
     settings = Settings(_env_file=None, max_history_turns=4)  # type: ignore[call-arg]
     request = to_answer_request(body, settings)
-    assert [t.content for t in request.history] == ["question 26", "answer 27", "question 28", "answer 29"]
+    assert [t.content for t in request.history] == [f"{'question' if i % 2 == 0 else 'answer'} {i}" for i in range(30)]
 
 
 def test_question_over_the_configured_limit_is_refused() -> None:
@@ -94,11 +95,12 @@ def test_source_media_type_and_id_follow_the_passage() -> None:
     def source(path: str, chunk_index: int | None) -> Source:
         return Source(1, "text", 0.5, path, None, ["A", "B"], None, None, chunk_index)
 
-    assert [media_type(source(p, 0)) for p in ("a.md", "b.MDX", "c.pdf", "d.rst", "e.bin")] == [
+    assert [media_type(source(p, 0)) for p in ("a.md", "b.MDX", "c.pdf", "d.rst", "b.epub/t/c.xhtml", "e.bin")] == [
         "text/markdown",
         "text/markdown",
         "application/pdf",
         "text/x-rst",
+        "application/xhtml+xml",
         "text/plain",
     ]
     assert source_id(source("book/a.md", 3)) == "book/a.md#3" and source_id(source("selected text", None)) == "S1"

@@ -81,3 +81,114 @@ async def test_ai_sdk_face_reads_only_the_latest_history_turns_and_says_how_many
     finish = next(c for c in chunks if c["type"] == "finish")
     assert finish["messageMetadata"]["historyTurnsUsed"] == 2
     assert history_in_answer_prompt(model) == ["turn 3 about watering", "turn 4 about watering"]
+
+
+async def test_openai_stream_says_in_its_last_chunk_how_many_turns_it_read(
+    served: tuple[AsyncClient, RecordingChatModel],
+) -> None:
+    http, model = served
+    messages = [{"role": role, "content": text} for role, text in TURNS] + [{"role": "user", "content": QUESTION}]
+    response = await http.post("/v1/chat/completions", json={"model": "book", "messages": messages, "stream": True})
+    chunks = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["history_turns_used"] == 2
+    assert history_in_answer_prompt(model) == ["turn 3 about watering", "turn 4 about watering"]
+
+
+# --- one request model: the same conversation, and the same bad body, on each face ------------------------------
+
+
+def ask_body(question: str, turns: list[tuple[str, str]], **extra: Any) -> dict[str, Any]:
+    return {"question": question, "history": [{"role": r, "content": t} for r, t in turns], **extra}
+
+
+def openai_body(question: str, turns: list[tuple[str, str]], **extra: Any) -> dict[str, Any]:
+    messages = [{"role": r, "content": t} for r, t in turns] + [{"role": "user", "content": question}]
+    return {"model": "book", "messages": messages}
+
+
+def ai_sdk_body(question: str, turns: list[tuple[str, str]], **metadata: Any) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [
+        {"id": f"m{i}", "role": r, "parts": [{"type": "text", "text": t}]} for i, (r, t) in enumerate(turns)
+    ]
+    last: dict[str, Any] = {"id": "q", "role": "user", "parts": [{"type": "text", "text": question}]}
+    if metadata:
+        last["metadata"] = {"selectedText" if k == "selected_text" else k: v for k, v in metadata.items()}
+    return {"id": "c", "messages": [*messages, last]}
+
+
+FACES = {"/ask": ask_body, "/v1/chat/completions": openai_body, "/api/chat": ai_sdk_body}
+
+
+def turns_used(path: str, response: Any) -> int:
+    if path != "/api/chat":
+        return int(response.json()["history_turns_used"])
+    chunks = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    return int(next(c for c in chunks if c["type"] == "finish")["messageMetadata"]["historyTurnsUsed"])
+
+
+@pytest.mark.parametrize("path", list(FACES))
+async def test_each_face_reads_the_same_latest_turns_and_reports_them_the_same_way(
+    served: tuple[AsyncClient, RecordingChatModel], path: str
+) -> None:
+    http, model = served
+    turns = [*TURNS, ("user", "   ")]  # a turn with no text is no turn, on any face
+    response = await http.post(path, json=FACES[path](QUESTION, turns))
+    assert response.status_code == 200, response.text
+    assert turns_used(path, response) == 2
+    assert history_in_answer_prompt(model) == ["turn 3 about watering", "turn 4 about watering"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_chat_faces_take_a_whole_long_conversation_and_read_its_window(
+    served: tuple[AsyncClient, RecordingChatModel], path: str
+) -> None:
+    """Chat clients send the whole conversation: past MAX_HISTORY_TURNS (20) it is read, not refused like `/ask`."""
+    http, model = served
+    turns = [("user" if i % 2 == 0 else "assistant", f"turn {i} about watering") for i in range(41)]
+    response = await http.post(path, json=FACES[path](QUESTION, turns))
+    assert response.status_code == 200, response.text
+    assert turns_used(path, response) == 2
+    assert history_in_answer_prompt(model) == ["turn 39 about watering", "turn 40 about watering"]
+    refused = await http.post("/ask", json=ask_body(QUESTION, turns))
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "history"
+
+
+@pytest.fixture
+async def limited(settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient) -> AsyncIterator[AsyncClient]:
+    """Lowered limits over an empty collection: every body here is refused before retrieval."""
+    lowered = settings.model_copy(update={"max_question_chars": 50, "max_selected_chars": 10, "max_k": 3})
+    async for _, http in app_client(lowered, embeddings, qdrant, RecordingChatModel(messages=iter([]))):
+        yield http
+
+
+# (what is wrong, the body's question and extras, the message every face gives, each face's `param`)
+BAD = [
+    ("question-too-long", "x" * 51, {}, "must have at most 50 characters (MAX_QUESTION_CHARS)",
+     {"/ask": "question", "/v1/chat/completions": "messages", "/api/chat": "messages.0.parts"}),
+    ("blank-question", " \n\t ", {}, "must not be empty or only whitespace",
+     {"/ask": "question", "/v1/chat/completions": "messages", "/api/chat": "messages.0.parts"}),
+    ("selection-too-long", "Why?", {"selected_text": "y" * 11}, "must have at most 10 characters (MAX_SELECTED_CHARS)",
+     {"/ask": "selected_text", "/api/chat": "messages.0.metadata.selectedText"}),
+    ("k-too-big", "Why?", {"k": 4}, "must have at most 3 passages (MAX_K)",
+     {"/ask": "k", "/api/chat": "messages.0.metadata.k"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "question", "extra", "message", "param"),
+    [
+        pytest.param(path, question, extra, message, params[path], id=f"{name}-{path}")
+        for name, question, extra, message, params in BAD
+        for path in params
+    ],
+)
+async def test_a_bad_body_gets_the_same_clear_error_on_each_face(
+    limited: AsyncClient, path: str, question: str, extra: dict[str, Any], message: str, param: str
+) -> None:
+    response = await limited.post(path, json=FACES[path](question, [], **extra))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"] == f"{param}: {message}"

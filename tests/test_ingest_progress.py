@@ -12,6 +12,7 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from chains.vectorstore import ensure_collection
 from ingest.indexer import RATE_MIN_CHUNKS, Indexer, Progress, discover_files
+from ingest.job import ProgressFigures
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ def test_a_single_chunk_ingest_shows_no_rate_and_a_long_one_shows_the_rate_witho
     (book / "one.md").write_text("# One\n\nA single short chunk.\n", encoding="utf-8")
     lines: list[str] = []
     one = Indexer(qdrant, LoadsOnFirstUse(embeddings), settings).ingest(
-        list(discover_files([book])), tmp_path, on_progress=lambda p: lines.append(p.describe())
+        list(discover_files([book])), tmp_path, on_progress=lambda p: lines.append(ProgressFigures.of(p).line())
     )
     assert one.embedded == 1
     assert "/s" not in one.summary() and "1 embedded in " in one.summary()

@@ -92,7 +92,12 @@ async def test_stream_and_whole_completion_agree(make_openai: Any) -> None:
     stream = await client.chat.completions.create(model="any-name", messages=messages, stream=True)
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
-    assert (chunks[0].model_extra or {})["sources"] == (whole.model_extra or {})["sources"]
+    streamed, folded = (chunks[0].model_extra or {})["sources"], (whole.model_extra or {})["sources"]
+    # highlights come on the stop chunk, after the text: the first chunk's sources have none yet
+    stop = next(c for c in chunks if c.choices and c.choices[0].finish_reason == "stop")
+    spans = {h["number"]: h["highlights"] for h in (stop.model_extra or {})["highlights"]}
+    assert [{**s, "highlights": spans[s["number"]]} for s in streamed] == folded
+    assert any(s["highlights"] for s in folded)
     assert whole.model == chunks[0].model == "any-name"
 
 

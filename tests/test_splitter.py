@@ -81,6 +81,19 @@ def test_oversized_paragraph_is_split_recursively() -> None:
     assert all(approximate_tokens(c.text) <= 100 for c in chunks)
 
 
+def test_a_paragraph_cut_between_sentences_keeps_each_full_stop_with_its_sentence() -> None:
+    # A reader sees a source's text: it should start with a sentence, not with the previous one's ". ".
+    text = " ".join(
+        f"Sentence number {i} is about pruning the young cherry tree in its second spring." for i in range(60)
+    )
+    doc = document(Block("heading", "Pruning", 1), Block("text", text))
+    chunks = split_document(doc, "x.md", approximate_tokens, SplitOptions(100, 20, min_section_tokens=1))
+    assert len(chunks) > 3
+    bodies = [c.text.split("\n\n", 1)[-1] if c.text.startswith("#") else c.text for c in chunks]
+    assert not [b[:12] for b in bodies if b.startswith((".", ";", ","))]
+    assert all(b.rstrip().endswith(".") for b in bodies)
+
+
 def test_chunk_page_is_the_page_of_its_first_text_not_the_sections() -> None:
     pages = [Block("text", " ".join([f"page{n}"] * 40) + ".", page=n) for n in (1, 2, 3, 4)]
     doc = LoadedDocument(Path("book.pdf"), "Book", pages)

@@ -45,6 +45,15 @@ def names(events: list[Event]) -> list[str]:
     return [name for name, _, _ in events]
 
 
+def with_highlights_of(events: list[Event]) -> list[dict[str, Any]]:
+    """The streamed sources with the highlights event folded in, as a client does."""
+    sources = [dict(source) for name, _, data in events if name == "sources" for source in data["sources"]]
+    for name, _, data in events:
+        for entry in data["highlights"] if name == "highlights" else []:
+            next(s for s in sources if s["number"] == entry["number"])["highlights"] = entry["highlights"]
+    return sources
+
+
 def text_of(events: list[Event]) -> str:
     return "".join(data["text"] for name, _, data in events if name == "token")
 
@@ -67,7 +76,8 @@ class TestAskStream:
         assert [event_id for _, event_id, _ in events] == list(range(1, len(events) + 1))
         assert names(events)[:3] == ["status", "sources", "status"]
         assert events[0][2] == {"stage": "retrieving"} and events[2][2] == {"stage": "generating"}
-        assert set(names(events)[3:-1]) == {"token"} and names(events)[-1] == "done"
+        assert names(events)[3] == "token" and names(events)[-1] == "done"
+        assert set(names(events)[3:-1]) == {"token", "highlights"} and names(events).count("highlights") == 1
         sources = events[1][2]["sources"]
         assert sources[0]["number"] == 1 and sources[0]["heading_path"][0] == "Watering Young Trees"
         assert {"source", "title", "url", "page", "score", "text"} <= set(sources[0])
@@ -90,7 +100,8 @@ class TestAskStream:
         _, events = await read_stream(client, {"question": QUESTION, "stream": True})
         whole = (await client.post("/ask", json={"question": QUESTION})).json()
         assert whole["answer"] == text_of(events)
-        assert whole["sources"] == events[1][2]["sources"]
+        assert whole["sources"] == with_highlights_of(events)
+        assert any(source["highlights"] for source in whole["sources"])
         done = events[-1][2]
         assert (whole["citations"], whole["mode"], whole["usage"]) == (done["citations"], done["mode"], done["usage"])
 

@@ -26,12 +26,13 @@ from chains.answer import (
     AnswerEvent,
     DoneEvent,
     ErrorEvent,
+    HighlightsEvent,
     Source,
     SourcesEvent,
     StatusEvent,
     TokenEvent,
 )
-from rag_api.streaming import dumps, guard
+from rag_api.streaming import dumps, guard, usage_named
 
 # The headers of `UI_MESSAGE_STREAM_HEADERS` that EventSourceResponse does not set itself (it sets the content
 # type, `Connection: keep-alive` and `X-Accel-Buffering: no`).
@@ -48,6 +49,7 @@ _MEDIA_TYPES = {
     ".txt": "text/plain",
     ".html": "text/html",
     ".htm": "text/html",
+    ".xhtml": "application/xhtml+xml",  # also an EPUB's chapters: book.epub/text/ch01.xhtml
     ".pdf": "application/pdf",
     ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
 }
@@ -96,19 +98,12 @@ def source_document(source: Source) -> Chunk:
 
 def finish_metadata(event: DoneEvent, request_id: str | None) -> dict[str, Any]:
     """The assistant message's metadata once it is whole (camelCase, as JavaScript reads it)."""
-    usage = None
-    if event.usage is not None:
-        usage = {
-            "inputTokens": event.usage.get("input_tokens"),
-            "outputTokens": event.usage.get("output_tokens"),
-            "totalTokens": event.usage.get("total_tokens"),
-        }
     return {
         "answerId": event.answer_id,
         "mode": event.mode,
         "citations": event.citations,
         "invalidCitations": event.invalid_citations,
-        "usage": usage,
+        "usage": usage_named(event.usage, ("inputTokens", "outputTokens", "totalTokens")),
         "timings": {
             "retrievalMs": event.timings.retrieval_ms,
             "firstTokenMs": event.timings.first_token_ms,
@@ -161,6 +156,8 @@ async def ui_message_sse(
         elif isinstance(event, SourcesEvent):
             for source in event.sources:
                 yield encode_chunk(source_document(source))
+        elif isinstance(event, HighlightsEvent):
+            continue  # the UI message stream's source documents carry no highlights
         else:
             for chunk in closing_chunks(event, text_open, request_id):
                 yield encode_chunk(chunk)

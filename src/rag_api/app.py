@@ -28,6 +28,7 @@ from chains.vectorstore import build_vector_store, ensure_collection, points_wit
 from rag_api.auth import document_optional_keys, require_api_key
 from rag_api.book_site import build_site
 from rag_api.errors import install_error_handlers
+from rag_api.ingest_channel import IngestChannel
 from rag_api.metrics import build_metrics
 from rag_api.middleware import RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
@@ -144,10 +145,15 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         watcher = asyncio.create_task(watch_qdrant(state, settings.qdrant_recheck_s))
         pruner = asyncio.create_task(prune_records(state))
         stop_ingest = admin.stop_ingest_on_signals(app)
+        # rag-ingest hands its work to the process holding the embedded store (not to a test's injected client).
+        holds_store = not settings.uses_qdrant_server and (overrides is None or overrides.client is None)
+        channel = await IngestChannel.open(app, settings) if holds_store else None
         try:
             yield
         finally:
             stop_ingest()
+            if channel is not None:
+                await channel.close()
             for task in (watcher, pruner):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

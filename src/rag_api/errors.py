@@ -33,7 +33,7 @@ from chains.errors import (
     ModelTimeout,
     RagError,
 )
-from rag_api.schemas import ErrorResponse
+from rag_api.schemas import NOT_BLANK, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,15 @@ def _location(error: Any) -> str:
     return ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
 
 
+def _message(error: Any) -> str:
+    """pydantic's message, except for a blank string, whose "should match pattern '[^\\s...'" says nothing."""
+    if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == NOT_BLANK:
+        return "must not be empty or only whitespace"
+    return str(error.get("msg", "invalid"))
+
+
 def _validation_message(exc: RequestValidationError) -> str:
-    parts = [f"{_location(error)}: {error.get('msg', 'invalid')}" for error in exc.errors()[:5]]
+    parts = [f"{_location(error)}: {_message(error)}" for error in exc.errors()[:5]]
     return "; ".join(parts) or "invalid request"
 
 

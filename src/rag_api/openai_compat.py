@@ -14,14 +14,24 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from chains.answer import Answer, AnswerEvent, AnswerRequest, DoneEvent, ErrorEvent, SourcesEvent, TokenEvent, Turn
+from chains.answer import (
+    Answer,
+    AnswerEvent,
+    AnswerRequest,
+    DoneEvent,
+    ErrorEvent,
+    HighlightsEvent,
+    SourcesEvent,
+    TokenEvent,
+    Turn,
+)
 from chains.settings import Settings
+from rag_api.answer_request import Fields, answer_request, invalid
 from rag_api.errors import error_body
 from rag_api.schemas import MAX_TURN_CHARS, SourceOut
-from rag_api.streaming import dumps, guard, source_json
+from rag_api.streaming import dumps, guard, highlights_json, source_json, usage_named
 
 MODEL_ID = "bookrag"
 MAX_MESSAGES = 200
@@ -135,26 +145,16 @@ def _text(content: str | list[TextPart] | None) -> str:
     return "".join(part.text or "" for part in content if part.type == "text")
 
 
-def _invalid(message: str, field: str = "messages") -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
-
-
 def to_answer_request(body: ChatCompletionRequest, settings: Settings) -> AnswerRequest:
-    """The last message as the question, earlier user/assistant messages as history; the /ask limits apply."""
+    """The last message as the question, earlier user/assistant messages as the conversation, as the one
+    `AnswerRequest` (`rag_api.answer_request`)."""
     last = body.messages[-1]
-    question = _text(last.content).strip()
-    if last.role != "user" or not question:
-        raise _invalid("the last message must be a user message with text: it is the question")
-    if len(question) > settings.max_question_chars:
-        raise _invalid(f"the question must have at most {settings.max_question_chars} characters (MAX_QUESTION_CHARS)")
-    turns: list[Turn] = []
-    for message in body.messages[:-1]:
-        text = _text(message.content).strip()
-        if text and (message.role == "user" or message.role == "assistant"):
-            turns.append(Turn(message.role, text))
-    # A chat UI sends the whole conversation: keep the most recent turns that the limit allows.
-    history = tuple(turns[-settings.max_history_turns :]) if settings.max_history_turns else ()
-    return AnswerRequest(question=question, history=history)
+    if last.role != "user":
+        raise invalid(("messages",), "the last message must be a user message with text: it is the question")
+    turns = [Turn(m.role, _text(m.content)) for m in body.messages[:-1] if m.role == "user" or m.role == "assistant"]
+    return answer_request(
+        settings, _text(last.content), turns, fields=Fields(question=("messages",)), stream=body.stream
+    )
 
 
 def completion_id() -> str:
@@ -162,13 +162,7 @@ def completion_id() -> str:
 
 
 def usage_out(usage: dict[str, int] | None) -> dict[str, int] | None:
-    if not usage:
-        return None
-    return {
-        "prompt_tokens": usage.get("input_tokens", 0),
-        "completion_tokens": usage.get("output_tokens", 0),
-        "total_tokens": usage.get("total_tokens", 0),
-    }
+    return usage_named(usage, ("prompt_tokens", "completion_tokens", "total_tokens"))
 
 
 def chat_completion(answer: Answer, completion: str, model: str) -> ChatCompletion:
@@ -221,6 +215,7 @@ async def chat_chunks(
         return _data(dumps({**head, "choices": [choice], **extra}))
 
     sent_role = False
+    highlights: list[dict[str, Any]] | None = None
     async for event in guard(events, request_id):
         if isinstance(event, TokenEvent):
             if not sent_role:
@@ -230,10 +225,14 @@ async def chat_chunks(
         elif isinstance(event, SourcesEvent):
             sent_role = True
             yield chunk({"role": "assistant", "content": ""}, sources=[source_json(s) for s in event.sources])
+        elif isinstance(event, HighlightsEvent):
+            highlights = highlights_json(event)
         elif isinstance(event, DoneEvent):
+            extra = {} if highlights is None else {"highlights": highlights}
             yield chunk(
                 {},
                 "stop",
+                **extra,
                 citations=event.citations,
                 invalid_citations=event.invalid_citations,
                 answer_id=event.answer_id,

@@ -28,6 +28,7 @@ from chains.answer import (
     AnswerEvent,
     DoneEvent,
     ErrorEvent,
+    HighlightsEvent,
     Source,
     SourcesEvent,
     StatusEvent,
@@ -160,8 +161,25 @@ def dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+# The answer's token usage is LangChain's (`input_tokens`, `output_tokens`, `total_tokens`, `chains.model_stream`);
+# a wire format that names them otherwise renames them with `usage_named`.
+USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def usage_named(usage: dict[str, int] | None, names: tuple[str, str, str]) -> dict[str, int] | None:
+    """The usage under a wire format's names (in `USAGE_KEYS` order); None when the model reported none."""
+    if not usage:
+        return None
+    return {name: usage.get(key, 0) for key, name in zip(USAGE_KEYS, names, strict=True)}
+
+
 def source_json(source: Source) -> dict[str, Any]:
     return asdict(source)
+
+
+def highlights_json(event: HighlightsEvent) -> list[dict[str, Any]]:
+    """`[{"number": 1, "highlights": [[start, end], ...]}, ...]`: each source's highlights, by its number."""
+    return [{"number": number, "highlights": spans} for number, spans in event.highlights.items()]
 
 
 def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
@@ -172,6 +190,8 @@ def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
         return "status", {"stage": event.stage}
     if isinstance(event, SourcesEvent):
         return "sources", {"sources": [source_json(s) for s in event.sources]}
+    if isinstance(event, HighlightsEvent):
+        return "highlights", {"highlights": highlights_json(event)}
     if isinstance(event, DoneEvent):
         return "done", {
             "answer_id": event.answer_id,

@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
@@ -30,6 +30,7 @@ from chains.settings import Settings
 from chains.vectorstore import ensure_collection
 from ingest.book_root import choose_root, remembered_root
 from ingest.indexer import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_EXCLUDES,
     Discovery,
     Indexer,
@@ -42,8 +43,10 @@ from rag_api.auth import require_admin_key
 from rag_api.deps import State
 from rag_api.errors import ApiError
 from rag_api.schemas import ErrorResponse
+from rag_api.state import AppState
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
@@ -88,10 +91,11 @@ class IngestResponse(BaseModel):
     summary: str
 
 
-def _ingest_lock(request: Request) -> asyncio.Lock:
-    lock: asyncio.Lock | None = getattr(request.app.state, "ingest_lock", None)
+def ingest_lock(app: FastAPI) -> asyncio.Lock:
+    """One ingest at a time in this server, whoever asks (this endpoint or rag-ingest's local channel)."""
+    lock: asyncio.Lock | None = getattr(app.state, "ingest_lock", None)
     if lock is None:
-        lock = request.app.state.ingest_lock = asyncio.Lock()
+        lock = app.state.ingest_lock = asyncio.Lock()
     return lock
 
 
@@ -148,6 +152,28 @@ def resolve_under(root: Path, relative: str) -> Path:
     return path
 
 
+async def run_exclusive(
+    app: FastAPI,
+    state: AppState,
+    work: Callable[[Indexer], _T],
+    stop: threading.Event | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> _T:
+    """Run `work` on an indexer over the server's own client and model, in a worker thread, while no other
+    ingest runs (else 409 `ingest_in_progress`); `stop` (default: the shutdown event) stops it midway."""
+    lock = ingest_lock(app)
+    if lock.locked():
+        raise ApiError(409, "ingest_in_progress", "another ingest is running; try again when it has finished")
+    async with lock:
+        indexer = Indexer(
+            state.client, state.embeddings, state.settings, batch_size=batch_size, stop=stop or ingest_stop(app)
+        )
+        try:
+            return await asyncio.to_thread(work, indexer)
+        finally:
+            state.retriever.forget_local_index()  # the embedded store's in-memory index is now stale
+
+
 def run_ingest(
     state_settings: Settings, indexer: Indexer, body: IngestRequest, paths: list[Path], found: Discovery
 ) -> IngestReport:
@@ -195,16 +221,11 @@ async def ingest(body: IngestRequest, state: State, request: Request) -> IngestR
         raise HTTPException(400, "give `paths` to ingest or `delete` sources")
     paths = [resolve_under(root, p) for p in body.paths]
     found = discover(paths, body.include, (*DEFAULT_EXCLUDES, *body.exclude), root=root)
-    lock = _ingest_lock(request)
-    if lock.locked():
-        raise ApiError(409, "ingest_in_progress", "another ingest is running; try again when it has finished")
-    async with lock:
-        indexer = Indexer(state.client, state.embeddings, state.settings, stop=ingest_stop(request.app))
-        try:
-            report = await asyncio.to_thread(run_ingest, state.settings, indexer, body, paths, found)
-        except IngestStopped as exc:
-            raise HTTPException(503, str(exc)) from exc
-        finally:
-            state.retriever.forget_local_index()  # the embedded store's in-memory index is now stale
+    try:
+        report = await run_exclusive(
+            request.app, state, lambda indexer: run_ingest(state.settings, indexer, body, paths, found)
+        )
+    except IngestStopped as exc:
+        raise HTTPException(503, str(exc)) from exc
     logger.info("admin ingest: %s", report.summary())
     return IngestResponse.model_validate(report.as_dict())

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
 from chains.answer import AnswerRequest, Turn
+from chains.settings import Settings
+from rag_api.answer_request import answer_request
 from rag_api.answering import resolve_filters, stream_answer, whole_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
-from rag_api.limits import check_ask_limits
 from rag_api.middleware import note_access
 from rag_api.schemas import AskRequest, AskResponse, SourceOut, TimingsOut
 from rag_api.streaming import ask_sse, sse_response
@@ -33,11 +34,14 @@ in this order, each with an `id` counting 1, 2, 3... and one line of JSON `data`
 | `sources` | `{"sources": [Source, ...]}` | once, before the first token (may be `[]`: not in the book) |
 | `status` | `{"stage": "generating"}` | the chat model starts (absent when no model is called) |
 | `token` | `{"text": "..."}` | text deltas of the answer, in order; append them (one may carry several model tokens) |
+| `highlights` | `{"highlights": [{"number", "highlights"}, ...]}` | once, among the tokens: the sources' highlights |
 | `done` | `{"answer_id", "mode", "citations", "invalid_citations", "usage", "timings", "history_turns_used"}` | last |
 | `error` | `{"code", "message"}` | last event when something fails after the stream started |
 
-`Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text}` (as in
-`AskResponse`); `url` is its section on the book's site (BOOK_BASE_URL + page_path + #anchor), null without a base.
+`Source` is `{number, source, title, heading_path, url, page, chunk_index, page_path, anchor, score, text,
+highlights}` (as in `AskResponse`); a generated answer's `highlights` (`[[start, end], ...]` in `text`) come late, in
+the `highlights` event, so that scoring them never delays the first token; `url` is its section on the book's
+site (BOOK_BASE_URL + page_path + #anchor), null without a base.
 `usage` is `{input_tokens, output_tokens, total_tokens}` when the model reports it, else `null`; `timings` is
 `{retrieval_ms, first_token_ms, total_ms}` (`first_token_ms` is `null` when no model was called).
 
@@ -86,15 +90,21 @@ SSE_EVENT_SCHEMA = {
 }
 
 
-def to_answer_request(body: AskRequest) -> AnswerRequest:
-    return AnswerRequest(
-        question=body.question,
-        history=tuple(Turn(t.role, t.content) for t in body.history),
+def to_answer_request(body: AskRequest, settings: Settings, accept: str | None = None) -> AnswerRequest:
+    """The body as the one `AnswerRequest` (`rag_api.answer_request`): more than MAX_HISTORY_TURNS turns is a 422
+    here, since this client sends its own history."""
+    return answer_request(
+        settings,
+        body.question,
+        (Turn(t.role, t.content) for t in body.history),
+        refuse_long_history=True,
         selected_text=body.selected_text,
         selected_from=body.selected_from,
+        page_url=body.page_url,
         k=body.k,
         sources=body.sources,
         chapter=body.chapter,
+        stream=wants_stream(body, accept),
     )
 
 
@@ -121,11 +131,10 @@ async def ask(
     http: Request,
     accept: Annotated[str | None, Header()] = None,
 ) -> AskResponse | EventSourceResponse:
-    check_ask_limits(body, state.settings)
+    request = to_answer_request(body, state.settings, accept)
     if state.settings.log_questions:
-        note_access(http, question=body.question)
-    request = to_answer_request(body)
-    if wants_stream(body, accept):
+        note_access(http, question=request.question)
+    if request.stream:
         request = await resolve_filters(state, request)  # 422 before the stream, not a false refusal
         return sse_response(ask_sse(stream_answer(state, request, http), request_id), request_id)
     answer = await whole_answer(state, request, http)

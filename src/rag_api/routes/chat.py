@@ -1,27 +1,25 @@
 """`POST /api/chat`: the answer as the AI SDK's UI message stream, for frontends built on `useChat`.
 
 The same answer as `/ask` (one answer chain, the same deadline, limits, keys and rate limit), in another
-wire format (`rag_api.aisdk`). The AI SDK sends the whole conversation each time, so the conversation is cut to
-its last MAX_HISTORY_TURNS turns (and each turn to MAX_TURN_CHARS) instead of being refused as `/ask` would.
+wire format (`rag_api.aisdk`). The AI SDK sends the whole conversation each time, so a long one is never refused:
+the answer reads its last HISTORY_TURNS turns and says how many (`historyTurnsUsed`), as every face does.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from chains.answer import AnswerRequest, Turn
 from chains.settings import Settings
 from rag_api.aisdk import SEP, UI_MESSAGE_STREAM_HEADERS, new_message_id, ui_message_sse
+from rag_api.answer_request import Fields, answer_request, invalid
 from rag_api.answering import stream_retrieved_answer
 from rag_api.deps import RequestId, State
 from rag_api.errors import ERROR_RESPONSES
 from rag_api.middleware import note_access
-from rag_api.schemas import MAX_TURN_CHARS, ChatQuestionOptions, ChatRequest, UIMessageIn
+from rag_api.schemas import ChatQuestionOptions, ChatRequest, UIMessageIn
 from rag_api.streaming import SSE_PING_SECONDS, SSE_SEND_TIMEOUT_SECONDS
 
 router = APIRouter(tags=["answers"])
@@ -48,7 +46,7 @@ deadline) is an HTTP error with a JSON body, as for `/ask` without streaming (50
 section on the book's site), `pagePath` and `anchor` are there too. The stream ends with `data: [DONE]`.
 
 The last user message is the question; its `metadata` may carry `selectedText`, `selectedFrom`, `chapter`,
-`sources` and `k` (as `/ask`'s fields). Earlier messages are the conversation (the last MAX_HISTORY_TURNS).
+`sources` and `k` (as `/ask`'s fields). Earlier messages are the conversation (the answer reads the last HISTORY_TURNS).
 """
 
 # One server-sent event of the stream (OpenAPI 3.1 reads a text/event-stream `schema` as the schema of each event).
@@ -59,52 +57,33 @@ CHUNK_EVENT_SCHEMA = {
 }
 
 
-def _invalid(location: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", *location), "msg": message, "type": kind}])
-
-
 def message_text(message: UIMessageIn) -> str:
     return "\n".join(part.text for part in message.parts if part.type == "text" and part.text).strip()
 
 
-def question_options(message: UIMessageIn, index: int, settings: Settings) -> ChatQuestionOptions:
-    """The last user message's metadata, within the configured limits (422 `invalid_request` otherwise)."""
-    options = message.metadata or ChatQuestionOptions()
-    where = ("messages", index, "metadata")
-    if options.selected_text is not None and len(options.selected_text) > settings.max_selected_chars:
-        limit = settings.max_selected_chars
-        raise _invalid((*where, "selectedText"), f"must have at most {limit} characters (MAX_SELECTED_CHARS)")
-    if options.k is not None and options.k > settings.max_k:
-        raise _invalid((*where, "k"), f"must be at most {settings.max_k} (MAX_K)")
-    return options
-
-
 def to_answer_request(body: ChatRequest, settings: Settings) -> AnswerRequest:
-    """The question (last user message), the conversation before it, and the reader's selection and filters."""
+    """The question (last user message), the conversation before it, and the reader's selection and filters (its
+    `metadata`), as the one `AnswerRequest` (`rag_api.answer_request`)."""
     index = next((i for i in range(len(body.messages) - 1, -1, -1) if body.messages[i].role == "user"), None)
     if index is None:
-        raise _invalid(("messages",), "must contain a user message (the question)")
-    question = message_text(body.messages[index])
-    if not question:
-        raise _invalid(("messages", index, "parts"), "the last user message has no text")
-    if len(question) > settings.max_question_chars:
-        limit = settings.max_question_chars
-        raise _invalid(("messages", index, "parts"), f"must have at most {limit} characters (MAX_QUESTION_CHARS)")
-    options = question_options(body.messages[index], index, settings)
-    turns = [
-        Turn(message.role, message_text(message)[:MAX_TURN_CHARS])
-        for message in body.messages[:index]
-        if message.role != "system" and message_text(message)
-    ]
-    history = turns[-settings.max_history_turns :] if settings.max_history_turns else []
-    return AnswerRequest(
-        question=question,
-        history=tuple(history),
-        selected_text=options.selected_text or None,
+        raise invalid(("messages",), "must contain a user message (the question)")
+    options = body.messages[index].metadata or ChatQuestionOptions()
+    metadata = ("messages", index, "metadata")
+    return answer_request(
+        settings,
+        message_text(body.messages[index]),
+        (Turn(m.role, message_text(m)) for m in body.messages[:index] if m.role != "system"),
+        fields=Fields(
+            question=("messages", index, "parts"),
+            selected_text=(*metadata, "selectedText"),
+            k=(*metadata, "k"),
+        ),
+        selected_text=options.selected_text,
         selected_from=options.selected_from,
         k=options.k,
         sources=options.sources,
         chapter=options.chapter,
+        stream=True,
     )
 
 

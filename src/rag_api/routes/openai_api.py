@@ -37,8 +37,9 @@ OpenAI's chat completions API, answered from the book. The last message (a `user
 earlier `user` and `assistant` messages are the conversation. `system` messages, tools and sampling options are
 ignored: the book's own prompt answers only from its passages. Any `model` name is accepted.
 
-Extra fields: the response (and the last streamed chunk) has `citations`, `answer_id` and `mode`; `sources`
-(the numbered passages, as in `/ask`) is on the response and on the first streamed chunk, before any text.
+Extra fields: the response (and the last streamed chunk) has `citations`, `answer_id`, `mode` and
+`history_turns_used`; `sources` (the numbered passages, as in `/ask`) is on the response and on the first streamed
+chunk, before any text; when streamed, their `highlights` come on the last chunk (`[{"number", "highlights"}]`).
 
 With `"stream": true` the answer comes as `data:` lines of `chat.completion.chunk`s ending with `data: [DONE]`
 (a usage chunk before it with `stream_options.include_usage`). The stream starts once the passages are found, so
@@ -62,7 +63,7 @@ async def chat_completions(
     if state.settings.log_questions:
         note_access(http, question=request.question)
     completion = completion_id()
-    if body.stream:
+    if request.stream:
         # Retrieval before the response: a failure there is an HTTP status that OpenAI clients raise.
         answer = await stream_retrieved_answer(state, request, http)
         chunks = chat_chunks(answer.events(), request_id, completion, body.model, included_usage(body))

@@ -922,6 +922,14 @@ Chat.prototype.ask = async function (question, selected) {
       } else if (item.event === "sources") {
         turn.sources = Array.isArray(data.sources) ? data.sources : [];
         view.sources();
+      } else if (item.event === "highlights") {
+        // a generated answer's highlights come after its first token: each source's quote, by number
+        (Array.isArray(data.highlights) ? data.highlights : []).forEach(function (entry) {
+          turn.sources.forEach(function (source) {
+            if (entry && source.number === entry.number) source.highlights = entry.highlights;
+          });
+        });
+        view.sources();
       } else if (item.event === "token") {
         turn.answer += String(data.text || "");
         view.answer();
