@@ -1,18 +1,22 @@
 """The embedded store on Qdrant's own engine (qdrant-edge-py), behind the part of `QdrantClient` this project uses.
 
-`QDRANT_ENGINE=edge` (without `QDRANT_URL`): each collection is one `EdgeShard` in `QDRANT_PATH/edge/<name>`, the
-engine the Qdrant server runs (HNSW, payload indexes, prefetch with RRF/DBSF fusion, MMR, the IDF modifier) in
-this process. The indexer, the retriever, the health route and langchain-qdrant's `QdrantVectorStore` keep
-calling `QdrantClient` methods with `qdrant_client.models`; `EdgeClient` translates those calls and their answers,
-so the server path (`QDRANT_URL`, qdrant-client) and this one send the same requests and store the same vectors.
+Without `QDRANT_URL`, each collection is one `EdgeShard` in `QDRANT_PATH/edge/<name>`, the engine the Qdrant
+server runs (HNSW, payload indexes, prefetch with RRF/DBSF fusion, MMR, the IDF modifier) in this process. The
+indexer, the retriever, the health route and langchain-qdrant's `QdrantVectorStore` keep calling `QdrantClient`
+methods with `qdrant_client.models`; `EdgeClient` translates those calls and their answers, so the server path
+(`QDRANT_URL`, qdrant-client) and this one send the same requests and store the same vectors. A store left by
+qdrant-client's local mode (the embedded store before this engine) is moved in on the first open
+(`chains.store_migration`).
 
 On purpose:
 - Only what the project calls is translated; anything else raises `NotImplementedError` naming it, rather than
   half-working.
-- The engine searches, fuses and filters itself: no in-memory copy (`chains/local_index.py` is for local mode).
-- The engine optimizes (merges segments, builds HNSW) only when asked: after writes, once no write has come for
-  `optimize_after_s`, a background thread does it; queries are answered from the unoptimized segments meanwhile.
-- One process at a time, as with local mode: the shard's write-ahead log is locked by the process that opened it.
+- The engine searches, fuses, diversifies (MMR) and filters itself: nothing is held in memory here.
+- The engine optimizes (merges segments, builds HNSW above the indexing threshold) only when asked: after writes,
+  once no write has come for `optimize_after_s`, a background thread does it; queries are answered from the
+  unoptimized segments meanwhile.
+- One process at a time: `QDRANT_PATH/edge/.lock` is held by the process that opened the store, and a second one
+  is refused with `store_locked_message` (which `rag-ingest` prints).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from qdrant_client.http.models import QueryResponse
 
 from chains.errors import DependencyUnavailable
 from chains.settings import Settings
+from chains.store_migration import migrate_local_store
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +71,28 @@ def open_edge_client(settings: Settings) -> QdrantClient:
     and langchain-qdrant make (see the module docstring)."""
     try:
         client = EdgeClient(settings.qdrant_path / "edge")
+    except StoreLocked as exc:
+        raise DependencyUnavailable("qdrant", store_locked_message(settings.qdrant_path)) from exc
+    try:
+        migrate_local_store(settings.qdrant_path, client, settings)
         if client.collection_exists(settings.qdrant_collection):
             client.open(settings.qdrant_collection)
     except StoreLocked as exc:
-        raise DependencyUnavailable(
-            "qdrant",
-            f"{exc} (the embedded store allows one process at a time). Stop that process (e.g. the API "
-            "server), or run Qdrant as a server (docker compose up -d qdrant) and set QDRANT_URL.",
-        ) from exc
+        client.close()
+        raise DependencyUnavailable("qdrant", store_locked_message(settings.qdrant_path)) from exc
+    except BaseException:
+        client.close()
+        raise
     return cast(QdrantClient, client)
+
+
+def store_locked_message(path: Path) -> str:
+    """What a second process is told (ingest/cli.py and the API print it as the reason)."""
+    return (
+        f"the embedded Qdrant store at {path} is open in another process (the embedded store allows one process "
+        "at a time). Stop that process (e.g. the API server), or run Qdrant as a server (docker compose up -d "
+        "qdrant) and set QDRANT_URL."
+    )
 
 
 class EdgeClient:
@@ -136,6 +154,7 @@ class EdgeClient:
         collection_name: str,
         vectors_config: models.VectorParams | dict[str, models.VectorParams] | None = None,
         sparse_vectors_config: dict[str, models.SparseVectorParams] | None = None,
+        optimizers_config: models.OptimizersConfigDiff | None = None,
         **_: Any,  # shards, replication, consistency, payload placement: a cluster's settings, not a shard's
     ) -> bool:
         if self.collection_exists(collection_name):
@@ -152,6 +171,7 @@ class EdgeClient:
                 name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if p.modifier == models.Modifier.IDF else None)
                 for name, p in sparse.items()
             },
+            optimizers=_optimizers(optimizers_config),
         )
         path = self._path(collection_name)
         shard = qe.EdgeShard.create(str(path), config)
@@ -176,12 +196,29 @@ class EdgeClient:
         shutil.rmtree(self._path(collection_name))
         return True
 
+    def rename_collection(self, old: str, new: str) -> None:
+        """Give a collection another name (its folder renamed; the migration's last step)."""
+        with self._lock:
+            timer = self._timers.pop(old, None)
+            shard = self._shards.pop(old, None)
+            self._layouts.pop(old, None)
+        if timer is not None:
+            timer.cancel()
+        if shard is not None:
+            with self._optimizing:
+                shard.flush()
+                shard.close()
+        if self._path(new).exists():
+            raise ValueError(f"Collection {new} already exists")
+        self._path(old).rename(self._path(new))
+
     def get_collection(self, collection_name: str) -> models.CollectionInfo:
         """What `check_collection` and langchain-qdrant read: the vector layout, point count, payload indexes."""
         layout = self._layout(collection_name)
         info = self._shard(collection_name).info()
+        vectors = {name: models.VectorParams(**v) for name, v in layout["vectors"].items()}
         params = models.CollectionParams(
-            vectors={name: models.VectorParams(**v) for name, v in layout["vectors"].items()},
+            vectors=vectors[""] if set(vectors) == {""} else vectors,  # one unnamed vector, as a server reports it
             sparse_vectors={name: models.SparseVectorParams(**v) for name, v in layout["sparse_vectors"].items()},
         )
         schema = {
@@ -392,7 +429,7 @@ class EdgeClient:
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(
-            f"QdrantClient.{name} is not available on the embedded edge engine (QDRANT_ENGINE=edge); "
+            f"QdrantClient.{name} is not available on the embedded store (Qdrant's engine in-process); "
             "use a Qdrant server (QDRANT_URL) for it"
         )
 
@@ -426,6 +463,19 @@ def _dense_params(params: models.VectorParams) -> qe.EdgeVectorParams:
         on_disk=params.on_disk,
         quantization_config=quantization,
         hnsw_config=hnsw,
+    )
+
+
+def _optimizers(given: models.OptimizersConfigDiff | None) -> qe.EdgeOptimizersConfig | None:
+    """The part of a server's optimizer settings a shard takes (the indexing threshold decides exact search)."""
+    if given is None:
+        return None
+    return qe.EdgeOptimizersConfig(
+        deleted_threshold=given.deleted_threshold,
+        vacuum_min_vector_number=given.vacuum_min_vector_number,
+        default_segment_number=given.default_segment_number,
+        max_segment_size=given.max_segment_size,
+        indexing_threshold=given.indexing_threshold,
     )
 
 
