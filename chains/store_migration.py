@@ -134,6 +134,7 @@ def _copy(source: QdrantClient, engine: EdgeClient, name: str, path: Path, setti
         have = engine.count(staging, exact=True).count
         if have != expected:
             raise RuntimeError(f"{have} points copied of {expected}")
+        engine.optimize(staging)  # merged segments (and HNSW above the threshold) before it is served
         engine.rename_collection(staging, name)
     except Exception as exc:
         engine.delete_collection(staging)

@@ -209,10 +209,11 @@ def collection_layout(settings: Settings, dimension: int) -> dict[str, Any]:
 
 def optimizers_config(settings: Settings, dimension: int) -> models.OptimizersConfigDiff | None:
     """Qdrant's indexing threshold (KB of vectors a segment must exceed to get an HNSW graph) for
-    QDRANT_EXACT_UP_TO_CHUNKS float32 vectors of `dimension`: below it every search is exact."""
+    QDRANT_EXACT_UP_TO_CHUNKS float32 vectors of `dimension`, plus a tenth: a collection of that many chunks
+    exactly was measured to get a graph at the bare size (bench.edge_bench --parts exact)."""
     if not settings.qdrant_exact_up_to_chunks:
         return None
-    kilobytes = -(-settings.qdrant_exact_up_to_chunks * dimension * 4 // 1024)
+    kilobytes = -(-settings.qdrant_exact_up_to_chunks * dimension * 4 * 11 // (10 * 1024))
     return models.OptimizersConfigDiff(indexing_threshold=kilobytes)
 
 
