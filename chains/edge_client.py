@@ -134,6 +134,8 @@ class EdgeClient:
             shard = self._shards.get(name)
             if shard is not None:
                 return shard
+            if self._lockfile.closed:  # as qdrant-client's closed client: the caller reports the store down
+                raise RuntimeError(f"the embedded store at {self.root} is closed")
             if not self.collection_exists(name):
                 raise ValueError(f"Collection {name} not found")
             try:
@@ -291,6 +293,8 @@ class EdgeClient:
         try:
             with self._optimizing:
                 with self._lock:
+                    if self._shards.get(name) is not shard:
+                        return  # closed or deleted meanwhile
                     self._dirty.discard(name)  # a write during the optimization marks it again
                 shard.optimize()
         except Exception as exc:  # the data is safe in the unoptimized segments; searches only run slower

@@ -67,6 +67,7 @@ def edge(tmp_path: Path) -> Iterator[tuple[QdrantClient, Settings]]:
 
 
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+@pytest.mark.filterwarnings("ignore:Local mode performs exact")  # the reference ignores QDRANT_HNSW_EF
 @pytest.mark.parametrize(("mode", "fusion"), [("hybrid", "dbsf"), ("dense", "dbsf"), ("hybrid", "rrf")])
 def test_edge_ranks_as_qdrant_clients_own_query_api(
     tmp_path: Path,
