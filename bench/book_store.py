@@ -117,9 +117,13 @@ def add_synthetic_points(client: Any, collection: str, start: int, count: int, d
 
 def pad_and_describe(qdrant_path: Path, collection: str, pad_to: int) -> tuple[int, int, tuple[str, ...]]:
     """Add padding up to `pad_to` points; the total, the real chunks and the real chunks' headings."""
-    from qdrant_client import QdrantClient, models
+    from qdrant_client import models
 
-    client = QdrantClient(path=str(qdrant_path))
+    from chains.settings import Settings
+    from chains.vectorstore import build_qdrant_client
+
+    settings = Settings(_env_file=None, qdrant_path=qdrant_path, qdrant_collection=collection)  # type: ignore[call-arg]
+    client = build_qdrant_client(settings)
     try:
         padding = models.Filter(
             must=[models.FieldCondition(key="metadata.synthetic", match=models.MatchValue(value=True))]

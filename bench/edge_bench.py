@@ -5,9 +5,12 @@
                                                                   # concurrency, offline
     .venv/bin/python -m bench.edge_bench --parts latency --sizes 1000,10000 --local-sizes 1000,10000
 
-Today's embedded path: qdrant-client's local mode holding the points, `chains/local_index.py` searching an
-in-memory copy of them, `chains/sparse.py` (the project's BM25-style vectors), `chains/retrieval.py` fusing in
-Python (`BookRetriever._search`, the service's own code). The edge path: one `EdgeShard` with the same dense
+"Today's" embedded path, as measured for docs/benchmarks.md (commit 974a0c2, before the switch): qdrant-client's
+local mode holding the points, `chains/local_index.py` searching an in-memory copy of them, `chains/sparse.py`
+(the project's BM25-style vectors), `chains/retrieval.py` fusing in Python. That index and fusion are gone since
+the edge engine became the embedded store; run at 974a0c2 to reproduce those columns. Here, since, "today" is
+qdrant-client's local mode answering the same `query_points` request itself (its own Python search and fusion:
+slower than the removed index). The edge path: one `EdgeShard` with the same dense
 vectors, payloads and ids, searched by one `query` with two prefetches fused by the engine (RRF or DBSF), with
 two sparse vectors side by side: the project's (`sparse`, the server path's today) and Qdrant's BM25 embedder
 (`bm25`, `qdrant_edge.Bm25` with its defaults, the server's `Qdrant/bm25` configuration), both with the IDF modifier.
@@ -53,8 +56,7 @@ from qdrant_client import QdrantClient, models
 from bench import common
 from bench.book_store import DEFAULT_BOOK
 from bench.eval_retrieval import DEFAULT_DATASETS, OUT_OF_BOOK, Question, is_hit, load_questions
-from chains.local_index import LocalIndex, limit_blas_threads
-from chains.retrieval import BookRetriever, cosine_similarities
+from chains.retrieval import BookRetriever, cosine_similarities, limit_blas_threads
 from chains.settings import Settings
 from chains.sparse import encode_query
 from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR, build_vector_store, ensure_collection, point_id
@@ -66,7 +68,7 @@ BM25_VECTOR = "bm25"
 COLLECTION = "edge_bench"
 NOISE_SD = 0.03
 SCALE_BOOK = "humanoid_book"
-PARTS = ("offline", "quality", "latency", "startup", "concurrency", "hnsw")
+PARTS = ("offline", "quality", "latency", "startup", "concurrency", "hnsw", "exact")
 # eval_retrieval's sets, with the humanoid book where it really is (BENCH_BOOK), also from a git worktree.
 DATASETS = {**DEFAULT_DATASETS, SCALE_BOOK: (DEFAULT_BOOK, DEFAULT_DATASETS[SCALE_BOOK][1])}
 
@@ -226,10 +228,11 @@ def write_local(client: QdrantClient, points: Sequence[BookPoint], batch: int = 
 
 
 def today_retriever(client: QdrantClient, **options: Any) -> BookRetriever:
-    """The service's retriever on the embedded store: local mode plus the in-memory index."""
+    """The service's retriever on qdrant-client's local mode (the previous embedded store), which answers the
+    query API itself."""
     settings = Settings(_env_file=None, qdrant_path=Path("unused"), qdrant_collection=COLLECTION)  # type: ignore[call-arg]
     store = build_vector_store(client, settings, _NoEmbeddings())
-    return BookRetriever(vector_store=store, k=K, local_index=LocalIndex(COLLECTION), **options)
+    return BookRetriever(vector_store=store, k=K, **options)
 
 
 class _NoEmbeddings:
@@ -580,6 +583,84 @@ def run_hnsw(sizes: Sequence[int], embeddings: Callable[[], Any]) -> list[dict[s
     return rows
 
 
+def run_exact(sizes: Sequence[int], efs: Sequence[int], embeddings: Callable[[], Any]) -> list[dict[str, Any]]:
+    """The product's store and retriever (`build_qdrant_client`, `collection_layout`, `BookRetriever`) at each size,
+    with Qdrant's own indexing threshold (HNSW above ~6,600 chunks) and with QDRANT_EXACT_UP_TO_CHUNKS (the
+    default, 20,000): dense recall@5 against exact search over both question sets, and hybrid/dense p50/p95 of
+    `_search` given the vector.
+    Data: `mixed_points` (the book's region of the space, no near-duplicate clusters) and, to 20,000, the noisy
+    copies of `scaled_points` as well (HNSW's hard case)."""
+    from chains.edge_client import EdgeClient
+    from chains.vectorstore import build_qdrant_client
+
+    base = book_points(SCALE_BOOK, DATASETS[SCALE_BOOK][0], embeddings)
+    # Both question sets: the sample book's questions land in sparse regions of this data, HNSW's hard case.
+    questions = [q.question for path in (p for _, p in DATASETS.values()) for q in load_questions(path)]
+    vectors = question_vectors(questions, embeddings)
+    rows = []
+    for size in sizes:
+        kinds = {"mixed chunks": mixed_points}
+        if size <= 20_000:
+            kinds["noisy copies"] = scaled_points
+        for kind, make in kinds.items():
+            points = local_points(make(base, size))
+            for threshold in (0, 20_000):
+                with tempfile.TemporaryDirectory(prefix="edge-exact-") as folder:
+                    settings = Settings(  # type: ignore[call-arg]
+                        _env_file=None,
+                        qdrant_path=Path(folder),
+                        qdrant_collection=COLLECTION,
+                        qdrant_exact_up_to_chunks=threshold,
+                    )
+                    client = build_qdrant_client(settings)
+                    try:
+                        assert isinstance(client, EdgeClient)
+                        ensure_collection(client, settings, len(points[0].vector[DENSE_VECTOR]))  # type: ignore[index]
+                        started = time.perf_counter()
+                        for start in range(0, len(points), 1000):
+                            client.upsert(COLLECTION, points[start : start + 1000])
+                        client.optimize(COLLECTION)
+                        row: dict[str, Any] = {
+                            "chunks": size,
+                            "data": kind,
+                            "exact_up_to_chunks": threshold or "Qdrant's default",
+                            "written_s": round(time.perf_counter() - started, 1),
+                        }
+                        store = build_vector_store(client, settings, _NoEmbeddings())
+                        for ef in [None, *efs] if threshold == 0 else [None]:
+                            dense = BookRetriever(vector_store=store, k=K, mode="dense", hnsw_ef=ef)
+                            hybrid = BookRetriever(vector_store=store, k=K, hnsw_ef=ef)
+                            label = "" if ef is None else f", hnsw_ef {ef}"
+                            row[f"recall@5{label}"] = product_recall(client, dense, questions, vectors)
+                            row[f"hybrid{label}"] = timed(today_search(hybrid), questions, vectors, {})
+                            row[f"dense{label}"] = timed(today_search(dense), questions, vectors, {})
+                    finally:
+                        client.close()
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
+def product_recall(
+    client: QdrantClient, dense: BookRetriever, questions: Sequence[str], vectors: dict[str, list[float]]
+) -> float:
+    """The retriever's dense top 5 against Qdrant's exact search (`SearchParams(exact=True)`)."""
+    found = 0
+    for question in questions:
+        got = dense._search(vectors[question], question, K, dense._options({})[1])
+        wanted = client.query_points(
+            COLLECTION,
+            query=vectors[question],
+            using=DENSE_VECTOR,
+            limit=K,
+            search_params=models.SearchParams(exact=True),
+            with_payload=["metadata"],
+        ).points
+        got_ids = {d.id for d in got}
+        found += sum(1 for p in wanted if str((p.payload or {})["metadata"].get("doc_id", p.id)) in got_ids)
+    return round(found / (K * len(questions)), 3)
+
+
 # -- start-up --------------------------------------------------------------------------------------------------
 
 _EDGE_STARTUP = """
@@ -862,6 +943,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=ints, default=[1000, 10_000, 100_000])
     parser.add_argument("--local-sizes", type=ints, default=[1000, 10_000, 100_000], help="today's path at these")
     parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--hnsw-efs", type=ints, default=[128, 256], help="part exact: HNSW beam widths to try")
     parser.add_argument("--concurrency-size", type=int, default=5000)
     parser.add_argument("--readers", type=int, default=3)
     parser.add_argument(
@@ -895,6 +977,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report["latency"] = run_latency(args.sizes, args.local_sizes, args.queries, embeddings)
     if "hnsw" in args.parts:
         report["hnsw_recall"] = run_hnsw([s for s in args.sizes if s > 1000], embeddings)
+    if "exact" in args.parts:
+        report["exact"] = run_exact(args.sizes, args.hnsw_efs, embeddings)
     if "startup" in args.parts:
         report["startup"] = run_startup(args.sizes, args.local_sizes, embeddings)
     if "concurrency" in args.parts:

@@ -57,12 +57,18 @@ from qdrant_client import QdrantClient, models
 from bench.books import book_dir
 from bench.common import CACHE_DIR
 from chains.embeddings import LocalEmbeddings, packaged_model_path
-from chains.local_index import LocalIndex, limit_blas_threads
 from chains.rerank import CrossEncoderReranker
-from chains.retrieval import BookRetriever
+from chains.retrieval import BookRetriever, limit_blas_threads
 from chains.settings import Settings
 from chains.sparse import encode_document
-from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR, build_vector_store, ensure_collection, point_id
+from chains.vectorstore import (
+    DENSE_VECTOR,
+    SPARSE_VECTOR,
+    build_qdrant_client,
+    build_vector_store,
+    ensure_collection,
+    point_id,
+)
 from ingest.indexer import DEFAULT_EXCLUDES, SPLIT_VERSION, Indexer, discover_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,8 +94,6 @@ SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "hybrid DBSF, chapter filter": {"mode": "hybrid", "fusion": "dbsf", "filtered": True},
     "hybrid RRF": {"mode": "hybrid", "fusion": "rrf"},
     "hybrid DBSF + MMR": {"mode": "hybrid", "fusion": "dbsf", "mmr": True},
-    "dense, local mode's own search": {"mode": "dense", "memory": False},
-    "hybrid DBSF, local mode's own search": {"mode": "hybrid", "fusion": "dbsf", "memory": False},
 }
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
@@ -265,10 +269,7 @@ def configurations(
     store = build_vector_store(client, settings, embeddings)
 
     def make(**options: Any) -> BookRetriever:
-        # As the service runs on the embedded store: searched in the in-memory index (chains.local_index).
-        return BookRetriever(vector_store=store, k=K, local_index=index, **options)
-
-    index = LocalIndex(settings.qdrant_collection)
+        return BookRetriever(vector_store=store, k=K, **options)
 
     configs = {
         "dense": make(mode="dense"),
@@ -373,7 +374,8 @@ def _run_book(
     prototypes: Sequence[Prototype],
     folder: Path,
 ) -> BookReport:
-    client = QdrantClient(path=str(folder))
+    # The service's embedded store (Qdrant's engine); a cached store of an older run is migrated on this open.
+    client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection="eval_bookrag"))  # type: ignore[call-arg]
     try:
         settings = ingest_project(client, embeddings, book, "eval_bookrag")
         baseline = ingest_baseline(client, embeddings, book, "eval_baseline")
@@ -485,9 +487,9 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
     texts = scale_texts(count)
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="eval-scale-") as folder:
-        client = QdrantClient(path=folder)
+        settings = Settings(_env_file=None, qdrant_path=Path(folder), qdrant_collection="eval_scale")  # type: ignore[call-arg]
+        client = build_qdrant_client(settings)
         try:
-            settings = Settings(_env_file=None, qdrant_path=Path(folder), qdrant_collection="eval_scale")  # type: ignore[call-arg]
             ensure_collection(client, settings, dimension)
             for start in range(0, len(texts), 256):
                 points = []
@@ -525,9 +527,9 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                 started = time.perf_counter()
                 vectors.append(embeddings.embed_query(question.question))
                 embed_ms.append((time.perf_counter() - started) * 1000)
-            default = BookRetriever(vector_store=store, k=K, local_index=LocalIndex("eval_scale"))
+            default = BookRetriever(vector_store=store, k=K)
             options_default = default._options({})[1]
-            default._search(vectors[0], questions[0].question, K, options_default)  # warm-up: reads the index
+            default._search(vectors[0], questions[0].question, K, options_default)  # warm-up
             search_ms = []
             for question, vector in zip(questions, vectors, strict=True):
                 started = time.perf_counter()
@@ -543,9 +545,8 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
             )
             for label, options in SCALE_CONFIGS.items():
                 options = dict(options)
-                index = LocalIndex("eval_scale") if options.pop("memory", True) else None
                 filtered = options.pop("filtered", False)
-                retriever = BookRetriever(vector_store=store, k=K, local_index=index, **options)
+                retriever = BookRetriever(vector_store=store, k=K, **options)
                 call: dict[str, Any] = {"chapter": "scale chapter 3"} if filtered else {}
                 outcome = evaluate(label, lambda q, r=retriever, c=call: r.invoke(q, **c), questions)  # type: ignore[misc]
                 lines.append(

@@ -14,14 +14,12 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-from qdrant_client import QdrantClient
-
 from bench.eval_retrieval import DATASETS, ingest_project, load_questions, normalise, store_folder
 from chains.answer import build_answer_chain
 from chains.embeddings import build_embeddings
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
-from chains.vectorstore import build_vector_store
+from chains.vectorstore import build_qdrant_client, build_vector_store
 
 OLD_CHARS = 400
 
@@ -41,7 +39,7 @@ async def measure(name: str) -> dict[str, object]:
     embeddings = build_embeddings(Settings(_env_file=None))  # type: ignore[call-arg]
     folder = store_folder(name, book)
     folder.mkdir(parents=True, exist_ok=True)
-    client = QdrantClient(path=str(folder))
+    client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection="eval_bookrag"))  # type: ignore[call-arg]
     try:
         settings = ingest_project(client, embeddings, book, "eval_bookrag")
         retriever = BookRetriever.from_settings(build_vector_store(client, settings, embeddings), settings, None)

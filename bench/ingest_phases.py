@@ -18,12 +18,11 @@ from typing import TypeVar
 
 from langchain_core.documents import Document
 from langchain_text_splitters import RecursiveCharacterTextSplitter
-from qdrant_client import QdrantClient
 
 from bench.ingest_bench import MARKDOWN, SentenceTransformerEmbeddings
 from chains.embeddings import build_embeddings, packaged_model_path
 from chains.settings import Settings
-from chains.vectorstore import ensure_collection
+from chains.vectorstore import build_qdrant_client, ensure_collection
 from ingest.indexer import Indexer, discover_files, source_key
 
 _T = TypeVar("_T")
@@ -51,7 +50,7 @@ def main() -> None:
         embeddings.embed_documents(["warm up"])
         plain = SentenceTransformerEmbeddings(packaged_model_path(settings.embedding_model))
         plain.embed_documents(["warm up"])
-        client = QdrantClient(path=str(settings.qdrant_path))
+        client = build_qdrant_client(settings)
         ensure_collection(client, settings, 384)
         indexer = Indexer(client, embeddings, settings)
         files = list(discover_files([book]))

@@ -4,11 +4,10 @@
 
 The stores hold synthetic chunks: random unit vectors of the embedding model's size with payloads shaped like
 ingested ones (about 1,000 characters of text and the usual metadata), because embedding 100,000 real chunks on
-this CPU would take hours. The embedded store searches by brute force (every vector, every query), so its latency
-depends on the number and size of the vectors, not on what they mean. Each store is written once into the cache
-folder (`BENCH_CACHE_DIR`) and reused.
+this CPU would take hours (random vectors are HNSW's easy case: recall is measured by `bench.edge_bench --parts
+hnsw` on real chunks). Each store is written once into the cache folder (`BENCH_CACHE_DIR`) and reused.
 
-Measured per size: opening the store (the embedded store reads every point into memory), and the product's
+Measured per size: opening the store (Qdrant's engine in-process loads its segments), and the product's
 retriever (`BookRetriever.ainvoke`: Qdrant query, documents with scores) p50/p95 over `--queries` questions whose
 embeddings are already cached, so that the figure is the store's: hybrid (the default: dense + sparse prefetches
 fused), hybrid with a `sources` filter, and dense only. The synthetic chunks carry the sparse vectors of their
@@ -26,29 +25,27 @@ from typing import Any
 
 from bench import common
 from bench.book_store import add_synthetic_points
-from chains.local_index import limit_blas_threads
+from chains.retrieval import limit_blas_threads
 
 COLLECTION = "bench_retrieval"
 
 
 def ensure_store(size: int, dimension: int, cache_dir: Path) -> tuple[Path, float | None]:
     """The cached store of `size` synthetic chunks; the seconds it took to write it, when written now."""
-    from qdrant_client import QdrantClient
-
     from chains.settings import Settings
-    from chains.vectorstore import ensure_collection
+    from chains.vectorstore import build_qdrant_client, ensure_collection
 
-    path = cache_dir / f"retrieval-{size}-{dimension}" / "qdrant"
+    path = cache_dir / f"retrieval-edge-{size}-{dimension}" / "qdrant"
     done = path.parent / "complete"
     if done.exists():
         return path, None
     started = time.perf_counter()
     path.mkdir(parents=True, exist_ok=True)
-    client = QdrantClient(path=str(path))
+    settings = Settings(_env_file=None, qdrant_path=path, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
+    client = build_qdrant_client(settings)
     try:
         if client.collection_exists(COLLECTION):
             client.delete_collection(COLLECTION)
-        settings = Settings(_env_file=None, qdrant_path=path, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
         ensure_collection(client, settings, dimension)
         add_synthetic_points(client, COLLECTION, 0, size, dimension, "")
     finally:
@@ -95,7 +92,7 @@ def bench_size(size: int, embeddings: Any, questions: Sequence[str], cache_dir: 
         hybrid = BookRetriever.from_settings(store, settings)  # the product's default (RETRIEVAL_MODE=hybrid)
         dense = BookRetriever.from_settings(store, settings.model_copy(update={"retrieval_mode": "dense"}))
         with common.new_event_loop_runner() as runner:
-            # The first query reads every vector into the in-memory index (chains/local_index.py): timed apart.
+            # The first query after opening (the engine's files into the page cache): timed apart.
             first_query_s = sum(runner.run(timed_retrievals(hybrid, questions[:1])))
             runner.run(timed_retrievals(hybrid, questions[:3]))  # warm-up
             runner.run(timed_retrievals(dense, questions[:3]))

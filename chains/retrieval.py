@@ -1,21 +1,23 @@
 """The book retriever: one query embedding, one Qdrant query (dense, or dense + sparse fused), scored documents.
 
 Hybrid mode sends one `query_points` request with two prefetches, dense cosine and the local BM25-style sparse
-vector (`chains.sparse`), each fetching several times `k` candidates, fused by reciprocal rank (RRF). It goes to
-the Qdrant client directly rather than through langchain-qdrant's hybrid mode, which prefetches only `k` per
-vector and needs a FastEmbed model download; it still is a LangChain `BaseRetriever` returning `Document`s.
+vector (`chains.sparse`), each fetching several times `k` candidates, fused by Qdrant (DBSF, or RRF with weights).
+With MMR on, that fused list is itself a prefetch and Qdrant's MMR query picks `k` of it. The same request goes to
+a Qdrant server (QDRANT_URL) and to the embedded engine (`chains.edge_client`): the engine searches, fuses and
+diversifies, never this module. It goes to the Qdrant client directly rather than through langchain-qdrant's
+hybrid mode, which prefetches only `k` per vector and needs a FastEmbed model download; it still is a LangChain
+`BaseRetriever` returning `Document`s.
 
 Each document's metadata gains `score`, its dense cosine similarity to the query whatever the mode (what the
-answer's relevance threshold compares), `rank` (1-based), and in hybrid mode `fusion_score` (RRF). Optional
-steps after fusion: a cross-encoder reranker (`chains.rerank`) and MMR for diversity. Per-call options (`k`,
-`sources`, `chapter`) come as keyword arguments to `invoke`/`ainvoke`.
+answer's relevance threshold compares), `rank` (1-based), and in hybrid mode `fusion_score` (Qdrant's score of
+the last step: the fusion's, or MMR's). An optional cross-encoder reranker (`chains.rerank`) orders what Qdrant
+returned. Per-call options (`k`, `sources`, `chapter`) come as keyword arguments to `invoke`/`ainvoke`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,12 +30,12 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 from qdrant_client import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from threadpoolctl import threadpool_limits
 
 from chains.errors import DependencyUnavailable
-from chains.local_index import LocalIndex
 from chains.rerank import Reranker
 from chains.settings import Settings
-from chains.sparse import SparseEncoding, encode_query
+from chains.sparse import encode_query
 from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore
 
 logger = logging.getLogger(__name__)
@@ -64,23 +66,14 @@ def cosine_similarities(query: Sequence[float], vectors: Sequence[Sequence[float
     return [float(d / n) if n else 0.0 for d, n in zip(dots, norms, strict=True)]
 
 
-def mmr_order(relevance: Sequence[float], vectors: Sequence[Sequence[float]], k: int, lambda_mult: float) -> list[int]:
-    """Maximal marginal relevance: pick, one at a time, the candidate most relevant and least like those picked."""
-    matrix = np.asarray(vectors, dtype=np.float32)
-    matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    similarity = matrix @ matrix.T
-    gains = np.asarray(relevance, dtype=np.float32)
-    picked: list[int] = []
-    redundancy = np.zeros(len(relevance), dtype=np.float32)
-    available = np.ones(len(relevance), dtype=bool)
-    while available.any() and len(picked) < k:
-        score = lambda_mult * gains - (1 - lambda_mult) * redundancy
-        score[~available] = -np.inf
-        best = int(np.argmax(score))
-        picked.append(best)
-        available[best] = False
-        redundancy = np.maximum(redundancy, similarity[best])
-    return picked
+def limit_blas_threads() -> None:
+    """One BLAS thread for this process: call once at start-up of a server.
+
+    Requests are a server's parallelism. A multi-threaded BLAS on small per-request numpy work (the cosine of k
+    passages, the highlights' sentence scores) only makes its threads wait on each other: measured with 5,000
+    chunks on 2 busy cores, a numpy search took 8 ms with 2 BLAS threads and 3.4 ms with one.
+    """
+    threadpool_limits(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,35 +81,6 @@ class _Options:
     filter: models.Filter | None
     sources: Sequence[str] | None
     chapter: str | None
-
-
-def distribution_based_fusion(lists: Sequence[Sequence[tuple[str, float]]]) -> list[tuple[str, float]]:
-    """Qdrant's DBSF: each list's scores mapped from [mean - 3 sd, mean + 3 sd] onto [0, 1], then added."""
-    fused: dict[str, float] = {}
-    for ranked in lists:
-        if not ranked:
-            continue
-        scores = [score for _, score in ranked]
-        if len(scores) == 1:
-            normalised = [0.5]
-        else:
-            mean = sum(scores) / len(scores)
-            sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1))
-            normalised = [0.5] * len(scores) if sd == 0 else [(s - mean + 3 * sd) / (6 * sd) for s in scores]
-        for (point_id, _), value in zip(ranked, normalised, strict=True):
-            fused[point_id] = fused.get(point_id, 0.0) + value
-    return sorted(fused.items(), key=lambda item: -item[1])
-
-
-def reciprocal_rank_fusion(
-    lists: Sequence[Sequence[tuple[str, float]]], weights: Sequence[float], constant: int = 2
-) -> list[tuple[str, float]]:
-    """Qdrant's weighted RRF: a point at 0-based position p of a list with weight w gains 1 / ((p + 1) / w + k - 1)."""
-    fused: dict[str, float] = {}
-    for ranked, weight in zip(lists, weights, strict=True):
-        for position, (point_id, _) in enumerate(ranked):
-            fused[point_id] = fused.get(point_id, 0.0) + 1 / ((position + 1) / weight + constant - 1)
-    return sorted(fused.items(), key=lambda item: -item[1])
 
 
 class BookRetriever(BaseRetriever):
@@ -135,11 +99,13 @@ class BookRetriever(BaseRetriever):
     candidates_per_k: int = 4
     min_candidates: int = 20
     reranker: Reranker | None = None
-    # Local mode only (QDRANT_ENGINE=local): search an in-memory copy of the vectors (chains.local_index), not
-    # local mode's loops. A server and the edge engine search, fuse and filter themselves (`query_points`).
-    local_index: LocalIndex | None = None
+    # Qdrant's MMR over the fused candidates: relevance (the dense cosine) weighted by lambda, likeness to the
+    # passages already picked by 1 - lambda (Qdrant's `diversity`).
     mmr: bool = False
     mmr_lambda: float = 0.7
+    # HNSW beam width of the dense search (None: Qdrant's default, ef_construct); only a collection larger than
+    # QDRANT_EXACT_UP_TO_CHUNKS has a graph to search, smaller ones are searched exactly.
+    hnsw_ef: int | None = None
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -157,9 +123,9 @@ class BookRetriever(BaseRetriever):
             candidates_per_k=settings.retrieval_candidates_per_k,
             min_candidates=settings.retrieval_min_candidates,
             reranker=reranker,
-            local_index=LocalIndex(settings.qdrant_collection) if settings.searches_in_memory else None,
             mmr=settings.retrieval_mmr,
             mmr_lambda=settings.retrieval_mmr_lambda,
+            hnsw_ef=settings.qdrant_hnsw_ef,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -169,73 +135,40 @@ class BookRetriever(BaseRetriever):
 
     def _query_points(self, vector: list[float], text: str, limit: int, options: _Options) -> list[models.ScoredPoint]:
         sparse = encode_query(text) if self.mode == "hybrid" else None
-        if self.local_index is not None:
-            return self._query_in_memory(vector, sparse, limit, options)
-        client = self.vector_store.client
-        collection = self.vector_store.collection_name
-        if not sparse:  # dense mode, or a query with no indexable words
-            return client.query_points(
-                collection,
-                query=vector,
-                using=DENSE_VECTOR,
-                query_filter=options.filter,
-                limit=limit,
-                with_payload=True,
-                with_vectors=[DENSE_VECTOR],
-            ).points
-        prefetch_limit = self.candidate_count(limit)
-        prefetch = [
-            models.Prefetch(query=vector, using=DENSE_VECTOR, filter=options.filter, limit=prefetch_limit),
-            models.Prefetch(
-                query=models.SparseVector(indices=sparse.indices, values=sparse.values),
-                using=SPARSE_VECTOR,
-                filter=options.filter,
-                limit=prefetch_limit,
-            ),
-        ]
-        return client.query_points(
-            collection,
+        candidates = self.candidate_count(limit)
+        params = None if self.hnsw_ef is None else models.SearchParams(hnsw_ef=self.hnsw_ef)
+        prefetch: list[models.Prefetch] | models.Prefetch | None = None
+        query: Any = vector
+        using: str | None = DENSE_VECTOR
+        if sparse:  # hybrid mode with a query that has indexable words
+            prefetch = [
+                models.Prefetch(
+                    query=vector, using=DENSE_VECTOR, filter=options.filter, limit=candidates, params=params
+                ),
+                models.Prefetch(
+                    query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                    using=SPARSE_VECTOR,
+                    filter=options.filter,
+                    limit=candidates,
+                ),
+            ]
+            query, using = self._fusion_query(), None
+        if self.mmr:
+            if prefetch is not None:  # MMR picks among the fused candidates
+                prefetch = models.Prefetch(prefetch=prefetch, query=query, filter=options.filter, limit=candidates)
+            mmr = models.Mmr(diversity=1.0 - self.mmr_lambda, candidates_limit=candidates)
+            query, using = models.NearestQuery(nearest=vector, mmr=mmr), DENSE_VECTOR
+        return self.vector_store.client.query_points(
+            self.vector_store.collection_name,
+            search_params=params if prefetch is None else None,
             prefetch=prefetch,
-            query=self._fusion_query(),
+            query=query,
+            using=using,
             query_filter=options.filter,
             limit=limit,
             with_payload=True,
             with_vectors=[DENSE_VECTOR],
         ).points
-
-    def _query_in_memory(
-        self, vector: list[float], sparse: SparseEncoding | None, limit: int, options: _Options
-    ) -> list[models.ScoredPoint]:
-        """What `query_points` would answer, searched in the embedded store's in-memory index (same fusion)."""
-        assert self.local_index is not None
-        client = self.vector_store.client
-        collection = self.vector_store.collection_name
-        if not sparse:
-            chosen = self.local_index.dense(client, vector, limit, options.sources, options.chapter)
-        else:
-            candidates = self.candidate_count(limit)
-            lists = [
-                self.local_index.dense(client, vector, candidates, options.sources, options.chapter),
-                self.local_index.sparse(client, sparse, candidates, options.sources, options.chapter),
-            ]
-            if self.fusion == "dbsf":
-                fused = distribution_based_fusion(lists)
-            else:
-                fused = reciprocal_rank_fusion(lists, [1.0, self.sparse_weight])
-            chosen = fused[:limit]
-        if not chosen:
-            return []
-        records = {
-            str(r.id): r
-            for r in client.retrieve(
-                collection, [point_id for point_id, _ in chosen], with_payload=True, with_vectors=[DENSE_VECTOR]
-            )
-        }
-        return [
-            models.ScoredPoint(id=record.id, version=0, score=score, payload=record.payload, vector=record.vector)
-            for point_id, score in chosen
-            if (record := records.get(point_id)) is not None
-        ]
 
     def _fusion_query(self) -> models.Query:
         if self.fusion == "dbsf":
@@ -245,17 +178,18 @@ class BookRetriever(BaseRetriever):
         return models.RrfQuery(rrf=models.Rrf(weights=[1.0, self.sparse_weight]))
 
     def _search(self, vector: list[float], text: str, k: int, options: _Options) -> list[Document]:
-        rearranging = self.reranker is not None or self.mmr
-        limit = self.candidate_count(k) if rearranging else k
+        # The reranker orders more candidates than it keeps; MMR (in Qdrant) already picked k.
+        limit = self.candidate_count(k) if self.reranker is not None and not self.mmr else k
         attempt = 0
         while True:
             try:
                 started = time.perf_counter()
                 points = self._query_points(vector, text, limit, options)
                 logger.debug(
-                    "qdrant %s query (%s): %d points in %.1f ms",
+                    "qdrant %s query (%s%s): %d points in %.1f ms",
                     self.mode,
-                    "in-memory index" if self.local_index is not None else "server",
+                    self.fusion if self.mode == "hybrid" else "cosine",
+                    " + MMR" if self.mmr else "",
                     len(points),
                     (time.perf_counter() - started) * 1000,
                 )
@@ -292,11 +226,6 @@ class BookRetriever(BaseRetriever):
             for document, score in zip(documents, scores, strict=True):
                 document.metadata["rerank_score"] = score
             order.sort(key=lambda i: -scores[i])
-        if self.mmr and documents and all(vectors):
-            # Relevance is the dense cosine, as in LangChain's MMR; the candidates are what fusion/reranking kept.
-            relevance = [float(documents[i].metadata["score"]) for i in order]
-            picked = mmr_order(relevance, [vectors[i] for i in order], k, self.mmr_lambda)
-            order = [order[i] for i in picked]
         ranked = [documents[i] for i in order[:k]]
         for rank, document in enumerate(ranked, start=1):
             document.metadata["rank"] = rank
@@ -308,22 +237,10 @@ class BookRetriever(BaseRetriever):
         return k, _Options(build_filter(sources, chapter), sources, chapter)
 
     def warm(self) -> None:
-        """Read the embedded store's vectors into the in-memory index now (start-up), not at the first question:
-        at 100,000 chunks that read takes tens of seconds. A failure is left for the first question to report."""
-        if self.local_index is None:
-            return
-        started = time.perf_counter()
-        try:
-            self.local_index.load(self.vector_store.client)
-        except Exception as exc:  # Qdrant trouble shows in /ready and at the first question, with its own error
-            logger.warning("could not read the embedded store into memory at start-up: %s", exc)
-            return
-        logger.info("in-memory index of the embedded store read in %.1f s", time.perf_counter() - started)
+        """Nothing to read ahead: the engine opened its indexes with the store (kept for the start-up code)."""
 
     def forget_local_index(self) -> None:
-        """Make the next query re-read the embedded store's vectors (after an ingest in this process)."""
-        if self.local_index is not None:
-            self.local_index.invalidate()
+        """Nothing to forget: the engine sees its own writes (kept for callers from the in-memory index's time)."""
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any

@@ -44,9 +44,8 @@ class Settings(BaseSettings):
     qdrant_path: Path = Path("data/qdrant")
     qdrant_collection: str = Field(DEFAULT_COLLECTION, pattern=r"^[A-Za-z0-9_\-]{1,255}$")
     qdrant_timeout_s: float = Field(10.0, gt=0, le=300)
-    # The embedded store's engine (without QDRANT_URL): qdrant-client's local mode searched through an in-memory
-    # index (`local`, the default), or Qdrant's own engine in-process (`edge`, qdrant-edge-py: chains/edge_client.py).
-    qdrant_engine: Literal["local", "edge"] = "local"
+    # Without QDRANT_URL the store is Qdrant's own engine in this process (qdrant-edge-py, chains/edge_client.py),
+    # in QDRANT_PATH/edge; a store left by qdrant-client's local mode (before 0.9) is migrated on first open.
     # Collection layout, applied when the collection is created (an existing collection keeps its own):
     # shards and replicas for a cluster (QDRANT_SHARDS is the older name of QDRANT_SHARD_NUMBER), how many
     # replicas must confirm a write, vectors and payload on disk, quantized vectors kept in RAM, HNSW options.
@@ -59,6 +58,12 @@ class Settings(BaseSettings):
     qdrant_quantization: Literal["none", "scalar", "binary"] = "none"
     qdrant_hnsw_m: int | None = Field(None, ge=4, le=128)
     qdrant_hnsw_ef_construct: int | None = Field(None, ge=4, le=1024)
+    # A collection of up to this many chunks is searched exactly (no HNSW graph: Qdrant's indexing threshold set
+    # just above that many dense vectors, embedded and on a server); above it, HNSW searched with beam width
+    # QDRANT_HNSW_EF (256: recall@5 0.98 against 0.87 at 20k chunks). 0: Qdrant's own threshold (~6,600 chunks
+    # of 384 dimensions). docs/benchmarks.md, "The engine as the embedded default", has the measurements.
+    qdrant_exact_up_to_chunks: int = Field(20_000, ge=0, le=10_000_000)
+    qdrant_hnsw_ef: int | None = Field(256, ge=4, le=4096)
 
     # Embeddings: a packaged local model by default, OpenAI (or compatible) when chosen.
     embedding_provider: Literal["local", "openai"] = "local"
@@ -259,11 +264,6 @@ class Settings(BaseSettings):
     @property
     def uses_qdrant_server(self) -> bool:
         return self.qdrant_url is not None
-
-    @property
-    def searches_in_memory(self) -> bool:
-        """The embedded store in local mode, whose own search is Python loops: the retriever uses chains.local_index."""
-        return not self.uses_qdrant_server and self.qdrant_engine == "local"
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redactor."""

@@ -6,18 +6,13 @@ can read the collection, with a named dense vector so that a sparse one can sit 
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
-import pickle
 import sqlite3
-import threading
 import uuid
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -25,7 +20,7 @@ from langchain_qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from chains.errors import CollectionMismatch, DependencyUnavailable, StoreDamaged
+from chains.errors import CollectionMismatch
 from chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,42 +38,7 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
 # Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
 _ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")
 _INTERNAL_KEYS = ("_id", "_collection_name")
-_R = TypeVar("_R")
-
-
-def _serialised(method: Callable[..., _R]) -> Callable[..., _R]:
-    @functools.wraps(method)
-    def call(self: EmbeddedQdrantClient, *args: Any, **kwargs: Any) -> _R:
-        with self.store_lock:
-            return method(self, *args, **kwargs)
-
-    return call
-
-
-class EmbeddedQdrantClient(QdrantClient):
-    """The embedded store's client, every public call under one lock.
-
-    On purpose: qdrant-client's local mode is not thread-safe. A query thread scrolling a collection while the
-    ingest thread upserts into it fails inside local mode (`IndexError: index 200 is out of bounds`), and the
-    service runs queries, health probes and the admin ingest in worker threads. Local mode searches in Python
-    under the GIL anyway, so one lock (re-entrant: a public method may call another) costs no parallelism; an
-    upsert batch holds it for a few milliseconds. A Qdrant server is safe under concurrency and gets no lock.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.store_lock = threading.RLock()
-        super().__init__(path=path)
-
-
-for _name, _member in list(vars(QdrantClient).items()):
-    if not _name.startswith("_") and inspect.isfunction(_member):
-        setattr(EmbeddedQdrantClient, _name, _serialised(_member))
-
-
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-# What qdrant-client's local mode raises on files it cannot read: sqlite on a damaged database, pickle on a
-# garbled point, json/pydantic on a garbled meta.json.
-_DAMAGE_ERRORS = (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, json.JSONDecodeError, KeyError)
 
 
 def damaged_store_message(path: Path, file: Path | str, what: str) -> str:
@@ -90,7 +50,8 @@ def damaged_store_message(path: Path, file: Path | str, what: str) -> str:
 
 
 def local_store_problem(path: Path, deep: bool = False) -> str | None:
-    """What is wrong with the embedded store's files, checked without opening it (None: nothing seen).
+    """What is wrong with the local-mode files at `path` (an embedded store from before the edge engine, not yet
+    migrated), checked without opening them (None: nothing seen).
 
     Local mode keeps `meta.json` (the collections) and `collection/<name>/storage.sqlite` (their points). A
     collection listed with its storage file gone would open as an empty collection and be served as an empty
@@ -133,37 +94,18 @@ def local_store_problem(path: Path, deep: bool = False) -> str | None:
 def build_qdrant_client(settings: Settings) -> QdrantClient:
     """A client for the configured server, or for the embedded on-disk store (one process at a time).
 
-    Raises `StoreDamaged` (naming the file and what to do) when the embedded store's files are damaged.
+    The embedded store is Qdrant's own engine in this process (`chains.edge_client`); a store left by
+    qdrant-client's local mode is moved into it on the first open (`chains.store_migration`). Raises
+    `StoreDamaged` (naming the file and what to do) when such local-mode files are damaged, and
+    `DependencyUnavailable` when another process holds the store.
     """
     if settings.qdrant_url is not None:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantClient(url=str(settings.qdrant_url), api_key=api_key, timeout=int(settings.qdrant_timeout_s))
-    settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-    if settings.qdrant_engine == "edge":
-        from chains.edge_client import open_edge_client
+    from chains.edge_client import open_edge_client
 
-        return open_edge_client(settings)
-    problem = local_store_problem(settings.qdrant_path)
-    if problem is not None:
-        raise StoreDamaged(problem)
-    try:
-        return EmbeddedQdrantClient(str(settings.qdrant_path))
-    except _DAMAGE_ERRORS as exc:
-        problem = local_store_problem(settings.qdrant_path, deep=True)
-        if problem is None:  # sound SQLite, but a stored point (or the collection list) does not load
-            files = sorted(str(f) for f in settings.qdrant_path.glob("collection/*/storage.sqlite"))
-            where = f"a stored point in {' or '.join(files)}" if files else str(settings.qdrant_path / "meta.json")
-            problem = damaged_store_message(settings.qdrant_path, where, f"cannot be read ({type(exc).__name__})")
-        raise StoreDamaged(problem) from exc
-    except RuntimeError as exc:
-        if "already accessed by another instance" in str(exc):
-            raise DependencyUnavailable(
-                "qdrant",
-                f"the embedded Qdrant store at {settings.qdrant_path} is open in another process "
-                "(the embedded store allows one process at a time). Stop that process (e.g. the API server), "
-                "or run Qdrant as a server (docker compose up -d qdrant) and set QDRANT_URL.",
-            ) from exc
-        raise
+    settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+    return open_edge_client(settings)
 
 
 def point_id(key: str) -> str:
@@ -209,9 +151,7 @@ def ensure_payload_indexes(
     search works without an index (only slower on a server), so it must not stop start-up or ingest.
 
     On purpose: an existing collection's indexes are built with `wait=False`, so that a large collection does not
-    hold start-up while the server indexes it. A field indexed with another type (by hand) is left as it is. The
-    embedded store accepts payload indexes but keeps none (it reports an empty `payload_schema`), so there this
-    asks for every index again at each start-up, which costs nothing.
+    hold start-up while the server indexes it. A field indexed with another type (by hand) is left as it is.
     """
     for field, info in payload_schema.items():
         wanted = INDEXED_FIELDS.get(field)
@@ -223,25 +163,24 @@ def ensure_payload_indexes(
                 info.data_type,
                 wanted.value,
             )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
-        for field, schema in missing_payload_indexes(payload_schema).items():
-            try:
-                client.create_payload_index(name, field_name=field, field_schema=schema, wait=wait)
-            except (UnexpectedResponse, ResponseHandlingException) as exc:
-                logger.warning(
-                    "could not create the payload index %s on collection %s (%s): filtered search by it runs "
-                    "unindexed; create it by hand or with an API key that may",
-                    field,
-                    name,
-                    exc,
-                )
+    for field, schema in missing_payload_indexes(payload_schema).items():
+        try:
+            client.create_payload_index(name, field_name=field, field_schema=schema, wait=wait)
+        except (UnexpectedResponse, ResponseHandlingException) as exc:
+            logger.warning(
+                "could not create the payload index %s on collection %s (%s): filtered search by it runs "
+                "unindexed; create it by hand or with an API key that may",
+                field,
+                name,
+                exc,
+            )
 
 
 def collection_layout(settings: Settings, dimension: int) -> dict[str, Any]:
     """The `create_collection` arguments that the settings ask for (a pure function, so tests can read it).
 
-    HNSW and quantization are set on the dense vector itself: the sparse vector takes neither. `on_disk` and
+    HNSW and quantization are set on the dense vector itself: the sparse vector takes neither. The indexing
+    threshold keeps a book-sized collection exact (`optimizers_config`). `on_disk` and
     `on_disk_payload` are the deprecated spellings in qdrant-client 1.20, kept on purpose: servers before 1.20
     do not know their replacement (`memory`). The embedded store ignores shards, replication, write consistency
     and payload placement (it is one process with no cluster); a server applies them.
@@ -260,11 +199,22 @@ def collection_layout(settings: Settings, dimension: int) -> dict[str, Any]:
     return {
         "vectors_config": {DENSE_VECTOR: dense},
         "sparse_vectors_config": {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        "optimizers_config": optimizers_config(settings, dimension),
         "shard_number": settings.qdrant_shard_number,
         "replication_factor": settings.qdrant_replication_factor,
         "write_consistency_factor": settings.qdrant_write_consistency_factor,
         "on_disk_payload": on_disk,
     }
+
+
+def optimizers_config(settings: Settings, dimension: int) -> models.OptimizersConfigDiff | None:
+    """Qdrant's indexing threshold (KB of vectors a segment must exceed to get an HNSW graph) for
+    QDRANT_EXACT_UP_TO_CHUNKS float32 vectors of `dimension`, plus a tenth: a collection of that many chunks
+    exactly was measured to get a graph at the bare size (bench.edge_bench --parts exact)."""
+    if not settings.qdrant_exact_up_to_chunks:
+        return None
+    kilobytes = -(-settings.qdrant_exact_up_to_chunks * dimension * 4 * 11 // (10 * 1024))
+    return models.OptimizersConfigDiff(indexing_threshold=kilobytes)
 
 
 def quantization_config(kind: str) -> models.QuantizationConfig | None:

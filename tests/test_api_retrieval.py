@@ -75,17 +75,6 @@ async def test_ask_with_a_filter_that_matches_nothing_is_a_422_not_a_false_refus
     assert model.prompts == []
 
 
-async def test_start_up_reads_the_embedded_store_into_the_in_memory_index_before_any_question(
-    settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, indexed_book: Path
-) -> None:
-    if not settings.searches_in_memory:
-        pytest.skip("a Qdrant server and the edge engine search themselves: there is no in-memory index to read")
-    async for app, _ in app_client(settings, embeddings, qdrant, None):
-        index = app.state.rag.retriever.local_index
-        assert index is not None and index._postings is not None
-        assert index._postings.point_count == qdrant.count(settings.qdrant_collection, exact=True).count > 0
-
-
 async def test_start_up_limits_blas_to_one_thread_for_the_per_question_numpy_search(
     settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
 ) -> None:

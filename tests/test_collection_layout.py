@@ -47,6 +47,17 @@ def test_default_layout_is_one_shard_one_replica_in_ram_unquantized(settings: Se
     assert layout["sparse_vectors_config"] == {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)}
 
 
+def test_a_book_sized_collection_gets_no_hnsw_graph_embedded_or_on_a_server(settings: Settings) -> None:
+    """The indexing threshold is above QDRANT_EXACT_UP_TO_CHUNKS vectors of the dimension (HNSW recall@5 at
+    10,000 chunks was 0.91-0.95 with Qdrant's own threshold, 1.0 without a graph: docs/benchmarks.md)."""
+    default = collection_layout(settings, 384)["optimizers_config"]
+    assert default.indexing_threshold * 1024 > 20_000 * 384 * 4  # 20,000 chunks of 384 float32 stay exact
+    wide = collection_layout(layout_settings(settings, qdrant_exact_up_to_chunks=5_000), 1536)["optimizers_config"]
+    assert wide.indexing_threshold * 1024 > 5_000 * 1536 * 4
+    assert wide.indexing_threshold * 1024 < 6_000 * 1536 * 4  # and not far above
+    assert collection_layout(layout_settings(settings, qdrant_exact_up_to_chunks=0), 384)["optimizers_config"] is None
+
+
 def test_create_collection_arguments_carry_cluster_and_storage_settings(settings: Settings) -> None:
     configured = layout_settings(
         settings,

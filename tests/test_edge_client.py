@@ -1,9 +1,9 @@
-"""The embedded store on Qdrant's own engine (QDRANT_ENGINE=edge, chains/edge_client.py).
+"""The embedded store on Qdrant's own engine (chains/edge_client.py), the default without QDRANT_URL.
 
-Real engine, real embedding model, the project's own indexer. The rest of the suite runs against it too with
-`QDRANT_ENGINE=edge` in the environment (docs/benchmarks.md names the files that pass); here: parity with today's
-embedded path, LangChain's standard suites, concurrent queries during writes, the one-process lock, and the clear
-error for a call it does not translate.
+Real engine, real embedding model, the project's own indexer. The rest of the suite runs against it too; here:
+parity with qdrant-client's own implementation of the same query API (its local mode, the previous embedded
+store), LangChain's standard suites, concurrent queries during writes, the one-process lock, and the clear error
+for a call it does not translate.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests
-from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
 
 from chains.edge_client import EdgeClient
@@ -42,7 +41,6 @@ QUESTIONS = ("What does error ZX-4471 mean?", "moisture-log --probe A3", "when t
 def edge_settings(tmp_path: Path, **values: object) -> Settings:
     chosen: dict[str, object] = {
         "qdrant_url": None,
-        "qdrant_engine": "edge",
         "qdrant_path": tmp_path / "qdrant",
         "qdrant_collection": f"edge_{uuid.uuid4().hex[:12]}",
         **values,
@@ -68,16 +66,10 @@ def edge(tmp_path: Path) -> Iterator[tuple[QdrantClient, Settings]]:
     client.close()
 
 
-def test_the_setting_names_the_engines(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="qdrant_engine"):
-        edge_settings(tmp_path, qdrant_engine="sqlite")
-    assert edge_settings(tmp_path).searches_in_memory is False
-    local = edge_settings(tmp_path, qdrant_engine="local")
-    assert local.searches_in_memory is True
-
-
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+@pytest.mark.filterwarnings("ignore:Local mode performs exact")  # the reference ignores QDRANT_HNSW_EF
 @pytest.mark.parametrize(("mode", "fusion"), [("hybrid", "dbsf"), ("dense", "dbsf"), ("hybrid", "rrf")])
-def test_edge_ranks_as_todays_embedded_path(
+def test_edge_ranks_as_qdrant_clients_own_query_api(
     tmp_path: Path,
     embeddings: LocalEmbeddings,
     codes_book: Path,
@@ -85,11 +77,12 @@ def test_edge_ranks_as_todays_embedded_path(
     mode: str,
     fusion: str,
 ) -> None:
-    """The same book, ingested by the indexer into local mode (searched by the in-memory index) and into the
-    edge engine (searched, fused and filtered by Qdrant's engine): the same passages in the same order."""
+    """The same book, ingested by the indexer into qdrant-client's local mode (the same `query_points` request,
+    prefetches and fusion computed by qdrant-client in Python) and into the edge engine (computed by Qdrant's
+    engine): the same passages in the same order."""
     edge_client, settings = edge
-    local_settings = settings.model_copy(update={"qdrant_engine": "local", "qdrant_path": tmp_path / "local"})
-    local_client = build_qdrant_client(local_settings)
+    local_settings = settings.model_copy(update={"qdrant_path": tmp_path / "local"})
+    local_client = QdrantClient(path=str(local_settings.qdrant_path))
     try:
         assert isinstance(edge_client, EdgeClient) and not isinstance(local_client, EdgeClient)
         for client, where in ((edge_client, settings), (local_client, local_settings)):
@@ -104,7 +97,6 @@ def test_edge_ranks_as_todays_embedded_path(
         today = BookRetriever.from_settings(
             build_vector_store(local_client, local_settings, embeddings), local_settings.model_copy(update=options)
         )
-        assert on_edge.local_index is None and today.local_index is not None
         for question in QUESTIONS:
             for call in ({"k": 4}, {"k": 3, "sources": ["book/code-1.md", "book/pruning.md"]}):
                 got = on_edge.invoke(question, **call)
@@ -189,7 +181,7 @@ def test_a_store_open_elsewhere_is_refused_with_the_way_out(
 
 def test_a_call_it_does_not_translate_names_itself(edge: tuple[QdrantClient, Settings]) -> None:
     client, _ = edge
-    with pytest.raises(NotImplementedError, match=r"QdrantClient\.recommend .*QDRANT_ENGINE=edge"):
+    with pytest.raises(NotImplementedError, match=r"QdrantClient\.recommend .*embedded.*QDRANT_URL"):
         client.recommend("any", positive=[1])
 
 

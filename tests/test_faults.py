@@ -28,6 +28,7 @@ from qdrant_client import QdrantClient
 from bench.fake_model_server import build_app as build_fake_model_server
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
+from chains.vectorstore import build_qdrant_client
 from rag_api.app import create_app
 from rag_api.state import Overrides
 from tests.conftest import QDRANT_URL, app_client, ingest_into
@@ -180,7 +181,7 @@ async def test_embedded_store_closed_before_a_stream_is_http_503_for_openai_and_
 async def test_embedded_store_held_by_another_client_starts_degraded_and_recovers_by_itself(
     settings: Settings, embeddings: LocalEmbeddings, book_dir: Path
 ) -> None:
-    holder = QdrantClient(path=str(settings.qdrant_path))  # like rag-ingest holding the store
+    holder = build_qdrant_client(settings)  # like rag-ingest holding the store
     ingest_into(holder, embeddings, settings, book_dir)
     overrides = Overrides(chat_model=scripted_model(ANSWER), embeddings=embeddings)
     async for client in client_for(settings, overrides):

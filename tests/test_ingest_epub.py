@@ -19,7 +19,7 @@ from chains.catalogue import match_source
 from chains.embeddings import LocalEmbeddings
 from chains.errors import DocumentError
 from chains.settings import Settings
-from chains.vectorstore import ensure_collection
+from chains.vectorstore import build_qdrant_client, ensure_collection
 from ingest.epub import load_epub
 from ingest.indexer import Indexer, IngestReport
 from ingest.loaders import IngestLimits
@@ -240,7 +240,7 @@ def test_broken_and_drm_epubs_are_named_as_failed_while_the_rest_goes_in(setting
     )
     assert "fonts.epub" not in errors and "orchard.epub" not in errors
     assert "(3 failed," in result.stdout
-    client = QdrantClient(path=str(settings.qdrant_path))
+    client = build_qdrant_client(settings)
     try:
         sources = {p["metadata"]["source"] for p in stored(client, settings).values()}
     finally:
@@ -370,7 +370,7 @@ def test_a_deleted_epub_is_pruned_with_its_folder_and_deleted_by_its_name(settin
     assert all(f"pruned second.epub/text/{name}" in pruned.stdout for name in SPINE)
     deleted = run_cli(settings, "--delete", "orchard.epub", "-q")
     assert deleted.exit_code == 0, deleted.output
-    client = QdrantClient(path=str(settings.qdrant_path))
+    client = build_qdrant_client(settings)
     try:
         assert stored(client, settings) == {}
     finally:

@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient, models
 from chains.embeddings import LocalEmbeddings
 from chains.errors import CollectionMismatch, ConfigurationError
 from chains.rerank import Reranker, build_reranker
-from chains.retrieval import BookRetriever, mmr_order
+from chains.retrieval import BookRetriever
 from chains.settings import Settings
 from chains.vectorstore import (
     DENSE_VECTOR,
@@ -125,12 +125,6 @@ def test_mmr_skips_a_near_duplicate_passage(
     assert {d.metadata["source"] for d in diverse} == {plain[0].metadata["source"], "dupes/c.md"}
 
 
-def test_mmr_order_prefers_relevant_then_different() -> None:
-    vectors = [[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]]
-    assert mmr_order([1.0, 0.95, 0.6], vectors, 2, lambda_mult=0.5) == [0, 2]
-    assert mmr_order([1.0, 0.95, 0.6], vectors, 2, lambda_mult=1.0) == [0, 1]
-
-
 class ShortestFirst(Reranker):
     """A stand-in cross-encoder: scores shorter passages higher, so its effect on the order is plain to see."""
 
@@ -213,51 +207,7 @@ class TestBookRetrieverStandard(RetrieversIntegrationTests):
         return "What does the logger's error code mean?"
 
 
-@pytest.mark.parametrize(("mode", "fusion"), [("hybrid", "dbsf"), ("hybrid", "rrf"), ("dense", "dbsf")])
-def test_in_memory_index_ranks_as_qdrants_query_api(
-    qdrant: QdrantClient,
-    embeddings: LocalEmbeddings,
-    settings: Settings,
-    error_code_book: Path,
-    book_dir: Path,
-    mode: str,
-    fusion: str,
-) -> None:
-    assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed
-    assert not ingest_into(qdrant, embeddings, settings, book_dir).failed
-    store = build_vector_store(qdrant, settings, embeddings)
-    embedded = BookRetriever.from_settings(store, with_settings(settings, retrieval_mode=mode, retrieval_fusion=fusion))
-    through_qdrant = embedded.model_copy(update={"local_index": None})
-    if not settings.searches_in_memory:
-        pytest.skip("a Qdrant server and the edge engine search themselves: there is no in-memory index")
-    assert embedded.local_index is not None
-    cases: list[dict[str, object]] = [
-        {"k": 4},
-        {"k": 3, "sources": ["codes/code-1.md", "codes/code-4.md", "book/pruning.md"]},
-        {"k": 3, "chapter": "Logger error codes"},
-    ]
-    for question in ("What does error ZX-4471 mean?", "moisture-log --probe A3", "when to prune apple trees"):
-        for options in cases:
-            mine = embedded.invoke(question, **options)
-            theirs = through_qdrant.invoke(question, **options)
-            assert mine[0].id == theirs[0].id, (question, options)
-            if fusion == "rrf":
-                continue  # ranks of equal sparse scores may differ, and RRF sums ranks: only the best is certain
-            key = "fusion_score" if mode == "hybrid" else "score"
-            assert [d.metadata[key] for d in mine] == pytest.approx([d.metadata[key] for d in theirs], rel=1e-4), (
-                question,
-                options,
-            )
-            # Points with equal scores may come in either order (the store does not promise one).
-            assert untied_ids(mine, key) == untied_ids(theirs, key), (question, options)
-
-
-def untied_ids(documents: list[Document], key: str) -> list[str | None]:
-    scores = [round(d.metadata[key], 4) for d in documents]
-    return [d.id if scores.count(score) == 1 else None for d, score in zip(documents, scores, strict=True)]
-
-
-def test_in_memory_index_follows_the_collection(
+def test_each_ingest_is_searched_at_once(
     qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, error_code_book: Path
 ) -> None:
     assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed
@@ -268,27 +218,7 @@ def test_in_memory_index_follows_the_collection(
     assert "QQ-9" in retriever.invoke("QQ-9", k=1)[0].page_content
     (error_code_book / "code-9.md").write_text("# Logger error codes\n\nError RR-7 means the lid is open.\n")
     assert not ingest_into(qdrant, embeddings, settings, error_code_book).failed  # as many points as before
-    retriever.forget_local_index()
     assert "RR-7" in retriever.invoke("RR-7", k=1)[0].page_content
-
-
-def test_top_k_by_partition_equals_a_stable_sort_of_every_candidate_ties_included() -> None:
-    import numpy as np
-
-    from chains.local_index import _Postings, _top
-
-    rng = np.random.default_rng(7)
-    count = 500
-    scores = rng.integers(0, 20, count).astype(np.float32)  # many ties
-    keep = rng.random(count) > 0.3
-    postings = _Postings(
-        [f"p{i}" for i in range(count)], {}, np.zeros(count, np.int32), {}, np.zeros(count, np.int32),
-        np.zeros((count, 2), np.float32), np.ones(count, bool), {}, {}, count, np.ones(count, bool),
-    )  # fmt: skip
-    for limit in (1, 5, 20, 400, 1000):
-        candidates = np.flatnonzero(keep)
-        expected = candidates[np.argsort(-scores[candidates], kind="stable")[:limit]]
-        assert _top(postings, scores, keep, limit) == [(f"p{i}", float(scores[i])) for i in expected]
 
 
 def test_each_qdrant_query_is_logged_at_debug_with_its_mode_and_time(

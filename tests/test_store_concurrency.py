@@ -1,10 +1,11 @@
 """Queries while an admin ingest writes to the embedded store: never a 5xx, and every chunk stored exactly once.
 
-qdrant-client's local mode is not thread-safe; the service runs queries and the admin ingest in worker threads,
-so without the client's lock (`chains.vectorstore.EmbeddedQdrantClient`) a query's scroll meets an upsert midway
-(`IndexError: index 200 is out of bounds`). The embedding model here is LangChain's deterministic fake on
-purpose: what is under test is the store, and the real model would take minutes to embed the thousands of
-chunks that make the writes many and long enough for collisions to be likely.
+The service runs queries and the admin ingest in worker threads on one client; the embedded store is Qdrant's
+engine in-process (`chains.edge_client`), safe under concurrent reads and writes with no lock of ours (the
+previous embedded store, qdrant-client's local mode, failed here with `IndexError: index 200 is out of bounds`).
+The embedding model here is LangChain's deterministic fake on purpose: what is under test is the store, and the
+real model would take minutes to embed the thousands of chunks that make the writes many and long enough for
+collisions to be likely.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from pydantic import SecretStr
 from qdrant_client import QdrantClient
 
+from chains.edge_client import EdgeClient
 from chains.settings import Settings
-from chains.vectorstore import METADATA_KEY, EmbeddedQdrantClient
+from chains.vectorstore import METADATA_KEY
 from tests.conftest import QDRANT_URL, app_client
 
 pytestmark = pytest.mark.integration
@@ -56,11 +58,11 @@ async def query_until(http: AsyncClient, stop: asyncio.Event, statuses: list[int
             errors.append(response.text[:300])
 
 
-@pytest.mark.skipif(QDRANT_URL is not None, reason="the embedded store's lock; a server is safe on its own")
+@pytest.mark.skipif(QDRANT_URL is not None, reason="the embedded engine; a server is tested by its makers")
 async def test_queries_during_an_admin_ingest_never_fail_and_every_chunk_is_stored_once(
     settings: Settings, qdrant: QdrantClient, tmp_path: Path
 ) -> None:
-    assert isinstance(qdrant, EmbeddedQdrantClient)
+    assert isinstance(qdrant, EdgeClient)
     root = tmp_path / "root"
     write_book(root)
     admin = settings.model_copy(

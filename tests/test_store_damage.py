@@ -1,12 +1,11 @@
-"""A damaged embedded store is named (which file, what to do), never served as an empty book and never a
-traceback: at API start-up, in /ready, and in rag-ingest. And a store write failing midway (a full disk) never
-leaves a chapter partly served."""
+"""A damaged embedded store from before the edge engine (qdrant-client local-mode files, moved into the engine on
+the first open) is named (which file, what to do), never served as an empty book, never half-migrated and never a
+traceback: at API start-up, in /ready, and in rag-ingest."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -15,20 +14,19 @@ from httpx import ASGITransport, AsyncClient
 from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
-from chains.errors import DependencyUnavailable, StoreDamaged
-from chains.retrieval import BookRetriever
+from chains.errors import StoreDamaged
 from chains.settings import Settings
-from chains.vectorstore import EmbeddedQdrantClient, build_qdrant_client, build_vector_store, ensure_collection
+from chains.vectorstore import build_qdrant_client
 from ingest.cli import main as ingest_main
-from ingest.indexer import Indexer, discover_files, source_filter
 from rag_api.app import create_app
 from rag_api.main import main as api_main
 from rag_api.state import Overrides
-from tests.conftest import QDRANT_URL, SAMPLE_CHAPTER, ingest_into
+from tests.conftest import QDRANT_URL, ingest_into
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(QDRANT_URL is not None, reason="the embedded store's files"),
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),  # the old store
 ]
 
 
@@ -38,7 +36,8 @@ def storage_of(settings: Settings) -> Path:
 
 @pytest.fixture
 def stored_book(settings: Settings, embeddings: LocalEmbeddings, book_dir: Path) -> Path:
-    client = build_qdrant_client(settings)
+    """The book, ingested by the indexer into a local-mode store (what the previous version kept on disk)."""
+    client = QdrantClient(path=str(settings.qdrant_path))
     try:
         assert not ingest_into(client, embeddings, settings, book_dir).failed
     finally:
@@ -79,6 +78,8 @@ def test_opening_a_damaged_store_names_the_file_and_the_fix(
     message = str(failure.value)
     assert what in message and "restore" in message.lower() and "rag-ingest" in message
     assert str(storage_of(settings)) in message
+    assert (settings.qdrant_path / "meta.json").exists()  # nothing moved aside ...
+    assert not (settings.qdrant_path / "edge" / settings.qdrant_collection).exists()  # ... nor half-copied
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -119,74 +120,3 @@ async def test_ready_is_503_naming_the_damage_never_ok_with_zero_points(
             assert "damaged" in detail and what in detail
             search = await http.post("/search", json={"query": "watering young trees"})
             assert search.status_code == 503
-
-
-async def test_ready_sees_a_storage_file_deleted_under_the_running_server(
-    settings: Settings, embeddings: LocalEmbeddings, stored_book: Path
-) -> None:
-    app = create_app(settings, Overrides(embeddings=embeddings))
-    async with LifespanManager(app) as manager:
-        transport = ASGITransport(app=manager.app)
-        async with AsyncClient(transport=transport, base_url="http://testserver") as http:
-            assert (await http.get("/ready")).status_code == 200
-            storage_of(settings).unlink()
-            ready = await http.get("/ready")
-            assert ready.status_code == 503 and "is missing" in ready.text
-
-
-class DiskFullClient(EmbeddedQdrantClient):
-    """A real embedded store that, once armed, writes only the first `room` points it is given and then fails
-    as a full disk does (each point is persisted on its own in local mode)."""
-
-    room: int | None = None
-
-    def upsert(self, collection_name: str, points: Any, **kwargs: Any) -> Any:
-        if self.room is None:
-            return super().upsert(collection_name, points=points, **kwargs)
-        fits, self.room = points[: self.room], max(self.room - len(points), 0)
-        if fits:
-            super().upsert(collection_name, points=fits, **kwargs)
-        if len(fits) < len(points):
-            raise OSError(28, "No space left on device")
-        return None
-
-
-def test_a_write_failing_midway_never_serves_part_of_a_chapter(
-    settings: Settings, embeddings: LocalEmbeddings, book_dir: Path
-) -> None:
-    small = settings.model_copy(update={"chunk_size_unit": "chars", "chunk_size": 120, "chunk_overlap": 0})
-    client = DiskFullClient(str(small.qdrant_path))
-    try:
-        assert not ingest_into(client, embeddings, small, book_dir).failed
-        old_watering = stored_ids(client, small, "book/watering.md")
-        sentences = [f"Sentence {n} about cider apples, pressed in October by the orchard keeper." for n in range(11)]
-        (book_dir / "cider.md").write_text("# Cider\n\n" + "\n\n".join(sentences), encoding="utf-8")
-        (book_dir / "watering.md").write_text(SAMPLE_CHAPTER.replace("twenty litres", "thirty litres"))
-        client.room = 5  # the disk fills after five more points, midway through the chapters
-        with pytest.raises(DependencyUnavailable):
-            ensure_collection(client, small, embeddings.dimension)
-            Indexer(client, embeddings, small, embeddings.count_tokens, batch_size=64).ingest(
-                list(discover_files([book_dir])), book_dir.parent
-            )
-        client.room = None
-        cider = stored_ids(client, small, "book/cider.md")
-        assert len(cider) > 0  # some of the new chapter's chunks are on disk ...
-        retriever = BookRetriever.from_settings(build_vector_store(client, small, embeddings), small)
-        found = retriever.invoke("cider apples pressed in October", k=20, sources=["book/cider.md"])
-        assert found == []  # ... but a chapter is served whole or not at all
-        watering = retriever.invoke("how much water does a young tree need", k=20, sources=["book/watering.md"])
-        assert watering and {d.id for d in watering} <= old_watering  # the previous complete version
-        assert "thirty litres" not in str([d.page_content for d in watering])
-
-        report = ingest_into(client, embeddings, small, book_dir)  # the next run completes it
-        assert not report.failed
-        retriever.forget_local_index()
-        found = retriever.invoke("cider apples pressed in October", k=20, sources=["book/cider.md"])
-        assert len(found) == len(stored_ids(client, small, "book/cider.md")) > len(cider)
-    finally:
-        client.close()
-
-
-def stored_ids(client: QdrantClient, settings: Settings, source: str) -> set[str]:
-    points, _ = client.scroll(settings.qdrant_collection, scroll_filter=source_filter(source), limit=1000)
-    return {str(p.id) for p in points}

@@ -19,10 +19,9 @@ from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
 from chains.errors import RagError
 from chains.guard import ModelGate
-from chains.local_index import limit_blas_threads
 from chains.models import build_chat_model
 from chains.rerank import build_reranker
-from chains.retrieval import BookRetriever
+from chains.retrieval import BookRetriever, limit_blas_threads
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
 from rag_api.auth import document_optional_keys, require_api_key
