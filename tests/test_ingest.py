@@ -10,6 +10,7 @@ import pytest
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient
 
+from chains.edge_client import EdgeClient
 from chains.embeddings import LocalEmbeddings
 from chains.errors import DependencyUnavailable
 from chains.settings import Settings
@@ -63,8 +64,9 @@ class FailingEmbeddings(Embeddings):
         return self.model.embed_query(text)
 
 
-class FlakyClient(QdrantClient):
-    """A real embedded Qdrant whose `fail_on`-th upsert after arming raises, as a store going down would."""
+class FlakyClient(EdgeClient):
+    """The real embedded store (Qdrant's engine) whose `fail_on`-th upsert after arming raises, as a store going
+    down would."""
 
     fail_on = 0
     upserts = 0
@@ -255,7 +257,7 @@ def test_embedding_failure_during_second_file_keeps_previous_version(
 def test_store_failure_during_an_upsert_keeps_previous_version(
     embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
 ) -> None:
-    client = FlakyClient(path=str(settings.qdrant_path))
+    client = FlakyClient(settings.qdrant_path / "edge")
     try:
         ingest_into(client, embeddings, settings, book_dir)
         before = stored(client, settings)
