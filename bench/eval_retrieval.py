@@ -60,6 +60,7 @@ from chains.embeddings import LocalEmbeddings, packaged_model_path
 from chains.local_index import LocalIndex, limit_blas_threads
 from chains.rerank import CrossEncoderReranker
 from chains.retrieval import BookRetriever
+from chains.sentence_rescore import SENTENCE_KEY, sentence_payloads
 from chains.settings import Settings
 from chains.sparse import encode_document
 from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR, build_vector_store, ensure_collection, point_id
@@ -82,6 +83,7 @@ OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
 STORES = CACHE_DIR / "eval-retrieval"
 K = 5
 DEFAULT_CONFIG = "hybrid DBSF"
+SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 10  # type: ignore[call-arg]
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "hybrid DBSF (the default)": {"mode": "hybrid", "fusion": "dbsf"},
@@ -230,6 +232,25 @@ def ingest_project(client: QdrantClient, embeddings: Embeddings, book: Path, col
     return settings
 
 
+def ensure_sentence_vectors(client: QdrantClient, embeddings: Embeddings, collection: str) -> int:
+    """Give every stored chunk without them its sentence vectors (chains.sentence_rescore), as ingest now stores
+    them: a store cached before re-scoring existed gains them without re-embedding its chunks. Returns how many."""
+    added = 0
+    offset = None
+    while True:
+        records, offset = client.scroll(collection, limit=256, offset=offset, with_payload=True, with_vectors=False)
+        lacking = [r for r in records if SENTENCE_KEY not in (r.payload or {})]
+        values = sentence_payloads(
+            [str((r.payload or {}).get("page_content", "")) for r in lacking], embeddings.embed_documents
+        )
+        for record, value in zip(lacking, values, strict=True):
+            if value is not None:
+                client.set_payload(collection, {SENTENCE_KEY: value}, points=[record.id], wait=True)
+                added += 1
+        if offset is None:
+            return added
+
+
 def ingest_baseline(client: QdrantClient, embeddings: Embeddings, book: Path, collection: str) -> QdrantVectorStore:
     if client.collection_exists(collection) and client.count(collection, exact=True).count:
         return QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings)
@@ -276,6 +297,7 @@ def configurations(
         "hybrid DBSF": make(mode="hybrid", fusion="dbsf"),
         "dense + MMR": make(mode="dense", mmr=True),
         "hybrid DBSF + MMR": make(mode="hybrid", fusion="dbsf", mmr=True),
+        "hybrid DBSF + sentence re-scoring": make(mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE),
     }
     if rerank_model is not None:
         reranker = CrossEncoderReranker(rerank_model)
@@ -375,6 +397,7 @@ def _run_book(
     client = QdrantClient(path=str(folder))
     try:
         settings = ingest_project(client, embeddings, book, "eval_bookrag")
+        ensure_sentence_vectors(client, embeddings, "eval_bookrag")
         baseline = ingest_baseline(client, embeddings, book, "eval_baseline")
         missing, present = check_sets(client, "eval_bookrag", questions, unanswerable)
         configs = configurations(client, embeddings, settings, rerank_model)

@@ -32,6 +32,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from chains.errors import DependencyUnavailable
 from chains.local_index import LocalIndex
 from chains.rerank import Reranker
+from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
 from chains.settings import Settings
 from chains.sparse import SparseEncoding, encode_query
 from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore
@@ -140,6 +141,8 @@ class BookRetriever(BaseRetriever):
     local_index: LocalIndex | None = None
     mmr: bool = False
     mmr_lambda: float = 0.7
+    # Hybrid mode: the first N fused candidates re-ordered with their best sentence (chains.sentence_rescore); 0: off.
+    sentence_rescore: int = 0
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -160,6 +163,7 @@ class BookRetriever(BaseRetriever):
             local_index=LocalIndex(settings.qdrant_collection) if settings.searches_in_memory else None,
             mmr=settings.retrieval_mmr,
             mmr_lambda=settings.retrieval_mmr_lambda,
+            sentence_rescore=settings.retrieval_sentence_rescore,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -247,6 +251,8 @@ class BookRetriever(BaseRetriever):
     def _search(self, vector: list[float], text: str, k: int, options: _Options) -> list[Document]:
         rearranging = self.reranker is not None or self.mmr
         limit = self.candidate_count(k) if rearranging else k
+        if self.mode == "hybrid" and self.sentence_rescore:
+            limit = max(limit, self.sentence_rescore)
         attempt = 0
         while True:
             try:
@@ -287,6 +293,8 @@ class BookRetriever(BaseRetriever):
             for document, point in zip(documents, points, strict=True):
                 document.metadata["score"] = float(point.score)
         order = list(range(len(documents)))
+        if self.mode == "hybrid" and self.sentence_rescore and len(documents) > 1 and applies_to(text):
+            order = self._sentence_order(points, documents, vector)
         if self.reranker is not None and documents:
             scores = self.reranker.score(text, [d.page_content for d in documents])
             for document, score in zip(documents, scores, strict=True):
@@ -301,6 +309,20 @@ class BookRetriever(BaseRetriever):
         for rank, document in enumerate(ranked, start=1):
             document.metadata["rank"] = rank
         return ranked
+
+    def _sentence_order(
+        self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]
+    ) -> list[int]:
+        """The first `sentence_rescore` candidates re-ordered with their best sentence (chains.sentence_rescore),
+        the rest after them; the fused order when a candidate has no sentence vectors."""
+        head = min(self.sentence_rescore, len(documents))
+        best = best_sentence_scores(vector, [p.payload for p in points[:head]])
+        if best is None:
+            return list(range(len(documents)))
+        for document, score in zip(documents, best, strict=False):
+            document.metadata["sentence_score"] = score
+        fused = [float(d.metadata.get("fusion_score", 0.0)) for d in documents[:head]]
+        return rescored_order(fused, best) + list(range(head, len(documents)))
 
     def _options(self, kwargs: dict[str, Any]) -> tuple[int, _Options]:
         k = int(kwargs.get("k") or self.k)

@@ -37,6 +37,7 @@ from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
+from chains.sentence_rescore import SENTENCE_KEY, sentence_payloads
 from chains.settings import Settings
 from chains.site_urls import page_path
 from chains.sparse import encode_document
@@ -542,15 +543,23 @@ class Indexer:
             return {}
         return {SPARSE_VECTOR: models.SparseVector(indices=encoding.indices, values=encoding.values)}
 
+    def sentence_vectors(self, chunks: Sequence[Chunk]) -> list[dict[str, Any]]:
+        """Each chunk's sentence vectors as payload (chains.sentence_rescore), when re-scoring is on: {} when off."""
+        if not self.settings.retrieval_sentence_rescore:
+            return [{} for _ in chunks]
+        values = sentence_payloads([c.text for c in chunks], self.embed_texts)
+        return [{SENTENCE_KEY: value} if value is not None else {} for value in values]
+
     def write(self, chunks: Sequence[Chunk], dense: Sequence[list[float]]) -> None:
         """Upsert `chunks` with their dense and sparse vectors, in batches: the one place where points are built."""
+        sentences = self.sentence_vectors(chunks)
         points = [
             models.PointStruct(
                 id=chunk_id(chunk),
                 vector={DENSE_VECTOR: vector, **self.sparse_vector(chunk)},
-                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata},
+                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata, **sentence},
             )
-            for chunk, vector in zip(chunks, dense, strict=True)
+            for chunk, vector, sentence in zip(chunks, dense, sentences, strict=True)
         ]
         for start in range(0, len(points), self.batch_size):
             batch = points[start : start + self.batch_size]
