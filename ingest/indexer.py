@@ -191,6 +191,7 @@ class FilePlan:
     stale: list[str]
     file_fields: dict[str, Any]
     vectors: list[list[float] | None] = field(default_factory=list)  # filled as batches are embedded
+    sentences: dict[int, dict[str, Any]] = field(default_factory=dict)  # chunk index: its sentence vectors' payload
     waiting: int = 0  # new chunks not yet embedded
 
     @property
@@ -543,16 +544,32 @@ class Indexer:
             return {}
         return {SPARSE_VECTOR: models.SparseVector(indices=encoding.indices, values=encoding.values)}
 
-    def sentence_vectors(self, chunks: Sequence[Chunk]) -> list[dict[str, Any]]:
-        """Each chunk's sentence vectors as payload (chains.sentence_rescore), when re-scoring is on: {} when off."""
+    def embed_with_sentences(self, chunks: Sequence[Chunk]) -> list[tuple[list[float], dict[str, Any]]]:
+        """Each chunk's dense vector and, when re-scoring is on, its sentence vectors as payload
+        (chains.sentence_rescore; {} when off): the chunks and their sentences in one call to the model."""
         if not self.settings.retrieval_sentence_rescore:
-            return [{} for _ in chunks]
-        values = sentence_payloads([c.text for c in chunks], self.embed_texts)
-        return [{SENTENCE_KEY: value} if value is not None else {} for value in values]
+            return [(vector, {}) for vector in self.embed(chunks)]
+        dense: list[list[float]] = []
 
-    def write(self, chunks: Sequence[Chunk], dense: Sequence[list[float]]) -> None:
-        """Upsert `chunks` with their dense and sparse vectors, in batches: the one place where points are built."""
-        sentences = self.sentence_vectors(chunks)
+        def embed(sentences: list[str]) -> list[list[float]]:
+            vectors = self.embed_texts([c.embed_text for c in chunks] + sentences)
+            dense.extend(vectors[: len(chunks)])
+            return vectors[len(chunks) :]
+
+        values = sentence_payloads([c.text for c in chunks], embed)
+        if not dense:  # no chunk had a sentence: `embed` was not called
+            dense = self.embed(chunks)
+        return [
+            (vector, {SENTENCE_KEY: value} if value is not None else {})
+            for vector, value in zip(dense, values, strict=True)
+        ]
+
+    def write(
+        self, chunks: Sequence[Chunk], dense: Sequence[list[float]], sentences: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """Upsert `chunks` with their dense and sparse vectors (and sentence vectors, if given), in batches: the
+        one place where points are built."""
+        sentences = sentences if sentences is not None else [{} for _ in chunks]
         points = [
             models.PointStruct(
                 id=chunk_id(chunk),
@@ -622,14 +639,15 @@ class Indexer:
         # One group of chunks is embedded in this worker (ONNX Runtime and PyTorch release the GIL) while this
         # thread parses the next files and writes the previous group; only this thread touches plans and the store.
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed")
-        in_flight: tuple[list[tuple[FilePlan, int]], Future[list[list[float]]]] | None = None
+        in_flight: tuple[list[tuple[FilePlan, int]], Future[list[tuple[list[float], dict[str, Any]]]]] | None = None
 
         def commit() -> None:
             """Write the ready files' chunks (batched across files), then finish each of those files."""
             chunks = [chunk for plan in ready for chunk in plan.new]
             vectors = [vector for plan in ready for vector in plan.vectors if vector is not None]
+            sentences = [plan.sentences.get(i, {}) for plan in ready for i in range(len(plan.new))]
             if chunks:
-                self.write(chunks, vectors)
+                self.write(chunks, vectors, sentences)
                 progress.chunks_written += len(chunks)
             for plan in ready:
                 self.finish_file(plan)
@@ -647,8 +665,10 @@ class Indexer:
             except RagError:
                 commit()  # the files embedded before this group are whole: store them before giving up
                 raise
-            for (plan, i), vector in zip(batch, vectors, strict=True):
+            for (plan, i), (vector, sentences) in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
+                if sentences:
+                    plan.sentences[i] = sentences
                 plan.waiting -= 1
             report.embedded += len(batch)
             progress.chunks_embedded += len(batch)
@@ -673,7 +693,7 @@ class Indexer:
                 report.load_seconds += self.load_model()
                 progress.started = time.perf_counter()
             done = collect()
-            in_flight = (batch, worker.submit(self.embed_texts, [plan.new[i].embed_text for plan, i in batch]))
+            in_flight = (batch, worker.submit(self.embed_with_sentences, [plan.new[i] for plan, i in batch]))
             settle(done)  # written while the next group embeds
 
         seen: set[str] = set()
