@@ -171,10 +171,14 @@ class BookRetriever(BaseRetriever):
     def candidate_count(self, k: int) -> int:
         return max(self.candidates_per_k * k, self.min_candidates, k)
 
-    def _query_points(self, vector: list[float], text: str, limit: int, options: _Options) -> list[models.ScoredPoint]:
+    def _query_points(
+        self, vector: list[float], text: str, limit: int, options: _Options, depth: int | None = None
+    ) -> list[models.ScoredPoint]:
+        """`limit` fused points from prefetches of `depth` candidates each (default: `candidate_count(limit)`)."""
         sparse = encode_query(text) if self.mode == "hybrid" else None
+        depth = depth or self.candidate_count(limit)
         if self.local_index is not None:
-            return self._query_in_memory(vector, sparse, limit, options)
+            return self._query_in_memory(vector, sparse, limit, options, depth)
         client = self.vector_store.client
         collection = self.vector_store.collection_name
         if not sparse:  # dense mode, or a query with no indexable words
@@ -187,7 +191,7 @@ class BookRetriever(BaseRetriever):
                 with_payload=True,
                 with_vectors=[DENSE_VECTOR],
             ).points
-        prefetch_limit = self.candidate_count(limit)
+        prefetch_limit = depth
         prefetch = [
             models.Prefetch(query=vector, using=DENSE_VECTOR, filter=options.filter, limit=prefetch_limit),
             models.Prefetch(
@@ -208,7 +212,7 @@ class BookRetriever(BaseRetriever):
         ).points
 
     def _query_in_memory(
-        self, vector: list[float], sparse: SparseEncoding | None, limit: int, options: _Options
+        self, vector: list[float], sparse: SparseEncoding | None, limit: int, options: _Options, depth: int
     ) -> list[models.ScoredPoint]:
         """What `query_points` would answer, searched in the embedded store's in-memory index (same fusion)."""
         assert self.local_index is not None
@@ -217,7 +221,7 @@ class BookRetriever(BaseRetriever):
         if not sparse:
             chosen = self.local_index.dense(client, vector, limit, options.sources, options.chapter)
         else:
-            candidates = self.candidate_count(limit)
+            candidates = depth
             lists = [
                 self.local_index.dense(client, vector, candidates, options.sources, options.chapter),
                 self.local_index.sparse(client, sparse, candidates, options.sources, options.chapter),
@@ -251,13 +255,16 @@ class BookRetriever(BaseRetriever):
     def _search(self, vector: list[float], text: str, k: int, options: _Options) -> list[Document]:
         rearranging = self.reranker is not None or self.mmr
         limit = self.candidate_count(k) if rearranging else k
-        if self.mode == "hybrid" and self.sentence_rescore:
-            limit = max(limit, self.sentence_rescore)
+        depth = None
+        if self.mode == "hybrid" and self.sentence_rescore and not rearranging:
+            # More fused points to re-score, from the same prefetch depth as without re-scoring (a deeper
+            # prefetch changes the fusion's normalisation, which measured worse: docs/retrieval.md).
+            depth, limit = self.candidate_count(k), max(k, self.sentence_rescore)
         attempt = 0
         while True:
             try:
                 started = time.perf_counter()
-                points = self._query_points(vector, text, limit, options)
+                points = self._query_points(vector, text, limit, options, depth)
                 logger.debug(
                     "qdrant %s query (%s): %d points in %.1f ms",
                     self.mode,
