@@ -52,9 +52,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
 SPLIT_VERSION = "3"  # 3: page_path and anchor (links to the book's site) instead of a stored url
-# What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
-# added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
-VECTOR_LAYOUT = "dense+sparse-bm25-1"
+# What vectors a point carries; part of a chunk's identity and of every file's hash, so that after a change (the
+# sparse vector for hybrid retrieval; then the sentence vectors for re-scoring, chains/sentence_rescore.py)
+# ingesting again rewrites every chunk instead of keeping points without it.
+VECTOR_LAYOUT = "dense+sparse-bm25-1+sentences-1"
 # Per-file fields on every chunk; they are not part of a chunk's identity.
 FILE_FIELDS = ("file_hash", "chunk_count")
 _SCROLL_PAGE = 1024
@@ -383,6 +384,7 @@ class Indexer:
         self.signature = "\x00".join(
             [
                 SPLIT_VERSION,
+                VECTOR_LAYOUT,
                 settings.embedding_provider,
                 settings.embedding_model,
                 settings.chunk_size_unit,
