@@ -59,6 +59,7 @@ from bench.common import CACHE_DIR
 from chains.embeddings import LocalEmbeddings, packaged_model_path
 from chains.rerank import CrossEncoderReranker
 from chains.retrieval import BookRetriever, limit_blas_threads
+from chains.sentence_rescore import SENTENCE_KEY, encode, sentence_payloads, sentences_of
 from chains.settings import Settings
 from chains.sparse import encode_document
 from chains.vectorstore import (
@@ -87,13 +88,15 @@ DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_b
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
 STORES = CACHE_DIR / "eval-retrieval"
 K = 5
-DEFAULT_CONFIG = "hybrid DBSF"
+DEFAULT_CONFIG = "hybrid DBSF + sentence re-scoring"  # the product default (RETRIEVAL_SENTENCE_RESCORE=10)
+SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 10  # type: ignore[call-arg]
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
-    "hybrid DBSF (the default)": {"mode": "hybrid", "fusion": "dbsf"},
+    "hybrid DBSF (no re-scoring)": {"mode": "hybrid", "fusion": "dbsf"},
     "hybrid DBSF, chapter filter": {"mode": "hybrid", "fusion": "dbsf", "filtered": True},
     "hybrid RRF": {"mode": "hybrid", "fusion": "rrf"},
     "hybrid DBSF + MMR": {"mode": "hybrid", "fusion": "dbsf", "mmr": True},
+    "hybrid DBSF + sentence re-scoring (the default)": {"mode": "hybrid", "fusion": "dbsf", "sentence_rescore": 10},
 }
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
@@ -235,6 +238,25 @@ def ingest_project(client: QdrantClient, embeddings: Embeddings, book: Path, col
     return settings
 
 
+def ensure_sentence_vectors(client: QdrantClient, embeddings: Embeddings, collection: str) -> int:
+    """Give every stored chunk without them its sentence vectors (chains.sentence_rescore), as ingest now stores
+    them: a store cached before re-scoring existed gains them without re-embedding its chunks. Returns how many."""
+    added = 0
+    offset = None
+    while True:
+        records, offset = client.scroll(collection, limit=256, offset=offset, with_payload=True, with_vectors=False)
+        lacking = [r for r in records if SENTENCE_KEY not in (r.payload or {})]
+        values = sentence_payloads(
+            [str((r.payload or {}).get("page_content", "")) for r in lacking], embeddings.embed_documents
+        )
+        for record, value in zip(lacking, values, strict=True):
+            if value is not None:
+                client.set_payload(collection, {SENTENCE_KEY: value}, points=[record.id], wait=True)
+                added += 1
+        if offset is None:
+            return added
+
+
 def ingest_baseline(client: QdrantClient, embeddings: Embeddings, book: Path, collection: str) -> QdrantVectorStore:
     if client.collection_exists(collection) and client.count(collection, exact=True).count:
         return QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings)
@@ -278,6 +300,7 @@ def configurations(
         "hybrid DBSF": make(mode="hybrid", fusion="dbsf"),
         "dense + MMR": make(mode="dense", mmr=True),
         "hybrid DBSF + MMR": make(mode="hybrid", fusion="dbsf", mmr=True),
+        "hybrid DBSF + sentence re-scoring": make(mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE),
     }
     if rerank_model is not None:
         reranker = CrossEncoderReranker(rerank_model)
@@ -378,6 +401,7 @@ def _run_book(
     client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection="eval_bookrag"))  # type: ignore[call-arg]
     try:
         settings = ingest_project(client, embeddings, book, "eval_bookrag")
+        ensure_sentence_vectors(client, embeddings, "eval_bookrag")
         baseline = ingest_baseline(client, embeddings, book, "eval_baseline")
         missing, present = check_sets(client, "eval_bookrag", questions, unanswerable)
         configs = configurations(client, embeddings, settings, rerank_model)
@@ -506,12 +530,13 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                         "chapter": f"scale chapter {number // 500}",
                         "chunk_index": number,
                     }
+                    # Random sentence vectors, as many as the text has sentences: what re-scoring decodes.
+                    sentences = [[rng.gauss(0, 1) for _ in range(dimension)] for _ in sentences_of(text)]
+                    payload: dict[str, Any] = {"page_content": text, "metadata": metadata}
+                    if sentences:
+                        payload[SENTENCE_KEY] = encode(sentences)
                     points.append(
-                        models.PointStruct(
-                            id=point_id(f"scale-{start + offset}"),
-                            vector=vector,
-                            payload={"page_content": text, "metadata": metadata},
-                        )
+                        models.PointStruct(id=point_id(f"scale-{start + offset}"), vector=vector, payload=payload)
                     )
                 client.upsert("eval_scale", points=points, wait=True)
             store = build_vector_store(client, settings, embeddings)
@@ -535,6 +560,12 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                 started = time.perf_counter()
                 default._search(vector, question.question, K, options_default)
                 search_ms.append((time.perf_counter() - started) * 1000)
+            rescoring = default.model_copy(update={"sentence_rescore": 10})
+            rescore_ms = []
+            for question, vector in zip(questions, vectors, strict=True):
+                started = time.perf_counter()
+                rescoring._search(vector, question.question, K, options_default)
+                rescore_ms.append((time.perf_counter() - started) * 1000)
             lines.append(
                 f"| {stored} chunks | query embedding alone | {len(questions)} | {percentile(embed_ms, 0.5):.1f} | "
                 f"{percentile(embed_ms, 0.95):.1f} |"
@@ -542,6 +573,10 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
             lines.append(
                 f"| {stored} chunks | hybrid DBSF search, vector given | {len(questions)} | "
                 f"{percentile(search_ms, 0.5):.1f} | {percentile(search_ms, 0.95):.1f} |"
+            )
+            lines.append(
+                f"| {stored} chunks | hybrid DBSF + sentence re-scoring search, vector given | {len(questions)} | "
+                f"{percentile(rescore_ms, 0.5):.1f} | {percentile(rescore_ms, 0.95):.1f} |"
             )
             for label, options in SCALE_CONFIGS.items():
                 options = dict(options)

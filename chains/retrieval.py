@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from chains.errors import DependencyUnavailable
 from chains.rerank import Reranker
+from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
 from chains.settings import Settings
 from chains.sparse import encode_query
 from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore
@@ -106,6 +107,8 @@ class BookRetriever(BaseRetriever):
     # HNSW beam width of the dense search (None: Qdrant's default, ef_construct); only a collection larger than
     # QDRANT_EXACT_UP_TO_CHUNKS has a graph to search, smaller ones are searched exactly.
     hnsw_ef: int | None = None
+    # Hybrid mode: the first N fused candidates re-ordered with their best sentence (chains.sentence_rescore); 0: off.
+    sentence_rescore: int = 0
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -126,6 +129,7 @@ class BookRetriever(BaseRetriever):
             mmr=settings.retrieval_mmr,
             mmr_lambda=settings.retrieval_mmr_lambda,
             hnsw_ef=settings.qdrant_hnsw_ef,
+            sentence_rescore=settings.retrieval_sentence_rescore,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -133,9 +137,12 @@ class BookRetriever(BaseRetriever):
     def candidate_count(self, k: int) -> int:
         return max(self.candidates_per_k * k, self.min_candidates, k)
 
-    def _query_points(self, vector: list[float], text: str, limit: int, options: _Options) -> list[models.ScoredPoint]:
+    def _query_points(
+        self, vector: list[float], text: str, limit: int, options: _Options, depth: int | None = None
+    ) -> list[models.ScoredPoint]:
+        """`limit` fused points from prefetches of `depth` candidates each (default: `candidate_count(limit)`)."""
         sparse = encode_query(text) if self.mode == "hybrid" else None
-        candidates = self.candidate_count(limit)
+        candidates = depth or self.candidate_count(limit)
         params = None if self.hnsw_ef is None else models.SearchParams(hnsw_ef=self.hnsw_ef)
         prefetch: list[models.Prefetch] | models.Prefetch | None = None
         query: Any = vector
@@ -179,12 +186,18 @@ class BookRetriever(BaseRetriever):
 
     def _search(self, vector: list[float], text: str, k: int, options: _Options) -> list[Document]:
         # The reranker orders more candidates than it keeps; MMR (in Qdrant) already picked k.
+        rearranging = self.reranker is not None or self.mmr
         limit = self.candidate_count(k) if self.reranker is not None and not self.mmr else k
+        depth = None
+        if self.mode == "hybrid" and self.sentence_rescore and not rearranging:
+            # More fused points to re-score, from the same prefetch depth as without re-scoring (a deeper
+            # prefetch changes the fusion's normalisation, which measured worse: docs/retrieval.md).
+            depth, limit = self.candidate_count(k), max(k, self.sentence_rescore)
         attempt = 0
         while True:
             try:
                 started = time.perf_counter()
-                points = self._query_points(vector, text, limit, options)
+                points = self._query_points(vector, text, limit, options, depth)
                 logger.debug(
                     "qdrant %s query (%s%s): %d points in %.1f ms",
                     self.mode,
@@ -221,6 +234,8 @@ class BookRetriever(BaseRetriever):
             for document, point in zip(documents, points, strict=True):
                 document.metadata["score"] = float(point.score)
         order = list(range(len(documents)))
+        if self.mode == "hybrid" and self.sentence_rescore and len(documents) > 1 and applies_to(text):
+            order = self._sentence_order(points, documents, vector)
         if self.reranker is not None and documents:
             scores = self.reranker.score(text, [d.page_content for d in documents])
             for document, score in zip(documents, scores, strict=True):
@@ -230,6 +245,20 @@ class BookRetriever(BaseRetriever):
         for rank, document in enumerate(ranked, start=1):
             document.metadata["rank"] = rank
         return ranked
+
+    def _sentence_order(
+        self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]
+    ) -> list[int]:
+        """The first `sentence_rescore` candidates re-ordered with their best sentence (chains.sentence_rescore),
+        the rest after them; the fused order when a candidate has no sentence vectors."""
+        head = min(self.sentence_rescore, len(documents))
+        best = best_sentence_scores(vector, [p.payload for p in points[:head]])
+        if best is None:
+            return list(range(len(documents)))
+        for document, score in zip(documents, best, strict=False):
+            document.metadata["sentence_score"] = score
+        fused = [float(d.metadata.get("fusion_score", 0.0)) for d in documents[:head]]
+        return rescored_order(fused, best) + list(range(head, len(documents)))
 
     def _options(self, kwargs: dict[str, Any]) -> tuple[int, _Options]:
         k = int(kwargs.get("k") or self.k)

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     # MMR over the fused candidates, trading relevance (lambda 1) for diversity (lambda 0).
     retrieval_mmr: bool = False
     retrieval_mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
+    # Hybrid mode: the first N fused candidates re-ordered with each passage's best sentence, whose vectors ingest
+    # stores in the chunk's payload (chains/sentence_rescore.py; docs/retrieval.md). 0: off, and ingest stores none.
+    retrieval_sentence_rescore: int = Field(10, ge=0, le=100)
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md).
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)

@@ -41,6 +41,7 @@ from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
+from chains.sentence_rescore import SENTENCE_KEY, sentence_payloads
 from chains.settings import Settings
 from chains.site_urls import page_path
 from chains.sparse import encode_document
@@ -56,9 +57,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
 SPLIT_VERSION = "4"  # 3: page_path and anchor (links to the book's site); 4: a cut part keeps its full stop
-# What vectors a point carries; part of a chunk's identity, so that after a change (here: the sparse vector was
-# added for hybrid retrieval) ingesting again rewrites every chunk instead of keeping points without it.
-VECTOR_LAYOUT = "dense+sparse-bm25-1"
+# What vectors a point carries; part of a chunk's identity and of every file's hash, so that after a change (the
+# sparse vector for hybrid retrieval; then the sentence vectors for re-scoring, chains/sentence_rescore.py)
+# ingesting again rewrites every chunk instead of keeping points without it.
+VECTOR_LAYOUT = "dense+sparse-bm25-1+sentences-1"
 # Per-file fields on every chunk; they are not part of a chunk's identity. A chapter of an EPUB (one source of
 # several in one file) also carries the hash of the whole EPUB, so that an unchanged EPUB is skipped unread.
 FILE_FIELDS = ("file_hash", "chunk_count", "book_hash")
@@ -207,6 +209,7 @@ class FilePlan:
     stale: list[str]
     file_fields: dict[str, Any]
     vectors: list[list[float] | None] = field(default_factory=list)  # filled as batches are embedded
+    sentences: dict[int, dict[str, Any]] = field(default_factory=dict)  # chunk index: its sentence vectors' payload
     waiting: int = 0  # new chunks not yet embedded
 
     @property
@@ -399,6 +402,7 @@ class Indexer:
         self.signature = "\x00".join(
             [
                 SPLIT_VERSION,
+                VECTOR_LAYOUT,
                 settings.embedding_provider,
                 settings.embedding_model,
                 settings.chunk_size_unit,
@@ -643,15 +647,39 @@ class Indexer:
             return {}
         return {SPARSE_VECTOR: models.SparseVector(indices=encoding.indices, values=encoding.values)}
 
-    def write(self, chunks: Sequence[Chunk], dense: Sequence[list[float]]) -> None:
-        """Upsert `chunks` with their dense and sparse vectors, in batches: the one place where points are built."""
+    def embed_with_sentences(self, chunks: Sequence[Chunk]) -> list[tuple[list[float], dict[str, Any]]]:
+        """Each chunk's dense vector and, when re-scoring is on, its sentence vectors as payload
+        (chains.sentence_rescore; {} when off): the chunks and their sentences in one call to the model."""
+        if not self.settings.retrieval_sentence_rescore:
+            return [(vector, {}) for vector in self.embed(chunks)]
+        dense: list[list[float]] = []
+
+        def embed(sentences: list[str]) -> list[list[float]]:
+            vectors = self.embed_texts([c.embed_text for c in chunks] + sentences)
+            dense.extend(vectors[: len(chunks)])
+            return vectors[len(chunks) :]
+
+        values = sentence_payloads([c.text for c in chunks], embed)
+        if not dense:  # no chunk had a sentence: `embed` was not called
+            dense = self.embed(chunks)
+        return [
+            (vector, {SENTENCE_KEY: value} if value is not None else {})
+            for vector, value in zip(dense, values, strict=True)
+        ]
+
+    def write(
+        self, chunks: Sequence[Chunk], dense: Sequence[list[float]], sentences: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """Upsert `chunks` with their dense and sparse vectors (and sentence vectors, if given), in batches: the
+        one place where points are built."""
+        sentences = sentences if sentences is not None else [{} for _ in chunks]
         points = [
             models.PointStruct(
                 id=chunk_id(chunk),
                 vector={DENSE_VECTOR: vector, **self.sparse_vector(chunk)},
-                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata},
+                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata, **sentence},
             )
-            for chunk, vector in zip(chunks, dense, strict=True)
+            for chunk, vector, sentence in zip(chunks, dense, sentences, strict=True)
         ]
         for start in range(0, len(points), self.batch_size):
             batch = points[start : start + self.batch_size]
@@ -714,14 +742,15 @@ class Indexer:
         # One group of chunks is embedded in this worker (ONNX Runtime and PyTorch release the GIL) while this
         # thread parses the next files and writes the previous group; only this thread touches plans and the store.
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed")
-        in_flight: tuple[list[tuple[FilePlan, int]], Future[list[list[float]]]] | None = None
+        in_flight: tuple[list[tuple[FilePlan, int]], Future[list[tuple[list[float], dict[str, Any]]]]] | None = None
 
         def commit() -> None:
             """Write the ready files' chunks (batched across files), then finish each of those files."""
             chunks = [chunk for plan in ready for chunk in plan.new]
             vectors = [vector for plan in ready for vector in plan.vectors if vector is not None]
+            sentences = [plan.sentences.get(i, {}) for plan in ready for i in range(len(plan.new))]
             if chunks:
-                self.write(chunks, vectors)
+                self.write(chunks, vectors, sentences)
                 progress.chunks_written += len(chunks)
             for plan in ready:
                 self.finish_file(plan)
@@ -739,8 +768,10 @@ class Indexer:
             except RagError:
                 commit()  # the files embedded before this group are whole: store them before giving up
                 raise
-            for (plan, i), vector in zip(batch, vectors, strict=True):
+            for (plan, i), (vector, sentences) in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
+                if sentences:
+                    plan.sentences[i] = sentences
                 plan.waiting -= 1
             report.embedded += len(batch)
             report.embed_seconds = time.perf_counter() - progress.started
@@ -770,7 +801,7 @@ class Indexer:
                 report.load_seconds += self.load_model()
                 progress.started = time.perf_counter()
             done = collect()
-            in_flight = (batch, worker.submit(self.embed_texts, [plan.new[i].embed_text for plan, i in batch]))
+            in_flight = (batch, worker.submit(self.embed_with_sentences, [plan.new[i] for plan, i in batch]))
             settle(done)  # written while the next group embeds
 
         seen: set[str] = set()

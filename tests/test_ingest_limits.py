@@ -104,6 +104,8 @@ def test_pdf_and_docx_bombs_fail_by_name_and_the_chapter_beside_them_goes_in(
     huge_part = docx_with_body(book_dir / "huge.docx", b"<w:p><w:r><w:t>x</w:t></w:r></w:p>" + b" " * (48 * MIB))
     many = docx_with_body(book_dir / "many.docx", b"<w:p><w:r><w:t>tree</w:t></w:r></w:p>" * 100_000)
     assert max(p.stat().st_size for p in (pdf, huge_part, many)) < 200_000
+    # The model's own working memory for a full batch (chunks and their sentences) is not what is measured here.
+    embeddings.embed_documents(["A sentence of a chapter, long enough to pad a batch like a chunk does. " * 12] * 64)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     report = ingest(qdrant, embeddings, settings, book_dir)
