@@ -92,13 +92,15 @@ def encryption_xml(uri: str, algorithm: str) -> bytes:
 
 
 class CountingEmbeddings(Embeddings):
-    """The session's real model, counting the texts given to `embed_documents` (the calls ingest makes)."""
+    """The session's real model, keeping the texts given to `embed_documents` (the calls ingest makes: chunks and,
+    for sentence re-scoring, their sentences)."""
 
     def __init__(self, model: LocalEmbeddings) -> None:
-        self.model, self.texts = model, 0
+        self.model, self.texts, self.seen = model, 0, list[str]()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         self.texts += len(texts)
+        self.seen.extend(texts)
         return self.model.embed_documents(texts)
 
     def embed_query(self, text: str) -> list[float]:
@@ -184,6 +186,7 @@ def test_unchanged_epub_costs_nothing_and_a_changed_chapter_is_embedded_alone(
         "<h1>Pruning</h1><p>Prune quince trees lightly in winter, taking out crossing branches only.</p>",
     )
     write_epub(book, changed)
+    counting.seen.clear()
     report = ingest(qdrant, counting, settings, book)
     outcomes = {f.source: f for f in report.files}
     pruning = outcomes["orchard.epub/text/b-pruning.xhtml"]
@@ -191,8 +194,9 @@ def test_unchanged_epub_costs_nothing_and_a_changed_chapter_is_embedded_alone(
     for name in ("a-planting.xhtml", "c-watering.xhtml"):
         assert not outcomes[f"orchard.epub/text/{name}"].changed
         assert not outcomes[f"orchard.epub/text/{name}"].parsed  # its own hash matched: not split again
-    assert report.embedded == 1 and counting.texts == 1  # the changed chapter's one chunk, no other
     texts = [p["page_content"] for p in by_source(qdrant, settings)["orchard.epub/text/b-pruning.xhtml"]]
+    assert report.embedded == 1  # the changed chapter's one chunk, no other
+    assert counting.seen and all("quince" in t or t in texts[0] for t in counting.seen)  # it and its sentences
     assert any("quince" in t for t in texts) and not any("apple and pear" in t for t in texts)
     kept = {k: v for k, v in stored(qdrant, settings).items() if "b-pruning" not in v["metadata"]["source"]}
     assert set(kept) <= set(before)  # the other chapters' points are the same points, re-stamped only
