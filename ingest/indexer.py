@@ -15,9 +15,10 @@ a group goes rather than the model waiting for the parser; one child process par
 Never a half-state: new chunks are embedded in batches that span files; a file's chunks are written only once
 all of them are embedded (upserts batched across files), and its stale chunks are deleted only once all of its
 new chunks are stored. A run that dies midway (the model or the store failing, a kill) leaves every file with
-its previous complete version: a failing model writes nothing of the file it was embedding, and a store failing
-within an upsert can leave some new chunks beside the complete old ones. Running again finishes the job, since
-a file whose stored chunks carry mixed file hashes never counts as unchanged.
+its previous complete version: a failing model writes nothing of the file it was embedding, and when an upsert
+fails the new chunks already written by that write are deleted again (only if the store still answers; if not,
+some new chunks can stay beside the complete old ones). Running again finishes the job, since a file whose
+stored chunks carry mixed file hashes never counts as unchanged.
 """
 
 from __future__ import annotations
@@ -684,7 +685,23 @@ class Indexer:
         for start in range(0, len(points), self.batch_size):
             batch = points[start : start + self.batch_size]
             upsert = functools.partial(self.client.upsert, self.collection, points=batch, wait=True)
-            self._store("writing chunks", upsert)
+            try:
+                self._store("writing chunks", upsert)
+            except DependencyUnavailable:
+                self._withdraw([point.id for point in points[: start + len(batch)]])  # the failed batch may be half in
+                raise
+
+    def _withdraw(self, ids: list[Any]) -> None:
+        """After a failed upsert, delete the new points already written (they are new: no stored chunk has their
+        id), so that no file is served half old and half new; best effort, since the store may be gone."""
+        if not ids:
+            return
+        try:
+            self.client.delete(self.collection, points_selector=models.PointIdsList(points=ids), wait=True)
+        except Exception as exc:  # the store is down: the next run finishes the job (mixed file hashes)
+            logger.warning(
+                "could not withdraw %d new chunks after a failed write (%s); run the ingest again", len(ids), exc
+            )
 
     def finish_file(self, plan: FilePlan) -> None:
         """Once all of a file's new chunks are stored: re-stamp its unchanged chunks, then delete its stale ones."""

@@ -320,3 +320,27 @@ def test_chunks_embedded_in_small_overlapping_groups_get_the_same_vectors_as_in_
     assert grouped.keys() == reference.keys()
     worst = min(sum(a * b for a, b in zip(grouped[i], reference[i], strict=True)) for i in grouped)
     assert worst > 0.9999
+
+
+def test_an_upsert_failing_midway_through_a_file_withdraws_the_new_chunks_it_wrote(
+    embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
+) -> None:
+    small = settings.model_copy(update={"chunk_size_unit": "chars", "chunk_size": 120, "chunk_overlap": 0})
+    client = FlakyClient(small.qdrant_path / "edge")
+    try:
+        ingest_into(client, embeddings, small, book_dir)
+        before = stored(client, small)
+        sentences = [f"Sentence {n} about cider apples, pressed in October by the orchard keeper." for n in range(8)]
+        (book_dir / "cider.md").write_text("# Cider\n\n" + "\n\n".join(sentences), encoding="utf-8")
+        client.upserts, client.fail_on = 0, 3  # one point an upsert: two of the new chapter's chunks go in, then not
+        with pytest.raises(DependencyUnavailable, match="Qdrant failed while writing chunks"):
+            indexer(client, embeddings, small, batch_size=1).ingest(list(discover_files([book_dir])), book_dir.parent)
+        assert client.upserts == 3
+        assert stored(client, small) == before  # the two written chunks were deleted again: nothing half in
+        client.fail_on = 0
+        report = ingest_into(client, embeddings, small, book_dir)  # the next run puts the chapter in whole
+        assert not report.failed
+        cider = [p for p in stored(client, small).values() if p["metadata"]["source"] == "book/cider.md"]
+        assert len(cider) > 2
+    finally:
+        client.close()
