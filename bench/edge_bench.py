@@ -518,9 +518,6 @@ def run_latency(
             row["today"]["open_s"] = round(time.perf_counter() - started, 2)
             try:
                 hybrid = today_retriever(client)
-                started = time.perf_counter()
-                hybrid.warm()
-                row["today"]["index_read_s"] = round(time.perf_counter() - started, 2)
                 for label, search, call in (
                     ("hybrid DBSF (the default)", today_search(hybrid), {}),
                     ("hybrid RRF", today_search(today_retriever(client, fusion="rrf")), {}),
@@ -692,7 +689,6 @@ imported = time.perf_counter()
 client = QdrantClient(path=sys.argv[1])
 opened = time.perf_counter()
 retriever = today_retriever(client)
-retriever.warm()
 documents = today_search(retriever)(json.loads(sys.argv[2]), sys.argv[3], {})
 answered = time.perf_counter()
 print(json.dumps({"import_s": imported - started, "load_s": opened - imported, "first_query_s": answered - opened,
@@ -849,15 +845,12 @@ def run_concurrency(size: int, readers: int, embeddings: Callable[[], Any], toda
         try:
             write_local(client, initial)
             retriever = today_retriever(client)
-            retriever.warm()
 
             def write_today(batch: Sequence[BookPoint]) -> None:
                 client.upsert(COLLECTION, local_points(batch), wait=True)
-                retriever.forget_local_index()  # as the admin ingest does
 
             def delete_today(ids: Sequence[str]) -> None:
                 client.delete(COLLECTION, models.PointIdsList(points=list(ids)), wait=True)
-                retriever.forget_local_index()
 
             report["today"] = hammer(
                 today_search(retriever),

@@ -265,12 +265,6 @@ class BookRetriever(BaseRetriever):
         sources, chapter = kwargs.get("sources"), kwargs.get("chapter")
         return k, _Options(build_filter(sources, chapter), sources, chapter)
 
-    def warm(self) -> None:
-        """Nothing to read ahead: the engine opened its indexes with the store (kept for the start-up code)."""
-
-    def forget_local_index(self) -> None:
-        """Nothing to forget: the engine sees its own writes (kept for callers from the in-memory index's time)."""
-
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:

@@ -81,8 +81,6 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
             warn_if_sparse_missing(client, settings)
     store = build_vector_store(client, settings, embeddings)
     retriever = BookRetriever.from_settings(store, settings, overrides.reranker or build_reranker(settings))
-    if collection_error is None:
-        retriever.warm()
     chat_model = overrides.chat_model or build_chat_model(settings)
     gate = ModelGate.from_settings(settings)
     vocabulary = BookVocabulary(settings.qdrant_collection)

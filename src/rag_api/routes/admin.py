@@ -168,10 +168,7 @@ async def run_exclusive(
         indexer = Indexer(
             state.client, state.embeddings, state.settings, batch_size=batch_size, stop=stop or ingest_stop(app)
         )
-        try:
-            return await asyncio.to_thread(work, indexer)
-        finally:
-            state.retriever.forget_local_index()  # the embedded store's in-memory index is now stale
+        return await asyncio.to_thread(work, indexer)
 
 
 def run_ingest(
