@@ -9,7 +9,10 @@ were replaced by the pooled ones, and compared with the cached store itself (sep
 bench/eval_retrieval.py's hit rules and refusal threshold. Also the CPU seconds of embedding the humanoid book's
 chunks and sentences both ways.
 
-    .venv/bin/python -m bench.pooled_sentences --books sample_book,humanoid_book,swift_book,walden
+    BENCH_CORPUS=../shared/corpus .venv/bin/python -m bench.pooled_sentences --variants separate,pooled,pooled+specials
+
+The stores are found as bench.eval_retrieval names them, else the newest cached one of the book. Numbers:
+docs/retrieval.md, "Sentence vectors pooled from the chunk's own pass": pooled vectors give a lower MRR on every book.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client
 
 COLLECTION = "eval_bookrag"
+# label, [CLS]/[SEP] pooled with each sentence (None: today's separate vectors, untouched), chunk mean subtracted
+VARIANTS = [
+    ("separate", None, False),
+    ("pooled", False, False),
+    ("pooled+specials", True, False),
+    ("pooled-centred", False, True),
+]
 BATCH = 64  # LocalEmbeddings' default batch
 
 
@@ -61,12 +71,17 @@ def embed_text_of(payload: dict[str, Any]) -> tuple[str, str]:
 
 
 def pooled_vectors(
-    encoder: OnnxEncoder, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], specials: bool = False
+    encoder: OnnxEncoder,
+    texts: Sequence[str],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    specials: bool = False,
+    centred: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray], int]:
     """Each text's pooled vector and, from the same run, each of its character spans' (the mean of the token states
     overlapping the span, normalised; a NaN row for a span with no token left after truncation). Uses the
     encoder's session and tokenizer directly: a prototype. `specials`: the [CLS] and [SEP] states are pooled with
-    each sentence's tokens, as a sentence embedded on its own has them."""
+    each sentence's tokens, as a sentence embedded on its own has them. `centred`: the chunk's own mean state is
+    subtracted first, so that what every sentence of the chunk shares (its context) does not repeat its dense score."""
     prepared = [str(t).strip() for t in texts]
     leads = [len(str(t)) - len(str(t).lstrip()) for t in texts]
     encodings = encoder._tokenizer.encode_batch(prepared)
@@ -99,6 +114,8 @@ def pooled_vectors(
                 if specials:
                     chosen = chosen | special
                 vector = tokens[row, : len(offsets)][chosen].mean(axis=0)
+                if centred:
+                    vector = vector - pooled[row]
                 rows[j] = vector / max(float(np.linalg.norm(vector)), 1e-12)
             out[i] = rows
     return dense, out, uncovered
@@ -122,12 +139,12 @@ def sentence_spans(text: str, embed_text: str) -> list[tuple[int, int]]:
 
 
 def write_pooled(
-    client: QdrantClient, embeddings: LocalEmbeddings, encoder: OnnxEncoder, specials: bool
+    client: QdrantClient, embeddings: LocalEmbeddings, encoder: OnnxEncoder, specials: bool, centred: bool = False
 ) -> dict[str, float]:
     """Replace every chunk's sentence vectors by pooled ones; returns counts and their agreement with the old."""
     chunks = read_chunks(client)
     spans = [sentence_spans(text, embed) for _, text, embed in chunks]
-    _, pooled, uncovered = pooled_vectors(encoder, [embed for _, _, embed in chunks], spans, specials)
+    _, pooled, uncovered = pooled_vectors(encoder, [embed for _, _, embed in chunks], spans, specials, centred)
     missing = [(i, j) for i, rows in enumerate(pooled) for j in range(len(rows)) if np.isnan(rows[j, 0])]
     if missing:  # past truncation: embedded on their own, as today
         texts = [chunks[i][2][spans[i][j][0] : spans[i][j][1]] for i, j in missing]
@@ -223,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--books", default="sample_book,humanoid_book,swift_book,walden")
     parser.add_argument("--cpu-book", default="humanoid_book", help="the book whose embedding CPU is measured")
     parser.add_argument("--no-cpu", action="store_true")
+    parser.add_argument("--variants", default="separate,pooled,pooled+specials,pooled-centred")
     args = parser.parse_args(argv)
     limit_blas_threads()
     product = Settings(_env_file=None)  # type: ignore[call-arg]
@@ -251,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = cached_store(name, book)
         with tempfile.TemporaryDirectory(prefix="pooled-") as scratch:
             outcomes: list[Outcome] = []
-            for label, specials in (("separate (today)", None), ("pooled", False), ("pooled + [CLS]/[SEP]", True)):
+            variants = [v for v in VARIANTS if v[0] in args.variants.split(",")]
+            for label, specials, centred in variants:
                 copy = Path(scratch) / f"{folder.name}-{len(outcomes)}"
                 shutil.copytree(folder, copy)
                 if specials is not None:
@@ -259,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         Settings(_env_file=None, qdrant_path=copy, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
                     )
                     try:
-                        stats = write_pooled(client, embeddings, encoder, specials)
+                        stats = write_pooled(client, embeddings, encoder, specials, centred)
                     finally:
                         client.close()
                     notes.append(
