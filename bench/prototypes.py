@@ -35,19 +35,11 @@ from typing import Any
 from langchain_core.documents import Document
 from qdrant_client import QdrantClient
 
-from chains.book_terms import Vocabulary, stored_texts
+from chains.book_terms import STOP_WORDS, WORD, Vocabulary, stored_texts
 from chains.embeddings import packaged_model_path
 from chains.retrieval import BookRetriever
 from chains.sparse import terms
 
-_STOP_TEXT = """a about above after again against all also am an and any are as at be because been before being below
-between both but by can could did do does doing down during each few for from further had has have having he her
-here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
-off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
-them themselves then there these they this those through to too under until up very was we were what when where
-which while who whom why will with would you your yours yourself yourselves ok okay"""
-_STOP = frozenset(_STOP_TEXT.split())
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
 _IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]|^[A-Z]{3,}$")
 
 
@@ -87,17 +79,17 @@ def distinctive_terms(question: str, common: frozenset[str] | None = None, rare_
     common = wordpiece_words() if common is None else common
     found: list[str] = []
     name: list[str] = []
-    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in _WORD.finditer(question.replace("\u2019", "'"))]
+    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
     for position, word in enumerate(words):
         lowered = word.lower()
-        capitalised = word[0].isupper() and position > 0 and lowered not in _STOP and len(word) > 1
+        capitalised = word[0].isupper() and position > 0 and lowered not in STOP_WORDS and len(word) > 1
         if capitalised and not _IDENTIFIER.search(word):
             name.append(word)
             continue
         if name:
             found.append(" ".join(name))
             name = []
-        if lowered in _STOP or len(word) < 3:
+        if lowered in STOP_WORDS or len(word) < 3:
             continue
         if _IDENTIFIER.search(word) or (rare_words and not is_common(lowered, common)):
             found.append(word)

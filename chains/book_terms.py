@@ -37,8 +37,8 @@ here hers herself him himself his how i if in into is it its itself just me more
 off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
 them themselves then there these they this those through to too under until up very was we were what when where
 which while who whom why will with would you your yours yourself yourselves ok okay"""
-_STOP = frozenset(_STOP_TEXT.split())
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
+STOP_WORDS = frozenset(_STOP_TEXT.split())  # shared with the term-check prototypes (bench/prototypes.py)
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
 _IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]")
 _ACRONYM = re.compile(r"^[A-Z]{3,}$")
 _SCROLL_PAGE = 1000
@@ -68,17 +68,17 @@ def distinctive_terms(question: str) -> list[str]:
     """The question's identifiers and capitalised names, a run of capitalised words as one name."""
     found: list[str] = []
     name: list[str] = []
-    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in _WORD.finditer(question.replace("\u2019", "'"))]
+    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
     for position, word in enumerate(words):
         lowered = word.lower()
-        capitalised = word[0].isupper() and position > 0 and lowered not in _STOP and len(word) > 1
+        capitalised = word[0].isupper() and position > 0 and lowered not in STOP_WORDS and len(word) > 1
         if capitalised and not is_identifier(word) and not _ACRONYM.match(word):
             name.append(word)
             continue
         if name:
             found.append(" ".join(name))
             name = []
-        if lowered in _STOP or len(word) < 3:
+        if lowered in STOP_WORDS or len(word) < 3:
             continue
         if is_identifier(word):
             found.append(word)
