@@ -206,19 +206,26 @@ def book_files(book: Path) -> list[Path]:
     return list(discover_files([book], (), DEFAULT_EXCLUDES))
 
 
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
-    """The cached embedded store for a book: a new folder when a file, the split or the chunk settings change."""
+    """The cached embedded store for a book: a new folder when a file, the split or the chunk settings change.
+
+    Keyed by the files' contents rather than the book's path or mtimes, so a copied or re-exported book (another
+    worktree, another checkout) finds its store instead of embedding the whole book again.
+    """
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     key = hashlib.sha256(
         json.dumps(
             [
-                str(book.resolve()),
                 SPLIT_VERSION,
                 settings.chunk_size,
                 settings.chunk_overlap,
                 settings.chunk_size_unit,
                 settings.embedding_quantize,
-                [(p.relative_to(book).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in book_files(book)],
+                [(f.relative_to(book).as_posix(), file_digest(f)) for f in book_files(book)],
             ]
         ).encode()
     ).hexdigest()[:12]
