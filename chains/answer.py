@@ -415,7 +415,8 @@ class _AnswerSteps:
             self._retrieving -= 1
         threshold = self.settings.retrieval_score_threshold
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
-        missing = self.missing_terms(request.question) if relevant else []
+        best = max((float(d.metadata.get("score", 0.0)) for d in relevant), default=0.0)
+        missing = self.missing_terms(request.question, best) if relevant else []
         if missing:
             relevant = []
         selection = selection_document(request)
@@ -462,11 +463,18 @@ class _AnswerSteps:
                 self._sentence_vectors.popitem(last=False)
         return [known[t] if t in known else fresh[t] for t in sentences]
 
-    def missing_terms(self, question: str) -> list[str]:
-        """The question's names and identifiers the book never uses (chains.book_terms); [] while unknown."""
+    def missing_terms(self, question: str, best_cosine: float) -> list[str]:
+        """What the question names that the book never uses (chains.book_terms, REFUSAL_TERM_CHECK): names and
+        identifiers, and rare lower-case words unless a passage matches the question strongly; [] while the
+        book's vocabulary is being read."""
+        check = self.settings.refusal_term_check
         client = getattr(self.retriever.vector_store, "client", None)
-        vocabulary = self.vocabulary.current(client) if client is not None else None
-        return vocabulary.missing(question) if vocabulary is not None else []
+        if check == "off" or client is None:
+            return []
+        vocabulary = self.vocabulary.current(client)
+        if vocabulary is None:
+            return []
+        return vocabulary.missing(question, words=check == "words", best_cosine=best_cosine)
 
     async def highlighted(self, query: str, sources: list[Source]) -> list[Source]:
         """The sources with the sentences that best answer `query` marked, scored by the embedding model."""
