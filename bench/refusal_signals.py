@@ -124,12 +124,12 @@ def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]],
 Rule = Callable[[Record], bool]
 
 
-def rules(threshold: float) -> dict[str, Rule]:
+def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Rule]:
     def low(r: Record) -> bool:
         return r.best_cosine < threshold
 
     def names(r: Record) -> bool:
-        return low(r) or bool(r.missing_names)
+        return low(r) or any(name not in known for name in r.missing_names)
 
     def rare(cut: float) -> Rule:
         return lambda r: names(r) or any(z < cut for _, z in r.absent_words)
@@ -155,7 +155,7 @@ def rules(threshold: float) -> dict[str, Rule]:
     return found
 
 
-def table(by_book: dict[str, list[Record]], threshold: float) -> str:
+def table(by_book: dict[str, list[Record]], threshold: float, known: frozenset[str] = frozenset()) -> str:
     lines = [
         "| book (answerable / in-domain unanswerable / out-of-domain q) | rule | refused: answerable | in-domain "
         "unanswerable | out-of-domain |",
@@ -163,7 +163,7 @@ def table(by_book: dict[str, list[Record]], threshold: float) -> str:
     ]
     for name, records in by_book.items():
         sizes = "/".join(str(sum(r.set == s for r in records)) for s in SETS)
-        for label, rule in rules(threshold).items():
+        for label, rule in rules(threshold, known).items():
             rates = []
             for set_name in SETS:
                 chosen = [r for r in records if r.set == set_name]
@@ -177,11 +177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--books", default="sample_book,humanoid_book", help="comma-separated, or 'all'")
     parser.add_argument("--json", type=Path, help="also write every question's record here")
     parser.add_argument("--records", type=Path, help="compare the rules on a --json file's records, searching nothing")
+    parser.add_argument(
+        "--known",
+        action="append",
+        default=[],
+        help="a name to count as in the book (repeatable): e.g. the author's, which a title page left out would hold",
+    )
     args = parser.parse_args(argv)
+    known = frozenset(args.known)
     if args.records:
         saved = json.loads(args.records.read_text(encoding="utf-8"))
         books = {name: [Record(**r) for r in records] for name, records in saved["books"].items()}
-        print(table(books, saved["threshold"]))
+        print(table(books, saved["threshold"], known))
         return 0
     names = list(DATASETS) if args.books == "all" else args.books.split(",")
     limit_blas_threads()
@@ -208,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_book[name] = records_for(name, book, sets, embeddings)
         print(f"{name}: {len(by_book[name])} questions ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     threshold = product.retrieval_score_threshold
-    print(table(by_book, threshold))
+    print(table(by_book, threshold, known))
     if args.json:
         payload = {
             "threshold": threshold,

@@ -23,7 +23,7 @@ ORCHARD = Vocabulary.of(
         "Protect young apple trees from frost with fleece, and from rabbits with a spiral guard.",
         "Apple scab shows as olive-brown spots on the leaves; rake up fallen leaves in autumn.",
         "A tree needs six hours of direct sun in summer. Water it when the probe reads below 35.",
-        "The old shed had a leak, and in the storm the thunder shook it; he felt hopeless.",
+        "The old hut had a leak, and in the storm the thunder shook it; he felt hopeless.",
         "Use the boards again. Batch normalization and the simulation run on the GPU.",
     ]
 )
