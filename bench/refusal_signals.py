@@ -15,7 +15,8 @@ every rule below needs, so the rules are compared on the same searches:
   than Z on the Zipf scale (`Vocabulary.missing_words`; Z = chains.book_terms.RARE_BELOW is the product's);
 - **+ agreement**: the dense and the sparse top 5 share no passage (alone, and only for a question that also has
   a missing rare word, a softer cut);
-- **+ margin**: the best passage's cosine is within 0.02 of the fifth's (no passage stands out).
+- **+ margin**: the best passage's cosine is within 0.02 of the fifth's (no passage stands out);
+- **+ a new pair**: two adjacent plain words of the question are both in the book but never side by side there.
 
 Stores come from the cache of `bench.eval_retrieval` (`.bench-cache/eval-retrieval/`, keyed by the book's files),
 so a book it has embedded costs nothing here; another is ingested first.
@@ -24,11 +25,13 @@ so a book it has embedded costs nothing here; another is ingested first.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,16 @@ from bench.eval_retrieval import (
     store_folder,
     unanswerable_path,
 )
-from chains.book_terms import RARE_BELOW, STRONG_MATCH, Vocabulary, plain_words, stored_texts, word_frequency
+from chains.book_terms import (
+    RARE_BELOW,
+    STOP_WORDS,
+    STRONG_MATCH,
+    WORD,
+    Vocabulary,
+    plain_words,
+    stored_texts,
+    word_frequency,
+)
 from chains.embeddings import LocalEmbeddings, packaged_model_path
 from chains.retrieval import BookRetriever, limit_blas_threads
 from chains.settings import Settings
@@ -71,6 +83,8 @@ class Record:
     missing_names: list[str]
     absent_words: list[tuple[str, float]]  # plain words the book lacks in every close form, with their Zipf value
     missing_words: list[str]  # what the product's rule (RARE_BELOW) names
+    # Two adjacent plain words of the question that the book both uses but never side by side ("cherry branch").
+    new_pairs: list[str] = field(default_factory=list)
 
 
 def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]], embeddings: Any) -> list[Record]:
@@ -114,11 +128,22 @@ def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]],
                         vocabulary.missing(text, words=False),
                         absent,
                         vocabulary.missing_words(text),
+                        new_pairs(vocabulary, text),
                     )
                 )
         return out
     finally:
         client.close()
+
+
+def new_pairs(vocabulary: Vocabulary, question: str) -> list[str]:
+    words = [m.group(0) for m in WORD.finditer(question)]
+    pairs = [
+        f"{a} {b}"
+        for a, b in itertools.pairwise(words)
+        if all(re.fullmatch("[a-z]{3,}", w) and w not in STOP_WORDS and vocabulary.has(w) for w in (a, b))
+    ]
+    return [pair for pair in pairs if not vocabulary.has(pair)]
 
 
 Rule = Callable[[Record], bool]
@@ -152,6 +177,7 @@ def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Ru
         names(r) or (r.dense_sparse_shared == 0 and any(z < 4.3 for _, z in r.absent_words))
     )
     found["+ names + flat top 5 (margin < 0.02)"] = lambda r: names(r) or margin(r)
+    found["+ names + a new pair of book words"] = lambda r: names(r) or bool(r.new_pairs)
     return found
 
 
