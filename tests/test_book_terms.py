@@ -33,6 +33,7 @@ def test_a_rare_word_the_book_never_uses_is_missing_and_named_with_its_noun() ->
     assert ORCHARD.missing_words("How do I protect my apple trees from fire blight?") == ["fire blight"]
     assert ORCHARD.missing_words("How do I train an apple tree as an espalier against a wall?") == ["espalier"]
     assert ORCHARD.missing("Should I set up drip irrigation for my Bramley trees?") == ["Bramley", "drip irrigation"]
+    assert ORCHARD.missing_words("Cider from my own apples: how?") == ["Cider"]  # the sentence's capital
     assert ORCHARD.missing("How do I protect my apple trees from fire blight?", words=False) == []
 
 
