@@ -11,7 +11,8 @@ With REFUSAL_TERM_CHECK=words (the default) so are plain lower-case words that a
 blight", "cider" in a book on apple trees. Everyday words are not checked, nor a close form of the book's own words
 ("leaky" for "leak", "thunderstorm", "normalisation" for "normalization"), nor inflected verbs and adjectives
 ("thawed", "weakest"): a student's paraphrase uses those while the answer is there. A missing rare word does not
-refuse when a passage matches the question strongly (`STRONG_MATCH`); a missing name always does. Measured with
+refuse when a passage matches the question strongly (`STRONG_MATCH`); a missing name always does, except a single one
+in a book told in the first person, which is most likely the narrator's own name. Measured with
 `python -m bench.refusal_signals --books all` (docs/retrieval.md).
 
 A term occurs when each of its indexed terms (`chains.sparse.terms`) is in the book's term set; a name of several
@@ -58,6 +59,11 @@ RARE_BELOW = 4.0
 # passage answers it in other words. Names and identifiers refuse whatever the cosine.
 STRONG_MATCH = 0.60
 _PLAIN_WORD = re.compile(r"[a-z]+")
+# A book counts as told in the first person when "me", "my", "mine" and "myself" make up this share of its words
+# (not "I", which is also code's loop variable): about 1 % in Walden, under 0.1 % in the project's textbooks,
+# which say "we" and "you".
+FIRST_PERSON_SHARE = 0.003
+_FIRST_PERSON = frozenset({"me", "my", "mine", "myself"})
 _VERB_OR_ADJECTIVE = re.compile(r"(?:ed|ing|est)$")
 # Endings whose removal leaves a word of the same family ("hopelessness" -> "hopeless" -> "hope").
 _DERIVATIONS = (
@@ -179,13 +185,22 @@ class Vocabulary:
     terms: frozenset[str]
     text: str  # every chunk's indexed terms in order, space-separated: phrases are looked up in it
     words: tuple[str, ...] = field(default=(), repr=False)
+    # Told in the first person ("I lived alone, in the woods"): the narrator is rarely named in such a book, while
+    # students name them ("Why did Thoreau go to the woods?"), so a single missing name is taken to be theirs.
+    first_person: bool = False
 
     @classmethod
     def of(cls, texts: Iterable[str]) -> Vocabulary:
         texts = list(texts)
         streams = [" ".join(terms(text)) for text in texts]
-        words = sorted({w for text in texts for w in _PLAIN_WORD.findall(text.lower())})
-        return cls(frozenset(t for stream in streams for t in stream.split()), " \n ".join(streams), tuple(words))
+        tokens = [w for text in texts for w in _PLAIN_WORD.findall(text.lower())]
+        narrator = sum(1 for w in tokens if w in _FIRST_PERSON)
+        return cls(
+            frozenset(t for stream in streams for t in stream.split()),
+            " \n ".join(streams),
+            tuple(sorted(set(tokens))),
+            first_person=narrator >= FIRST_PERSON_SHARE * max(1, len(tokens)),
+        )
 
     def uses(self, word: str) -> bool:
         """Whether the book uses a lower-case word in some close form: itself or a form of `close_forms`, after a
@@ -258,6 +273,8 @@ class Vocabulary:
         lower-case words (`missing_words`) unless the best passage's cosine reaches `STRONG_MATCH` (a passage that
         close answers it in other words: "bosses" in Walden, whose ice-cutters' passage scores 0.63)."""
         names = [term for term in distinctive_terms(question) if not self.has(term)]
+        if self.first_person and len(names) == 1 and not is_identifier(names[0]):
+            names = []  # most likely the narrator's own name; a second missing name still refuses
         if not words or best_cosine >= STRONG_MATCH:
             return names
         return names + self.missing_words(question)

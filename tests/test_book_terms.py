@@ -60,6 +60,25 @@ def test_a_strong_passage_match_overrides_a_missing_word_but_not_a_missing_name(
     assert ORCHARD.missing(question, best_cosine=STRONG_MATCH) == ["Kubernetes"]
 
 
+MEMOIR = Vocabulary.of(
+    [
+        "When I wrote the following pages I lived alone, in the woods, in a house which I had built myself.",
+        "My neighbours asked what I got to eat; I kept a bean field and hoed it every morning of my first summer.",
+        "The railroad passes by my house, and its whistle reaches me in the woods; Emerson's woodlot lies beyond.",
+    ]
+)
+
+
+def test_a_single_missing_name_in_a_book_told_in_the_first_person_is_taken_for_the_narrators() -> None:
+    assert MEMOIR.first_person and not ORCHARD.first_person
+    assert MEMOIR.missing("Why did Thoreau grow beans in his field?") == []  # the narrator is never named
+    assert MEMOIR.missing("What did Thoreau think of Karl Marx?") == ["Thoreau", "Karl Marx"]  # a second name
+    assert MEMOIR.missing("Did Thoreau keep his accounts in Excel?") == ["Thoreau", "Excel"]
+    assert MEMOIR.missing("How do I run it in Kubernetes?") == []  # one missing name: the rule's known cost
+    assert ORCHARD.missing("Why did Thoreau grow apples?") == ["Thoreau"]  # a book not told in the first person
+    assert MEMOIR.missing("What does ros2_control do?") == ["ros2_control"]  # an identifier is never a narrator
+
+
 BOOK = {
     "site.md": "# Site and Sun\n\nAn apple tree needs at least six hours of direct sun a day in summer. Avoid frost "
     "pockets at the bottom of slopes, where cold air settles on still nights.\n",
