@@ -296,6 +296,15 @@ def is_model_refusal(answer: str, valid_citations: Sequence[int]) -> bool:
     return not valid_citations and bool(_MODEL_REFUSAL.search(answer[:400]))
 
 
+def section_link(source: Source) -> str:
+    """A section offered instead of an answer: a Markdown link to it on the book's site when its address is known,
+    so that the reader can go there in one click; else its heading path."""
+    if not source.url:
+        return source.label
+    label = re.sub(r"([\\\[\]])", r"\\\1", source.label)
+    return f"[{label}]({source.url.replace(' ', '%20').replace(')', '%29')})"
+
+
 def not_in_book_text(missing: Sequence[str], closest: Sequence[str]) -> str:
     """The refusal, saying what the book lacks when that is known, and offering the closest sections."""
     if missing:
@@ -428,7 +437,9 @@ class _AnswerSteps:
         ]
         if sources and not self.highlights_later:
             sources = await self.highlighted(state["query"], sources)
-        closest = list(dict.fromkeys(Source.from_document(0, d).label for d in documents))[:_CLOSEST_SECTIONS]
+        closest = list(
+            dict.fromkeys(section_link(Source.from_document(0, d, self.settings.book_base_url)) for d in documents)
+        )[:_CLOSEST_SECTIONS]
         return {**state, "sources": sources, "missing": missing, "closest": closest}
 
     @property
