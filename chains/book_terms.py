@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from qdrant_client import QdrantClient
 
 from chains.sparse import terms
-from chains.vectorstore import CONTENT_KEY
+from chains.vectorstore import CONTENT_KEY, VISIBLE
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,12 @@ def stored_texts(client: QdrantClient, collection: str) -> list[str]:
     offset = None
     while True:
         records, offset = client.scroll(
-            collection, limit=_SCROLL_PAGE, offset=offset, with_payload=[CONTENT_KEY], with_vectors=False
+            collection,
+            scroll_filter=VISIBLE,
+            limit=_SCROLL_PAGE,
+            offset=offset,
+            with_payload=[CONTENT_KEY],
+            with_vectors=False,
         )
         texts.extend(str((r.payload or {}).get(CONTENT_KEY, "")) for r in records)
         if offset is None:

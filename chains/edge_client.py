@@ -17,17 +17,22 @@ On purpose:
   unoptimized segments meanwhile.
 - One process at a time: `QDRANT_PATH/edge/.lock` is held by the process that opened the store, and a second one
   is refused with `store_locked_message` (which `rag-ingest` prints).
+- A payload change or a delete is applied while no read runs (`_Gate`): the engine applies one operation segment by
+  segment, so a query running beside it could see it done in one segment and not yet in another. Ingest's swap of
+  a file's chunks (one `set_payload`, ingest/indexer.py) is therefore seen whole by every reader; an upsert (the
+  long write, of points hidden while staged) runs beside reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,6 +64,44 @@ _SCHEMAS = {
 }
 _DONE = models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
 RRF_K = 2  # Qdrant's default RRF constant
+
+
+class _Gate:
+    """Many readers or one changer (set_payload, delete), a waiting changer first: a reader never sees one
+    operation half-applied across segments."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._changing = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing and not self._waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._changing and not self._readers)
+            self._waiting -= 1
+            self._changing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing = False
+                self._cond.notify_all()
 
 
 class StoreLocked(RuntimeError):
@@ -107,6 +150,7 @@ class EdgeClient:
         self._timers: dict[str, threading.Timer] = {}
         self._dirty: set[str] = set()  # written since their last optimization: optimized on close
         self._optimizing = threading.Lock()  # close() waits for a running optimization rather than cut it off
+        self._gate = _Gate()  # reads beside each other, a payload change or delete alone (module docstring)
         root.mkdir(parents=True, exist_ok=True)
         # The whole store is this process's while the client is open, as local mode's `.lock` makes it (a shard's
         # own WAL lock would leave a collection not yet created to whichever process creates it first).
@@ -314,10 +358,11 @@ class EdgeClient:
     def delete(self, collection_name: str, points_selector: Any, **_: Any) -> models.UpdateResult:
         ids, where = _selector(points_selector)
         shard = self._shard(collection_name)
-        if where is not None:
-            shard.update(qe.UpdateOperation.delete_points_by_filter(where))
-        elif ids:
-            shard.update(qe.UpdateOperation.delete_points(ids))
+        with self._gate.changing():
+            if where is not None:
+                shard.update(qe.UpdateOperation.delete_points_by_filter(where))
+            elif ids:
+                shard.update(qe.UpdateOperation.delete_points(ids))
         self._wrote(collection_name)
         return _DONE
 
@@ -326,10 +371,21 @@ class EdgeClient:
     ) -> models.UpdateResult:
         ids, where = _selector(points)
         shard = self._shard(collection_name)
-        if where is not None:
-            shard.update(qe.UpdateOperation.set_payload_by_filter(where, payload, key))
-        elif ids:
-            shard.update(qe.UpdateOperation.set_payload(ids, payload, key))
+        with self._gate.changing():
+            if where is not None:
+                shard.update(qe.UpdateOperation.set_payload_by_filter(where, payload, key))
+            elif ids:
+                shard.update(qe.UpdateOperation.set_payload(ids, payload, key))
+        return _DONE
+
+    def delete_payload(self, collection_name: str, keys: Sequence[str], points: Any, **_: Any) -> models.UpdateResult:
+        ids, where = _selector(points)
+        shard = self._shard(collection_name)
+        with self._gate.changing():
+            if where is not None:
+                shard.update(qe.UpdateOperation.delete_payload_by_filter(where, list(keys)))
+            elif ids:
+                shard.update(qe.UpdateOperation.delete_payload(ids, list(keys)))
         return _DONE
 
     # -- reads ---------------------------------------------------------------------------------------------
@@ -338,7 +394,9 @@ class EdgeClient:
         self, collection_name: str, count_filter: models.Filter | None = None, exact: bool = True, **_: Any
     ) -> models.CountResult:
         request = qe.CountRequest(exact=exact, filter=_filter(count_filter))
-        return models.CountResult(count=self._shard(collection_name).count(request))
+        shard = self._shard(collection_name)
+        with self._gate.reading():
+            return models.CountResult(count=shard.count(request))
 
     def scroll(
         self,
@@ -357,7 +415,9 @@ class EdgeClient:
             with_payload=_with(with_payload),
             with_vector=_with(with_vectors),
         )
-        records, next_offset = self._shard(collection_name).scroll(request)
+        shard = self._shard(collection_name)
+        with self._gate.reading():
+            records, next_offset = shard.scroll(request)
         return [_record(r) for r in records], None if next_offset is None else _id_out(next_offset)
 
     def retrieve(
@@ -368,9 +428,11 @@ class EdgeClient:
         with_vectors: bool | Sequence[str] = False,
         **_: Any,
     ) -> list[models.Record]:
-        records = self._shard(collection_name).retrieve(
-            [_id_in(i) for i in ids], with_payload=_with(with_payload), with_vector=_with(with_vectors)
-        )
+        shard = self._shard(collection_name)
+        with self._gate.reading():
+            records = shard.retrieve(
+                [_id_in(i) for i in ids], with_payload=_with(with_payload), with_vector=_with(with_vectors)
+            )
         return [_record(r) for r in records]
 
     def query_points(
@@ -399,7 +461,9 @@ class EdgeClient:
             with_payload=_with(with_payload),
             with_vector=_with(with_vectors),
         )
-        points = self._shard(collection_name).query(request)
+        shard = self._shard(collection_name)
+        with self._gate.reading():
+            points = shard.query(request)
         return QueryResponse(
             points=[
                 models.ScoredPoint(
@@ -423,7 +487,9 @@ class EdgeClient:
         **_: Any,
     ) -> models.FacetResponse:
         request = qe.FacetRequest(key=key, limit=limit, exact=exact, filter=_filter(facet_filter))
-        response = self._shard(collection_name).facet(request)
+        shard = self._shard(collection_name)
+        with self._gate.reading():
+            response = shard.facet(request)
         return models.FacetResponse(hits=[models.FacetValueHit(value=hit.value, count=hit.count) for hit in response])
 
     def optimize(self, collection_name: str) -> None:

@@ -29,11 +29,19 @@ DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "sparse"
 CONTENT_KEY = "page_content"
 METADATA_KEY = "metadata"
+# How ingest replaces a file at once (ingest/indexer.py, docs/ingest.md): its new chunks are written carrying
+# STAGED_KEY (hidden), then ONE set_payload gives SWAPPED_KEY to them and to the chunks they replace, which shows
+# the first and hides the second together. A point is visible with both marks or with neither (`VISIBLE`); the
+# replaced points are then deleted and the marks removed. Top-level keys, outside LangChain's metadata.
+STAGED_KEY = "bookrag_staged"
+SWAPPED_KEY = "bookrag_swapped"
 # Payload fields that filters use; indexed so that a filtered search stays fast on a server.
 INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.chapter": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.content_hash": models.PayloadSchemaType.KEYWORD,
+    STAGED_KEY: models.PayloadSchemaType.KEYWORD,
+    SWAPPED_KEY: models.PayloadSchemaType.KEYWORD,
 }
 # Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
 _ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")
@@ -106,6 +114,29 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
 
     settings.qdrant_path.mkdir(parents=True, exist_ok=True)
     return open_edge_client(settings)
+
+
+def _empty(key: str) -> models.IsEmptyCondition:
+    return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+
+
+# Hidden: staged and not yet swapped in (an ingest writing, or a dead one's leftovers), or swapped out (replaced,
+# waiting to be deleted). Points written by any other code carry neither mark and are visible.
+VISIBLE = models.Filter(
+    must_not=[
+        models.Filter(must=[_empty(SWAPPED_KEY)], must_not=[_empty(STAGED_KEY)]),
+        models.Filter(must=[_empty(STAGED_KEY)], must_not=[_empty(SWAPPED_KEY)]),
+    ]
+)
+# Any point an ingest has marked (what `Indexer.recover` looks for).
+MARKED = models.Filter(
+    should=[models.Filter(must_not=[_empty(STAGED_KEY)]), models.Filter(must_not=[_empty(SWAPPED_KEY)])]
+)
+
+
+def visible(where: models.Filter | None = None) -> models.Filter:
+    """`where` restricted to the points readers may see (`VISIBLE`): what every product query filters by."""
+    return VISIBLE if where is None else models.Filter(must=[where, VISIBLE])
 
 
 def point_id(key: str) -> str:
