@@ -40,13 +40,16 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.models import QueryResponse
 
-from chains.errors import DependencyUnavailable
+from chains.errors import DependencyUnavailable, StoreDamaged
 from chains.settings import Settings
-from chains.store_migration import migrate_local_store
+from chains.store_migration import BACKUP, migrate_local_store
 
 logger = logging.getLogger(__name__)
 
 _META = "bookrag-collection.json"  # the collection's vector layout, as `create_collection` was given it
+# In _META while the collection is closed: its files' sizes and its point count as `close` left them, checked by the
+# next open (a file gone or cut short would otherwise open as a smaller or empty book, or fail searches later).
+_CLOSED = "closed"
 _DISTANCES = {
     models.Distance.COSINE: qe.Distance.Cosine,
     models.Distance.DOT: qe.Distance.Dot,
@@ -129,6 +132,71 @@ def open_edge_client(settings: Settings) -> QdrantClient:
     return cast(QdrantClient, client)
 
 
+def damaged_engine_message(root: Path, name: str, file: Path, what: str) -> str:
+    """What a damaged collection of the engine is reported as: the store, the file, what looks wrong, the fix."""
+    store, folder = root.parent, root / name
+    fix = (
+        f"Move the collection aside (mv {folder} {folder}.damaged) and ingest the book again (rag-ingest "
+        f"BOOK_FOLDER), or restore {store} from a backup"
+    )
+    backup = store / BACKUP
+    if backup.is_dir():
+        fix += (
+            f"; {backup} holds the store as it was before it moved to Qdrant's engine: with the collection moved "
+            f"aside, move the files in {backup} back into {store} and the next start migrates them again (chapters "
+            "ingested since then need ingesting again)"
+        )
+    return (
+        f"the embedded Qdrant store at {store} is damaged: {file} {what}. Nothing is served from it and nothing "
+        f"was changed or deleted. {fix}."
+    )
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """The engine's files in a collection's folder, by path inside it, with their sizes; not the layout file nor
+    the payload journals, which the engine folds into their storage and removes as it opens a segment."""
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in folder.rglob("*")
+        if path.is_file() and path.name not in (_META, _META + ".tmp", "tracker_journal.dat")
+    }
+
+
+def store_problem(root: Path, name: str) -> str | None:
+    """What is wrong with collection `name`'s files under `root` (QDRANT_PATH/edge), checked without opening it
+    (None: nothing seen): its layout file unreadable, or missing beside segments; a file that the last clean close
+    recorded gone or of another size (the engine would open a segment without its `version.info` as no segment at
+    all, an empty book, and one with its vectors cut short fails only the searches that reach them)."""
+    folder = root / name
+    meta = folder / _META
+    try:
+        layout = json.loads(meta.read_text(encoding="utf-8"))
+        closed = layout.get(_CLOSED) or {}
+        recorded = {str(k): int(v) for k, v in (closed.get("files") or {}).items()}
+    except FileNotFoundError:
+        if (folder / "segments").is_dir():
+            return damaged_engine_message(root, name, meta, "is missing (the collection's vector layout)")
+        return None
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        return damaged_engine_message(root, name, meta, f"cannot be read ({type(exc).__name__})")
+    for relative, size in sorted(recorded.items()):
+        path = folder / relative
+        try:
+            now = path.stat().st_size
+        except FileNotFoundError:
+            return damaged_engine_message(root, name, path, "is missing (the store was closed with it)")
+        except OSError as exc:
+            return damaged_engine_message(root, name, path, f"cannot be read ({exc.strerror or exc})")
+        if now != size:
+            return damaged_engine_message(
+                root,
+                name,
+                path,
+                f"is {now} bytes, but the store was closed with it at {size} (cut short or overwritten)",
+            )
+    return None
+
+
 def store_locked_message(path: Path) -> str:
     """What a second process is told (ingest/cli.py and the API print it as the reason)."""
     return (
@@ -167,7 +235,24 @@ class EdgeClient:
         return self.root / name
 
     def collection_exists(self, collection_name: str) -> bool:
-        return (self._path(collection_name) / _META).is_file()
+        """Whether the collection is there; `StoreDamaged` when its folder holds segments but no layout (creating
+        it anew would fail on them, and it is not empty)."""
+        path = self._path(collection_name)
+        if (path / _META).is_file():
+            return True
+        if (path / "segments").is_dir():
+            raise StoreDamaged(
+                damaged_engine_message(self.root, collection_name, path / _META, "is missing (its vector layout)")
+            )
+        return False
+
+    def _write_layout(self, name: str, layout: dict[str, Any]) -> None:
+        """Replace the layout file whole (a temporary file renamed over it: never half a file)."""
+        target = self._path(name) / _META
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(json.dumps(layout), encoding="utf-8")
+        temporary.replace(target)
+        self._layouts[name] = layout
 
     def open(self, name: str) -> None:
         """Open the collection's shard now rather than at the first call."""
@@ -182,17 +267,70 @@ class EdgeClient:
                 raise RuntimeError(f"the embedded store at {self.root} is closed")
             if not self.collection_exists(name):
                 raise ValueError(f"Collection {name} not found")
+            problem = store_problem(self.root, name)
+            if problem is not None:
+                raise StoreDamaged(problem)
             try:
                 shard = qe.EdgeShard.load(str(self._path(name)))
-            except Exception as exc:
+            except BaseException as exc:  # the engine's errors, and a Rust panic (a BaseException in PyO3)
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
                 if "WouldBlock" in str(exc):
                     raise StoreLocked(f"the embedded store at {self._path(name)} is open in another process") from exc
-                raise
+                reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+                raise StoreDamaged(
+                    damaged_engine_message(self.root, name, self._path(name), f"cannot be opened ({reason})")
+                ) from exc
+            self._check_opened(name, shard)
             self._shards[name] = shard
         # A store left unoptimized (a process stopped before its writes were optimized) is optimized in the
         # background; an optimized one makes this a no-op.
         self._schedule(name)
         return shard
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """A read beside other reads (`_Gate`); an engine error becomes a `RuntimeError` naming the store and what
+        to do (what callers report as the store failing: 503, never a traceback), since a healthy shard does not
+        fail a read (a vector file cut short fails only the reads that reach past its end)."""
+        with self._gate.reading():
+            try:
+                yield
+            except (ValueError, NotImplementedError):
+                raise
+            except Exception as exc:
+                reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+                raise RuntimeError(
+                    damaged_engine_message(self.root, name, self._path(name), f"failed a read ({reason})")
+                ) from exc
+
+    def _check_opened(self, name: str, shard: qe.EdgeShard) -> None:
+        """Compare the opened shard with what its last clean close recorded, then drop the record (a process
+        killed from now on leaves none, and its writes may change the count)."""
+        layout = dict(self._layout(name))
+        closed = layout.pop(_CLOSED, None)
+        if not closed:
+            return
+        try:
+            count = shard.count(qe.CountRequest(exact=True))
+        except Exception as exc:
+            shard.close()
+            reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+            raise StoreDamaged(
+                damaged_engine_message(self.root, name, self._path(name), f"cannot be read ({reason})")
+            ) from exc
+        if count != closed.get("points"):
+            shard.close()
+            raise StoreDamaged(
+                damaged_engine_message(
+                    self.root,
+                    name,
+                    self._path(name) / "segments",
+                    f"hold {count} points, but the store was closed with {closed.get('points')} (a segment file "
+                    "is truncated or damaged)",
+                )
+            )
+        self._write_layout(name, layout)
 
     def _layout(self, name: str) -> dict[str, Any]:
         if name not in self._layouts:
@@ -225,7 +363,7 @@ class EdgeClient:
         )
         path = self._path(collection_name)
         shard = qe.EdgeShard.create(str(path), config)
-        (path / _META).write_text(json.dumps(layout), encoding="utf-8")
+        self._write_layout(collection_name, layout)
         with self._lock:
             self._shards[collection_name] = shard
             self._layouts[collection_name] = layout
@@ -295,8 +433,7 @@ class EdgeClient:
         if metadata:
             layout = dict(self._layout(collection_name))
             layout["metadata"] = {**(layout.get("metadata") or {}), **metadata}
-            (self._path(collection_name) / _META).write_text(json.dumps(layout), encoding="utf-8")
-            self._layouts[collection_name] = layout
+            self._write_layout(collection_name, layout)
         return True
 
     def create_payload_index(
@@ -395,7 +532,7 @@ class EdgeClient:
     ) -> models.CountResult:
         request = qe.CountRequest(exact=exact, filter=_filter(count_filter))
         shard = self._shard(collection_name)
-        with self._gate.reading():
+        with self._reading(collection_name):
             return models.CountResult(count=shard.count(request))
 
     def scroll(
@@ -416,7 +553,7 @@ class EdgeClient:
             with_vector=_with(with_vectors),
         )
         shard = self._shard(collection_name)
-        with self._gate.reading():
+        with self._reading(collection_name):
             records, next_offset = shard.scroll(request)
         return [_record(r) for r in records], None if next_offset is None else _id_out(next_offset)
 
@@ -429,7 +566,7 @@ class EdgeClient:
         **_: Any,
     ) -> list[models.Record]:
         shard = self._shard(collection_name)
-        with self._gate.reading():
+        with self._reading(collection_name):
             records = shard.retrieve(
                 [_id_in(i) for i in ids], with_payload=_with(with_payload), with_vector=_with(with_vectors)
             )
@@ -462,7 +599,7 @@ class EdgeClient:
             with_vector=_with(with_vectors),
         )
         shard = self._shard(collection_name)
-        with self._gate.reading():
+        with self._reading(collection_name):
             points = shard.query(request)
         return QueryResponse(
             points=[
@@ -488,7 +625,7 @@ class EdgeClient:
     ) -> models.FacetResponse:
         request = qe.FacetRequest(key=key, limit=limit, exact=exact, filter=_filter(facet_filter))
         shard = self._shard(collection_name)
-        with self._gate.reading():
+        with self._reading(collection_name):
             response = shard.facet(request)
         return models.FacetResponse(hits=[models.FacetValueHit(value=hit.value, count=hit.count) for hit in response])
 
@@ -517,10 +654,21 @@ class EdgeClient:
                     except Exception as exc:  # the data is safe unoptimized; the next open optimizes it
                         logger.warning("optimizing the embedded collection %s failed: %s", name, exc)
                 shard.flush()
+                self._record_close(name, shard)
                 shard.close()
         if not self._lockfile.closed:
             fcntl.flock(self._lockfile, fcntl.LOCK_UN)
             self._lockfile.close()
+
+    def _record_close(self, name: str, shard: qe.EdgeShard) -> None:
+        """Note the files (with their sizes) and the point count in the layout file, for the next open to check
+        (`store_problem`, `_check_opened`)."""
+        try:
+            count = shard.count(qe.CountRequest(exact=True))
+            files = _files(self._path(name))
+            self._write_layout(name, {**self._layout(name), _CLOSED: {"points": count, "files": files}})
+        except Exception as exc:  # no record: the next open checks less, nothing else changes
+            logger.warning("could not record the state of the embedded collection %s: %s", name, exc)
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(

@@ -20,7 +20,7 @@ from langchain_qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from chains.errors import CollectionMismatch
+from chains.errors import CollectionMismatch, StoreDamaged
 from chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def local_store_problem(path: Path, deep: bool = False) -> str | None:
     """
     meta_path = path / "meta.json"
     if not meta_path.exists():
-        return None
+        return edge_store_problem(path, deep)
     try:
         collections = json.loads(meta_path.read_text(encoding="utf-8"))["collections"]
         names = list(collections)
@@ -96,6 +96,37 @@ def local_store_problem(path: Path, deep: bool = False) -> str | None:
                 return damaged_store_message(path, storage, f"is damaged ({exc})")
             if not result or result[0] != "ok":
                 return damaged_store_message(path, storage, f"is damaged ({result[0] if result else 'no answer'})")
+    return None
+
+
+def edge_store_problem(path: Path, deep: bool = False) -> str | None:
+    """What is wrong with the engine's collections under `path/edge` (None: nothing seen): from their files
+    (chains.edge_client `store_problem`), and with `deep` (start-up) by opening each as the engine would (a WAL
+    or segment it cannot read, points lost), then closing it; a store held by another process is not judged."""
+    edge = path / "edge"
+    if not edge.is_dir():
+        return None
+    from chains.edge_client import EdgeClient, StoreLocked, store_problem
+
+    names = sorted(p.name for p in edge.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        problem = store_problem(edge, name)
+        if problem is not None:
+            return problem
+    if not deep:
+        return None
+    try:
+        client = EdgeClient(edge)
+    except StoreLocked:
+        return None
+    try:
+        for name in names:
+            if client.collection_exists(name):
+                client.open(name)
+    except StoreDamaged as exc:
+        return str(exc)
+    finally:
+        client.close()
     return None
 
 

@@ -13,8 +13,8 @@ from qdrant_client import QdrantClient
 
 from chains.edge_client import EdgeClient
 from chains.embeddings import LocalEmbeddings, build_embeddings, packaged_model_path
-from chains.onnx_encoder import graph_path, quantized_path
 from chains.errors import DependencyUnavailable
+from chains.onnx_encoder import graph_path, quantized_path
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection
 from ingest.indexer import Indexer, discover_files
