@@ -12,13 +12,14 @@ batch pads little), one group is embedded in a worker thread while the next file
 previous group is written, and points are upserted in large batches. When the model is idle (at the start), half
 a group goes rather than the model waiting for the parser; one child process parses all of a run's files.
 
-Never a half-state: new chunks are embedded in batches that span files; a file's chunks are written only once
-all of them are embedded (upserts batched across files), and its stale chunks are deleted only once all of its
-new chunks are stored. A run that dies midway (the model or the store failing, a kill) leaves every file with
-its previous complete version: a failing model writes nothing of the file it was embedding, and when an upsert
-fails the new chunks already written by that write are deleted again (only if the store still answers; if not,
-some new chunks can stay beside the complete old ones). Running again finishes the job, since a file whose
-stored chunks carry mixed file hashes never counts as unchanged.
+Never a half-state, for any reader, even when the process is killed (docs/ingest.md, "What a reader sees"): a
+group's new chunks are written as soon as they are embedded, staged (STAGED_KEY: hidden by the filter every
+product read applies, chains.vectorstore.VISIBLE). Once all of a file's new chunks are stored, ONE set_payload
+marks them and the chunks they replace with SWAPPED_KEY, which shows the first and hides the second at once (one
+operation is the unit Qdrant applies whole; a batch of several is not atomic, qdrant/qdrant#9371). Then the
+replaced chunks are deleted and the marks removed, neither of which changes what a reader sees. A run that stops
+withdraws its staged chunks; one that was killed leaves hidden points that the next run deletes (`recover`)
+before it reads the store.
 """
 
 from __future__ import annotations
@@ -768,7 +769,27 @@ class Indexer:
         stale = [cid for plan in plans for cid in plan.stale]
         if not new and not stale:
             return
-        both = models.PointIdsList(points=new + stale)
+        mine = models.Filter(
+            must=[
+                models.HasIdCondition(has_id=list(new)),
+                models.FieldCondition(key=STAGED_KEY, match=models.MatchValue(value=token)),
+            ]
+        )
+        if new:  # all there (an ingest elsewhere into this collection could have removed them): else swap nothing
+            present = self._store(
+                "reading stored chunks", lambda: self.client.count(self.collection, count_filter=mine, exact=True)
+            ).count
+            if present != len(new):
+                raise DependencyUnavailable(
+                    "qdrant",
+                    f"{len(new) - present} of this run's {len(new)} new chunks are gone from the store before they "
+                    "were shown (another ingest into the same collection?). Every file keeps its previous complete "
+                    "version; run one ingest at a time, and this one again.",
+                )
+        # By a filter, not by ids: the engine applies a set_payload by ids up to an id it lacks, then fails.
+        both = models.FilterSelector(
+            filter=models.Filter(should=[mine, models.HasIdCondition(has_id=list(stale))] if stale else [mine])
+        )
         self._store(
             "swapping in the new chunks",
             lambda: self.client.set_payload(self.collection, payload={SWAPPED_KEY: token}, points=both, wait=True),
