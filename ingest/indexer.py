@@ -913,6 +913,8 @@ class Indexer:
             """Store this group's chunks (staged: hidden), then swap in the files it completed."""
             if not batch:
                 return
+            if on_progress is not None:  # embedded, not yet written
+                on_progress(progress)
             chunks = [plan.new[i] for plan, i in batch]
             vectors = [plan.vectors[i] or [] for plan, i in batch]
             self.write(chunks, vectors, [plan.sentences.get(i, {}) for plan, i in batch], staged=token)

@@ -207,6 +207,37 @@ def test_a_run_dying_after_the_swap_shows_the_new_version_and_the_next_run_tidie
     assert visible_points(qdrant, small, "book/long.md").keys() == new.keys()
 
 
+class StagedRemovedElsewhere:
+    """The real store, where another ingest's clean-up deletes the staged chunks right after each upsert."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client = client
+
+    def upsert(self, collection_name: str, points: list[models.PointStruct], **kwargs: Any) -> Any:
+        done = self.client.upsert(collection_name, points=points, **kwargs)
+        self.client.delete(collection_name, points_selector=models.PointIdsList(points=[p.id for p in points]))
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_swap_whose_staged_chunks_are_gone_is_refused_and_the_old_version_stays(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, small: Settings, book: Path
+) -> None:
+    """Two ingests into one collection at once (a server) is not supported; if the other one's clean-up removes
+    this run's staged chunks, the swap is refused instead of hiding the old version with nothing to show."""
+    ingest_into(qdrant, embeddings, small, book)
+    old = visible_points(qdrant, small, "book/long.md")
+    (book / "long.md").write_text(long_chapter("medlar"), encoding="utf-8")
+    elsewhere = StagedRemovedElsewhere(qdrant)
+    indexer = Indexer(elsewhere, embeddings, small, embeddings.count_tokens)  # type: ignore[arg-type]
+    with pytest.raises(DependencyUnavailable, match="are gone from the store before they were shown"):
+        indexer.ingest(list(discover_files([book])), book.parent)
+    assert visible_points(qdrant, small, "book/long.md") == old
+    assert all_points(qdrant, small) == visible_points(qdrant, small)
+
+
 def test_an_unchanged_store_reads_exactly_as_without_the_filter(
     qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
 ) -> None:
