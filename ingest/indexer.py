@@ -224,7 +224,7 @@ class FilePlan:
     file_fields: dict[str, Any]
     vectors: list[list[float] | None] = field(default_factory=list)  # filled as batches are embedded
     sentences: dict[int, dict[str, Any]] = field(default_factory=dict)  # chunk index: its sentence vectors' payload
-    waiting: int = 0  # new chunks not yet embedded
+    waiting: int = 0  # new chunks not yet stored (staged)
 
     @property
     def has_writes(self) -> bool:
