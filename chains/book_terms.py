@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from qdrant_client import QdrantClient
 
 from chains.sparse import terms
-from chains.vectorstore import CONTENT_KEY
+from chains.vectorstore import CONTENT_KEY, VISIBLE
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,12 @@ def stored_texts(client: QdrantClient, collection: str) -> list[str]:
     offset = None
     while True:
         records, offset = client.scroll(
-            collection, limit=_SCROLL_PAGE, offset=offset, with_payload=[CONTENT_KEY], with_vectors=False
+            collection,
+            scroll_filter=VISIBLE,
+            limit=_SCROLL_PAGE,
+            offset=offset,
+            with_payload=[CONTENT_KEY],
+            with_vectors=False,
         )
         texts.extend(str((r.payload or {}).get(CONTENT_KEY, "")) for r in records)
         if offset is None:
