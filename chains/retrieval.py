@@ -33,6 +33,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from threadpoolctl import threadpool_limits
 
 from chains.errors import DependencyUnavailable
+from chains.neighbours import join_neighbours, neighbours_filter
 from chains.rerank import Reranker
 from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
 from chains.settings import Settings
@@ -109,6 +110,10 @@ class BookRetriever(BaseRetriever):
     hnsw_ef: int | None = None
     # Hybrid mode: the first N fused candidates re-ordered with their best sentence (chains.sentence_rescore); 0: off.
     sentence_rescore: int = 0
+    # Join a passage's same-section neighbour chunks (chains.neighbours): always for the first `neighbours_whole`
+    # passages, for the others when the neighbour has a sentence closer to the question.
+    join_neighbours: bool = False
+    neighbours_whole: int = 2
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -130,6 +135,8 @@ class BookRetriever(BaseRetriever):
             mmr_lambda=settings.retrieval_mmr_lambda,
             hnsw_ef=settings.qdrant_hnsw_ef,
             sentence_rescore=settings.retrieval_sentence_rescore,
+            join_neighbours=settings.retrieval_join_neighbours,
+            neighbours_whole=settings.retrieval_neighbours_whole,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -244,7 +251,33 @@ class BookRetriever(BaseRetriever):
         ranked = [documents[i] for i in order[:k]]
         for rank, document in enumerate(ranked, start=1):
             document.metadata["rank"] = rank
+        if self.join_neighbours and ranked:
+            self._join_neighbours(ranked, [points[i].payload for i in order[:k]], vector)
         return ranked
+
+    def _join_neighbours(
+        self, ranked: list[Document], payloads: list[dict[str, Any] | None], vector: list[float]
+    ) -> None:
+        """Join each passage's same-section neighbour chunk when it holds a better sentence (chains.neighbours)."""
+        where = neighbours_filter(ranked, METADATA_KEY)
+        if where is None:
+            return
+        try:
+            records, _ = self.vector_store.client.scroll(
+                self.vector_store.collection_name, scroll_filter=where, limit=2 * len(ranked), with_payload=True
+            )
+        except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
+            logger.warning("reading the passages' neighbours failed, not joining them: %s", exc)
+            return
+        neighbours = [
+            (
+                dict((r.payload or {}).get(METADATA_KEY) or {}),
+                str((r.payload or {}).get(self.vector_store.content_payload_key, "")),
+                r.payload,
+            )
+            for r in records
+        ]
+        join_neighbours(ranked, payloads, neighbours, vector, self.neighbours_whole)
 
     def _sentence_order(
         self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]
