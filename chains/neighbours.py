@@ -68,57 +68,67 @@ def join_texts(first: str, second: str) -> str:
 
 
 def join_neighbours(
-    documents: Sequence[Document],
+    candidates: Sequence[Document],
     payloads: Sequence[Mapping[str, Any] | None],
     neighbours: Sequence[tuple[Mapping[str, Any], str, Mapping[str, Any] | None]],
     query: Sequence[float],
+    k: int,
     whole: int = 0,
-) -> int:
-    """Join to each passage (with its stored payload) its same-section neighbours (metadata, text, payload): all of
-    them for the first `whole` passages, else those whose best sentence beats the passage's own; in place.
-    Returns how many chunks were joined."""
-    shown = {key for d in documents if (key := neighbour_key(d.metadata)) is not None}
-    by_key = {
-        key: (metadata, text, payload)
-        for metadata, text, payload in neighbours
-        if (key := neighbour_key(metadata)) is not None and key not in shown
-    }
-    if not by_key:
-        return 0
-    own = best_sentence_scores(query, payloads)  # None: some passage has no sentence vectors
-    joined = 0
-    for rank, document in enumerate(documents):
+) -> list[Document]:
+    """The first `k` passages of `candidates` (ranked, with their stored payloads), each joined with its
+    same-section neighbours (metadata, text, payload; read from the store): all of them for the first `whole`
+    passages, else those whose best sentence beats the passage's own. A neighbour that is itself a lower candidate
+    is joined into the higher one and leaves the list (the next candidate moves up); one ranked higher stays
+    where it is. Joined documents are changed in place."""
+    pool: dict[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]] = {}
+    for metadata, text, payload in neighbours:
+        if (key := neighbour_key(metadata)) is not None:
+            pool[key] = (metadata, text, payload)
+    position_of: dict[tuple[str, int], int] = {}
+    for i, document in enumerate(candidates):
+        if (key := neighbour_key(document.metadata)) is not None:
+            position_of.setdefault(key, i)
+            pool[key] = (document.metadata, document.page_content, payloads[i])
+    used: set[tuple[str, int]] = set()  # chunks already shown, as a passage or joined to one
+    kept: list[Document] = []
+    for i, document in enumerate(candidates):
+        if len(kept) == k:
+            break
         key = neighbour_key(document.metadata)
+        if key is not None and key in used:
+            continue  # joined into a passage above
+        kept.append(document)
         if key is None:
             continue
+        used.add(key)
         source, index = key
-        candidates = [
-            (position, by_key[(source, position)])
+        options = [
+            (position, pool[(source, position)])
             for position in (index - 1, index + 1)
-            if (source, position) in by_key
-            and by_key[(source, position)][0].get("section") == document.metadata.get("section")
+            if (source, position) in pool
+            and (source, position) not in used
+            and pool[(source, position)][0].get("section") == document.metadata.get("section")
         ]
-        if not candidates:
+        if not options:
             continue
-        if rank < whole:
-            chosen = [(position, text) for position, (_, text, _) in candidates]
+        if len(kept) <= whole:
+            chosen = [(position, text) for position, (_, text, _) in options]
         else:
-            scores = None if own is None else best_sentence_scores(query, [p for _, (_, _, p) in candidates])
-            if scores is None or own is None:
-                continue
+            own = best_sentence_scores(query, [payloads[i]])
+            scores = best_sentence_scores(query, [payload for _, (_, _, payload) in options])
+            if own is None or scores is None:
+                continue  # no sentence vectors (a store ingested before them): nothing to compare
             chosen = [
                 (position, text)
-                for (position, (_, text, _)), score in zip(candidates, scores, strict=True)
-                if score > own[rank]
+                for (position, (_, text, _)), score in zip(options, scores, strict=True)
+                if score > own[0]
             ]
         if not chosen:
             continue
         text = document.page_content
-        for position, other in chosen:  # in book order: the one before, then the one after
+        for position, other in chosen:  # the one before, then the one after
             text = join_texts(other, text) if position < index else join_texts(text, other)
-        for position, _ in chosen:
-            del by_key[(source, position)]  # joined once, to the better-ranked passage
+            used.add((source, position))
         document.page_content = text
         document.metadata["joined"] = [position for position, _ in chosen]
-        joined += len(chosen)
-    return joined
+    return kept

@@ -200,6 +200,8 @@ class BookRetriever(BaseRetriever):
             # More fused points to re-score, from the same prefetch depth as without re-scoring (a deeper
             # prefetch changes the fusion's normalisation, which measured worse: docs/retrieval.md).
             depth, limit = self.candidate_count(k), max(k, self.sentence_rescore)
+        if self.join_neighbours:  # spare candidates, to move up when one is joined into a passage above
+            limit = max(limit, 2 * k)
         attempt = 0
         while True:
             try:
@@ -248,27 +250,28 @@ class BookRetriever(BaseRetriever):
             for document, score in zip(documents, scores, strict=True):
                 document.metadata["rerank_score"] = score
             order.sort(key=lambda i: -scores[i])
-        ranked = [documents[i] for i in order[:k]]
+        if self.join_neighbours and documents:
+            ranked = self._join_neighbours([documents[i] for i in order], [points[i].payload for i in order], vector, k)
+        else:
+            ranked = [documents[i] for i in order[:k]]
         for rank, document in enumerate(ranked, start=1):
             document.metadata["rank"] = rank
-        if self.join_neighbours and ranked:
-            self._join_neighbours(ranked, [points[i].payload for i in order[:k]], vector)
         return ranked
 
     def _join_neighbours(
-        self, ranked: list[Document], payloads: list[dict[str, Any] | None], vector: list[float]
-    ) -> None:
-        """Join each passage's same-section neighbour chunk when it holds a better sentence (chains.neighbours)."""
-        where = neighbours_filter(ranked, METADATA_KEY)
+        self, ordered: list[Document], payloads: list[dict[str, Any] | None], vector: list[float], k: int
+    ) -> list[Document]:
+        """The first k passages joined with their same-section neighbour chunks (chains.neighbours)."""
+        where = neighbours_filter(ordered, METADATA_KEY)
         if where is None:
-            return
+            return ordered[:k]
         try:
             records, _ = self.vector_store.client.scroll(
-                self.vector_store.collection_name, scroll_filter=where, limit=2 * len(ranked), with_payload=True
+                self.vector_store.collection_name, scroll_filter=where, limit=2 * len(ordered), with_payload=True
             )
         except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
             logger.warning("reading the passages' neighbours failed, not joining them: %s", exc)
-            return
+            return ordered[:k]
         neighbours = [
             (
                 dict((r.payload or {}).get(METADATA_KEY) or {}),
@@ -277,7 +280,7 @@ class BookRetriever(BaseRetriever):
             )
             for r in records
         ]
-        join_neighbours(ranked, payloads, neighbours, vector, self.neighbours_whole)
+        return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole)
 
     def _sentence_order(
         self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]

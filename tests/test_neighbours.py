@@ -85,26 +85,31 @@ def _payload(vectors: list[list[float]]) -> dict[str, object]:
 def test_after_the_first_passages_only_a_neighbour_with_a_better_sentence_is_joined() -> None:
     query = [1.0, 0.0]
     # Passages 10 and 20 (ranks 1 and 2), each with a best sentence at cosine 0.6.
-    documents = [_passage(10), _passage(20)]
     payloads = [_payload([[0.6, 0.8]]), _payload([[0.6, 0.8]])]
     neighbours = [
         ({"source": "ch.md", "chunk_index": 11, "section": "Ch > S"}, "eleven", _payload([[0.9, 0.44]])),  # better
         ({"source": "ch.md", "chunk_index": 19, "section": "Ch > S"}, "nineteen", _payload([[0.1, 0.99]])),  # worse
         ({"source": "ch.md", "chunk_index": 21, "section": "Ch > Other"}, "other", _payload([[1.0, 0.0]])),  # section
     ]
-    assert join_neighbours(documents, payloads, neighbours, query, whole=0) == 1
+    documents = join_neighbours([_passage(10), _passage(20)], payloads, neighbours, query, k=2, whole=0)
     assert documents[0].page_content == "text 10\n\neleven" and documents[0].metadata["joined"] == [11]
     assert documents[1].page_content == "text 20" and "joined" not in documents[1].metadata
 
-    # The first passage takes its same-section neighbours whatever their sentences; never another section's.
-    documents = [_passage(10), _passage(20)]
-    assert join_neighbours(documents, payloads, neighbours, query, whole=2) == 2
+    # The first passages take their same-section neighbours whatever their sentences; never another section's.
+    documents = join_neighbours([_passage(10), _passage(20)], payloads, neighbours, query, k=2, whole=2)
     assert documents[1].page_content == "nineteen\n\ntext 20" and documents[1].metadata["joined"] == [19]
 
 
-def test_a_neighbour_already_among_the_passages_is_not_joined_again() -> None:
-    documents = [_passage(10), _passage(11)]
-    neighbours = [({"source": "ch.md", "chunk_index": 11, "section": "Ch > S"}, "text 11", _payload([[1.0, 0.0]]))]
-    assert join_neighbours(documents, [_payload([[0.0, 1.0]])] * 2, neighbours, [1.0, 0.0], whole=2) == 0
+def test_a_lower_passage_next_to_a_higher_one_is_joined_into_it_and_the_next_candidate_moves_up() -> None:
+    candidates = [_passage(10), _passage(30), _passage(11), _passage(50)]
+    payloads = [_payload([[0.0, 1.0]])] * 4
+    documents = join_neighbours(candidates, payloads, [], [1.0, 0.0], k=3, whole=1)
+    assert [d.metadata["chunk_index"] for d in documents] == [10, 30, 50]
+    assert documents[0].page_content == "text 10\n\ntext 11" and documents[0].metadata["joined"] == [11]
+    # A neighbour ranked higher stays where it is: 11 (no better sentence than 10's) is not joined into 10, nor 10
+    # back into 11.
+    worse = [_payload([[0.9, 0.44]]), _payload([[0.5, 0.87]])]
+    documents = join_neighbours([_passage(10), _passage(11)], worse, [], [1.0, 0.0], k=2, whole=0)
+    assert [d.page_content for d in documents] == ["text 10", "text 11"]
     assert neighbours_filter([_passage(10)], METADATA_KEY) is not None
     assert neighbours_filter([Document("x", metadata={"source": "ch.md"})], METADATA_KEY) is None
