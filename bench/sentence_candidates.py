@@ -1,13 +1,22 @@
-"""Sentences as their own candidate source (issue 19), measured offline on the cached eval stores.
+"""Recall ideas for the harder books (issue 19), measured offline on the cached eval stores, same settings for every
+book: sentences as their own candidate list, the heading path as its own sparse list, and neighbour passages.
 
-Today the sentence vectors (chains.sentence_rescore) only re-score the fused top 10 of the dense and sparse lists.
-This adds a third list, the chunks ranked by their best sentence's cosine to the question (what a Qdrant
-multivector with MAX_SIM gives for a one-vector query), to the DBSF fusion, then re-scores as today. Dense and
-sentence scores are exact numpy (the eval stores are searched exactly too), the sparse list is Qdrant's own
-query; the fusion is Qdrant's DBSF rule (`chains.sentence_rescore._normalised`, a missing point adds 0). The first
-row replays today's default and must equal `bench.eval_retrieval`'s.
+- **Sentence list**: the chunks ranked by their best sentence's cosine to the question (what a Qdrant multivector
+  with MAX_SIM gives for a one-vector query) as a third list in the DBSF fusion, then re-scored as today.
+- **Heading list**: a sparse vector of each chunk's chapter title and heading path (a temporary collection with
+  the IDF modifier), as a third list with weight 1, 0.5 or 0.25.
+- **Neighbours joined** to today's top 5 (same file and section, chunk_index +-1): always, for the first two
+  passages only, or when the neighbour's best sentence beats the passage's (the product's rule is measured by
+  `bench.eval_retrieval`, "hybrid DBSF + sentence re-scoring + neighbours").
+- The misses of today's default are printed (stderr), marked when the answer is in a neighbour of a top-5 chunk.
+
+Dense and sentence scores are exact numpy (the eval stores are searched exactly too), the sparse lists are Qdrant's
+own queries, the fusion is Qdrant's DBSF rule (`chains.sentence_rescore._normalised`, a missing point adds 0). The
+first row replays today's default and equals `bench.eval_retrieval`'s. CHUNK_SIZE / CHUNK_OVERLAP in the
+environment select (and on first use ingest, without the LangChain baseline) a store of that chunk size.
 
     BENCH_CORPUS=/work/shared/corpus .venv/bin/python -m bench.sentence_candidates --books sample_book,humanoid_book
+    CHUNK_SIZE=160 CHUNK_OVERLAP=30 BENCH_CORPUS=/work/shared/corpus .venv/bin/python -m bench.sentence_candidates
 """
 
 from __future__ import annotations

@@ -36,13 +36,19 @@ def neighbour_key(metadata: Mapping[str, Any]) -> tuple[str, int] | None:
     return source, index
 
 
-def neighbours_filter(documents: Sequence[Document], metadata_key: str) -> models.Filter | None:
-    """A filter matching the chunks right before and after each passage, in its own file."""
+def neighbours_filter(
+    documents: Sequence[Document], metadata_key: str, known: Sequence[Document] = ()
+) -> models.Filter | None:
+    """A filter matching the chunks right before and after each passage, in its own file, except those `known`
+    already (the other candidates, whose payloads the search returned); None when there is none to read."""
+    have = {key for d in (*documents, *known) if (key := neighbour_key(d.metadata)) is not None}
     wanted: dict[str, set[int]] = {}
     for document in documents:
         key = neighbour_key(document.metadata)
         if key is not None:
-            wanted.setdefault(key[0], set()).update((key[1] - 1, key[1] + 1))
+            missing = {i for i in (key[1] - 1, key[1] + 1) if (key[0], i) not in have}
+            if missing:
+                wanted.setdefault(key[0], set()).update(missing)
     if not wanted:
         return None
     return models.Filter(

@@ -262,16 +262,17 @@ class BookRetriever(BaseRetriever):
         self, ordered: list[Document], payloads: list[dict[str, Any] | None], vector: list[float], k: int
     ) -> list[Document]:
         """The first k passages joined with their same-section neighbour chunks (chains.neighbours)."""
-        where = neighbours_filter(ordered, METADATA_KEY)
-        if where is None:
-            return ordered[:k]
-        try:
-            records, _ = self.vector_store.client.scroll(
-                self.vector_store.collection_name, scroll_filter=where, limit=2 * len(ordered), with_payload=True
-            )
-        except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
-            logger.warning("reading the passages' neighbours failed, not joining them: %s", exc)
-            return ordered[:k]
+        # Read only the first k passages' neighbours that are not candidates already (those come with the search).
+        where = neighbours_filter(ordered[:k], METADATA_KEY, ordered)
+        records: list[models.Record] = []
+        if where is not None:
+            try:
+                records, _ = self.vector_store.client.scroll(
+                    self.vector_store.collection_name, scroll_filter=where, limit=2 * k, with_payload=True
+                )
+            except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
+                logger.warning("reading the passages' neighbours failed, not joining them: %s", exc)
+                return ordered[:k]
         neighbours = [
             (
                 dict((r.payload or {}).get(METADATA_KEY) or {}),
