@@ -113,3 +113,13 @@ def test_a_lower_passage_next_to_a_higher_one_is_joined_into_it_and_the_next_can
     assert [d.page_content for d in documents] == ["text 10", "text 11"]
     assert neighbours_filter([_passage(10)], METADATA_KEY) is not None
     assert neighbours_filter([Document("x", metadata={"source": "ch.md"})], METADATA_KEY) is None
+
+
+def test_without_sentence_vectors_only_the_first_passages_are_joined() -> None:
+    # A store ingested before the sentence vectors (or with RETRIEVAL_SENTENCE_RESCORE=0): no payload to compare.
+    neighbours = [
+        ({"source": "ch.md", "chunk_index": 11, "section": "Ch > S"}, "eleven", {}),
+        ({"source": "ch.md", "chunk_index": 21, "section": "Ch > S"}, "twenty-one", {}),
+    ]
+    documents = join_neighbours([_passage(10), _passage(20)], [{}, {}], neighbours, [1.0, 0.0], k=2, whole=1)
+    assert [d.page_content for d in documents] == ["text 10\n\neleven", "text 20"]
