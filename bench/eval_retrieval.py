@@ -88,7 +88,8 @@ DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_b
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
 STORES = CACHE_DIR / "eval-retrieval"
 K = 5
-DEFAULT_CONFIG = "hybrid DBSF + sentence re-scoring"  # the product default (RETRIEVAL_SENTENCE_RESCORE=10)
+# The product default (RETRIEVAL_SENTENCE_RESCORE=10, RETRIEVAL_JOIN_NEIGHBOURS=1)
+DEFAULT_CONFIG = "hybrid DBSF + sentence re-scoring + neighbours"
 SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 10  # type: ignore[call-arg]
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
@@ -96,7 +97,13 @@ SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "hybrid DBSF, chapter filter": {"mode": "hybrid", "fusion": "dbsf", "filtered": True},
     "hybrid RRF": {"mode": "hybrid", "fusion": "rrf"},
     "hybrid DBSF + MMR": {"mode": "hybrid", "fusion": "dbsf", "mmr": True},
-    "hybrid DBSF + sentence re-scoring (the default)": {"mode": "hybrid", "fusion": "dbsf", "sentence_rescore": 10},
+    "hybrid DBSF + sentence re-scoring": {"mode": "hybrid", "fusion": "dbsf", "sentence_rescore": 10},
+    "hybrid DBSF + sentence re-scoring + neighbours (the default)": {
+        "mode": "hybrid",
+        "fusion": "dbsf",
+        "sentence_rescore": 10,
+        "join_neighbours": True,
+    },
 }
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
@@ -308,6 +315,9 @@ def configurations(
         "dense + MMR": make(mode="dense", mmr=True),
         "hybrid DBSF + MMR": make(mode="hybrid", fusion="dbsf", mmr=True),
         "hybrid DBSF + sentence re-scoring": make(mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE),
+        "hybrid DBSF + sentence re-scoring + neighbours": make(
+            mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE, join_neighbours=True
+        ),
     }
     if rerank_model is not None:
         reranker = CrossEncoderReranker(rerank_model)
@@ -536,6 +546,7 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                         "source": f"scale/{number // 40}.md",
                         "chapter": f"scale chapter {number // 500}",
                         "chunk_index": number,
+                        "section": f"scale section {number // 4}",  # sections of 4 chunks: neighbours to join
                     }
                     # Random sentence vectors, as many as the text has sentences: what re-scoring decodes.
                     sentences = [[rng.gauss(0, 1) for _ in range(dimension)] for _ in sentences_of(text)]
@@ -573,6 +584,12 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                 started = time.perf_counter()
                 rescoring._search(vector, question.question, K, options_default)
                 rescore_ms.append((time.perf_counter() - started) * 1000)
+            joining = rescoring.model_copy(update={"join_neighbours": True})
+            join_ms = []
+            for question, vector in zip(questions, vectors, strict=True):
+                started = time.perf_counter()
+                joining._search(vector, question.question, K, options_default)
+                join_ms.append((time.perf_counter() - started) * 1000)
             lines.append(
                 f"| {stored} chunks | query embedding alone | {len(questions)} | {percentile(embed_ms, 0.5):.1f} | "
                 f"{percentile(embed_ms, 0.95):.1f} |"
@@ -584,6 +601,10 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
             lines.append(
                 f"| {stored} chunks | hybrid DBSF + sentence re-scoring search, vector given | {len(questions)} | "
                 f"{percentile(rescore_ms, 0.5):.1f} | {percentile(rescore_ms, 0.95):.1f} |"
+            )
+            lines.append(
+                f"| {stored} chunks | hybrid DBSF + sentence re-scoring + neighbours search, vector given | "
+                f"{len(questions)} | {percentile(join_ms, 0.5):.1f} | {percentile(join_ms, 0.95):.1f} |"
             )
             for label, options in SCALE_CONFIGS.items():
                 options = dict(options)

@@ -187,7 +187,7 @@ def measure(
     unanswerable: Sequence[Question],
     out_of_book: Sequence[Question],
 ) -> Outcome:
-    """The product default (hybrid DBSF + sentence re-scoring) over the store in `folder`."""
+    """The product default (DEFAULT_CONFIG: re-scoring, and neighbours since 2026-12-01) over the store in `folder`."""
     settings = Settings(_env_file=None, qdrant_path=folder, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
     client = build_qdrant_client(settings)
     try:

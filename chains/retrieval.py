@@ -33,6 +33,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from threadpoolctl import threadpool_limits
 
 from chains.errors import DependencyUnavailable
+from chains.neighbours import join_neighbours, neighbours_filter
 from chains.rerank import Reranker
 from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
 from chains.settings import Settings
@@ -110,6 +111,10 @@ class BookRetriever(BaseRetriever):
     hnsw_ef: int | None = None
     # Hybrid mode: the first N fused candidates re-ordered with their best sentence (chains.sentence_rescore); 0: off.
     sentence_rescore: int = 0
+    # Join a passage's same-section neighbour chunks (chains.neighbours): always for the first `neighbours_whole`
+    # passages, for the others when the neighbour has a sentence closer to the question.
+    join_neighbours: bool = False
+    neighbours_whole: int = 2
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -131,6 +136,8 @@ class BookRetriever(BaseRetriever):
             mmr_lambda=settings.retrieval_mmr_lambda,
             hnsw_ef=settings.qdrant_hnsw_ef,
             sentence_rescore=settings.retrieval_sentence_rescore,
+            join_neighbours=settings.retrieval_join_neighbours,
+            neighbours_whole=settings.retrieval_neighbours_whole,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -194,6 +201,8 @@ class BookRetriever(BaseRetriever):
             # More fused points to re-score, from the same prefetch depth as without re-scoring (a deeper
             # prefetch changes the fusion's normalisation, which measured worse: docs/retrieval.md).
             depth, limit = self.candidate_count(k), max(k, self.sentence_rescore)
+        if self.join_neighbours:  # spare candidates, to move up when one is joined into a passage above
+            limit = max(limit, 2 * k)
         attempt = 0
         while True:
             try:
@@ -242,10 +251,38 @@ class BookRetriever(BaseRetriever):
             for document, score in zip(documents, scores, strict=True):
                 document.metadata["rerank_score"] = score
             order.sort(key=lambda i: -scores[i])
-        ranked = [documents[i] for i in order[:k]]
+        if self.join_neighbours and documents:
+            ranked = self._join_neighbours([documents[i] for i in order], [points[i].payload for i in order], vector, k)
+        else:
+            ranked = [documents[i] for i in order[:k]]
         for rank, document in enumerate(ranked, start=1):
             document.metadata["rank"] = rank
         return ranked
+
+    def _join_neighbours(
+        self, ordered: list[Document], payloads: list[dict[str, Any] | None], vector: list[float], k: int
+    ) -> list[Document]:
+        """The first k passages joined with their same-section neighbour chunks (chains.neighbours)."""
+        # Read only the first k passages' neighbours that are not candidates already (those come with the search).
+        where = neighbours_filter(ordered[:k], METADATA_KEY, ordered)
+        records: list[models.Record] = []
+        if where is not None:
+            try:
+                records, _ = self.vector_store.client.scroll(
+                    self.vector_store.collection_name, scroll_filter=visible(where), limit=2 * k, with_payload=True
+                )
+            except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
+                logger.warning("reading the passages' neighbours failed, not joining them: %s", exc)
+                return ordered[:k]
+        neighbours = [
+            (
+                dict((r.payload or {}).get(METADATA_KEY) or {}),
+                str((r.payload or {}).get(self.vector_store.content_payload_key, "")),
+                r.payload,
+            )
+            for r in records
+        ]
+        return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole)
 
     def _sentence_order(
         self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # Hybrid mode: the first N fused candidates re-ordered with each passage's best sentence, whose vectors ingest
     # stores in the chunk's payload (chains/sentence_rescore.py; docs/retrieval.md). 0: off, and ingest stores none.
     retrieval_sentence_rescore: int = Field(10, ge=0, le=100)
+    # A passage whose section goes on in the next or previous chunk is joined with it: the first NEIGHBOURS_WHOLE
+    # passages always, the others when that chunk has a sentence closer to the question (chains/neighbours.py,
+    # the sentence vectors above; docs/retrieval.md).
+    retrieval_join_neighbours: bool = True
+    retrieval_neighbours_whole: int = Field(2, ge=0, le=50)
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md).
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)

@@ -35,13 +35,15 @@ METADATA_KEY = "metadata"
 # replaced points are then deleted and the marks removed. Top-level keys, outside LangChain's metadata.
 STAGED_KEY = "bookrag_staged"
 SWAPPED_KEY = "bookrag_swapped"
-# Payload fields that filters use; indexed so that a filtered search stays fast on a server.
+# Payload fields that filters use; indexed so that a filtered search or read stays fast.
 INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.chapter": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.content_hash": models.PayloadSchemaType.KEYWORD,
     STAGED_KEY: models.PayloadSchemaType.KEYWORD,
     SWAPPED_KEY: models.PayloadSchemaType.KEYWORD,
+    # Neighbour passages (chains/neighbours.py) read a passage's chunks before and after it by position.
+    f"{METADATA_KEY}.chunk_index": models.PayloadSchemaType.INTEGER,
 }
 # Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
 _ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")

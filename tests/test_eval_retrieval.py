@@ -41,7 +41,7 @@ def test_eval_harness_runs_end_to_end_on_a_tiny_book(
     assert reports[0].missing_answers == [] and reports[0].present_terms == []
     assert list((tmp_path / "s").iterdir()), "the book's store is kept under `stores` for the next run"
     assert "## Latency at scale" in markdown
-    assert "| 30 chunks | hybrid DBSF + sentence re-scoring (the default) |" in markdown
+    assert "| 30 chunks | hybrid DBSF + sentence re-scoring + neighbours (the default) |" in markdown
 
 
 def test_refusal_rates_count_a_question_refused_when_no_passage_passes_or_a_signal_refuses() -> None:
