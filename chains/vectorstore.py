@@ -363,6 +363,30 @@ class BookVectorStore(QdrantVectorStore):
     def get_by_ids(self, ids: Any, /) -> list[Document]:
         return super().get_by_ids([point_id(str(i)) for i in ids])
 
+    # LangChain's searches see what the product's do: not the chunks an ingest is still writing or has replaced.
+    def similarity_search_with_score(  # type: ignore[override]
+        self, query: str, k: int = 4, filter: models.Filter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return super().similarity_search_with_score(query, k, filter=visible(filter), **kwargs)
+
+    def similarity_search_with_score_by_vector(  # type: ignore[override]
+        self, embedding: list[float], k: int = 4, filter: models.Filter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return super().similarity_search_with_score_by_vector(embedding, k, filter=visible(filter), **kwargs)
+
+    def max_marginal_relevance_search_with_score_by_vector(  # type: ignore[override]
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: models.Filter | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        return super().max_marginal_relevance_search_with_score_by_vector(
+            embedding, k, fetch_k, lambda_mult, filter=visible(filter), **kwargs
+        )
+
     @classmethod
     def _document_from_point(
         cls, scored_point: Any, collection_name: str, content_payload_key: str, metadata_payload_key: str

@@ -154,6 +154,10 @@ def test_rag_ingest_sigkilled_mid_file_leaves_the_old_version_and_the_rerun_fini
         found = retriever.invoke("which row holds pear trees", k=8)
         assert found and all("pear" not in doc.page_content for doc in found)
         assert {doc.metadata["source"] for doc in found} <= {"book/long.md", "book/short.md"}
+        # LangChain's own searches over the same store too (any LangChain code reading the book)
+        assert all("pear" not in d.page_content for d in store.similarity_search("which row holds pear trees", k=8))
+        mmr = store.max_marginal_relevance_search("which row holds pear trees", k=8, fetch_k=40)
+        assert mmr and all("pear" not in d.page_content for d in mmr)
         assert BookCatalogue(small.qdrant_collection).current(client).sources == ("book/long.md", "book/short.md")
 
         report = ingest_into(client, embeddings, small, book)  # the rerun
