@@ -306,6 +306,13 @@ class BookVocabulary:
         # A stale vocabulary may lack a chapter just added: no check until the new one is read.
         return None if ready is None or stale else ready[1]
 
+    def forget(self) -> None:
+        """Read again on the next use: an ingest in this process has finished, and a chapter replaced by one of
+        the same number of chunks leaves the point count as it was. The check is skipped until the new read."""
+        with self._lock:
+            if self._ready is not None:
+                self._ready = (-1, self._ready[1])
+
     def read_now(self, client: QdrantClient) -> Vocabulary:
         """Read it in this thread (start-up warm-up, tests)."""
         count = client.count(self.collection, exact=True).count

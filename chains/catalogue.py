@@ -137,6 +137,12 @@ class BookCatalogue:
             self._cached = (count, catalogue)
         return catalogue
 
+    def forget(self) -> None:
+        """List again on the next use: an ingest in this process has finished (a replaced chapter may leave the
+        point count as it was)."""
+        with self._lock:
+            self._cached = None
+
     def _values(self, client: QdrantClient, field: str) -> tuple[str, ...]:
         response = client.facet(
             self.collection, key=f"{METADATA_KEY}.{field}", facet_filter=VISIBLE, limit=_FACET_LIMIT, exact=True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -101,3 +103,31 @@ async def test_admin_ingest_keys_by_ingest_root_which_the_collection_remembers(
     moved = (await client.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)).json()
     assert any(f"the book root changes from {book_dir} to {book_dir.parent}" in n for n in moved["notes"])
     assert remembered_root(qdrant, admin_settings.qdrant_collection) == book_dir.parent
+
+
+async def test_a_chapter_replaced_through_the_server_is_in_the_books_vocabulary_at_once(
+    admin_settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient, book_dir: Path
+) -> None:
+    """A replaced chapter can leave the point count as it was, which alone would keep the old vocabulary: the
+    term check would go on refusing a name the book now has."""
+    question = {"question": "How do the pruning shears from Felco keep the cut clean?"}
+    async for app, http in app_client(admin_settings, embeddings, qdrant):
+        first = (await http.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)).json()
+        points = first["added"]
+        await _vocabulary_read(app, qdrant)
+        assert (await http.post("/ask", json=question)).json()["mode"] == "not_in_book"  # no "Felco" in the book
+
+        pruning = book_dir / "pruning.md"
+        pruning.write_text(pruning.read_text().replace("cutting just", "with Felco pruning shears, cutting just"))
+        again = (await http.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)).json()
+        assert again["updated"] + again["added"] >= 1 and (await http.get("/health")).json()["points"] == points
+        await _vocabulary_read(app, qdrant)
+        assert (await http.post("/ask", json=question)).json()["mode"] != "not_in_book"
+
+
+async def _vocabulary_read(app: Any, qdrant: QdrantClient) -> None:
+    for _ in range(200):
+        if app.state.rag.vocabulary.current(qdrant) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the book's vocabulary was never read")

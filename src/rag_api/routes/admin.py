@@ -168,7 +168,12 @@ async def run_exclusive(
         indexer = Indexer(
             state.client, state.embeddings, state.settings, batch_size=batch_size, stop=stop or ingest_stop(app)
         )
-        return await asyncio.to_thread(work, indexer)
+        try:
+            return await asyncio.to_thread(work, indexer)
+        finally:  # what the book holds may have changed with the point count unchanged
+            state.catalogue.forget()
+            if state.vocabulary is not None:
+                state.vocabulary.forget()
 
 
 def run_ingest(
