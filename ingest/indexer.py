@@ -42,7 +42,7 @@ from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
-from chains.sentence_rescore import SENTENCE_KEY, sentence_payloads
+from chains.sentence_rescore import SENTENCE_KEY, Row, sentence_payloads
 from chains.settings import Settings
 from chains.site_urls import page_path
 from chains.sparse import encode_document
@@ -396,6 +396,8 @@ class Indexer:
         self.count_tokens = count_tokens
         self.batch_size = batch_size
         self._parser: ParseWorker | None = None  # one child loads a run's files (`ingest`); else one per file
+        # Sentence rows already embedded in this run, by text (`ingest` empties it): ~400 bytes a sentence.
+        self._sentence_rows: dict[str, Row] = {}
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
         self.style = settings.book_site_style
         # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
@@ -656,11 +658,16 @@ class Indexer:
         dense: list[list[float]] = []
 
         def embed(sentences: list[str]) -> list[list[float]]:
-            vectors = self.embed_texts([c.embed_text for c in chunks] + sentences)
+            # Each distinct text once: a chunk of one sentence under no heading is its own sentence.
+            texts = [c.embed_text for c in chunks] + sentences
+            distinct = list(dict.fromkeys(texts))
+            by_text = dict(zip(distinct, self.embed_texts(distinct), strict=True))
+            vectors = [by_text[t] for t in texts]
             dense.extend(vectors[: len(chunks)])
             return vectors[len(chunks) :]
 
-        values = sentence_payloads([c.text for c in chunks], embed)
+        # Sentences met earlier in the run (the overlap with the previous group) are not embedded again.
+        values = sentence_payloads([c.text for c in chunks], embed, self._sentence_rows)
         if not dense:  # no chunk had a sentence: `embed` was not called
             dense = self.embed(chunks)
         return [
@@ -867,6 +874,7 @@ class Indexer:
         finally:
             parsing.close()
             worker.shutdown(wait=True, cancel_futures=True)
+            self._sentence_rows.clear()
         if on_progress is not None:
             on_progress(progress)
         if prune:

@@ -4,6 +4,7 @@ that matches one sentence of its passage brings that passage first. Real model, 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,37 @@ def test_ingest_stores_each_chunks_sentence_vectors(
         # The stored vector of a sentence is that sentence's embedding (as highlights would compute it).
         fresh = np.asarray(embeddings.embed_documents([sentences[0]])[0], dtype=np.float32)
         assert float(vectors[0] @ fresh) / float(np.linalg.norm(fresh)) > 0.99
+
+
+class RecordingEmbeddings(LocalEmbeddings):
+    """The session's real model (shared, not reloaded), recording every text given to `embed_documents`."""
+
+    def __init__(self, real: LocalEmbeddings) -> None:  # no super().__init__: it would load the model again
+        self.__dict__.update(real.__dict__)
+        self.documents: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.documents.extend(texts)
+        return super().embed_documents(texts)
+
+
+def test_ingest_embeds_each_sentence_once_and_stores_the_same_vectors(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    recording = RecordingEmbeddings(embeddings)
+    small = settings.model_copy(update={"chunk_size": 96, "chunk_overlap": 48})  # the sample book's sections cut
+    assert not ingest_into(qdrant, recording, small, _book(tmp_path)).failed
+    records, _ = qdrant.scroll(settings.qdrant_collection, limit=1000, with_payload=True)
+    split = [sentences_of(str((r.payload or {})["page_content"])) for r in records]
+    every = [sentence for sentences in split for sentence in sentences]
+    assert len(set(every)) < len(every)  # overlapping chunks share sentences: without the dedupe, embedded twice
+    embedded = Counter(recording.documents)
+    assert set(every) <= embedded.keys()
+    assert max(embedded.values()) == 1, [t for t, n in embedded.items() if n > 1][:3]
+    # Stored exactly as without the dedupe: every chunk's sentences in one call, the shared ones twice.
+    vectors = iter(embeddings.embed_documents(every))
+    for record, sentences in zip(records, split, strict=True):
+        assert (record.payload or {})[SENTENCE_KEY] == encode([next(vectors) for _ in sentences])
 
 
 def test_without_re_scoring_ingest_stores_no_sentence_vectors(
