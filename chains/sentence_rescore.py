@@ -21,6 +21,7 @@ Measured over five books (docs/retrieval.md, "Sentence re-scoring"): MRR up on f
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -99,6 +100,25 @@ def decode(value: object) -> np.ndarray | None:
 Row = tuple[np.ndarray, np.float32]
 
 
+def sentences_digest(sentences: Sequence[str]) -> str:
+    """A short hash of a chunk's sentence texts, stored beside their rows: it proves which text each row is for."""
+    return hashlib.sha256("\x00".join(sentences).encode("utf-8")).hexdigest()[:16]
+
+
+def stored_rows(text: str, value: object) -> dict[str, Row]:
+    """A stored chunk's sentence rows by sentence text, for a later ingest to reuse; {} unless the payload's digest
+    says the rows were computed for exactly the sentences `sentences_of(text)` gives today (a changed split, or a
+    payload from before the digest, gives nothing)."""
+    unpacked = unpack(value)
+    if unpacked is None or not isinstance(value, Mapping):
+        return {}
+    sentences = sentences_of(text)
+    quantised, scales = unpacked
+    if value.get("sentences") != sentences_digest(sentences) or len(quantised) != len(sentences):
+        return {}
+    return {sentence: (quantised[i], scales[i]) for i, sentence in enumerate(sentences)}
+
+
 def sentence_payloads(
     texts: Sequence[str],
     embed: Callable[[list[str]], list[list[float]]],
@@ -108,8 +128,9 @@ def sentence_payloads(
 
     Each distinct sentence is embedded once, all in one call: overlapping chunks share sentences (8-9 % of a
     book's, docs/benchmarks.md). `known` maps sentence texts to rows already quantised (earlier groups of the same
-    run): those are not embedded again, and the new ones are added to it. The payloads are the same either way,
-    since each row is quantised on its own."""
+    run, a changed file's stored chunks: `stored_rows`): those are not embedded again, and the new ones are added
+    to it. The rows are the same either way, since each is quantised on its own. Each value also carries the digest
+    of its chunk's sentences (`sentences_digest`), so that a later run can tell which row is which sentence's."""
     split = [sentences_of(text) for text in texts]
     distinct = dict.fromkeys(s for sentences in split for s in sentences)
     rows: dict[str, Row] = {}
@@ -128,7 +149,8 @@ def sentence_payloads(
             out.append(None)
             continue
         own = [rows[s] for s in sentences]
-        out.append(pack(np.stack([q for q, _ in own]), np.array([scale for _, scale in own], dtype=np.float32)))
+        value = pack(np.stack([q for q, _ in own]), np.array([scale for _, scale in own], dtype=np.float32))
+        out.append({**value, "sentences": sentences_digest(sentences)})
     return out
 
 

@@ -42,7 +42,7 @@ from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
-from chains.sentence_rescore import SENTENCE_KEY, Row, sentence_payloads
+from chains.sentence_rescore import SENTENCE_KEY, Row, sentence_payloads, stored_rows
 from chains.settings import Settings
 from chains.site_urls import page_path
 from chains.sparse import encode_document
@@ -675,6 +675,28 @@ class Indexer:
             for vector, value in zip(dense, values, strict=True)
         ]
 
+    def reuse_sentences(self, ids: Sequence[str]) -> None:
+        """Remember the sentence rows of stored chunks about to be replaced (a changed file's stale chunks), so that
+        the new chunks' sentences they held are not embedded again. Best effort: a failed read only costs the
+        embedding (the writes that follow report a store that is down)."""
+        if not self.settings.retrieval_sentence_rescore:
+            return
+        for start in range(0, len(ids), self.batch_size):
+            try:
+                records = self.client.retrieve(
+                    self.collection,
+                    list(ids[start : start + self.batch_size]),
+                    with_payload=[CONTENT_KEY, SENTENCE_KEY],
+                    with_vectors=False,
+                )
+            except Exception as exc:
+                logger.debug("stored sentence vectors not read (%s: %s); embedding them", type(exc).__name__, exc)
+                return
+            for record in records:
+                payload = record.payload or {}
+                for text, row in stored_rows(str(payload.get(CONTENT_KEY, "")), payload.get(SENTENCE_KEY)).items():
+                    self._sentence_rows.setdefault(text, row)
+
     def write(
         self, chunks: Sequence[Chunk], dense: Sequence[list[float]], sentences: Sequence[dict[str, Any]] | None = None
     ) -> None:
@@ -858,6 +880,8 @@ class Indexer:
                     seen.add(plan.outcome.source)
                     report.files.append(plan.outcome)
                     if not dry_run and plan.has_writes:
+                        if plan.new and plan.stale:  # before its chunks go to the embedding thread
+                            self.reuse_sentences(plan.stale)
                         (embedding if plan.new else ready).append(plan)
                         to_embed.extend((plan, i) for i in range(len(plan.new)))
                 progress.files_done += 1

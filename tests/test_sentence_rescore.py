@@ -14,7 +14,15 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.highlights import split_sentences
 from chains.retrieval import BookRetriever
-from chains.sentence_rescore import SENTENCE_KEY, applies_to, decode, encode, rescored_order, sentences_of
+from chains.sentence_rescore import (
+    SENTENCE_KEY,
+    applies_to,
+    decode,
+    encode,
+    rescored_order,
+    sentences_digest,
+    sentences_of,
+)
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store
 from tests.conftest import ingest_into
@@ -99,7 +107,39 @@ def test_ingest_embeds_each_sentence_once_and_stores_the_same_vectors(
     # Stored exactly as without the dedupe: every chunk's sentences in one call, the shared ones twice.
     vectors = iter(embeddings.embed_documents(every))
     for record, sentences in zip(records, split, strict=True):
-        assert (record.payload or {})[SENTENCE_KEY] == encode([next(vectors) for _ in sentences])
+        stored = dict((record.payload or {})[SENTENCE_KEY])
+        assert stored.pop("sentences") == sentences_digest(sentences)
+        assert stored == encode([next(vectors) for _ in sentences])
+
+
+def test_a_changed_chapter_reuses_the_stored_vectors_of_its_sentences(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    book = _book(tmp_path)
+    small = settings.model_copy(update={"chunk_size": 96, "chunk_overlap": 48})  # many chunks a section
+    assert not ingest_into(qdrant, embeddings, small, book).failed
+    records, _ = qdrant.scroll(settings.qdrant_collection, limit=1000, with_payload=True)
+    ids = {r.id for r in records}
+    before = {s for r in records for s in sentences_of(str((r.payload or {})["page_content"]))}
+    # A sentence added to a paragraph: its chunk is replaced by a new one holding the old sentences and the new.
+    chapter = book / "03-planting.md"
+    added = "Bring gloves, a spade and a watering can to the planting site before you start digging."
+    chapter.write_text(
+        chapter.read_text().replace("Planting takes an afternoon", f"{added} Planting takes an afternoon")
+    )
+    recording = RecordingEmbeddings(embeddings)
+    assert not ingest_into(qdrant, recording, small, book).failed
+    records, _ = qdrant.scroll(settings.qdrant_collection, limit=1000, with_payload=True)
+    new = [r for r in records if r.id not in ids]
+    kept = {s for r in new for s in sentences_of(str((r.payload or {})["page_content"]))} & before
+    assert new and kept  # the new chunks hold sentences stored before
+    assert added in recording.documents
+    assert not kept & set(recording.documents)  # those are not embedded again
+    for record in records:
+        sentences = sentences_of(str((record.payload or {})["page_content"]))
+        stored = dict((record.payload or {})[SENTENCE_KEY])
+        assert stored.pop("sentences") == sentences_digest(sentences)
+        assert stored == encode(embeddings.embed_documents(sentences))  # what embedding them again would store
 
 
 def test_without_re_scoring_ingest_stores_no_sentence_vectors(
