@@ -321,6 +321,15 @@ def is_model_refusal(answer: str, valid_citations: Sequence[int]) -> bool:
     return not valid_citations and bool(_MODEL_REFUSAL.search(answer[:400]))
 
 
+def section_link(source: Source) -> str:
+    """A section offered instead of an answer: a Markdown link to it on the book's site when its address is known,
+    so that the reader can go there in one click; else its heading path."""
+    if not source.url:
+        return source.label
+    label = re.sub(r"([\\\[\]])", r"\\\1", source.label)
+    return f"[{label}]({source.url.replace(' ', '%20').replace(')', '%29')})"
+
+
 def not_in_book_text(missing: Sequence[str], closest: Sequence[str]) -> str:
     """The refusal, saying what the book lacks when that is known, and offering the closest sections."""
     if missing:
@@ -440,7 +449,8 @@ class _AnswerSteps:
             self._retrieving -= 1
         threshold = self.settings.retrieval_score_threshold
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
-        missing = self.missing_terms(request.question) if relevant else []
+        best = max((float(d.metadata.get("score", 0.0)) for d in relevant), default=0.0)
+        missing = self.missing_terms(request.question, best) if relevant else []
         if missing:
             relevant = []
         selection = selection_document(request)
@@ -454,7 +464,9 @@ class _AnswerSteps:
         ids = [d.id for d in relevant]
         if sources and not self.highlights_later:
             sources = await self.highlighted(state["query"], sources, ids)
-        closest = list(dict.fromkeys(Source.from_document(0, d).label for d in documents))[:_CLOSEST_SECTIONS]
+        closest = list(
+            dict.fromkeys(section_link(Source.from_document(0, d, self.settings.book_base_url)) for d in documents)
+        )[:_CLOSEST_SECTIONS]
         return {**state, "sources": sources, "missing": missing, "closest": closest, "passage_ids": ids}
 
     @property
@@ -491,11 +503,18 @@ class _AnswerSteps:
                 self._sentence_vectors.popitem(last=False)
         return [known[t] if t in known else fresh[t] for t in sentences]
 
-    def missing_terms(self, question: str) -> list[str]:
-        """The question's names and identifiers the book never uses (chains.book_terms); [] while unknown."""
+    def missing_terms(self, question: str, best_cosine: float) -> list[str]:
+        """What the question names that the book never uses (chains.book_terms, REFUSAL_TERM_CHECK): names and
+        identifiers, and rare lower-case words unless a passage matches the question strongly; [] while the
+        book's vocabulary is being read."""
+        check = self.settings.refusal_term_check
         client = getattr(self.retriever.vector_store, "client", None)
-        vocabulary = self.vocabulary.current(client) if client is not None else None
-        return vocabulary.missing(question) if vocabulary is not None else []
+        if check == "off" or client is None:
+            return []
+        vocabulary = self.vocabulary.current(client)
+        if vocabulary is None:
+            return []
+        return vocabulary.missing(question, words=check == "words", best_cosine=best_cosine)
 
     def embedding_highlights(
         self, query: str, vector: list[float], texts: list[str], ids: Sequence[str | None] | None

@@ -1,14 +1,19 @@
-"""Whether a question's distinctive names occur in the book at all: a refusal signal beside the cosine threshold.
+"""Whether a question's distinctive terms occur in the book at all: a refusal signal beside the cosine threshold.
 
 An in-domain question the book does not answer still finds passages on the same topic above any cosine
-threshold ("How do I mock requests with XCTest?" in a Swift book that never names XCTest). A name or an
-identifier the book never uses is a strong sign: such a question is refused, saying what the book lacks.
+threshold ("How do I mock requests with XCTest?" in a Swift book that never names XCTest). A term the book never
+uses is a strong sign: such a question is refused, saying what the book lacks.
 
 Distinctive terms are identifiers (`URLSession`, `ros2_control`, `16GB`) and capitalised words inside the
 question (a run of them is one name: `Core Data`); English stop words and one- or two-letter words never are.
-Plain uncommon words are not checked: a student's paraphrase ("hopelessness") is often absent from the book while
-its answer is there. Measured with `python -m bench.eval_retrieval --prototypes` over five books (docs/retrieval.md):
-no answerable question refused, in-domain unanswerable refusals up from 0-33 % to 83-92 % on four of them.
+With REFUSAL_TERM_CHECK=words (the default) so are plain lower-case words that are rare in general English
+(`RARE_BELOW`, by the `wordfreq` package's list) and that the book uses in no close form: "espalier", "fire
+blight", "cider" in a book on apple trees. Everyday words are not checked, nor a close form of the book's own words
+("leaky" for "leak", "thunderstorm", "normalisation" for "normalization"), nor inflected verbs and adjectives
+("thawed", "weakest"): a student's paraphrase uses those while the answer is there. A missing rare word does not
+refuse when a passage matches the question strongly (`STRONG_MATCH`); a missing name always does, except a single one
+in a book told in the first person, which is most likely the narrator's own name. Measured with
+`python -m bench.refusal_signals --books all` (docs/retrieval.md).
 
 A term occurs when each of its indexed terms (`chains.sparse.terms`) is in the book's term set; a name of several
 words must occur as that phrase. The vocabulary is read from the stored chunks in a background thread and read
@@ -17,17 +22,18 @@ again when the point count changes; until the first read is done the check is sk
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import re
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qdrant_client import QdrantClient
 
 from chains.sparse import terms
-from chains.vectorstore import CONTENT_KEY
+from chains.vectorstore import CONTENT_KEY, VISIBLE
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,41 @@ WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
 _IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]")
 _ACRONYM = re.compile(r"^[A-Z]{3,}$")
 _SCROLL_PAGE = 1000
+
+# The lower-case word check: a plain word the book never uses, in no close form, and rarer in general English than
+# this (Zipf scale: log10 of occurrences per billion words; "espalier" 1.5, "blight" 3.2, "cider" 3.5,
+# "certification" 4.0, "sunshine" 4.2, "copper" 4.3). Calibrated on the five books' question sets with
+# `python -m bench.refusal_signals` (docs/retrieval.md): 3.8 missed the sample book's target, 4.3 refused
+# everyday paraphrases ("sunshine", "weakness").
+RARE_BELOW = 4.0
+# A missing rare word does not refuse a question whose best passage is at least this close (dense cosine): the
+# passage answers it in other words. Names and identifiers refuse whatever the cosine.
+STRONG_MATCH = 0.60
+_PLAIN_WORD = re.compile(r"[a-z]+")
+# A book counts as told in the first person when "me", "my", "mine" and "myself" make up this share of its words
+# (not "I", which is also code's loop variable): about 1 % in Walden, under 0.1 % in the project's textbooks,
+# which say "we" and "you".
+FIRST_PERSON_SHARE = 0.003
+_FIRST_PERSON = frozenset({"me", "my", "mine", "myself"})
+_VERB_OR_ADJECTIVE = re.compile(r"(?:ed|ing|est)$")
+# Endings whose removal leaves a word of the same family ("hopelessness" -> "hopeless" -> "hope").
+_DERIVATIONS = (
+    "ness", "less", "ful", "ly", "y", "er", "or", "ation", "ment", "ity", "al", "ic", "ist", "ism",
+    "able", "ible", "ive", "ous", "ise", "ize",
+)  # fmt: skip
+_INFLECTIONS = (
+    ("ies", "y"), ("es", ""), ("s", ""), ("ied", "y"), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"),
+    ("er", ""), ("est", ""), ("ier", "y"), ("iest", "y"),
+)  # fmt: skip
+_NOUN_PHRASE_STARTS = frozenset(
+    ("a", "an", "the", "my", "your", "his", "her", "our", "their", "its", "this", "that", "these", "those", "some",
+     "any", "from", "of", "for", "with", "about", "against", "on", "in", "into", "by")
+)  # fmt: skip
+_PREFIXES = ("re", "un", "pre", "over", "under", "out", "non", "mis", "dis", "co", "sub", "self", "down", "up")
+_SPELLINGS = (  # British to American, the spelling most technical books use
+    ("isation", "ization"), ("ise", "ize"), ("our", "or"), ("ll", "l"), ("tre", "ter"), ("yse", "yze"),
+    ("ogue", "og"), ("ence", "ense"),
+)  # fmt: skip
 
 
 @functools.cache
@@ -87,17 +128,137 @@ def distinctive_terms(question: str) -> list[str]:
     return found
 
 
+def plain_words(question: str) -> list[tuple[int, str]]:
+    """The question's lower-case content words (position, word): no stop words, names, identifiers, hyphenated
+    coinages ("tidy-up", "food-wise") or inflected verb and adjective forms ("thawed", "messing", "weakest"),
+    which a paraphrase swaps far more often than the thing it asks about."""
+    found = []
+    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
+    for position, word in enumerate(words):
+        if position == 0 and word[:1].isupper() and word[1:].islower():
+            word = word.lower()  # the sentence's capital: "Cider from my own apples?"
+        if not _PLAIN_WORD.fullmatch(word) or len(word) < 3 or word in STOP_WORDS:
+            continue  # capitalised, an identifier, hyphenated, or a stop word
+        inflected = _VERB_OR_ADJECTIVE.search(word)
+        if inflected and inflected.start() >= 3:
+            continue
+        found.append((position, word))
+    return found
+
+
+@functools.cache
+def word_frequency(word: str) -> float:
+    """The word's frequency in general English on the Zipf scale (0 when rarer than once per million words), from
+    the `wordfreq` package's small English list (installed with it: nothing is downloaded)."""
+    from wordfreq import zipf_frequency
+
+    return float(zipf_frequency(word, "en", wordlist="small"))
+
+
+def close_forms(word: str) -> set[str]:
+    """The word, its inflections' bases ("aphids" -> "aphid"), family members without a derivational ending
+    ("leaky" -> "leak") and its American spelling ("normalisation" -> "normalization")."""
+    forms = {word}
+    for suffix, replacement in _INFLECTIONS:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            base = word[: -len(suffix)] + replacement
+            forms.add(base)
+            if not replacement and len(base) > 3 and base[-1] == base[-2]:
+                forms.add(base[:-1])  # "stopped" -> "stopp" -> "stop"
+    for form in list(forms):
+        for british, american in _SPELLINGS:
+            if form.endswith(british):
+                forms.add(form[: -len(british)] + american)
+    for form in list(forms):
+        for suffix in _DERIVATIONS:
+            if form.endswith(suffix) and len(form) - len(suffix) >= 4:
+                base = form[: -len(suffix)]
+                forms.update((base, base + "e"))
+    return forms
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """What the book's chunks say, for presence checks: its indexed terms and their running text."""
+    """What the book's chunks say, for presence checks: its indexed terms and their running text, and its words as
+    written (sorted, for close forms by prefix)."""
 
     terms: frozenset[str]
     text: str  # every chunk's indexed terms in order, space-separated: phrases are looked up in it
+    words: tuple[str, ...] = field(default=(), repr=False)
+    # Told in the first person ("I lived alone, in the woods"): the narrator is rarely named in such a book, while
+    # students name them ("Why did Thoreau go to the woods?"), so a single missing name is taken to be theirs.
+    first_person: bool = False
 
     @classmethod
     def of(cls, texts: Iterable[str]) -> Vocabulary:
+        texts = list(texts)
         streams = [" ".join(terms(text)) for text in texts]
-        return cls(frozenset(t for stream in streams for t in stream.split()), " \n ".join(streams))
+        tokens = [w for text in texts for w in _PLAIN_WORD.findall(text.lower())]
+        narrator = sum(1 for w in tokens if w in _FIRST_PERSON)
+        return cls(
+            frozenset(t for stream in streams for t in stream.split()),
+            " \n ".join(streams),
+            tuple(sorted(set(tokens))),
+            first_person=narrator >= FIRST_PERSON_SHARE * max(1, len(tokens)),
+        )
+
+    def uses(self, word: str) -> bool:
+        """Whether the book uses a lower-case word in some close form: itself or a form of `close_forms`, after a
+        prefix ("reuse" -> "use"), a book word sharing all but its last three letters ("simulator" ->
+        "simulation"), or two book words joined ("thunderstorm")."""
+        if any(self._has_word(form) for form in close_forms(word)):
+            return True
+        for prefix in _PREFIXES:
+            if word.startswith(prefix) and len(word) - len(prefix) >= 3 and self._has_word(word[len(prefix) :]):
+                return True
+        if len(word) >= 6 and self._has_prefix(word[: max(5, len(word) - 3)]):
+            return True
+        return any(
+            self._has_word(word[:i]) and self._has_word(word[i:])
+            for i in range(3, len(word) - 2)
+            if word[:i] not in STOP_WORDS and word[i:] not in STOP_WORDS
+        )
+
+    def _has_word(self, word: str) -> bool:
+        return word in self.terms or self._is_word(word)
+
+    def _is_word(self, word: str) -> bool:
+        i = bisect.bisect_left(self.words, word)
+        return i < len(self.words) and self.words[i] == word
+
+    def _has_prefix(self, prefix: str) -> bool:
+        i = bisect.bisect_left(self.words, prefix)
+        return i < len(self.words) and self.words[i].startswith(prefix)
+
+    def missing_words(self, question: str, rare_below: float = RARE_BELOW) -> list[str]:
+        """The question's plain lower-case words that the book never uses in any close form and that are rare in
+        general English (`RARE_BELOW`): "espalier", "cider", "blight"; a run of them is one phrase ("drip
+        irrigation"), and a missing word is named with the content word just before it when that one follows a
+        preposition or a determiner ("from fire blight" -> "fire blight")."""
+        words = [m.group(0) for m in WORD.finditer(question.replace("\u2019", "'"))]
+        absent = [
+            position
+            for position, word in plain_words(question)
+            if word_frequency(word) < rare_below and not self.uses(word)
+        ]
+        phrases: list[list[int]] = []
+        for position in absent:
+            if phrases and phrases[-1][-1] == position - 1:
+                phrases[-1].append(position)
+            else:
+                phrases.append([position])
+        named = []
+        for phrase in phrases:
+            before = phrase[0] - 1
+            if (
+                before >= 1
+                and _PLAIN_WORD.fullmatch(words[before])
+                and words[before] not in STOP_WORDS
+                and words[before - 1].lower() in _NOUN_PHRASE_STARTS
+            ):
+                phrase.insert(0, before)
+            named.append(" ".join(words[i] for i in phrase))
+        return named
 
     def has(self, term: str) -> bool:
         indexed = terms(term)
@@ -107,9 +268,16 @@ class Vocabulary:
             return f" {' '.join(indexed)} " in f" {self.text} "
         return all(t in self.terms for t in indexed)
 
-    def missing(self, question: str) -> list[str]:
-        """The question's distinctive terms the book never uses."""
-        return [term for term in distinctive_terms(question) if not self.has(term)]
+    def missing(self, question: str, words: bool = True, best_cosine: float = 0.0) -> list[str]:
+        """The question's distinctive terms the book never uses: names and identifiers, and with `words` rare
+        lower-case words (`missing_words`) unless the best passage's cosine reaches `STRONG_MATCH` (a passage that
+        close answers it in other words: "bosses" in Walden, whose ice-cutters' passage scores 0.63)."""
+        names = [term for term in distinctive_terms(question) if not self.has(term)]
+        if self.first_person and len(names) == 1 and not is_identifier(names[0]):
+            names = []  # most likely the narrator's own name; a second missing name still refuses
+        if not words or best_cosine >= STRONG_MATCH:
+            return names
+        return names + self.missing_words(question)
 
 
 class BookVocabulary:
@@ -148,6 +316,7 @@ class BookVocabulary:
     def _read(self, client: QdrantClient, count: int) -> None:
         try:
             vocabulary = Vocabulary.of(stored_texts(client, self.collection))
+            word_frequency("book")  # load the word list here, not in the first question's answer (~0.15 s)
         except Exception as exc:
             logger.warning("could not read the book's vocabulary (the term check is off until it can): %s", exc)
             with self._lock:
@@ -164,7 +333,12 @@ def stored_texts(client: QdrantClient, collection: str) -> list[str]:
     offset = None
     while True:
         records, offset = client.scroll(
-            collection, limit=_SCROLL_PAGE, offset=offset, with_payload=[CONTENT_KEY], with_vectors=False
+            collection,
+            scroll_filter=VISIBLE,
+            limit=_SCROLL_PAGE,
+            offset=offset,
+            with_payload=[CONTENT_KEY],
+            with_vectors=False,
         )
         texts.extend(str((r.payload or {}).get(CONTENT_KEY, "")) for r in records)
         if offset is None:

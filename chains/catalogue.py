@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from qdrant_client import QdrantClient
 
 from chains.errors import RagError
-from chains.vectorstore import METADATA_KEY
+from chains.vectorstore import METADATA_KEY, VISIBLE
 
 _PREFIX = re.compile(r"^\s*(?:chapter|part|section)?\s*\d+(?:\.\d+)*\s*[-_.:)]?\s*", re.IGNORECASE)
 _NON_WORD = re.compile(r"[\W_]+")
@@ -119,7 +119,8 @@ class Catalogue:
 
 
 class BookCatalogue:
-    """Lists the stored sources and chapters (Qdrant facets), again whenever the point count has changed."""
+    """Lists the stored sources and chapters (Qdrant facets over the visible points), again whenever the point
+    count (all points: it moves when an ingest stages and when it deletes what it replaced) has changed."""
 
     def __init__(self, collection: str) -> None:
         self.collection = collection
@@ -137,5 +138,7 @@ class BookCatalogue:
         return catalogue
 
     def _values(self, client: QdrantClient, field: str) -> tuple[str, ...]:
-        response = client.facet(self.collection, key=f"{METADATA_KEY}.{field}", limit=_FACET_LIMIT, exact=True)
+        response = client.facet(
+            self.collection, key=f"{METADATA_KEY}.{field}", facet_filter=VISIBLE, limit=_FACET_LIMIT, exact=True
+        )
         return tuple(sorted(str(hit.value) for hit in response.hits))

@@ -17,17 +17,22 @@ On purpose:
   unoptimized segments meanwhile.
 - One process at a time: `QDRANT_PATH/edge/.lock` is held by the process that opened the store, and a second one
   is refused with `store_locked_message` (which `rag-ingest` prints).
+- A payload change or a delete is applied while no read runs (`_Gate`): the engine applies one operation segment by
+  segment, so a query running beside it could see it done in one segment and not yet in another. Ingest's swap of
+  a file's chunks (one `set_payload`, ingest/indexer.py) is therefore seen whole by every reader; an upsert (the
+  long write, of points hidden while staged) runs beside reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,13 +40,16 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.models import QueryResponse
 
-from chains.errors import DependencyUnavailable
+from chains.errors import DependencyUnavailable, StoreDamaged
 from chains.settings import Settings
-from chains.store_migration import migrate_local_store
+from chains.store_migration import BACKUP, migrate_local_store
 
 logger = logging.getLogger(__name__)
 
 _META = "bookrag-collection.json"  # the collection's vector layout, as `create_collection` was given it
+# In _META while the collection is closed: its files' sizes and its point count as `close` left them, checked by the
+# next open (a file gone or cut short would otherwise open as a smaller or empty book, or fail searches later).
+_CLOSED = "closed"
 _DISTANCES = {
     models.Distance.COSINE: qe.Distance.Cosine,
     models.Distance.DOT: qe.Distance.Dot,
@@ -59,6 +67,44 @@ _SCHEMAS = {
 }
 _DONE = models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
 RRF_K = 2  # Qdrant's default RRF constant
+
+
+class _Gate:
+    """Many readers or one changer (set_payload, delete), a waiting changer first: a reader never sees one
+    operation half-applied across segments."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._changing = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing and not self._waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._changing and not self._readers)
+            self._waiting -= 1
+            self._changing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing = False
+                self._cond.notify_all()
 
 
 class StoreLocked(RuntimeError):
@@ -86,6 +132,71 @@ def open_edge_client(settings: Settings) -> QdrantClient:
     return cast(QdrantClient, client)
 
 
+def damaged_engine_message(root: Path, name: str, file: Path, what: str) -> str:
+    """What a damaged collection of the engine is reported as: the store, the file, what looks wrong, the fix."""
+    store, folder = root.parent, root / name
+    fix = (
+        f"Move the collection aside (mv {folder} {folder}.damaged) and ingest the book again (rag-ingest "
+        f"BOOK_FOLDER), or restore {store} from a backup"
+    )
+    backup = store / BACKUP
+    if backup.is_dir():
+        fix += (
+            f"; {backup} holds the store as it was before it moved to Qdrant's engine: with the collection moved "
+            f"aside, move the files in {backup} back into {store} and the next start migrates them again (chapters "
+            "ingested since then need ingesting again)"
+        )
+    return (
+        f"the embedded Qdrant store at {store} is damaged: {file} {what}. Nothing is served from it and nothing "
+        f"was changed or deleted. {fix}."
+    )
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """The engine's files in a collection's folder, by path inside it, with their sizes; not the layout file nor
+    the payload journals, which the engine folds into their storage and removes as it opens a segment."""
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in folder.rglob("*")
+        if path.is_file() and path.name not in (_META, _META + ".tmp", "tracker_journal.dat")
+    }
+
+
+def store_problem(root: Path, name: str) -> str | None:
+    """What is wrong with collection `name`'s files under `root` (QDRANT_PATH/edge), checked without opening it
+    (None: nothing seen): its layout file unreadable, or missing beside segments; a file that the last clean close
+    recorded gone or of another size (the engine would open a segment without its `version.info` as no segment at
+    all, an empty book, and one with its vectors cut short fails only the searches that reach them)."""
+    folder = root / name
+    meta = folder / _META
+    try:
+        layout = json.loads(meta.read_text(encoding="utf-8"))
+        closed = layout.get(_CLOSED) or {}
+        recorded = {str(k): int(v) for k, v in (closed.get("files") or {}).items()}
+    except FileNotFoundError:
+        if (folder / "segments").is_dir():
+            return damaged_engine_message(root, name, meta, "is missing (the collection's vector layout)")
+        return None
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        return damaged_engine_message(root, name, meta, f"cannot be read ({type(exc).__name__})")
+    for relative, size in sorted(recorded.items()):
+        path = folder / relative
+        try:
+            now = path.stat().st_size
+        except FileNotFoundError:
+            return damaged_engine_message(root, name, path, "is missing (the store was closed with it)")
+        except OSError as exc:
+            return damaged_engine_message(root, name, path, f"cannot be read ({exc.strerror or exc})")
+        if now != size:
+            return damaged_engine_message(
+                root,
+                name,
+                path,
+                f"is {now} bytes, but the store was closed with it at {size} (cut short or overwritten)",
+            )
+    return None
+
+
 def store_locked_message(path: Path) -> str:
     """What a second process is told (ingest/cli.py and the API print it as the reason)."""
     return (
@@ -107,6 +218,7 @@ class EdgeClient:
         self._timers: dict[str, threading.Timer] = {}
         self._dirty: set[str] = set()  # written since their last optimization: optimized on close
         self._optimizing = threading.Lock()  # close() waits for a running optimization rather than cut it off
+        self._gate = _Gate()  # reads beside each other, a payload change or delete alone (module docstring)
         root.mkdir(parents=True, exist_ok=True)
         # The whole store is this process's while the client is open, as local mode's `.lock` makes it (a shard's
         # own WAL lock would leave a collection not yet created to whichever process creates it first).
@@ -123,7 +235,24 @@ class EdgeClient:
         return self.root / name
 
     def collection_exists(self, collection_name: str) -> bool:
-        return (self._path(collection_name) / _META).is_file()
+        """Whether the collection is there; `StoreDamaged` when its folder holds segments but no layout (creating
+        it anew would fail on them, and it is not empty)."""
+        path = self._path(collection_name)
+        if (path / _META).is_file():
+            return True
+        if (path / "segments").is_dir():
+            raise StoreDamaged(
+                damaged_engine_message(self.root, collection_name, path / _META, "is missing (its vector layout)")
+            )
+        return False
+
+    def _write_layout(self, name: str, layout: dict[str, Any]) -> None:
+        """Replace the layout file whole (a temporary file renamed over it: never half a file)."""
+        target = self._path(name) / _META
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(json.dumps(layout), encoding="utf-8")
+        temporary.replace(target)
+        self._layouts[name] = layout
 
     def open(self, name: str) -> None:
         """Open the collection's shard now rather than at the first call."""
@@ -138,17 +267,70 @@ class EdgeClient:
                 raise RuntimeError(f"the embedded store at {self.root} is closed")
             if not self.collection_exists(name):
                 raise ValueError(f"Collection {name} not found")
+            problem = store_problem(self.root, name)
+            if problem is not None:
+                raise StoreDamaged(problem)
             try:
                 shard = qe.EdgeShard.load(str(self._path(name)))
-            except Exception as exc:
+            except BaseException as exc:  # the engine's errors, and a Rust panic (a BaseException in PyO3)
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
                 if "WouldBlock" in str(exc):
                     raise StoreLocked(f"the embedded store at {self._path(name)} is open in another process") from exc
-                raise
+                reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+                raise StoreDamaged(
+                    damaged_engine_message(self.root, name, self._path(name), f"cannot be opened ({reason})")
+                ) from exc
+            self._check_opened(name, shard)
             self._shards[name] = shard
         # A store left unoptimized (a process stopped before its writes were optimized) is optimized in the
         # background; an optimized one makes this a no-op.
         self._schedule(name)
         return shard
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """A read beside other reads (`_Gate`); an engine error becomes a `RuntimeError` naming the store and what
+        to do (what callers report as the store failing: 503, never a traceback), since a healthy shard does not
+        fail a read (a vector file cut short fails only the reads that reach past its end)."""
+        with self._gate.reading():
+            try:
+                yield
+            except (ValueError, NotImplementedError):
+                raise
+            except Exception as exc:
+                reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+                raise RuntimeError(
+                    damaged_engine_message(self.root, name, self._path(name), f"failed a read ({reason})")
+                ) from exc
+
+    def _check_opened(self, name: str, shard: qe.EdgeShard) -> None:
+        """Compare the opened shard with what its last clean close recorded, then drop the record (a process
+        killed from now on leaves none, and its writes may change the count)."""
+        layout = dict(self._layout(name))
+        closed = layout.pop(_CLOSED, None)
+        if not closed:
+            return
+        try:
+            count = shard.count(qe.CountRequest(exact=True))
+        except Exception as exc:
+            shard.close()
+            reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+            raise StoreDamaged(
+                damaged_engine_message(self.root, name, self._path(name), f"cannot be read ({reason})")
+            ) from exc
+        if count != closed.get("points"):
+            shard.close()
+            raise StoreDamaged(
+                damaged_engine_message(
+                    self.root,
+                    name,
+                    self._path(name) / "segments",
+                    f"hold {count} points, but the store was closed with {closed.get('points')} (a segment file "
+                    "is truncated or damaged)",
+                )
+            )
+        self._write_layout(name, layout)
 
     def _layout(self, name: str) -> dict[str, Any]:
         if name not in self._layouts:
@@ -181,7 +363,7 @@ class EdgeClient:
         )
         path = self._path(collection_name)
         shard = qe.EdgeShard.create(str(path), config)
-        (path / _META).write_text(json.dumps(layout), encoding="utf-8")
+        self._write_layout(collection_name, layout)
         with self._lock:
             self._shards[collection_name] = shard
             self._layouts[collection_name] = layout
@@ -251,8 +433,7 @@ class EdgeClient:
         if metadata:
             layout = dict(self._layout(collection_name))
             layout["metadata"] = {**(layout.get("metadata") or {}), **metadata}
-            (self._path(collection_name) / _META).write_text(json.dumps(layout), encoding="utf-8")
-            self._layouts[collection_name] = layout
+            self._write_layout(collection_name, layout)
         return True
 
     def create_payload_index(
@@ -314,10 +495,11 @@ class EdgeClient:
     def delete(self, collection_name: str, points_selector: Any, **_: Any) -> models.UpdateResult:
         ids, where = _selector(points_selector)
         shard = self._shard(collection_name)
-        if where is not None:
-            shard.update(qe.UpdateOperation.delete_points_by_filter(where))
-        elif ids:
-            shard.update(qe.UpdateOperation.delete_points(ids))
+        with self._gate.changing():
+            if where is not None:
+                shard.update(qe.UpdateOperation.delete_points_by_filter(where))
+            elif ids:
+                shard.update(qe.UpdateOperation.delete_points(ids))
         self._wrote(collection_name)
         return _DONE
 
@@ -326,10 +508,21 @@ class EdgeClient:
     ) -> models.UpdateResult:
         ids, where = _selector(points)
         shard = self._shard(collection_name)
-        if where is not None:
-            shard.update(qe.UpdateOperation.set_payload_by_filter(where, payload, key))
-        elif ids:
-            shard.update(qe.UpdateOperation.set_payload(ids, payload, key))
+        with self._gate.changing():
+            if where is not None:
+                shard.update(qe.UpdateOperation.set_payload_by_filter(where, payload, key))
+            elif ids:
+                shard.update(qe.UpdateOperation.set_payload(ids, payload, key))
+        return _DONE
+
+    def delete_payload(self, collection_name: str, keys: Sequence[str], points: Any, **_: Any) -> models.UpdateResult:
+        ids, where = _selector(points)
+        shard = self._shard(collection_name)
+        with self._gate.changing():
+            if where is not None:
+                shard.update(qe.UpdateOperation.delete_payload_by_filter(where, list(keys)))
+            elif ids:
+                shard.update(qe.UpdateOperation.delete_payload(ids, list(keys)))
         return _DONE
 
     # -- reads ---------------------------------------------------------------------------------------------
@@ -338,7 +531,9 @@ class EdgeClient:
         self, collection_name: str, count_filter: models.Filter | None = None, exact: bool = True, **_: Any
     ) -> models.CountResult:
         request = qe.CountRequest(exact=exact, filter=_filter(count_filter))
-        return models.CountResult(count=self._shard(collection_name).count(request))
+        shard = self._shard(collection_name)
+        with self._reading(collection_name):
+            return models.CountResult(count=shard.count(request))
 
     def scroll(
         self,
@@ -357,7 +552,9 @@ class EdgeClient:
             with_payload=_with(with_payload),
             with_vector=_with(with_vectors),
         )
-        records, next_offset = self._shard(collection_name).scroll(request)
+        shard = self._shard(collection_name)
+        with self._reading(collection_name):
+            records, next_offset = shard.scroll(request)
         return [_record(r) for r in records], None if next_offset is None else _id_out(next_offset)
 
     def retrieve(
@@ -368,9 +565,11 @@ class EdgeClient:
         with_vectors: bool | Sequence[str] = False,
         **_: Any,
     ) -> list[models.Record]:
-        records = self._shard(collection_name).retrieve(
-            [_id_in(i) for i in ids], with_payload=_with(with_payload), with_vector=_with(with_vectors)
-        )
+        shard = self._shard(collection_name)
+        with self._reading(collection_name):
+            records = shard.retrieve(
+                [_id_in(i) for i in ids], with_payload=_with(with_payload), with_vector=_with(with_vectors)
+            )
         return [_record(r) for r in records]
 
     def query_points(
@@ -399,7 +598,9 @@ class EdgeClient:
             with_payload=_with(with_payload),
             with_vector=_with(with_vectors),
         )
-        points = self._shard(collection_name).query(request)
+        shard = self._shard(collection_name)
+        with self._reading(collection_name):
+            points = shard.query(request)
         return QueryResponse(
             points=[
                 models.ScoredPoint(
@@ -423,7 +624,9 @@ class EdgeClient:
         **_: Any,
     ) -> models.FacetResponse:
         request = qe.FacetRequest(key=key, limit=limit, exact=exact, filter=_filter(facet_filter))
-        response = self._shard(collection_name).facet(request)
+        shard = self._shard(collection_name)
+        with self._reading(collection_name):
+            response = shard.facet(request)
         return models.FacetResponse(hits=[models.FacetValueHit(value=hit.value, count=hit.count) for hit in response])
 
     def optimize(self, collection_name: str) -> None:
@@ -451,10 +654,21 @@ class EdgeClient:
                     except Exception as exc:  # the data is safe unoptimized; the next open optimizes it
                         logger.warning("optimizing the embedded collection %s failed: %s", name, exc)
                 shard.flush()
+                self._record_close(name, shard)
                 shard.close()
         if not self._lockfile.closed:
             fcntl.flock(self._lockfile, fcntl.LOCK_UN)
             self._lockfile.close()
+
+    def _record_close(self, name: str, shard: qe.EdgeShard) -> None:
+        """Note the files (with their sizes) and the point count in the layout file, for the next open to check
+        (`store_problem`, `_check_opened`)."""
+        try:
+            count = shard.count(qe.CountRequest(exact=True))
+            files = _files(self._path(name))
+            self._write_layout(name, {**self._layout(name), _CLOSED: {"points": count, "files": files}})
+        except Exception as exc:  # no record: the next open checks less, nothing else changes
+            logger.warning("could not record the state of the embedded collection %s: %s", name, exc)
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(

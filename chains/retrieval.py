@@ -37,7 +37,7 @@ from chains.rerank import Reranker
 from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
 from chains.settings import Settings
 from chains.sparse import encode_query
-from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore
+from chains.vectorstore import DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, BookVectorStore, visible
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,15 @@ RetrievalMode = Literal["dense", "hybrid"]
 FusionMethod = Literal["rrf", "dbsf"]
 
 
-def build_filter(sources: Sequence[str] | None = None, chapter: str | None = None) -> models.Filter | None:
-    """A payload filter restricting a search to some source files and/or one chapter."""
+def build_filter(sources: Sequence[str] | None = None, chapter: str | None = None) -> models.Filter:
+    """A payload filter restricting a search to the visible points (not an ingest's staged or replaced ones,
+    chains.vectorstore.VISIBLE) of some source files and/or one chapter."""
     conditions: list[models.Condition] = []
     if sources:
         conditions.append(models.FieldCondition(key=f"{METADATA_KEY}.source", match=models.MatchAny(any=list(sources))))
     if chapter:
         conditions.append(models.FieldCondition(key=f"{METADATA_KEY}.chapter", match=models.MatchValue(value=chapter)))
-    return models.Filter(must=conditions) if conditions else None
+    return visible(models.Filter(must=conditions) if conditions else None)
 
 
 def cosine_similarities(query: Sequence[float], vectors: Sequence[Sequence[float]]) -> list[float]:
@@ -79,7 +80,7 @@ def limit_blas_threads() -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Options:
-    filter: models.Filter | None
+    filter: models.Filter
     sources: Sequence[str] | None
     chapter: str | None
 

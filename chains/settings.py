@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md).
     retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
+    # Refuse a question that names what the book never mentions, saying so (chains/book_terms.py): `words` checks
+    # identifiers, capitalised names and rare lower-case words ("espalier", "fire blight"); `names` only the first
+    # two (identifiers and capitalised names); `off` neither, leaving the cosine threshold alone.
+    refusal_term_check: Literal["words", "names", "off"] = "words"
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
     # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is

@@ -20,7 +20,7 @@ from langchain_qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from chains.errors import CollectionMismatch
+from chains.errors import CollectionMismatch, StoreDamaged
 from chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,19 @@ DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "sparse"
 CONTENT_KEY = "page_content"
 METADATA_KEY = "metadata"
+# How ingest replaces a file at once (ingest/indexer.py, docs/ingest.md): its new chunks are written carrying
+# STAGED_KEY (hidden), then ONE set_payload gives SWAPPED_KEY to them and to the chunks they replace, which shows
+# the first and hides the second together. A point is visible with both marks or with neither (`VISIBLE`); the
+# replaced points are then deleted and the marks removed. Top-level keys, outside LangChain's metadata.
+STAGED_KEY = "bookrag_staged"
+SWAPPED_KEY = "bookrag_swapped"
 # Payload fields that filters use; indexed so that a filtered search stays fast on a server.
 INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.chapter": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.content_hash": models.PayloadSchemaType.KEYWORD,
+    STAGED_KEY: models.PayloadSchemaType.KEYWORD,
+    SWAPPED_KEY: models.PayloadSchemaType.KEYWORD,
 }
 # Ids that callers give (strings like "chapter-1") become UUIDs in this namespace; the original id is kept.
 _ID_NAMESPACE = uuid.UUID("6f1c4f5e-6a44-4f59-9a57-5d1f1b7f2a10")
@@ -60,7 +68,7 @@ def local_store_problem(path: Path, deep: bool = False) -> str | None:
     """
     meta_path = path / "meta.json"
     if not meta_path.exists():
-        return None
+        return edge_store_problem(path, deep)
     try:
         collections = json.loads(meta_path.read_text(encoding="utf-8"))["collections"]
         names = list(collections)
@@ -91,6 +99,37 @@ def local_store_problem(path: Path, deep: bool = False) -> str | None:
     return None
 
 
+def edge_store_problem(path: Path, deep: bool = False) -> str | None:
+    """What is wrong with the engine's collections under `path/edge` (None: nothing seen): from their files
+    (chains.edge_client `store_problem`), and with `deep` (start-up) by opening each as the engine would (a WAL
+    or segment it cannot read, points lost), then closing it; a store held by another process is not judged."""
+    edge = path / "edge"
+    if not edge.is_dir():
+        return None
+    from chains.edge_client import EdgeClient, StoreLocked, store_problem
+
+    names = sorted(p.name for p in edge.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        problem = store_problem(edge, name)
+        if problem is not None:
+            return problem
+    if not deep:
+        return None
+    try:
+        client = EdgeClient(edge)
+    except StoreLocked:
+        return None
+    try:
+        for name in names:
+            if client.collection_exists(name):
+                client.open(name)
+    except StoreDamaged as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
 def build_qdrant_client(settings: Settings) -> QdrantClient:
     """A client for the configured server, or for the embedded on-disk store (one process at a time).
 
@@ -106,6 +145,33 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
 
     settings.qdrant_path.mkdir(parents=True, exist_ok=True)
     return open_edge_client(settings)
+
+
+def _empty(key: str) -> models.IsEmptyCondition:
+    return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+
+
+def _marked(key: str) -> models.Filter:
+    return models.Filter(must_not=[_empty(key)])
+
+
+# Visible: neither mark (any point but an ingest's in-flight ones: LangChain's too), or both (swapped in, the marks
+# not yet removed). Hidden: staged and not yet swapped in (an ingest writing, or a dead one's leftovers), or swapped
+# out (replaced, waiting to be deleted). This form measured cheaper than its must_not equivalent
+# (bench/visible_filter_bench.py).
+VISIBLE = models.Filter(
+    should=[
+        models.Filter(must=[_empty(STAGED_KEY), _empty(SWAPPED_KEY)]),
+        models.Filter(must=[_marked(STAGED_KEY), _marked(SWAPPED_KEY)]),
+    ]
+)
+# Any point an ingest has marked (what `Indexer.recover` looks for).
+MARKED = models.Filter(should=[_marked(STAGED_KEY), _marked(SWAPPED_KEY)])
+
+
+def visible(where: models.Filter | None = None) -> models.Filter:
+    """`where` restricted to the points readers may see (`VISIBLE`): what every product query filters by."""
+    return VISIBLE if where is None else models.Filter(must=[where, VISIBLE])
 
 
 def point_id(key: str) -> str:

@@ -12,13 +12,14 @@ batch pads little), one group is embedded in a worker thread while the next file
 previous group is written, and points are upserted in large batches. When the model is idle (at the start), half
 a group goes rather than the model waiting for the parser; one child process parses all of a run's files.
 
-Never a half-state: new chunks are embedded in batches that span files; a file's chunks are written only once
-all of them are embedded (upserts batched across files), and its stale chunks are deleted only once all of its
-new chunks are stored. A run that dies midway (the model or the store failing, a kill) leaves every file with
-its previous complete version: a failing model writes nothing of the file it was embedding, and when an upsert
-fails the new chunks already written by that write are deleted again (only if the store still answers; if not,
-some new chunks can stay beside the complete old ones). Running again finishes the job, since a file whose
-stored chunks carry mixed file hashes never counts as unchanged.
+Never a half-state, for any reader, even when the process is killed (docs/ingest.md, "What a reader sees"): a
+group's new chunks are written as soon as they are embedded, staged (STAGED_KEY: hidden by the filter every
+product read applies, chains.vectorstore.VISIBLE). Once all of a file's new chunks are stored, ONE set_payload
+marks them and the chunks they replace with SWAPPED_KEY, which shows the first and hides the second at once (one
+operation is the unit Qdrant applies whole; a batch of several is not atomic, qdrant/qdrant#9371). Then the
+replaced chunks are deleted and the marks removed, neither of which changes what a reader sees. A run that stops
+withdraws its staged chunks; one that was killed leaves hidden points that the next run deletes (`recover`)
+before it reads the store.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +48,18 @@ from chains.sentence_rescore import SENTENCE_KEY, Row, sentence_payloads, stored
 from chains.settings import Settings
 from chains.site_urls import page_path
 from chains.sparse import encode_document
-from chains.vectorstore import CONTENT_KEY, DENSE_VECTOR, METADATA_KEY, SPARSE_VECTOR, point_id
+from chains.vectorstore import (
+    CONTENT_KEY,
+    DENSE_VECTOR,
+    MARKED,
+    METADATA_KEY,
+    SPARSE_VECTOR,
+    STAGED_KEY,
+    SWAPPED_KEY,
+    VISIBLE,
+    point_id,
+    visible,
+)
 from ingest.book_root import remember_root, remembered_root
 from ingest.epub import LoadedBook, is_book, is_part_of, load_epub, part_source
 from ingest.loaders import SUPPORTED_SUFFIXES, IngestLimits
@@ -211,7 +224,7 @@ class FilePlan:
     file_fields: dict[str, Any]
     vectors: list[list[float] | None] = field(default_factory=list)  # filled as batches are embedded
     sentences: dict[int, dict[str, Any]] = field(default_factory=dict)  # chunk index: its sentence vectors' payload
-    waiting: int = 0  # new chunks not yet embedded
+    waiting: int = 0  # new chunks not yet stored (staged)
 
     @property
     def has_writes(self) -> bool:
@@ -349,11 +362,24 @@ def moved_sources(stored: Iterable[str], seen: Iterable[str], root: Path) -> dic
     return moved
 
 
-def chunk_id(chunk: Chunk) -> str:
-    """The point id: from the source, the position and everything stored about the chunk but its file fields."""
+def vector_layout(settings: Settings) -> str:
+    """VECTOR_LAYOUT plus what else decides the stored vectors: EMBEDDING_QUANTIZE=int8 (the local model on ONNX
+    Runtime, the only place it applies) makes other vectors than the float graph, so switching it re-embeds every
+    chunk; off keeps the layout, and the ids, of stores ingested before it was part of it."""
+    quantized = (
+        settings.embedding_provider == "local"
+        and settings.embedding_runtime == "onnx"
+        and settings.embedding_quantize != "off"
+    )
+    return f"{VECTOR_LAYOUT}+{settings.embedding_quantize}" if quantized else VECTOR_LAYOUT
+
+
+def chunk_id(chunk: Chunk, layout: str = VECTOR_LAYOUT) -> str:
+    """The point id: from the source, the position, everything stored about the chunk but its file fields, and the
+    vector layout (`vector_layout`)."""
     meta = {k: v for k, v in chunk.metadata.items() if k not in FILE_FIELDS}
     identity = json.dumps(
-        {"embed": chunk.embed_text, "text": chunk.text, "meta": meta, "vectors": VECTOR_LAYOUT}, sort_keys=True
+        {"embed": chunk.embed_text, "text": chunk.text, "meta": meta, "vectors": layout}, sort_keys=True
     )
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
     return point_id(f"{meta['source']}\x00{meta['chunk_index']}\x00{digest}")
@@ -400,12 +426,13 @@ class Indexer:
         self._sentence_rows: dict[str, Row] = {}
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
         self.style = settings.book_site_style
+        self.layout = vector_layout(settings)
         # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
         # ids), but not BOOK_BASE_URL, which is applied per answer.
         self.signature = "\x00".join(
             [
                 SPLIT_VERSION,
-                VECTOR_LAYOUT,
+                self.layout,
                 settings.embedding_provider,
                 settings.embedding_model,
                 settings.chunk_size_unit,
@@ -416,6 +443,9 @@ class Indexer:
         )
 
     # -- reading the store -------------------------------------------------------------------------------
+
+    def chunk_id(self, chunk: Chunk) -> str:
+        return chunk_id(chunk, self.layout)
 
     def _store(self, doing: str, call: Callable[[], _T]) -> _T:
         try:
@@ -447,12 +477,13 @@ class Indexer:
                 return
 
     def stored_chunks(self) -> dict[str, dict[str, StoredChunk]]:
-        """Every stored point, by source and id, with what incremental ingest needs to know (no vectors)."""
+        """Every stored point readers see, by source and id, with what incremental ingest needs to know (no
+        vectors). Hidden points (a running or dead ingest's, chains.vectorstore.VISIBLE) are not stored chunks."""
         if not self._store("opening the collection", lambda: self.client.collection_exists(self.collection)):
             return {}
         fields = ["source", "chunk_index", *FILE_FIELDS]
         by_source: dict[str, dict[str, StoredChunk]] = {}
-        for point in self._scroll(None, [f"{METADATA_KEY}.{f}" for f in fields]):
+        for point in self._scroll(VISIBLE, [f"{METADATA_KEY}.{f}" for f in fields]):
             metadata = (point.payload or {}).get(METADATA_KEY) or {}
             if "source" not in metadata:
                 continue
@@ -465,10 +496,10 @@ class Indexer:
         return by_source
 
     def stored_ids(self, source: str | None = None) -> set[str]:
-        """Ids of the points of one source (or of all sources)."""
+        """Ids of the visible points of one source (or of all sources)."""
         if not self.client.collection_exists(self.collection):
             return set()
-        return {str(p.id) for p in self._scroll(source_filter(source) if source else None, False)}
+        return {str(p.id) for p in self._scroll(visible(source_filter(source) if source else None), False)}
 
     def stored_sources(self) -> set[str]:
         return set(self.stored_chunks())
@@ -533,7 +564,7 @@ class Indexer:
         """What must change for one source to hold `chunks`, each stamped with `file_fields`."""
         wanted: dict[str, Chunk] = {}
         for chunk in chunks:
-            wanted[chunk_id(chunk)] = Chunk(chunk.text, chunk.embed_text, {**chunk.metadata, **file_fields})
+            wanted[self.chunk_id(chunk)] = Chunk(chunk.text, chunk.embed_text, {**chunk.metadata, **file_fields})
         new = [chunk for cid, chunk in wanted.items() if cid not in stored]
         stamp = tuple(file_fields.get(name) for name in FILE_FIELDS)
         restamp = [
@@ -698,16 +729,22 @@ class Indexer:
                     self._sentence_rows.setdefault(text, row)
 
     def write(
-        self, chunks: Sequence[Chunk], dense: Sequence[list[float]], sentences: Sequence[dict[str, Any]] | None = None
+        self,
+        chunks: Sequence[Chunk],
+        dense: Sequence[list[float]],
+        sentences: Sequence[dict[str, Any]] | None = None,
+        staged: str | None = None,
     ) -> None:
         """Upsert `chunks` with their dense and sparse vectors (and sentence vectors, if given), in batches: the
-        one place where points are built."""
+        one place where points are built. With `staged` (a run's token) they carry STAGED_KEY: hidden from every
+        reader until `swap` shows them."""
         sentences = sentences if sentences is not None else [{} for _ in chunks]
+        mark = {STAGED_KEY: staged} if staged else {}
         points = [
             models.PointStruct(
-                id=chunk_id(chunk),
+                id=self.chunk_id(chunk),
                 vector={DENSE_VECTOR: vector, **self.sparse_vector(chunk)},
-                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata, **sentence},
+                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata, **sentence, **mark},
             )
             for chunk, vector, sentence in zip(chunks, dense, sentences, strict=True)
         ]
@@ -717,37 +754,118 @@ class Indexer:
             try:
                 self._store("writing chunks", upsert)
             except DependencyUnavailable:
-                self._withdraw([point.id for point in points[: start + len(batch)]])  # the failed batch may be half in
+                if not staged:  # staged points are hidden anyway; the run withdraws them all (`_withdraw`)
+                    self._delete_best_effort([point.id for point in points[: start + len(batch)]])
                 raise
 
-    def _withdraw(self, ids: list[Any]) -> None:
-        """After a failed upsert, delete the new points already written (they are new: no stored chunk has their
-        id), so that no file is served half old and half new; best effort, since the store may be gone."""
-        if not ids:
-            return
+    def _delete_best_effort(self, ids: list[Any]) -> None:
         try:
             self.client.delete(self.collection, points_selector=models.PointIdsList(points=ids), wait=True)
-        except Exception as exc:  # the store is down: the next run finishes the job (mixed file hashes)
-            logger.warning(
-                "could not withdraw %d new chunks after a failed write (%s); run the ingest again", len(ids), exc
-            )
+        except Exception as exc:  # the store is down
+            logger.warning("could not delete %d new chunks after a failed write (%s)", len(ids), exc)
 
-    def finish_file(self, plan: FilePlan) -> None:
-        """Once all of a file's new chunks are stored: re-stamp its unchanged chunks, then delete its stale ones."""
-        if plan.restamp:
-            restamp = models.PointIdsList(points=list(plan.restamp))
-            self._store(
-                "updating chunk metadata",
-                lambda: self.client.set_payload(
-                    self.collection, payload=plan.file_fields, points=restamp, key=METADATA_KEY, wait=True
-                ),
-            )
-        if plan.stale:
-            selector = models.PointIdsList(points=list(plan.stale))
+    def _withdraw(self, token: str) -> None:
+        """Delete this run's staged chunks not yet swapped in (a run stopping, the model or the store failing):
+        hidden already, so this only tidies; best effort (the store may be gone), the next run's `recover` does it
+        otherwise."""
+        mine = models.Filter(
+            must=[
+                models.FieldCondition(key=STAGED_KEY, match=models.MatchValue(value=token)),
+                models.IsEmptyCondition(is_empty=models.PayloadField(key=SWAPPED_KEY)),
+            ]
+        )
+        try:
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=mine), wait=True)
+        except Exception as exc:
+            logger.warning("could not withdraw this run's staged chunks (%s); the next ingest removes them", exc)
+
+    def swap(self, plans: Sequence[FilePlan], token: str) -> None:
+        """Once all new chunks of `plans` are stored (staged): re-stamp their unchanged chunks, then show the new
+        ones and hide the stale ones in ONE operation (SWAPPED_KEY on both: chains.vectorstore.VISIBLE), so that
+        readers see each of these files switch from its old version to its new one at once; then delete what it
+        replaced and unmark the new chunks (neither changes what a reader sees)."""
+        for plan in plans:
+            if plan.restamp:
+                restamp = models.PointIdsList(points=list(plan.restamp))
+                fields = plan.file_fields
+                self._store(
+                    "updating chunk metadata",
+                    functools.partial(
+                        self.client.set_payload, self.collection, fields, restamp, key=METADATA_KEY, wait=True
+                    ),
+                )
+        new = [self.chunk_id(chunk) for plan in plans for chunk in plan.new]
+        stale = [cid for plan in plans for cid in plan.stale]
+        if not new and not stale:
+            return
+        mine = models.Filter(
+            must=[
+                models.HasIdCondition(has_id=list(new)),
+                models.FieldCondition(key=STAGED_KEY, match=models.MatchValue(value=token)),
+            ]
+        )
+        if new:  # all there (an ingest elsewhere into this collection could have removed them): else swap nothing
+            present = self._store(
+                "reading stored chunks", lambda: self.client.count(self.collection, count_filter=mine, exact=True)
+            ).count
+            if present != len(new):
+                raise DependencyUnavailable(
+                    "qdrant",
+                    f"{len(new) - present} of this run's {len(new)} new chunks are gone from the store before they "
+                    "were shown (another ingest into the same collection?). Every file keeps its previous complete "
+                    "version; run one ingest at a time, and this one again.",
+                )
+        # By a filter, not by ids: the engine applies a set_payload by ids up to an id it lacks, then fails.
+        both = models.FilterSelector(
+            filter=models.Filter(should=[mine, models.HasIdCondition(has_id=list(stale))] if stale else [mine])
+        )
+        self._store(
+            "swapping in the new chunks",
+            lambda: self.client.set_payload(self.collection, payload={SWAPPED_KEY: token}, points=both, wait=True),
+        )
+        if stale:
+            replaced = models.PointIdsList(points=stale)
             self._store(
                 "deleting stale chunks",
-                lambda: self.client.delete(self.collection, points_selector=selector, wait=True),
+                lambda: self.client.delete(self.collection, points_selector=replaced, wait=True),
             )
+        if new:
+            shown = models.PointIdsList(points=new)
+            self._store(
+                "unmarking the new chunks",
+                lambda: self.client.delete_payload(
+                    self.collection, keys=[STAGED_KEY, SWAPPED_KEY], points=shown, wait=True
+                ),
+            )
+
+    def recover(self) -> int:
+        """Finish what a run that died left (SIGKILL, power loss), before anything else reads or writes: delete
+        the hidden points (staged and never swapped in, or swapped out and not yet deleted) and unmark the ones
+        swapped in. Neither step changes what a reader sees. Returns how many hidden points were deleted."""
+        if not self._store("opening the collection", self._exists):
+            return 0
+        count = functools.partial(self.client.count, self.collection, exact=True)
+        if not self._store("reading stored chunks", lambda: count(count_filter=MARKED).count):
+            return 0
+        hidden = models.Filter(must_not=[VISIBLE])
+        deleted = self._store("reading stored chunks", lambda: count(count_filter=hidden).count)
+        if deleted:
+            self._store(
+                "deleting an interrupted ingest's chunks",
+                lambda: self.client.delete(
+                    self.collection, points_selector=models.FilterSelector(filter=hidden), wait=True
+                ),
+            )
+        self._store(
+            "unmarking an interrupted ingest's chunks",
+            lambda: self.client.delete_payload(
+                self.collection,
+                keys=[STAGED_KEY, SWAPPED_KEY],
+                points=models.FilterSelector(filter=MARKED),
+                wait=True,
+            ),
+        )
+        return deleted
 
     def delete_source(self, source: str) -> int:
         """Delete every chunk of `source`; returns how many there were."""
@@ -779,28 +897,25 @@ class Indexer:
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
         progress = Progress(len(files))
+        if not dry_run:
+            self._note_recovered(report, self.recover())
         stored = self.stored_chunks()
         root = base_dir.resolve()
         root_before = self._store("reading the book root", lambda: remembered_root(self.client, self.collection))
+        token = uuid.uuid4().hex  # this run's mark on the chunks it stages
         to_embed: list[tuple[FilePlan, int]] = []  # (file, index of one of its new chunks), across files
-        embedding: list[FilePlan] = []  # files with chunks still to embed
-        ready: list[FilePlan] = []  # files whose new chunks are all embedded, not yet written
+        writing: list[FilePlan] = []  # files with new chunks not yet stored
+        ready: list[FilePlan] = []  # files whose new chunks are all stored (staged), not yet swapped in
         # One group of chunks is embedded in this worker (ONNX Runtime and PyTorch release the GIL) while this
         # thread parses the next files and writes the previous group; only this thread touches plans and the store.
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed")
         in_flight: tuple[list[tuple[FilePlan, int]], Future[list[tuple[list[float], dict[str, Any]]]]] | None = None
 
-        def commit() -> None:
-            """Write the ready files' chunks (batched across files), then finish each of those files."""
-            chunks = [chunk for plan in ready for chunk in plan.new]
-            vectors = [vector for plan in ready for vector in plan.vectors if vector is not None]
-            sentences = [plan.sentences.get(i, {}) for plan in ready for i in range(len(plan.new))]
-            if chunks:
-                self.write(chunks, vectors, sentences)
-                progress.chunks_written += len(chunks)
-            for plan in ready:
-                self.finish_file(plan)
-            ready.clear()
+        def swap() -> None:
+            """Swap in the files whose new chunks are all stored: each appears whole, at once."""
+            if ready:
+                self.swap(ready, token)
+                ready.clear()
 
         def collect() -> list[tuple[FilePlan, int]]:
             """Wait for the group in flight; returns it with its vectors filled in (nothing written yet)."""
@@ -812,27 +927,35 @@ class Indexer:
             try:
                 vectors = future.result()
             except RagError:
-                commit()  # the files embedded before this group are whole: store them before giving up
+                swap()  # the files stored before this group are whole: show them before giving up
                 raise
             for (plan, i), (vector, sentences) in zip(batch, vectors, strict=True):
                 plan.vectors[i] = vector
                 if sentences:
                     plan.sentences[i] = sentences
-                plan.waiting -= 1
             report.embedded += len(batch)
             report.embed_seconds = time.perf_counter() - progress.started
             progress.chunks_embedded += len(batch)
             return batch
 
         def settle(batch: list[tuple[FilePlan, int]]) -> None:
-            """Move the files this group completed to `ready`, and write once enough are ready."""
+            """Store this group's chunks (staged: hidden), then swap in the files it completed."""
             if not batch:
                 return
-            for plan in [p for p in embedding if p.waiting == 0]:
-                embedding.remove(plan)
+            if on_progress is not None:  # embedded, not yet written
+                on_progress(progress)
+            chunks = [plan.new[i] for plan, i in batch]
+            vectors = [plan.vectors[i] or [] for plan, i in batch]
+            self.write(chunks, vectors, [plan.sentences.get(i, {}) for plan, i in batch], staged=token)
+            for plan, i in batch:  # stored: the vectors need not stay in memory
+                plan.vectors[i] = None
+                plan.sentences.pop(i, None)
+                plan.waiting -= 1
+            progress.chunks_written += len(batch)
+            for plan in [p for p in writing if p.waiting == 0]:
+                writing.remove(plan)
                 ready.append(plan)
-            if sum(len(plan.new) for plan in ready) >= self.batch_size:
-                commit()
+            swap()
             if on_progress is not None:
                 on_progress(progress)
 
@@ -882,7 +1005,7 @@ class Indexer:
                     if not dry_run and plan.has_writes:
                         if plan.new and plan.stale:  # before its chunks go to the embedding thread
                             self.reuse_sentences(plan.stale)
-                        (embedding if plan.new else ready).append(plan)
+                        (writing if plan.new else ready).append(plan)
                         to_embed.extend((plan, i) for i in range(len(plan.new)))
                 progress.files_done += 1
                 while len(to_embed) >= self.batch_size or (len(to_embed) >= max(1, self.batch_size // 2) and idle()):
@@ -894,7 +1017,11 @@ class Indexer:
                 submit(to_embed)
             settle(collect())
             self.check_stop()
-            commit()
+            swap()
+        except BaseException:
+            if not dry_run:
+                self._withdraw(token)
+            raise
         finally:
             parsing.close()
             worker.shutdown(wait=True, cancel_futures=True)
@@ -923,6 +1050,14 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
+    @staticmethod
+    def _note_recovered(report: IngestReport, deleted: int) -> None:
+        if deleted:
+            report.notes.append(
+                f"an earlier ingest was interrupted: its {deleted} hidden chunk(s) (staged, or replaced and not yet "
+                "deleted) were removed; every file had its previous or its new version whole meanwhile"
+            )
+
     def _exists(self) -> bool:
         return self.client.collection_exists(self.collection)
 
@@ -930,6 +1065,8 @@ class Indexer:
         """Delete the named sources (as stored: relative to the base folder); unknown ones are reported failed."""
         started = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
+        if not dry_run:
+            self._note_recovered(report, self.recover())
         stored = self.stored_chunks()
         for asked in sources:
             # An EPUB's name stands for all of its chapters.

@@ -5,6 +5,7 @@ model, citations naming no source kept apart, and refusals that say what the boo
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,18 @@ async def test_the_models_own_refusal_is_reported_as_one(
     async for _app, client in app_client(sample_book_settings, embeddings, qdrant, model):
         answer = (await client.post("/ask", json={"question": "How deep should the planting hole be?"})).json()
         assert answer["sources"] and answer["mode"] == "not_in_book"
+
+
+@pytest.mark.integration
+async def test_a_refusal_links_the_closest_sections_to_the_books_site(
+    sample_book_settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    linked = sample_book_settings.model_copy(update={"book_base_url": "https://orchard.example/book/"})
+    async for app, client in app_client(linked, embeddings, qdrant):
+        await _vocabulary_ready(app, qdrant)
+        refused = (await client.post("/ask", json={"question": "How do I water my orchard with Kubernetes?"})).json()
+        assert refused["mode"] == "not_in_book"
+        offered = refused["answer"].split("The closest sections: ", 1)[1]
+        links = re.findall(r"\[([^\]]+)\]\((https://orchard\.example/book/[^)]+)\)", offered)
+        assert links, offered  # each section a Markdown link the widget renders, not bare text
+        assert all("#" in url for _, url in links)  # to the section's anchor, not only the page

@@ -3,6 +3,7 @@ format in a nested folder, and failures midway that must leave the previous vers
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient
 
 from chains.edge_client import EdgeClient
-from chains.embeddings import LocalEmbeddings
+from chains.embeddings import LocalEmbeddings, build_embeddings, packaged_model_path
 from chains.errors import DependencyUnavailable
+from chains.onnx_encoder import graph_path, quantized_path
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store, ensure_collection
 from ingest.indexer import Indexer, discover_files
@@ -344,3 +346,32 @@ def test_an_upsert_failing_midway_through_a_file_withdraws_the_new_chunks_it_wro
         assert len(cider) > 2
     finally:
         client.close()
+
+
+def test_switching_embedding_quantize_re_embeds_every_chunk_and_a_rerun_skips_all(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path, tmp_path: Path
+) -> None:
+    """EMBEDDING_QUANTIZE=int8 makes other vectors, so it is part of a chunk's identity: turning it on re-embeds
+    the whole stored book (no float vector left beside int8 ones), and the next run skips every file."""
+    first = ingest_into(qdrant, embeddings, settings, book_dir)
+    total = first.added
+    assert embeddings._onnx is not None and total >= 2
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    float_graph = graph_path(packaged_model_path(settings.embedding_model), onnx_dir)
+    shutil.copyfile(embeddings._onnx._graph, float_graph)  # the float graph already exported: no PyTorch needed
+    quantized = settings.model_copy(update={"embedding_quantize": "int8", "embedding_onnx_dir": onnx_dir})
+    int8 = build_embeddings(quantized)
+    assert isinstance(int8, LocalEmbeddings) and int8._onnx is not None
+    assert int8._onnx._graph == quantized_path(float_graph)
+    before = stored(qdrant, settings)
+
+    second = ingest_into(qdrant, int8, quantized, book_dir)
+    assert second.embedded == total and (second.updated, second.added, second.unchanged) == (total, 0, 0)
+    after = stored(qdrant, settings)
+    assert len(after) == total and not after.keys() & before.keys()  # every chunk rewritten, none twice
+    third = ingest_into(qdrant, int8, quantized, book_dir)
+    assert (third.embedded, third.unchanged, third.added, third.updated) == (0, total, 0, 0)
+    assert not any(f.parsed for f in third.files)
+    back = ingest_into(qdrant, embeddings, settings, book_dir)  # and switching it off re-embeds again
+    assert back.embedded == total and set(stored(qdrant, settings)) == set(before)

@@ -24,10 +24,10 @@ from ingest.indexer import DEFAULT_EXCLUDES, Indexer, discover_files
 pytestmark = pytest.mark.integration
 
 # book: (hit@5, MRR, answerable refused at most, in-domain unanswerable refused at least). Today (2026-12-01,
-# with sentence re-scoring): sample 0.97 / 0.915 / 0 / 0.00 (its unanswerable questions name nothing the term
-# check can see); humanoid 1.00 / 0.883 / 0 / 0.83.
+# with sentence re-scoring and the rare-word term check): sample 0.97 / 0.915 / 0 / 0.75 (0.00 with names and
+# identifiers only: its unanswerable questions name things in lower-case words); humanoid 1.00 / 0.883 / 0 / 1.00.
 FLOORS = {
-    "sample_book": (0.93, 0.88, 0.05, 0.0),
+    "sample_book": (0.93, 0.88, 0.05, 0.66),
     "humanoid_book": (0.95, 0.85, 0.05, 0.75),
 }
 

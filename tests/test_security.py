@@ -306,7 +306,8 @@ INJECTION = (
 
 async def test_injected_question_does_not_change_the_rules_sent_to_the_model(make_client: Any) -> None:
     model = CountingChatModel(words=3, delay_s=0.0)
-    _, client = await make_client(model, retrieval_score_threshold=-1.0)
+    # Every question reaches the model: no threshold, and no refusal for words the book lacks ("pirate").
+    _, client = await make_client(model, retrieval_score_threshold=-1.0, refusal_term_check="off")
     assert (await client.post("/ask", json={"question": "How deep is the mulch?"})).status_code == 200
     assert (await client.post("/ask", json={"question": INJECTION})).status_code == 200
     benign, injected = model.prompts

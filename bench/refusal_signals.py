@@ -1,0 +1,257 @@
+"""Refusal signals for in-domain questions the book does not answer (issue 19), measured per book, the same rule
+for every book:
+
+    BENCH_CORPUS=../shared/corpus .venv/bin/python -m bench.refusal_signals --books all \
+        --json bench/results/refusal-signals.json
+
+Each question of a book's three sets (answerable, in-domain unanswerable, out-of-domain) is searched once with
+the product's default retriever, and once each with the dense and the sparse list alone; the record keeps what
+every rule below needs, so the rules are compared on the same searches:
+
+- **threshold**: no passage of the top 5 reaches RETRIEVAL_SCORE_THRESHOLD (the cosine check alone);
+- **+ names**: or an identifier or capitalised name of the question is not in the book (chains.book_terms, what
+  the product did before this rule);
+- **+ words < Z**: or a plain lower-case word of the question is not in the book in any close form and is rarer
+  than Z on the Zipf scale (`Vocabulary.missing_words`; Z = chains.book_terms.RARE_BELOW is the product's);
+- **+ agreement**: the dense and the sparse top 5 share no passage (alone, and only for a question that also has
+  a missing rare word, a softer cut);
+- **+ margin**: the best passage's cosine is within 0.02 of the fifth's (no passage stands out);
+- **+ a new pair**: two adjacent plain words of the question are both in the book but never side by side there.
+
+Stores come from the cache of `bench.eval_retrieval` (`.bench-cache/eval-retrieval/`, keyed by the book's files),
+so a book it has embedded costs nothing here; another is ingested first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import models
+
+from bench.eval_retrieval import (
+    DATASETS,
+    OUT_OF_BOOK,
+    STORES,
+    Question,
+    best_score,
+    ensure_sentence_vectors,
+    ingest_project,
+    load_questions,
+    store_folder,
+    unanswerable_path,
+)
+from chains.book_terms import (
+    RARE_BELOW,
+    STOP_WORDS,
+    STRONG_MATCH,
+    WORD,
+    Vocabulary,
+    plain_words,
+    stored_texts,
+    word_frequency,
+)
+from chains.embeddings import LocalEmbeddings, packaged_model_path
+from chains.retrieval import BookRetriever, limit_blas_threads
+from chains.settings import Settings
+from chains.sparse import encode_query
+from chains.vectorstore import SPARSE_VECTOR, build_qdrant_client, build_vector_store
+
+COLLECTION = "eval_bookrag"
+SETS = ("answerable", "unanswerable", "out_of_domain")
+CUTS = (3.5, 3.8, 4.0, 4.3)
+STRONG = (0.55, 0.60, 0.65)
+
+
+@dataclass
+class Record:
+    """One question searched once: what each rule decides from."""
+
+    set: str
+    question: str
+    best_cosine: float
+    cosines: list[float]  # the top 5's dense cosines, best first
+    dense_sparse_shared: int  # passages in both the dense and the sparse top 5
+    missing_names: list[str]
+    absent_words: list[tuple[str, float]]  # plain words the book lacks in every close form, with their Zipf value
+    missing_words: list[str]  # what the product's rule (RARE_BELOW) names
+    # Two adjacent plain words of the question that the book both uses but never side by side ("cherry branch").
+    new_pairs: list[str] = field(default_factory=list)
+
+
+def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]], embeddings: Any) -> list[Record]:
+    folder = store_folder(name, book, STORES)
+    folder.mkdir(parents=True, exist_ok=True)
+    client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection=COLLECTION))  # type: ignore[call-arg]
+    try:
+        settings = ingest_project(client, embeddings, book, COLLECTION)
+        ensure_sentence_vectors(client, embeddings, COLLECTION)
+        store = build_vector_store(client, settings, embeddings)
+        product = BookRetriever.from_settings(store, settings)
+        dense = product.model_copy(update={"mode": "dense", "sentence_rescore": 0})
+        vocabulary = Vocabulary.of(stored_texts(client, COLLECTION))
+        out = []
+        for set_name, items in questions.items():
+            for question in items:
+                text = question.question
+                documents = product.invoke(text)
+                dense_texts = {d.page_content for d in dense.invoke(text)}
+                sparse = encode_query(text)
+                sparse_texts: set[str] = set()
+                if sparse:
+                    points = client.query_points(
+                        COLLECTION,
+                        query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                        using=SPARSE_VECTOR,
+                        limit=product.k,
+                        with_payload=True,
+                    ).points
+                    sparse_texts = {str((p.payload or {}).get("page_content", "")) for p in points}
+                absent = [
+                    (word, round(word_frequency(word), 2)) for _, word in plain_words(text) if not vocabulary.uses(word)
+                ]
+                out.append(
+                    Record(
+                        set_name,
+                        text,
+                        best_score(documents),
+                        sorted((float(d.metadata.get("score", 0.0)) for d in documents), reverse=True),
+                        len(dense_texts & sparse_texts),
+                        vocabulary.missing(text, words=False),
+                        absent,
+                        vocabulary.missing_words(text),
+                        new_pairs(vocabulary, text),
+                    )
+                )
+        return out
+    finally:
+        client.close()
+
+
+def new_pairs(vocabulary: Vocabulary, question: str) -> list[str]:
+    words = [m.group(0) for m in WORD.finditer(question)]
+    pairs = [
+        f"{a} {b}"
+        for a, b in itertools.pairwise(words)
+        if all(re.fullmatch("[a-z]{3,}", w) and w not in STOP_WORDS and vocabulary.has(w) for w in (a, b))
+    ]
+    return [pair for pair in pairs if not vocabulary.has(pair)]
+
+
+Rule = Callable[[Record], bool]
+
+
+def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Rule]:
+    def low(r: Record) -> bool:
+        return r.best_cosine < threshold
+
+    def names(r: Record) -> bool:
+        return low(r) or any(name not in known for name in r.missing_names)
+
+    def rare(cut: float) -> Rule:
+        return lambda r: names(r) or any(z < cut for _, z in r.absent_words)
+
+    def margin(r: Record) -> bool:
+        return len(r.cosines) >= 5 and r.cosines[0] - r.cosines[4] < 0.02
+
+    def rare_unless_strong(cut: float, strong: float) -> Rule:
+        return lambda r: names(r) or (r.best_cosine < strong and any(z < cut for _, z in r.absent_words))
+
+    found: dict[str, Rule] = {"threshold": low, "+ names (before)": names}
+    for cut in CUTS:
+        found[f"+ names + words < {cut}"] = rare(cut)
+    for cut in CUTS:
+        for strong in STRONG:
+            marker = " (product)" if (cut, strong) == (RARE_BELOW, STRONG_MATCH) else ""
+            found[f"+ names + words < {cut} unless cosine >= {strong}{marker}"] = rare_unless_strong(cut, strong)
+    found["+ names + no dense/sparse agreement"] = lambda r: names(r) or r.dense_sparse_shared == 0
+    found["+ names + words < 4.3 when no agreement"] = lambda r: (
+        names(r) or (r.dense_sparse_shared == 0 and any(z < 4.3 for _, z in r.absent_words))
+    )
+    found["+ names + flat top 5 (margin < 0.02)"] = lambda r: names(r) or margin(r)
+    found["+ names + a new pair of book words"] = lambda r: names(r) or bool(r.new_pairs)
+    return found
+
+
+def table(by_book: dict[str, list[Record]], threshold: float, known: frozenset[str] = frozenset()) -> str:
+    lines = [
+        "| book (answerable / in-domain unanswerable / out-of-domain q) | rule | refused: answerable | in-domain "
+        "unanswerable | out-of-domain |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, records in by_book.items():
+        sizes = "/".join(str(sum(r.set == s for r in records)) for s in SETS)
+        for label, rule in rules(threshold, known).items():
+            rates = []
+            for set_name in SETS:
+                chosen = [r for r in records if r.set == set_name]
+                rates.append(sum(rule(r) for r in chosen) / max(1, len(chosen)))
+            lines.append(f"| {name} ({sizes} q) | {label} | " + " | ".join(f"{x:.2f}" for x in rates) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--books", default="sample_book,humanoid_book", help="comma-separated, or 'all'")
+    parser.add_argument("--json", type=Path, help="also write every question's record here")
+    parser.add_argument("--records", type=Path, help="compare the rules on a --json file's records, searching nothing")
+    parser.add_argument(
+        "--known",
+        action="append",
+        default=[],
+        help="a name to count as in the book (repeatable): e.g. the author's, which a title page left out would hold",
+    )
+    args = parser.parse_args(argv)
+    known = frozenset(args.known)
+    if args.records:
+        saved = json.loads(args.records.read_text(encoding="utf-8"))
+        books = {name: [Record(**r) for r in records] for name, records in saved["books"].items()}
+        print(table(books, saved["threshold"], known))
+        return 0
+    names = list(DATASETS) if args.books == "all" else args.books.split(",")
+    limit_blas_threads()
+    product = Settings(_env_file=None)  # type: ignore[call-arg]
+    embeddings = LocalEmbeddings(
+        packaged_model_path("all-MiniLM-L6-v2"),
+        cache_size=0,
+        onnx_dir=product.embedding_onnx_dir,
+        quantize=product.embedding_quantize == "int8",
+    )
+    out_of_book = load_questions(OUT_OF_BOOK)
+    by_book: dict[str, list[Record]] = {}
+    started = time.perf_counter()
+    for name in names:
+        book, path = DATASETS[name]
+        if not book.is_dir():
+            print(f"{name}: {book} is not here, skipped", file=sys.stderr)
+            continue
+        sets = {
+            "answerable": load_questions(path),
+            "unanswerable": load_questions(unanswerable_path(path)),
+            "out_of_domain": out_of_book,
+        }
+        by_book[name] = records_for(name, book, sets, embeddings)
+        print(f"{name}: {len(by_book[name])} questions ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    threshold = product.retrieval_score_threshold
+    print(table(by_book, threshold, known))
+    if args.json:
+        payload = {
+            "threshold": threshold,
+            "rare_below": RARE_BELOW,
+            "strong_match": STRONG_MATCH,
+            "books": {name: [asdict(r) for r in records] for name, records in by_book.items()},
+        }
+        args.json.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

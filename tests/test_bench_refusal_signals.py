@@ -1,0 +1,41 @@
+"""bench/refusal_signals.py decides each rule from a question's record as its table says: the cosine threshold, a
+missing name (unless counted as known), a rare missing word unless the best passage is a strong match."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.refusal_signals import Record, main, rules, table
+
+
+def record(
+    set_name: str, best: float, names: list[str] | None = None, words: list[tuple[str, float]] | None = None
+) -> Record:
+    return Record(
+        set_name, "q", best, [best, best - 0.1, best - 0.2, best - 0.3, best - 0.4], 2, names or [], words or [], []
+    )
+
+
+def test_each_rule_refuses_what_its_label_says() -> None:
+    decide = rules(0.35)
+    product = decide["+ names + words < 4.0 unless cosine >= 0.6 (product)"]
+    assert decide["threshold"](record("answerable", 0.30))
+    assert not decide["threshold"](record("answerable", 0.50, ["Kubernetes"]))
+    assert decide["+ names (before)"](record("answerable", 0.50, ["Kubernetes"]))
+    assert product(record("unanswerable", 0.50, words=[("cider", 3.5)]))
+    assert not product(record("answerable", 0.50, words=[("sunshine", 4.16)]))  # everyday English
+    assert not product(record("answerable", 0.65, words=[("bosses", 3.9)]))  # a strong passage match
+    assert product(record("unanswerable", 0.65, ["Kubernetes"]))  # a name refuses whatever the cosine
+    assert not rules(0.35, frozenset({"Thoreau"}))["+ names (before)"](record("unanswerable", 0.5, ["Thoreau"]))
+
+
+def test_the_table_gives_each_sets_refused_share_and_reads_saved_records(tmp_path: Path) -> None:
+    books = {"tiny": [record("answerable", 0.5), record("answerable", 0.3), record("unanswerable", 0.5, ["XCTest"])]}
+    lines = table(books, 0.35).splitlines()
+    row = next(line for line in lines if "| + names (before) |" in line)
+    assert row == "| tiny (2/1/0 q) | + names (before) | 0.50 | 1.00 | 0.00 |"
+    saved = tmp_path / "records.json"
+    saved.write_text(json.dumps({"threshold": 0.35, "books": {k: [asdict(r) for r in v] for k, v in books.items()}}))
+    assert main(["--records", str(saved)]) == 0

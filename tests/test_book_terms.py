@@ -1,0 +1,146 @@
+"""The lower-case word check of chains.book_terms: a rare word the book never uses, in no close form, refuses the
+question naming it; an everyday word, a close form of the book's own words, or a strong passage match does not.
+Unit tests on vocabularies built from a few sentences, then the answer chain on a small built book (real ingest,
+real embedding model, real embedded Qdrant, no chat model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from qdrant_client import QdrantClient
+
+from chains.answer import build_answer_chain
+from chains.book_terms import RARE_BELOW, STRONG_MATCH, BookVocabulary, Vocabulary, plain_words, word_frequency
+from chains.embeddings import LocalEmbeddings
+from chains.retrieval import BookRetriever
+from chains.settings import Settings
+from chains.vectorstore import build_vector_store
+from tests.conftest import ingest_into
+
+ORCHARD = Vocabulary.of(
+    [
+        "Protect young apple trees from frost with fleece, and from rabbits with a spiral guard.",
+        "Apple scab shows as olive-brown spots on the leaves; rake up fallen leaves in autumn.",
+        "A tree needs six hours of direct sun in summer. Water it when the probe reads below 35.",
+        "The old hut had a leak, and in the storm the thunder shook it; he felt hopeless.",
+        "Use the boards again. Batch normalization and the simulation run on the GPU.",
+    ]
+)
+
+
+def test_a_rare_word_the_book_never_uses_is_missing_and_named_with_its_noun() -> None:
+    assert ORCHARD.missing_words("How do I protect my apple trees from fire blight?") == ["fire blight"]
+    assert ORCHARD.missing_words("How do I train an apple tree as an espalier against a wall?") == ["espalier"]
+    assert ORCHARD.missing("Should I set up drip irrigation for my Bramley trees?") == ["Bramley", "drip irrigation"]
+    assert ORCHARD.missing_words("Cider from my own apples: how?") == ["Cider"]  # the sentence's capital
+    assert ORCHARD.missing("How do I protect my apple trees from fire blight?", words=False) == []
+
+
+def test_everyday_words_and_close_forms_of_the_books_words_are_not_missing() -> None:
+    assert word_frequency("sunshine") >= RARE_BELOW > word_frequency("cider")  # everyday vs specific English
+    paraphrases = [
+        "How much sunshine does a fruit tree need in summer?",  # everyday English: not checked
+        "Who lived in the leaky hut where he waited out a thunderstorm?",  # "leak"; "thunder" + "storm"
+        "The line saying most people live in silent hopelessness",  # "hopeless"
+        "Whose boards did he reuse for the house?",  # "use"
+        "Does batch normalisation act differently at test time?",  # the American spelling
+        "How does the simulator decide how objects bounce?",  # "simulation": the same family
+        "One corner stays white with frost long after the rest has thawed",  # an inflected verb: not checked
+        "How do I protect the trees from rabbits and apple scab?",  # the book's own words
+    ]
+    for question in paraphrases:
+        assert ORCHARD.missing_words(question) == [], question
+    assert [word for _, word in plain_words("the tidy-up code the student thawed")] == ["code", "student"]
+
+
+def test_a_strong_passage_match_overrides_a_missing_word_but_not_a_missing_name() -> None:
+    question = "Does neem oil keep pests off the trees in Kubernetes?"
+    assert ORCHARD.missing(question) == ["Kubernetes", "neem", "pests"]
+    assert ORCHARD.missing(question, best_cosine=STRONG_MATCH) == ["Kubernetes"]
+
+
+MEMOIR = Vocabulary.of(
+    [
+        "When I wrote the following pages I lived alone, in the woods, in a house which I had built myself.",
+        "My neighbours asked what I got to eat; I kept a bean field and hoed it every morning of my first summer.",
+        "The railroad passes by my house, and its whistle reaches me in the woods; Emerson's woodlot lies beyond.",
+    ]
+)
+
+
+def test_a_single_missing_name_in_a_book_told_in_the_first_person_is_taken_for_the_narrators() -> None:
+    assert MEMOIR.first_person and not ORCHARD.first_person
+    assert MEMOIR.missing("Why did Thoreau grow beans in his field?") == []  # the narrator is never named
+    assert MEMOIR.missing("What did Thoreau think of Karl Marx?") == ["Thoreau", "Karl Marx"]  # a second name
+    assert MEMOIR.missing("Did Thoreau keep his accounts in Excel?") == ["Thoreau", "Excel"]
+    assert MEMOIR.missing("How do I run it in Kubernetes?") == []  # one missing name: the rule's known cost
+    assert ORCHARD.missing("Why did Thoreau grow apples?") == ["Thoreau"]  # a book not told in the first person
+    assert MEMOIR.missing("What does ros2_control do?") == ["ros2_control"]  # an identifier is never a narrator
+
+
+BOOK = {
+    "site.md": "# Site and Sun\n\nAn apple tree needs at least six hours of direct sun a day in summer. Avoid frost "
+    "pockets at the bottom of slopes, where cold air settles on still nights.\n",
+    "diseases.md": "# Diseases of Apple Trees\n\n## Scab\n\nApple scab shows as olive-brown spots on the leaves and "
+    "cracked, corky patches on the fruit. Rake up and burn the fallen leaves in autumn, and prune to let air "
+    "through the canopy.\n\n## Canker\n\nCanker sinks into the bark of the branches. Cut the diseased wood back to "
+    "clean, healthy growth in dry weather and paint the wounds.\n",
+    "planting.md": "# Planting\n\nDig a hole three times as wide as the roots and no deeper than they are. Stake "
+    "the tree on the side of the prevailing wind.\n",
+}
+
+
+@pytest.fixture
+def orchard_book(tmp_path: Path, qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings) -> Path:
+    folder = tmp_path / "orchard"
+    folder.mkdir()
+    for name, text in BOOK.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    assert not ingest_into(qdrant, embeddings, settings, folder).failed
+    return folder
+
+
+async def _answer(
+    question: str, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> dict[str, object]:
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, settings, embeddings), settings)
+    vocabulary = BookVocabulary(settings.qdrant_collection)
+    vocabulary.read_now(qdrant)
+    chain = build_answer_chain(retriever, None, settings, vocabulary=vocabulary)
+    return dict(await chain.ainvoke(question))
+
+
+@pytest.mark.integration
+async def test_a_question_about_a_rare_thing_the_book_never_mentions_is_refused_naming_it(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    answer = await _answer("How do I protect my apple trees from fire blight?", settings, qdrant, embeddings)
+    assert answer["mode"] == "not_in_book" and answer["sources"] == []
+    text = str(answer["answer"])
+    assert text.startswith("The book does not mention “fire blight”, so it cannot answer this.")
+    closest = text.split("The closest sections: ", 1)[1]
+    assert "Diseases of Apple Trees" in closest  # where a reader would look instead
+
+
+@pytest.mark.integration
+async def test_a_paraphrase_with_an_everyday_word_the_book_lacks_is_answered(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    answer = await _answer("How much sunshine does an apple tree need?", settings, qdrant, embeddings)
+    assert answer["mode"] == "extractive"
+    assert "six hours of direct sun" in answer["sources"][0].text  # type: ignore[index]
+
+
+@pytest.mark.integration
+async def test_the_word_check_can_be_turned_off_leaving_the_names_check(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    names_only = settings.model_copy(update={"refusal_term_check": "names"})
+    answer = await _answer("How do I protect my apple trees from fire blight?", names_only, qdrant, embeddings)
+    assert answer["mode"] == "extractive"  # above the cosine threshold: only the word check refused it
+    answer = await _answer("How do I protect my Bramley trees from canker?", names_only, qdrant, embeddings)
+    assert str(answer["answer"]).startswith("The book does not mention “Bramley”")
+    off = settings.model_copy(update={"refusal_term_check": "off"})
+    answer = await _answer("How do I protect my Bramley trees from canker?", off, qdrant, embeddings)
+    assert answer["mode"] == "extractive"
