@@ -10,6 +10,7 @@ bench/eval_retrieval.py's hit rules and refusal threshold. Also the CPU seconds 
 chunks and sentences both ways.
 
     BENCH_CORPUS=../shared/corpus .venv/bin/python -m bench.pooled_sentences --variants separate,pooled,pooled+specials
+    BENCH_CORPUS=../shared/corpus .venv/bin/python -m bench.pooled_sentences --variants separate,int8-sentences --no-cpu
 
 The stores are found as bench.eval_retrieval names them, else the newest cached one of the book. Numbers:
 docs/retrieval.md, "Sentence vectors pooled from the chunk's own pass": pooled vectors give a lower MRR on every book.
@@ -48,7 +49,7 @@ from chains.embeddings import LocalEmbeddings, packaged_model_path
 from chains.highlights import split_sentences
 from chains.onnx_encoder import OnnxEncoder, length_buckets
 from chains.retrieval import limit_blas_threads
-from chains.sentence_rescore import SENTENCE_KEY, decode, encode
+from chains.sentence_rescore import SENTENCE_KEY, decode, encode, sentences_of
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client
 
@@ -60,6 +61,9 @@ VARIANTS = [
     ("pooled+specials", True, False),
     ("pooled-centred", False, True),
 ]
+# Not pooled: the sentences embedded on their own by the int8 graph (EMBEDDING_QUANTIZE=int8), the chunks' own
+# vectors left float. Half the sentences' CPU (docs/benchmarks.md, "Ingest").
+INT8_SENTENCES = "int8-sentences"
 BATCH = 64  # LocalEmbeddings' default batch
 
 
@@ -170,6 +174,28 @@ def write_pooled(
     }
 
 
+def write_int8(client: QdrantClient, quantised: LocalEmbeddings) -> dict[str, float]:
+    """Replace every chunk's sentence vectors by the int8 graph's embedding of the same sentences."""
+    records = [r for r in _all(client) if SENTENCE_KEY in (r.payload or {})]
+    split = [sentences_of(str((r.payload or {}).get("page_content", ""))) for r in records]
+    distinct = list(dict.fromkeys(s for sentences in split for s in sentences))
+    by_text = dict(zip(distinct, quantised.embed_documents(distinct), strict=True))
+    cosines: list[float] = []
+    for record, sentences in zip(records, split, strict=True):
+        rows = np.asarray([by_text[s] for s in sentences], dtype=np.float32)
+        before = decode((record.payload or {}).get(SENTENCE_KEY))
+        if before is not None and before.shape == rows.shape:
+            before = before / np.maximum(np.linalg.norm(before, axis=1, keepdims=True), 1e-12)
+            cosines.extend((before * rows).sum(axis=1).tolist())
+        client.set_payload(COLLECTION, {SENTENCE_KEY: encode(rows.tolist())}, points=[record.id], wait=True)
+    return {
+        "sentences": len(distinct),
+        "cos_mean": float(np.mean(cosines)),
+        "cos_p10": float(np.percentile(cosines, 10)),
+        "cos_min": float(np.min(cosines)),
+    }
+
+
 def _all(client: QdrantClient) -> list[Any]:
     found: list[Any] = []
     offset = None
@@ -253,6 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = embeddings._onnx
     if encoder is None:
         raise SystemExit("the ONNX runtime is needed (token states)")
+    quantised: list[LocalEmbeddings] = []
+
+    def int8() -> LocalEmbeddings:
+        if not quantised:
+            quantised.append(
+                LocalEmbeddings(
+                    packaged_model_path("all-MiniLM-L6-v2"),
+                    cache_size=0,
+                    onnx_dir=product.embedding_onnx_dir,
+                    quantize=True,
+                )
+            )
+        return quantised[0]
+
     out_of_book = load_questions(OUT_OF_BOOK)
     cut = threshold()
     lines = [
@@ -270,10 +310,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="pooled-") as scratch:
             outcomes: list[Outcome] = []
             variants = [v for v in VARIANTS if v[0] in args.variants.split(",")]
+            if INT8_SENTENCES in args.variants.split(","):
+                variants.append((INT8_SENTENCES, None, False))
             for label, specials, centred in variants:
                 copy = Path(scratch) / f"{folder.name}-{len(outcomes)}"
                 shutil.copytree(folder, copy)
-                if specials is not None:
+                if label == INT8_SENTENCES:
+                    client = build_qdrant_client(
+                        Settings(_env_file=None, qdrant_path=copy, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
+                    )
+                    try:
+                        stats = write_int8(client, int8())
+                    finally:
+                        client.close()
+                    notes.append(
+                        f"{name}, {label}: {stats['sentences']} sentences; cosine to the float ones mean "
+                        f"{stats['cos_mean']:.4f}, p10 {stats['cos_p10']:.4f}, min {stats['cos_min']:.4f}"
+                    )
+                    print(notes[-1], file=sys.stderr, flush=True)
+                elif specials is not None:
                     client = build_qdrant_client(
                         Settings(_env_file=None, qdrant_path=copy, qdrant_collection=COLLECTION)  # type: ignore[call-arg]
                     )

@@ -37,6 +37,7 @@ from langchain_core.runnables import (
     RunnableGenerator,
     RunnableLambda,
 )
+from qdrant_client import QdrantClient
 
 from chains.book_terms import BookVocabulary
 from chains.citations import check_citations
@@ -45,8 +46,10 @@ from chains.highlights import content_words, highlight_passages, quote_in_contex
 from chains.model_stream import TextStream, merged, model_error, text_stream_for
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
+from chains.sentence_rescore import SENTENCE_KEY, decode
 from chains.settings import Settings
 from chains.site_urls import section_url
+from chains.vectorstore import point_id
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +255,28 @@ def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) 
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
 
 
+def stored_sentence_vectors(
+    client: QdrantClient, collection: str, ids: Sequence[str | None], dimension: int
+) -> list[list[list[float]] | None]:
+    """Each passage's sentence vectors as ingest stored them (chains.sentence_rescore), read by point id in one
+    request, or None: the reader's selection, a store ingested without them, or a store that cannot be read now
+    (then the highlights embed them)."""
+    wanted = list(dict.fromkeys(point_id(i) for i in ids if i))
+    if not wanted:
+        return [None for _ in ids]
+    try:
+        records = client.retrieve(collection, wanted, with_payload=[SENTENCE_KEY], with_vectors=False)
+    except Exception as exc:
+        logger.debug("stored sentence vectors not read (%s: %s); embedding them", type(exc).__name__, exc)
+        return [None for _ in ids]
+    matrices = {str(r.id): decode((r.payload or {}).get(SENTENCE_KEY)) for r in records}
+    out: list[list[list[float]] | None] = []
+    for i in ids:
+        matrix = matrices.get(point_id(i)) if i else None
+        out.append(matrix.tolist() if matrix is not None and matrix.shape[1] == dimension else None)
+    return out
+
+
 # A follow-up that cannot stand alone: it points back with a pronoun, or says too little to search for.
 _REFERRING = frozenset(
     [
@@ -435,12 +460,14 @@ class _AnswerSteps:
             Source.from_document(number, doc, self.settings.book_base_url)
             for number, doc in enumerate(relevant, start=1)
         ]
+        # The passages' point ids (None for the reader's selection): highlights read their stored sentence vectors.
+        ids = [d.id for d in relevant]
         if sources and not self.highlights_later:
-            sources = await self.highlighted(state["query"], sources)
+            sources = await self.highlighted(state["query"], sources, ids)
         closest = list(
             dict.fromkeys(section_link(Source.from_document(0, d, self.settings.book_base_url)) for d in documents)
         )[:_CLOSEST_SECTIONS]
-        return {**state, "sources": sources, "missing": missing, "closest": closest}
+        return {**state, "sources": sources, "missing": missing, "closest": closest, "passage_ids": ids}
 
     @property
     def highlights_later(self) -> bool:
@@ -449,14 +476,16 @@ class _AnswerSteps:
         Lexical ones cost nothing, and an extractive answer is made of them: those come with the sources."""
         return self.text is not None and self.settings.source_highlights == "embedding"
 
-    async def late_highlights(self, query: str, sources: list[Source]) -> list[Source]:
+    async def late_highlights(
+        self, query: str, sources: list[Source], ids: Sequence[str | None] | None = None
+    ) -> list[Source]:
         """`highlighted`, once no other answer is searching (or after _HIGHLIGHTS_YIELD_S): the embedding model
         scores the sentences, and a search waiting behind that work would be a first token waiting."""
         waited = 0.0
         while self._retrieving and waited < _HIGHLIGHTS_YIELD_S:
             await asyncio.sleep(_HIGHLIGHTS_POLL_S)
             waited += _HIGHLIGHTS_POLL_S
-        return await self.highlighted(query, sources)
+        return await self.highlighted(query, sources, ids)
 
     def sentence_vectors(self, sentences: list[str]) -> list[list[float]]:
         """The sentences' vectors, embedding in one batch only those not seen lately (an LRU of recent ones)."""
@@ -487,8 +516,19 @@ class _AnswerSteps:
             return []
         return vocabulary.missing(question, words=check == "words", best_cosine=best_cosine)
 
-    async def highlighted(self, query: str, sources: list[Source]) -> list[Source]:
-        """The sources with the sentences that best answer `query` marked, scored by the embedding model."""
+    def embedding_highlights(
+        self, query: str, vector: list[float], texts: list[str], ids: Sequence[str | None] | None
+    ) -> list[list[tuple[int, int]]]:
+        """Highlights scored by the embedding model: the stored sentence vectors where the passages have them."""
+        store = self.retriever.vector_store
+        stored = stored_sentence_vectors(store.client, store.collection_name, ids, len(vector)) if ids else None
+        return highlight_passages(query, vector, texts, self.sentence_vectors, stored)
+
+    async def highlighted(
+        self, query: str, sources: list[Source], ids: Sequence[str | None] | None = None
+    ) -> list[Source]:
+        """The sources with the sentences that best answer `query` marked, scored by the embedding model; `ids`
+        (the passages' point ids, in order) let it use the sentence vectors stored with them."""
         embeddings = self.retriever.vector_store.embeddings
         how = self.settings.source_highlights
         if how == "off" or (how == "embedding" and embeddings is None):
@@ -499,7 +539,7 @@ class _AnswerSteps:
                 spans = highlight_passages(query, [], texts, None)
             else:
                 vector = await embeddings.aembed_query(query)  # cached: the retriever embedded it a moment ago
-                spans = await asyncio.to_thread(highlight_passages, query, vector, texts, self.sentence_vectors)
+                spans = await asyncio.to_thread(self.embedding_highlights, query, vector, texts, ids)
         except Exception:
             logger.warning("could not highlight the passages; sources go without highlights", exc_info=True)
             return sources
@@ -536,12 +576,16 @@ class _AnswerSteps:
                 if piece.text:
                     yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
                     if pending and highlighting is None:
-                        highlighting = asyncio.create_task(self.late_highlights(state["query"], sources))
+                        highlighting = asyncio.create_task(
+                            self.late_highlights(state["query"], sources, state.get("passage_ids"))
+                        )
                 if pending and highlighting is not None and highlighting.done():
                     pending = False
                     yield AddableDict(highlights=[s.highlights for s in highlighting.result()])  # type: ignore[misc]
             if pending:
-                highlighted = await (highlighting or self.late_highlights(state["query"], sources))
+                highlighted = await (
+                    highlighting or self.late_highlights(state["query"], sources, state.get("passage_ids"))
+                )
                 yield AddableDict(highlights=[s.highlights for s in highlighted])  # type: ignore[misc]
         finally:
             if highlighting is not None and not highlighting.done():

@@ -1,8 +1,10 @@
 """The sentences of a passage that best answer the question, as `[start, end]` character offsets into its text.
 
 A reader checks a citation by its quote, not by a 256-token passage. Sentences are scored with the embedding model
-already loaded (the question's vector against each sentence's, in one batch for all passages) plus a small bonus
-for the question's own words, so that a sentence naming the thing asked about wins a tie. No new model.
+already loaded (the question's vector against each sentence's) plus a small bonus for the question's own words, so
+that a sentence naming the thing asked about wins a tie. No new model. The sentence vectors are those ingest stored
+in the chunk's payload for re-scoring (`chains.sentence_rescore`, split by `split_sentences` too) when the passage
+has them, else embedded for the answer, in one batch for all passages.
 """
 
 from __future__ import annotations
@@ -165,9 +167,13 @@ def highlight_passages(
     question_vector: Sequence[float],
     texts: Sequence[str],
     embed: Callable[[list[str]], list[list[float]]] | None,
+    stored: Sequence[Sequence[Sequence[float]] | None] | None = None,
 ) -> list[list[tuple[int, int]]]:
-    """For each passage, the `(start, end)` offsets of its best-answering sentences; all sentences embedded in
-    one batch."""
+    """For each passage, the `(start, end)` offsets of its best-answering sentences.
+
+    `stored` holds, per passage, its sentences' vectors as ingest stored them (`chains.sentence_rescore`, same
+    split, same order) or None: a passage with as many stored vectors as sentences is not embedded again; the
+    others' sentences are embedded in one batch."""
     split = [split_sentences(text) for text in texts]
     flat = [s.text for sentences in split for s in sentences]
     if not flat:
@@ -176,7 +182,18 @@ def highlight_passages(
         words = content_words(question)
         raw = [lexical_overlap(words, text) for text in flat]
     else:
-        raw = sentence_scores(question, question_vector, flat, embed(flat))
+        known = [
+            rows if rows is not None and len(rows) == len(sentences) else None
+            for rows, sentences in zip(stored or [None] * len(texts), split, strict=True)
+        ]
+        missing = [s.text for rows, sentences in zip(known, split, strict=True) if rows is None for s in sentences]
+        fresh = iter(embed(missing) if missing else [])
+        vectors = [
+            vector
+            for rows, sentences in zip(known, split, strict=True)
+            for vector in (rows if rows is not None else [next(fresh) for _ in sentences])
+        ]
+        raw = sentence_scores(question, question_vector, flat, vectors)
     # A heading line often echoes the question best and answers nothing: it can only be chosen when nothing else is.
     scores = [score if is_quotable(text) else score - 1.0 for score, text in zip(raw, flat, strict=True)]
     best_overall = max(scores)

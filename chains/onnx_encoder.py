@@ -8,7 +8,8 @@ chunks, tested). Mean pooling and normalisation, the model's own last steps, are
 model's sentence-transformers files as JSON; a model that pools otherwise is not exported and stays on PyTorch.
 
 Throughput (docs/ingest.md): texts are tokenized once, sorted by token length and batched, so a batch pads to
-the longest of similar lengths rather than to the longest of all; vectors come back in the callers' order.
+the longest of similar lengths rather than to the longest of all, and a batch of documents holds at most
+DOCUMENT_BATCH_TOKENS tokens; vectors come back in the callers' order.
 Every run is single-threaded: a question takes one thread, and documents are embedded batch-parallel, one batch
 per core at a time, on the same session. Measured on the benchmark book (docs/benchmarks.md): a two-thread
 intra-op pool spent 15.7 CPU s where two single-threaded batches side by side spent 12.7, and without spinning
@@ -185,10 +186,30 @@ def export_onnx(model_dir: Path, target: Path) -> None:
         Path(scratch).unlink(missing_ok=True)
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of `lengths` sorted by length (stable) and cut into batches: each batch pads to similar lengths."""
+# Documents: at most this many tokens a batch (rows x the longest row's tokens), besides at most `batch_size` rows.
+# Smaller batches spend fewer CPU seconds on the same tokens here (the activations of a batch stay in the cache):
+# the benchmark book's 503 chunks and 2,069 sentences took 37.6 CPU s in batches of 64, 27.6-29.1 with 256 to 1,024
+# tokens a batch (docs/benchmarks.md, "Ingest").
+DOCUMENT_BATCH_TOKENS = 512
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of `lengths` sorted by length (stable) and cut into batches: each batch pads to similar lengths.
+    A batch holds at most `batch_size` rows and, with `max_tokens`, at most that many padded tokens (at least one
+    row, however long)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for index in order:  # ascending: the row added is the batch's longest
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * lengths[index] > max_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def available_cores() -> int:
@@ -253,7 +274,8 @@ class OnnxEncoder:
         batches run one after the other in the calling thread (a question)."""
         encodings = self._tokenizer.encode_batch(self._prepare(texts))
         vectors = np.empty((len(encodings), self.dimension), dtype=np.float32)
-        batches = length_buckets([len(e.ids) for e in encodings], max(1, batch_size))
+        budget = DOCUMENT_BATCH_TOKENS if documents else None
+        batches = length_buckets([len(e.ids) for e in encodings], max(1, batch_size), budget)
 
         def run(batch: list[int]) -> None:
             vectors[batch] = self._run(encodings, batch)

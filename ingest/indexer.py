@@ -44,7 +44,7 @@ from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
-from chains.sentence_rescore import SENTENCE_KEY, sentence_payloads
+from chains.sentence_rescore import SENTENCE_KEY, Row, sentence_payloads, stored_rows
 from chains.settings import Settings
 from chains.site_urls import page_path
 from chains.sparse import encode_document
@@ -422,6 +422,8 @@ class Indexer:
         self.count_tokens = count_tokens
         self.batch_size = batch_size
         self._parser: ParseWorker | None = None  # one child loads a run's files (`ingest`); else one per file
+        # Sentence rows already embedded in this run, by text (`ingest` empties it): ~400 bytes a sentence.
+        self._sentence_rows: dict[str, Row] = {}
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
         self.style = settings.book_site_style
         self.layout = vector_layout(settings)
@@ -687,17 +689,44 @@ class Indexer:
         dense: list[list[float]] = []
 
         def embed(sentences: list[str]) -> list[list[float]]:
-            vectors = self.embed_texts([c.embed_text for c in chunks] + sentences)
+            # Each distinct text once: a chunk of one sentence under no heading is its own sentence.
+            texts = [c.embed_text for c in chunks] + sentences
+            distinct = list(dict.fromkeys(texts))
+            by_text = dict(zip(distinct, self.embed_texts(distinct), strict=True))
+            vectors = [by_text[t] for t in texts]
             dense.extend(vectors[: len(chunks)])
             return vectors[len(chunks) :]
 
-        values = sentence_payloads([c.text for c in chunks], embed)
+        # Sentences met earlier in the run (the overlap with the previous group) are not embedded again.
+        values = sentence_payloads([c.text for c in chunks], embed, self._sentence_rows)
         if not dense:  # no chunk had a sentence: `embed` was not called
             dense = self.embed(chunks)
         return [
             (vector, {SENTENCE_KEY: value} if value is not None else {})
             for vector, value in zip(dense, values, strict=True)
         ]
+
+    def reuse_sentences(self, ids: Sequence[str]) -> None:
+        """Remember the sentence rows of stored chunks about to be replaced (a changed file's stale chunks), so that
+        the new chunks' sentences they held are not embedded again. Best effort: a failed read only costs the
+        embedding (the writes that follow report a store that is down)."""
+        if not self.settings.retrieval_sentence_rescore:
+            return
+        for start in range(0, len(ids), self.batch_size):
+            try:
+                records = self.client.retrieve(
+                    self.collection,
+                    list(ids[start : start + self.batch_size]),
+                    with_payload=[CONTENT_KEY, SENTENCE_KEY],
+                    with_vectors=False,
+                )
+            except Exception as exc:
+                logger.debug("stored sentence vectors not read (%s: %s); embedding them", type(exc).__name__, exc)
+                return
+            for record in records:
+                payload = record.payload or {}
+                for text, row in stored_rows(str(payload.get(CONTENT_KEY, "")), payload.get(SENTENCE_KEY)).items():
+                    self._sentence_rows.setdefault(text, row)
 
     def write(
         self,
@@ -974,6 +1003,8 @@ class Indexer:
                     seen.add(plan.outcome.source)
                     report.files.append(plan.outcome)
                     if not dry_run and plan.has_writes:
+                        if plan.new and plan.stale:  # before its chunks go to the embedding thread
+                            self.reuse_sentences(plan.stale)
                         (writing if plan.new else ready).append(plan)
                         to_embed.extend((plan, i) for i in range(len(plan.new)))
                 progress.files_done += 1
@@ -994,6 +1025,7 @@ class Indexer:
         finally:
             parsing.close()
             worker.shutdown(wait=True, cancel_futures=True)
+            self._sentence_rows.clear()
         if on_progress is not None:
             on_progress(progress)
         if prune:

@@ -98,13 +98,13 @@ async def test_ask_embeds_the_question_once_and_a_repeated_question_not_at_all(
     model = answers("About twenty litres a week [1].", "About twenty litres a week [1].")
     async for _, http in app_client(settings, counting, qdrant, model):
         await ask(http, QUESTION)
-        # the question once, then the passages' sentences in one batch for the highlights (a second aembed_query
-        # of the same question, for them, is a cache hit)
-        assert counting.calls == Counter({"aembed_query": 2, "embed_documents": 1})
+        # the question once (a second aembed_query of the same question, for the highlights, is a cache hit); the
+        # passages' sentence vectors come from the store (ingest stored them), so nothing else is embedded
+        assert counting.calls == Counter({"aembed_query": 2})
         encodes, embedded = counting.model_calls.encodes, counting.model_calls.texts
 
         await ask(http, QUESTION)
-        assert counting.model_calls.encodes == encodes  # the question and its passages' sentences: from the caches
+        assert counting.model_calls.encodes == encodes  # the question: from the cache
         assert counting.model_calls.texts == embedded
         assert counting.calls["aembed_query"] == 4
 
@@ -120,9 +120,9 @@ async def test_a_follow_up_is_condensed_then_embedded_once(
     ]
     async for _, http in app_client(settings, counting, qdrant, model):
         await ask(http, "And when?", history)
-    # the condensed question once (the second aembed_query, for the highlights, is a cache hit), its passages'
-    # sentences in one batch
-    assert counting.calls["aembed_query"] == 2 and counting.calls["embed_documents"] == 1
+    # the condensed question once (the second aembed_query, for the highlights, is a cache hit); its passages'
+    # sentence vectors are read from the store
+    assert counting.calls["aembed_query"] == 2 and counting.calls["embed_documents"] == 0
 
 
 async def test_requests_reuse_what_start_up_built(
@@ -137,9 +137,9 @@ async def test_requests_reuse_what_start_up_built(
         assert (state.embeddings, state.retriever, state.chat_model, state.chain, state.gate, state.client) == built
         assert app.state.rag is state
         assert state.retriever.vector_store.embeddings is counting
-    # Two new questions: each embedded once, and the new sentences of their passages once; no warm-up per request.
-    assert counting.model_calls.encodes <= 4
-    assert set(counting.calls) == {"aembed_query", "embed_documents"}
+    # Two new questions: each embedded once (their passages' sentence vectors are stored); no warm-up per request.
+    assert counting.model_calls.encodes <= 2
+    assert set(counting.calls) == {"aembed_query"}
 
 
 def test_counting_wrapper_counts_the_real_model(counting: CountingEmbeddings) -> None:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import shutil
+from pathlib import Path
 
+import pytest
+from qdrant_client import QdrantClient
+
+from chains.answer import build_answer_chain
 from chains.embeddings import LocalEmbeddings
 from chains.highlights import choose, highlight_passages, quote, split_sentences
+from chains.retrieval import BookRetriever
+from chains.settings import Settings
+from chains.vectorstore import build_vector_store
+from tests.conftest import ingest_into
+from tests.test_sentence_rescore import RecordingEmbeddings
 
 PRUNING = (
     "Most pruning is done in late winter, while the trees are dormant and their shape is easy to see. Apples and "
@@ -47,3 +57,59 @@ def test_lexical_highlights_need_no_model() -> None:
     question = "When should I prune cherry trees?"
     (pruning,) = highlight_passages(question, [], [PRUNING], None)
     assert "cherries and plums are pruned in summer" in quote(PRUNING, pruning)
+
+
+SAMPLE_BOOK = Path(__file__).resolve().parent.parent / "sample_book"
+QUESTIONS = (
+    "How deep should the planting hole be?",
+    "What soil pH do apple trees like?",
+    "When should bare-root trees be planted?",
+    "How far apart should trees on dwarfing rootstock stand?",
+)
+
+
+def _orchard(tmp_path: Path) -> Path:
+    folder = tmp_path / "orchard"
+    folder.mkdir()
+    for name in ("01-site-and-soil.md", "03-planting.md"):
+        shutil.copy(SAMPLE_BOOK / name, folder / name)
+    return folder
+
+
+async def _answers_and_embedded(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings, ingest: Settings
+) -> tuple[list[list[list[tuple[int, int]]]], list[list[list[tuple[int, int]]]], list[str]]:
+    """Highlights of each question's answer (no chat model: they come with the sources), the highlights of the
+    same passages with every sentence embedded for the answer (as before stored vectors were used), and the texts
+    the answers gave to `embed_documents`."""
+    assert not ingest_into(qdrant, embeddings, ingest, _orchard(tmp_path)).failed
+    recording = RecordingEmbeddings(embeddings)
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, settings, recording), settings, None)
+    chain = build_answer_chain(retriever, None, settings)
+    got, before = [], []
+    for question in QUESTIONS:
+        sources = (await chain.ainvoke(question))["sources"]
+        assert sources
+        got.append([s.highlights for s in sources])
+        texts = [s.text for s in sources]
+        before.append(highlight_passages(question, embeddings.embed_query(question), texts, embeddings.embed_documents))
+    return got, before, recording.documents
+
+
+@pytest.mark.integration
+async def test_an_answer_uses_the_stored_sentence_vectors_and_embeds_no_sentence(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    got, before, embedded = await _answers_and_embedded(tmp_path, settings, qdrant, embeddings, settings)
+    assert embedded == []
+    assert got == before  # the int8 stored vectors choose the same sentences on this book
+
+
+@pytest.mark.integration
+async def test_a_store_without_sentence_vectors_embeds_the_sentences_as_before(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    old = settings.model_copy(update={"retrieval_sentence_rescore": 0})  # ingested with no sentence vectors
+    got, before, embedded = await _answers_and_embedded(tmp_path, settings, qdrant, embeddings, old)
+    assert embedded  # the passages' sentences, embedded for the answers
+    assert got == before

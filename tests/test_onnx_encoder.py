@@ -114,6 +114,14 @@ def test_length_buckets_sort_by_length_and_cover_every_index_once() -> None:
     assert [len(b) for b in buckets] == [3, 3, 1]
 
 
+def test_length_buckets_keep_a_batch_within_its_token_budget() -> None:
+    lengths = [200, 30, 30, 30, 300, 100, 30]
+    buckets = length_buckets(lengths, 3, max_tokens=256)
+    assert sorted(i for bucket in buckets for i in bucket) == list(range(len(lengths)))
+    # three short rows (the row cap), one short row next to the 100 (2 x 100 <= 256), then one row each
+    assert [[lengths[i] for i in b] for b in buckets] == [[30, 30, 30], [30, 100], [200], [300]]
+
+
 def test_bucketed_batches_come_back_in_the_callers_order(embeddings: LocalEmbeddings, real_chunks: list[str]) -> None:
     encoder = embeddings._onnx
     assert encoder is not None

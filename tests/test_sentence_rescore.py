@@ -4,6 +4,7 @@ that matches one sentence of its passage brings that passage first. Real model, 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.highlights import split_sentences
 from chains.retrieval import BookRetriever
-from chains.sentence_rescore import SENTENCE_KEY, applies_to, decode, encode, rescored_order, sentences_of
+from chains.sentence_rescore import (
+    SENTENCE_KEY,
+    applies_to,
+    decode,
+    encode,
+    rescored_order,
+    sentences_digest,
+    sentences_of,
+)
 from chains.settings import Settings
 from chains.vectorstore import build_vector_store
 from tests.conftest import ingest_into
@@ -68,6 +77,69 @@ def test_ingest_stores_each_chunks_sentence_vectors(
         # The stored vector of a sentence is that sentence's embedding (as highlights would compute it).
         fresh = np.asarray(embeddings.embed_documents([sentences[0]])[0], dtype=np.float32)
         assert float(vectors[0] @ fresh) / float(np.linalg.norm(fresh)) > 0.99
+
+
+class RecordingEmbeddings(LocalEmbeddings):
+    """The session's real model (shared, not reloaded), recording every text given to `embed_documents`."""
+
+    def __init__(self, real: LocalEmbeddings) -> None:  # no super().__init__: it would load the model again
+        self.__dict__.update(real.__dict__)
+        self.documents: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.documents.extend(texts)
+        return super().embed_documents(texts)
+
+
+def test_ingest_embeds_each_sentence_once_and_stores_the_same_vectors(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    recording = RecordingEmbeddings(embeddings)
+    small = settings.model_copy(update={"chunk_size": 96, "chunk_overlap": 48})  # the sample book's sections cut
+    assert not ingest_into(qdrant, recording, small, _book(tmp_path)).failed
+    records, _ = qdrant.scroll(settings.qdrant_collection, limit=1000, with_payload=True)
+    split = [sentences_of(str((r.payload or {})["page_content"])) for r in records]
+    every = [sentence for sentences in split for sentence in sentences]
+    assert len(set(every)) < len(every)  # overlapping chunks share sentences: without the dedupe, embedded twice
+    embedded = Counter(recording.documents)
+    assert set(every) <= embedded.keys()
+    assert max(embedded.values()) == 1, [t for t, n in embedded.items() if n > 1][:3]
+    # Stored exactly as without the dedupe: every chunk's sentences in one call, the shared ones twice.
+    vectors = iter(embeddings.embed_documents(every))
+    for record, sentences in zip(records, split, strict=True):
+        stored = dict((record.payload or {})[SENTENCE_KEY])
+        assert stored.pop("sentences") == sentences_digest(sentences)
+        assert stored == encode([next(vectors) for _ in sentences])
+
+
+def test_a_changed_chapter_reuses_the_stored_vectors_of_its_sentences(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    book = _book(tmp_path)
+    small = settings.model_copy(update={"chunk_size": 96, "chunk_overlap": 48})  # many chunks a section
+    assert not ingest_into(qdrant, embeddings, small, book).failed
+    records, _ = qdrant.scroll(settings.qdrant_collection, limit=1000, with_payload=True)
+    ids = {r.id for r in records}
+    before = {s for r in records for s in sentences_of(str((r.payload or {})["page_content"]))}
+    # A sentence added to a paragraph: its chunk is replaced by a new one holding the old sentences and the new.
+    chapter = book / "03-planting.md"
+    added = "Bring gloves, a spade and a watering can to the planting site before you start digging."
+    chapter.write_text(
+        chapter.read_text().replace("Planting takes an afternoon", f"{added} Planting takes an afternoon")
+    )
+    recording = RecordingEmbeddings(embeddings)
+    assert not ingest_into(qdrant, recording, small, book).failed
+    records, _ = qdrant.scroll(settings.qdrant_collection, limit=1000, with_payload=True)
+    new = [r for r in records if r.id not in ids]
+    kept = {s for r in new for s in sentences_of(str((r.payload or {})["page_content"]))} & before
+    assert new and kept  # the new chunks hold sentences stored before
+    assert added in recording.documents
+    assert not kept & set(recording.documents)  # those are not embedded again
+    for record in records:
+        sentences = sentences_of(str((record.payload or {})["page_content"]))
+        stored = dict((record.payload or {})[SENTENCE_KEY])
+        assert stored.pop("sentences") == sentences_digest(sentences)
+        assert stored == encode(embeddings.embed_documents(sentences))  # what embedding them again would store
 
 
 def test_without_re_scoring_ingest_stores_no_sentence_vectors(
