@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from bench.eval_retrieval import DATASETS, ingest_project, load_questions, normalise, store_folder
-from chains.answer import Source, extractive_answer, stored_sentence_vectors
+from chains.answer import PassageRef, Source, extractive_answer, stored_sentence_vectors
 from chains.embeddings import build_embeddings
 from chains.highlights import highlight_passages
 from chains.retrieval import BookRetriever
@@ -63,7 +63,8 @@ def measure(name: str) -> dict[str, object]:
             timings["embedded wall"].append(time.perf_counter() - wall)
             timings["embedded cpu"].append(_cpu() - cpu)
             wall, cpu = time.perf_counter(), _cpu()
-            stored_vectors = stored_sentence_vectors(client, "eval_bookrag", [d.id for d in documents], len(vector))
+            passages = [PassageRef.of(d) for d in documents]
+            stored_vectors = stored_sentence_vectors(client, "eval_bookrag", passages, len(vector))
             stored = highlight_passages(question.question, vector, texts, embeddings.embed_documents, stored_vectors)
             timings["stored wall"].append(time.perf_counter() - wall)
             timings["stored cpu"].append(_cpu() - cpu)

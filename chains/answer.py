@@ -44,12 +44,13 @@ from chains.citations import check_citations
 from chains.guard import ModelGate, close_iterator
 from chains.highlights import content_words, highlight_passages, quote_in_context
 from chains.model_stream import TextStream, merged, model_error, text_stream_for
+from chains.neighbours import chunks_filter
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
-from chains.sentence_rescore import SENTENCE_KEY, decode
+from chains.sentence_rescore import SENTENCE_KEY, decode, sentences_of
 from chains.settings import Settings
 from chains.site_urls import section_url
-from chains.vectorstore import point_id
+from chains.vectorstore import CONTENT_KEY, METADATA_KEY, point_id, visible
 
 logger = logging.getLogger(__name__)
 
@@ -255,26 +256,70 @@ def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) 
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class PassageRef:
+    """Where a passage's stored sentence vectors are: its point, and the chunks of its file joined to it
+    (chains.neighbours, `metadata.joined`); no id for the reader's own selection."""
+
+    id: str | None
+    source: str | None = None
+    joined: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, document: Document) -> PassageRef:
+        source = document.metadata.get("source")
+        joined = document.metadata.get("joined") or ()
+        return cls(document.id, source if isinstance(source, str) else None, tuple(int(i) for i in joined))
+
+
 def stored_sentence_vectors(
-    client: QdrantClient, collection: str, ids: Sequence[str | None], dimension: int
-) -> list[list[list[float]] | None]:
-    """Each passage's sentence vectors as ingest stored them (chains.sentence_rescore), read by point id in one
-    request, or None: the reader's selection, a store ingested without them, or a store that cannot be read now
-    (then the highlights embed them)."""
-    wanted = list(dict.fromkeys(point_id(i) for i in ids if i))
+    client: QdrantClient, collection: str, passages: Sequence[PassageRef], dimension: int
+) -> list[dict[str, list[float]] | None]:
+    """Each passage's sentence vectors as ingest stored them (chains.sentence_rescore), by sentence text: its own
+    chunk's and those of the neighbour chunks joined to it, read in one request each. None for a passage with
+    none of them: the reader's selection, a store ingested without them, or a store that cannot be read now
+    (then the highlights embed its sentences)."""
+    wanted = list(dict.fromkeys(point_id(p.id) for p in passages if p.id))
     if not wanted:
-        return [None for _ in ids]
+        return [None for _ in passages]
+    joined = {(p.source, i) for p in passages if p.id and p.source for i in p.joined}
+    payload = [SENTENCE_KEY, CONTENT_KEY, f"{METADATA_KEY}.source", f"{METADATA_KEY}.chunk_index"]
     try:
-        records = client.retrieve(collection, wanted, with_payload=[SENTENCE_KEY], with_vectors=False)
+        records = client.retrieve(collection, wanted, with_payload=payload, with_vectors=False)
+        neighbours: list[Any] = []
+        if joined:
+            neighbours, _ = client.scroll(
+                collection,
+                scroll_filter=visible(chunks_filter(joined, METADATA_KEY)),
+                limit=len(joined),
+                with_payload=payload,
+                with_vectors=False,
+            )
     except Exception as exc:
         logger.debug("stored sentence vectors not read (%s: %s); embedding them", type(exc).__name__, exc)
-        return [None for _ in ids]
-    matrices = {str(r.id): decode((r.payload or {}).get(SENTENCE_KEY)) for r in records}
-    out: list[list[list[float]] | None] = []
-    for i in ids:
-        matrix = matrices.get(point_id(i)) if i else None
-        out.append(matrix.tolist() if matrix is not None and matrix.shape[1] == dimension else None)
+        return [None for _ in passages]
+    own = {str(r.id): sentence_rows(r.payload, dimension) for r in records}
+    by_chunk = {}
+    for record in neighbours:
+        metadata = (record.payload or {}).get(METADATA_KEY) or {}
+        by_chunk[(metadata.get("source"), metadata.get("chunk_index"))] = sentence_rows(record.payload, dimension)
+    out: list[dict[str, list[float]] | None] = []
+    for passage in passages:
+        rows: dict[str, list[float]] = {}
+        for part in (*(by_chunk.get((passage.source, i)) for i in passage.joined), own.get(point_id(passage.id or ""))):
+            rows.update(part or {})
+        out.append(rows if passage.id and rows else None)
     return out
+
+
+def sentence_rows(payload: Mapping[str, Any] | None, dimension: int) -> dict[str, list[float]]:
+    """A chunk's stored sentence vectors keyed by their sentence ({} when it has none of this dimension)."""
+    payload = payload or {}
+    matrix = decode(payload.get(SENTENCE_KEY))
+    sentences = sentences_of(str(payload.get(CONTENT_KEY, "")))
+    if matrix is None or matrix.shape[1] != dimension or len(matrix) != len(sentences):
+        return {}
+    return dict(zip(sentences, matrix.tolist(), strict=True))
 
 
 # A follow-up that cannot stand alone: it points back with a pronoun, or says too little to search for.
@@ -460,14 +505,14 @@ class _AnswerSteps:
             Source.from_document(number, doc, self.settings.book_base_url)
             for number, doc in enumerate(relevant, start=1)
         ]
-        # The passages' point ids (None for the reader's selection): highlights read their stored sentence vectors.
-        ids = [d.id for d in relevant]
+        # Where the passages' stored sentence vectors are, for the highlights (no id for the reader's selection).
+        passages = [PassageRef.of(d) for d in relevant]
         if sources and not self.highlights_later:
-            sources = await self.highlighted(state["query"], sources, ids)
+            sources = await self.highlighted(state["query"], sources, passages)
         closest = list(
             dict.fromkeys(section_link(Source.from_document(0, d, self.settings.book_base_url)) for d in documents)
         )[:_CLOSEST_SECTIONS]
-        return {**state, "sources": sources, "missing": missing, "closest": closest, "passage_ids": ids}
+        return {**state, "sources": sources, "missing": missing, "closest": closest, "passages": passages}
 
     @property
     def highlights_later(self) -> bool:
@@ -477,7 +522,7 @@ class _AnswerSteps:
         return self.text is not None and self.settings.source_highlights == "embedding"
 
     async def late_highlights(
-        self, query: str, sources: list[Source], ids: Sequence[str | None] | None = None
+        self, query: str, sources: list[Source], passages: Sequence[PassageRef] | None = None
     ) -> list[Source]:
         """`highlighted`, once no other answer is searching (or after _HIGHLIGHTS_YIELD_S): the embedding model
         scores the sentences, and a search waiting behind that work would be a first token waiting."""
@@ -485,7 +530,7 @@ class _AnswerSteps:
         while self._retrieving and waited < _HIGHLIGHTS_YIELD_S:
             await asyncio.sleep(_HIGHLIGHTS_POLL_S)
             waited += _HIGHLIGHTS_POLL_S
-        return await self.highlighted(query, sources, ids)
+        return await self.highlighted(query, sources, passages)
 
     def sentence_vectors(self, sentences: list[str]) -> list[list[float]]:
         """The sentences' vectors, embedding in one batch only those not seen lately (an LRU of recent ones)."""
@@ -517,18 +562,20 @@ class _AnswerSteps:
         return vocabulary.missing(question, words=check == "words", best_cosine=best_cosine)
 
     def embedding_highlights(
-        self, query: str, vector: list[float], texts: list[str], ids: Sequence[str | None] | None
+        self, query: str, vector: list[float], texts: list[str], passages: Sequence[PassageRef] | None
     ) -> list[list[tuple[int, int]]]:
         """Highlights scored by the embedding model: the stored sentence vectors where the passages have them."""
         store = self.retriever.vector_store
-        stored = stored_sentence_vectors(store.client, store.collection_name, ids, len(vector)) if ids else None
+        stored = (
+            stored_sentence_vectors(store.client, store.collection_name, passages, len(vector)) if passages else None
+        )
         return highlight_passages(query, vector, texts, self.sentence_vectors, stored)
 
     async def highlighted(
-        self, query: str, sources: list[Source], ids: Sequence[str | None] | None = None
+        self, query: str, sources: list[Source], passages: Sequence[PassageRef] | None = None
     ) -> list[Source]:
-        """The sources with the sentences that best answer `query` marked, scored by the embedding model; `ids`
-        (the passages' point ids, in order) let it use the sentence vectors stored with them."""
+        """The sources with the sentences that best answer `query` marked, scored by the embedding model;
+        `passages` (in order) let it use the sentence vectors stored with them."""
         embeddings = self.retriever.vector_store.embeddings
         how = self.settings.source_highlights
         if how == "off" or (how == "embedding" and embeddings is None):
@@ -539,7 +586,7 @@ class _AnswerSteps:
                 spans = highlight_passages(query, [], texts, None)
             else:
                 vector = await embeddings.aembed_query(query)  # cached: the retriever embedded it a moment ago
-                spans = await asyncio.to_thread(self.embedding_highlights, query, vector, texts, ids)
+                spans = await asyncio.to_thread(self.embedding_highlights, query, vector, texts, passages)
         except Exception:
             logger.warning("could not highlight the passages; sources go without highlights", exc_info=True)
             return sources
@@ -577,14 +624,14 @@ class _AnswerSteps:
                     yield AddableDict(answer=piece.text, deltas=piece.deltas)  # type: ignore[misc]
                     if pending and highlighting is None:
                         highlighting = asyncio.create_task(
-                            self.late_highlights(state["query"], sources, state.get("passage_ids"))
+                            self.late_highlights(state["query"], sources, state.get("passages"))
                         )
                 if pending and highlighting is not None and highlighting.done():
                     pending = False
                     yield AddableDict(highlights=[s.highlights for s in highlighting.result()])  # type: ignore[misc]
             if pending:
                 highlighted = await (
-                    highlighting or self.late_highlights(state["query"], sources, state.get("passage_ids"))
+                    highlighting or self.late_highlights(state["query"], sources, state.get("passages"))
                 )
                 yield AddableDict(highlights=[s.highlights for s in highlighted])  # type: ignore[misc]
         finally:

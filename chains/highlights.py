@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 _SENTENCE_END = re.compile(
@@ -167,13 +167,13 @@ def highlight_passages(
     question_vector: Sequence[float],
     texts: Sequence[str],
     embed: Callable[[list[str]], list[list[float]]] | None,
-    stored: Sequence[Sequence[Sequence[float]] | None] | None = None,
+    stored: Sequence[Mapping[str, Sequence[float]] | None] | None = None,
 ) -> list[list[tuple[int, int]]]:
     """For each passage, the `(start, end)` offsets of its best-answering sentences.
 
-    `stored` holds, per passage, its sentences' vectors as ingest stored them (`chains.sentence_rescore`, same
-    split, same order) or None: a passage with as many stored vectors as sentences is not embedded again; the
-    others' sentences are embedded in one batch."""
+    `stored` holds, per passage, the sentence vectors ingest stored for its chunks (`chains.sentence_rescore`),
+    keyed by sentence, or None: a sentence found there is not embedded again; the others are embedded in one
+    batch (a passage joined with its neighbours can have a sentence cut otherwise at the seam)."""
     split = [split_sentences(text) for text in texts]
     flat = [s.text for sentences in split for s in sentences]
     if not flat:
@@ -182,17 +182,14 @@ def highlight_passages(
         words = content_words(question)
         raw = [lexical_overlap(words, text) for text in flat]
     else:
-        known = [
-            rows if rows is not None and len(rows) == len(sentences) else None
-            for rows, sentences in zip(stored or [None] * len(texts), split, strict=True)
+        rows = [
+            (known or {}).get(s.text)
+            for known, sentences in zip(stored or [None] * len(texts), split, strict=True)
+            for s in sentences
         ]
-        missing = [s.text for rows, sentences in zip(known, split, strict=True) if rows is None for s in sentences]
+        missing = [text for text, row in zip(flat, rows, strict=True) if row is None]
         fresh = iter(embed(missing) if missing else [])
-        vectors = [
-            vector
-            for rows, sentences in zip(known, split, strict=True)
-            for vector in (rows if rows is not None else [next(fresh) for _ in sentences])
-        ]
+        vectors = [row if row is not None else next(fresh) for row in rows]
         raw = sentence_scores(question, question_vector, flat, vectors)
     # A heading line often echoes the question best and answers nothing: it can only be chosen when nothing else is.
     scores = [score if is_quotable(text) else score - 1.0 for score, text in zip(raw, flat, strict=True)]

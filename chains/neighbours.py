@@ -17,7 +17,7 @@ Measured over five books (docs/retrieval.md, "Neighbour passages").
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.documents import Document
@@ -51,6 +51,14 @@ def neighbours_filter(
                 wanted.setdefault(key[0], set()).update(missing)
     if not wanted:
         return None
+    return chunks_filter({(source, i) for source, ids in wanted.items() for i in ids}, metadata_key)
+
+
+def chunks_filter(chunks: Iterable[tuple[str, int]], metadata_key: str = "metadata") -> models.Filter:
+    """A filter matching the chunks given as (source, chunk index)."""
+    by_source: dict[str, set[int]] = {}
+    for source, index in chunks:
+        by_source.setdefault(source, set()).add(index)
     return models.Filter(
         should=[
             models.Filter(
@@ -59,7 +67,7 @@ def neighbours_filter(
                     models.FieldCondition(key=f"{metadata_key}.chunk_index", match=models.MatchAny(any=sorted(ids))),
                 ]
             )
-            for source, ids in sorted(wanted.items())
+            for source, ids in sorted(by_source.items())
         ]
     )
 

@@ -113,3 +113,16 @@ async def test_a_store_without_sentence_vectors_embeds_the_sentences_as_before(
     got, before, embedded = await _answers_and_embedded(tmp_path, settings, qdrant, embeddings, old)
     assert embedded  # the passages' sentences, embedded for the answers
     assert got == before
+
+
+@pytest.mark.integration
+async def test_passages_joined_with_their_neighbours_use_the_neighbours_stored_vectors_too(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    small = settings.model_copy(update={"chunk_size": 64, "chunk_overlap": 16})  # sections split into chunks
+    got, before, embedded = await _answers_and_embedded(tmp_path, small, qdrant, embeddings, small)
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, small, embeddings), small, None)
+    joined = [d for q in QUESTIONS for d in retriever.invoke(q) if d.metadata.get("joined")]
+    assert joined  # the case under test: passages that are more than their own chunk
+    assert embedded == []  # every sentence of a joined passage came from its chunks' stored vectors
+    assert got == before
