@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from qdrant_client import QdrantClient
 
 from chains.sparse import terms
-from chains.vectorstore import CONTENT_KEY, VISIBLE
+from chains.vectorstore import CONTENT_KEY, METADATA_KEY, VISIBLE
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,10 @@ class BookVocabulary:
 
 
 def stored_texts(client: QdrantClient, collection: str) -> list[str]:
+    """Every visible chunk's text, and once each the headings and titles over them: a word the book uses only in
+    a heading ("## The drip logger") is a word of the book."""
     texts: list[str] = []
+    headings: dict[str, None] = {}
     offset = None
     while True:
         records, offset = client.scroll(
@@ -344,9 +347,21 @@ def stored_texts(client: QdrantClient, collection: str) -> list[str]:
             scroll_filter=VISIBLE,
             limit=_SCROLL_PAGE,
             offset=offset,
-            with_payload=[CONTENT_KEY],
+            with_payload=[CONTENT_KEY, METADATA_KEY],
             with_vectors=False,
         )
-        texts.extend(str((r.payload or {}).get(CONTENT_KEY, "")) for r in records)
+        for record in records:
+            payload = record.payload or {}
+            texts.append(str(payload.get(CONTENT_KEY, "")))
+            headings.update(dict.fromkeys(heading_lines(payload.get(METADATA_KEY))))
         if offset is None:
-            return texts
+            return texts + list(headings)
+
+
+def heading_lines(metadata: object) -> list[str]:
+    """A chunk's heading path, chapter and title, each as its own line of text."""
+    if not isinstance(metadata, dict):
+        return []
+    path = metadata.get("heading_path")
+    lines = [str(part) for part in path] if isinstance(path, list) else []
+    return lines + [str(metadata[key]) for key in ("chapter", "title") if metadata.get(key)]

@@ -87,7 +87,8 @@ BOOK = {
     "through the canopy.\n\n## Canker\n\nCanker sinks into the bark of the branches. Cut the diseased wood back to "
     "clean, healthy growth in dry weather and paint the wounds.\n",
     "planting.md": "# Planting\n\nDig a hole three times as wide as the roots and no deeper than they are. Stake "
-    "the tree on the side of the prevailing wind.\n",
+    "the tree on the side of the prevailing wind.\n\n## Mycorrhizae\n\nSprinkle the fungal powder on the roots "
+    "before you fill the hole back in.\n",
 }
 
 
@@ -144,3 +145,14 @@ async def test_the_word_check_can_be_turned_off_leaving_the_names_check(
     off = settings.model_copy(update={"refusal_term_check": "off"})
     answer = await _answer("How do I protect my Bramley trees from canker?", off, qdrant, embeddings)
     assert answer["mode"] == "extractive"
+
+
+@pytest.mark.integration
+async def test_a_word_the_book_uses_only_in_a_heading_is_a_word_of_the_book(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    vocabulary = BookVocabulary(settings.qdrant_collection).read_now(qdrant)
+    assert vocabulary.missing_words("Should I add mycorrhizae when planting?") == []  # "## Mycorrhizae" only
+    assert vocabulary.missing_words("Should I add biochar when planting?") == ["biochar"]
+    answer = await _answer("Should I add mycorrhizae when planting?", settings, qdrant, embeddings)
+    assert answer["mode"] != "not_in_book"
