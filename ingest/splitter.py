@@ -113,9 +113,7 @@ def merge_small_sections(sections: list[Section], count: TokenCounter, min_token
     pending: Section | None = None
     for section in sections:
         if pending is not None:
-            heading = Block("text", pending.heading_path[-1]) if pending.heading_path else None
-            prefix = [*([heading] if heading else []), *pending.blocks]
-            section = Section(section.heading_path, prefix + section.blocks, section.anchor)
+            section = Section(section.heading_path, _titled(pending) + section.blocks, section.anchor)
             pending = None
         size = sum(count(render_block(b)) for b in section.blocks)
         if size < min_tokens:
@@ -123,11 +121,17 @@ def merge_small_sections(sections: list[Section], count: TokenCounter, min_token
         else:
             merged.append(section)
     if pending is not None:
-        if merged:
-            merged[-1].blocks.extend(pending.blocks)
+        if merged:  # the last section, too small, goes with the one before: its heading stays in the text
+            merged[-1].blocks.extend(_titled(pending))
         else:
             merged.append(pending)
     return merged
+
+
+def _titled(section: Section) -> list[Block]:
+    """A section folded into another: its heading as a line of text, then its blocks."""
+    heading = [Block("text", section.heading_path[-1])] if section.heading_path else []
+    return heading + section.blocks
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,19 @@ def test_tiny_sections_merge_into_the_next() -> None:
     assert chunks[0].metadata["heading_path"] == ["Orchard", "Soil"]
 
 
+def test_a_tiny_last_section_joins_the_one_before_with_its_heading() -> None:
+    doc = document(
+        Block("heading", "Orchard", 1),
+        Block("heading", "Soil", 2),
+        paragraph("soil", 40),
+        Block("heading", "The drip logger", 2),
+        Block("text", "It logs."),
+    )
+    chunks = split_document(doc, "x.md", words, SplitOptions(100, 10, min_section_tokens=10))
+    assert len(chunks) == 1
+    assert chunks[0].text.endswith("The drip logger\n\nIt logs.")  # the heading is not lost with the merge
+
+
 def test_long_sections_split_within_size_with_overlap() -> None:
     doc = document(Block("heading", "Long", 1), *[paragraph(f"p{i}", 20) for i in range(20)])
     chunks = split_document(doc, "x.md", words, SplitOptions(60, 20, min_section_tokens=1))
