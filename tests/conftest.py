@@ -6,6 +6,7 @@ Real model calls are impossible here: the OpenAI key is removed and the base URL
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -146,6 +147,15 @@ def indexed_book(qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Se
     report = ingest_into(qdrant, embeddings, settings, book_dir)
     assert not report.failed
     return book_dir
+
+
+async def vocabulary_ready(app: FastAPI, qdrant: QdrantClient) -> None:
+    """Wait until the app has read the book's vocabulary (a background read at start-up and after an ingest)."""
+    for _ in range(200):
+        if app.state.rag.vocabulary.current(qdrant) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the book's vocabulary was never read")
 
 
 async def app_client(

@@ -4,7 +4,6 @@ model, citations naming no source kept apart, and refusals that say what the boo
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from chains.vectorstore import ensure_collection
 from ingest.indexer import Indexer, discover_files
-from tests.conftest import app_client
+from tests.conftest import app_client, vocabulary_ready
 from tests.fakes import scripted_model
 
 SAMPLE_BOOK = Path(__file__).resolve().parent.parent / "sample_book"
@@ -62,14 +61,6 @@ def sample_book_settings(settings: Settings, qdrant: QdrantClient, embeddings: L
     return settings
 
 
-async def _vocabulary_ready(app: Any, qdrant: QdrantClient) -> None:
-    for _ in range(200):
-        if app.state.rag.vocabulary.current(qdrant) is not None:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the book's vocabulary was never read")
-
-
 @pytest.mark.integration
 async def test_highlights_extractive_answer_follow_ups_and_term_refusals(
     sample_book_settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
@@ -96,7 +87,7 @@ async def test_highlights_extractive_answer_follow_ups_and_term_refusals(
         after = (await client.post("/ask", json=follow_up)).json()
         assert "Depth and Width" in after["sources"][0]["heading_path"]
 
-        await _vocabulary_ready(app, qdrant)
+        await vocabulary_ready(app, qdrant)
         refused = (await client.post("/ask", json={"question": "How do I water my orchard with Kubernetes?"})).json()
         assert refused["mode"] == "not_in_book" and refused["sources"] == []
         assert "does not mention “Kubernetes”" in refused["answer"] and "closest sections" in refused["answer"]
@@ -129,7 +120,7 @@ async def test_a_refusal_links_the_closest_sections_to_the_books_site(
 ) -> None:
     linked = sample_book_settings.model_copy(update={"book_base_url": "https://orchard.example/book/"})
     async for app, client in app_client(linked, embeddings, qdrant):
-        await _vocabulary_ready(app, qdrant)
+        await vocabulary_ready(app, qdrant)
         refused = (await client.post("/ask", json={"question": "How do I water my orchard with Kubernetes?"})).json()
         assert refused["mode"] == "not_in_book"
         offered = refused["answer"].split("The closest sections: ", 1)[1]

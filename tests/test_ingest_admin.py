@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -14,7 +12,7 @@ from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
-from tests.conftest import app_client
+from tests.conftest import app_client, vocabulary_ready
 
 pytestmark = pytest.mark.integration
 
@@ -114,20 +112,12 @@ async def test_a_chapter_replaced_through_the_server_is_in_the_books_vocabulary_
     async for app, http in app_client(admin_settings, embeddings, qdrant):
         first = (await http.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)).json()
         points = first["added"]
-        await _vocabulary_read(app, qdrant)
+        await vocabulary_ready(app, qdrant)
         assert (await http.post("/ask", json=question)).json()["mode"] == "not_in_book"  # no "Felco" in the book
 
         pruning = book_dir / "pruning.md"
         pruning.write_text(pruning.read_text().replace("cutting just", "with Felco pruning shears, cutting just"))
         again = (await http.post("/admin/ingest", json={"paths": ["book"]}, headers=ADMIN)).json()
         assert again["updated"] + again["added"] >= 1 and (await http.get("/health")).json()["points"] == points
-        await _vocabulary_read(app, qdrant)
+        await vocabulary_ready(app, qdrant)
         assert (await http.post("/ask", json=question)).json()["mode"] != "not_in_book"
-
-
-async def _vocabulary_read(app: Any, qdrant: QdrantClient) -> None:
-    for _ in range(200):
-        if app.state.rag.vocabulary.current(qdrant) is not None:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the book's vocabulary was never read")
