@@ -25,6 +25,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from chains.embeddings import LocalEmbeddings, packaged_model_path
+from chains.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("BENCH_CACHE_DIR", ROOT / ".bench-cache"))
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -375,3 +378,15 @@ def raise_open_files_limit(wanted: int = 8192) -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, wanted)), hard))
+
+
+def bench_embeddings() -> LocalEmbeddings:
+    """The product's packaged model as the quality benches run it: ONNX Runtime, EMBEDDING_QUANTIZE from the
+    environment (the cached stores are keyed by it), and no query cache, so every question is embedded."""
+    product = Settings(_env_file=None)  # type: ignore[call-arg]
+    return LocalEmbeddings(
+        packaged_model_path(product.embedding_model),
+        cache_size=0,
+        onnx_dir=product.embedding_onnx_dir,
+        quantize=product.embedding_quantize == "int8",
+    )

@@ -55,8 +55,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from qdrant_client import QdrantClient, models
 
 from bench.books import book_dir
-from bench.common import CACHE_DIR
-from chains.embeddings import LocalEmbeddings, packaged_model_path
+from bench.common import CACHE_DIR, bench_embeddings
 from chains.rerank import CrossEncoderReranker
 from chains.retrieval import BookRetriever, limit_blas_threads
 from chains.sentence_rescore import SENTENCE_KEY, encode, sentence_payloads, sentences_of
@@ -746,13 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()  # as `rag-api` does at start-up
     # The product's query path (ONNX Runtime when it can be exported), no query cache: every question embedded.
     # EMBEDDING_QUANTIZE from the environment: the int8 graph for documents and questions, in a store of its own.
-    product = Settings(_env_file=None)  # type: ignore[call-arg]
-    embeddings = LocalEmbeddings(
-        packaged_model_path("all-MiniLM-L6-v2"),
-        cache_size=0,
-        onnx_dir=product.embedding_onnx_dir,
-        quantize=product.embedding_quantize == "int8",
-    )
+    embeddings = bench_embeddings()
     started = time.perf_counter()
     if args.scale_only:
         questions = [q for _, path in datasets.values() for q in load_questions(path, args.limit)]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient
 
+from bench.common import bench_embeddings
 from bench.eval_retrieval import (
     DATASETS,
     DEFAULT_CONFIG,
@@ -270,12 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit_blas_threads()
     product = Settings(_env_file=None)  # type: ignore[call-arg]
-    embeddings = LocalEmbeddings(
-        packaged_model_path("all-MiniLM-L6-v2"),
-        cache_size=0,
-        onnx_dir=product.embedding_onnx_dir,
-        quantize=product.embedding_quantize == "int8",
-    )
+    embeddings = bench_embeddings()
     encoder = embeddings._onnx
     if encoder is None:
         raise SystemExit("the ONNX runtime is needed (token states)")

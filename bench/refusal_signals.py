@@ -37,6 +37,7 @@ from typing import Any
 
 from qdrant_client import models
 
+from bench.common import bench_embeddings
 from bench.eval_retrieval import (
     DATASETS,
     OUT_OF_BOOK,
@@ -59,7 +60,6 @@ from chains.book_terms import (
     stored_texts,
     word_frequency,
 )
-from chains.embeddings import LocalEmbeddings, packaged_model_path
 from chains.retrieval import BookRetriever, limit_blas_threads
 from chains.settings import Settings
 from chains.sparse import encode_query
@@ -219,12 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(DATASETS) if args.books == "all" else args.books.split(",")
     limit_blas_threads()
     product = Settings(_env_file=None)  # type: ignore[call-arg]
-    embeddings = LocalEmbeddings(
-        packaged_model_path("all-MiniLM-L6-v2"),
-        cache_size=0,
-        onnx_dir=product.embedding_onnx_dir,
-        quantize=product.embedding_quantize == "int8",
-    )
+    embeddings = bench_embeddings()
     out_of_book = load_questions(OUT_OF_BOOK)
     by_book: dict[str, list[Record]] = {}
     started = time.perf_counter()

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import models
 
+from bench.common import bench_embeddings
 from bench.eval_retrieval import (
     DATASETS,
     K,
@@ -43,7 +44,7 @@ from bench.eval_retrieval import (
     normalise,
     store_folder,
 )
-from chains.embeddings import LocalEmbeddings, packaged_model_path
+from chains.embeddings import LocalEmbeddings
 from chains.retrieval import limit_blas_threads
 from chains.sentence_rescore import SENTENCE_KEY, _normalised, applies_to, decode, rescored_order
 from chains.settings import Settings
@@ -316,10 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     limit_blas_threads()
-    product = Settings(_env_file=None)  # type: ignore[call-arg]
-    embeddings = LocalEmbeddings(
-        packaged_model_path("all-MiniLM-L6-v2"), cache_size=0, onnx_dir=product.embedding_onnx_dir
-    )
+    embeddings = bench_embeddings()
     out = {}
     print("| book (q) | variant | hit@1 | hit@5 | MRR@5 |\n|---|---|---:|---:|---:|")
     for name in args.books.split(","):

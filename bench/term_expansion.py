@@ -41,14 +41,13 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import models
 
-from bench.common import CACHE_DIR
+from bench.common import CACHE_DIR, bench_embeddings
 from bench.eval_retrieval import DATASETS, K, Question, load_questions
 from bench.sentence_candidates import DEPTH, Store, dbsf, load_store, rank_of, split_neighbours, top
 from chains.book_terms import STOP_WORDS, english_words, word_frequency
-from chains.embeddings import LocalEmbeddings, packaged_model_path
+from chains.embeddings import LocalEmbeddings
 from chains.retrieval import limit_blas_threads
 from chains.sentence_rescore import applies_to, rescored_order
-from chains.settings import Settings
 from chains.sparse import encode_query, stem, term_index, terms
 from chains.vectorstore import SPARSE_VECTOR
 
@@ -369,10 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     limit_blas_threads()
-    product = Settings(_env_file=None)  # type: ignore[call-arg]
-    embeddings = LocalEmbeddings(
-        packaged_model_path("all-MiniLM-L6-v2"), cache_size=0, onnx_dir=product.embedding_onnx_dir
-    )
+    embeddings = bench_embeddings()
     result: dict[str, object] = {}
     print("| book (q) | variant | hit@1 | hit@5 | MRR@5 | with neighbours: hit@1 | hit@5 | MRR@5 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
