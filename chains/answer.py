@@ -299,16 +299,19 @@ def stored_sentence_vectors(
         logger.debug("stored sentence vectors not read (%s: %s); embedding them", type(exc).__name__, exc)
         return [None for _ in passages]
     own = {str(r.id): sentence_rows(r.payload, dimension) for r in records}
-    by_chunk = {}
+    by_chunk: dict[tuple[Any, Any], dict[str, list[float]]] = {}
     for record in neighbours:
         metadata = (record.payload or {}).get(METADATA_KEY) or {}
         by_chunk[(metadata.get("source"), metadata.get("chunk_index"))] = sentence_rows(record.payload, dimension)
     out: list[dict[str, list[float]] | None] = []
     for passage in passages:
-        rows: dict[str, list[float]] = {}
-        for part in (*(by_chunk.get((passage.source, i)) for i in passage.joined), own.get(point_id(passage.id or ""))):
-            rows.update(part or {})
-        out.append(rows if passage.id and rows else None)
+        if not passage.id:
+            out.append(None)
+            continue
+        rows = dict(own.get(point_id(passage.id), {}))
+        for index in passage.joined:
+            rows.update(by_chunk.get((passage.source, index), {}))
+        out.append(rows or None)
     return out
 
 
