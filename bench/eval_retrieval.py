@@ -231,6 +231,7 @@ def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
                 settings.chunk_overlap,
                 settings.chunk_size_unit,
                 settings.embedding_quantize,
+                *([] if settings.embedding_model == "all-MiniLM-L6-v2" else [settings.embedding_model]),
                 [(f.relative_to(book).as_posix(), file_digest(f)) for f in book_files(book)],
             ]
         ).encode()
