@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from chains.embeddings import LocalEmbeddings, packaged_model_path
+from chains.embeddings import LocalEmbeddings, packaged_model_path, shipped_layout
 from chains.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,4 +389,5 @@ def bench_embeddings() -> LocalEmbeddings:
         cache_size=0,
         onnx_dir=product.embedding_onnx_dir,
         quantize=product.embedding_quantize == "int8",
+        shipped=shipped_layout(product),
     )

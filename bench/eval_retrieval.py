@@ -216,13 +216,15 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
-    """The cached embedded store for a book: a new folder when a file, the split or the chunk settings change.
+def store_folder(name: str, book: Path, stores: Path = STORES, settings: Settings | None = None) -> Path:
+    """The cached embedded store for a book: a new folder when a file, the split, the chunk settings or the
+    embedding model change (`settings`: the environment's by default).
 
     Keyed by the files' contents rather than the book's path or mtimes, so a copied or re-exported book (another
-    worktree, another checkout) finds its store instead of embedding the whole book again.
+    worktree, another checkout) finds its store instead of embedding the whole book again. The model counts only
+    when it is not all-MiniLM-L6-v2, so the stores cached before it counted keep their folders.
     """
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = settings or Settings(_env_file=None)  # type: ignore[call-arg]
     key = hashlib.sha256(
         json.dumps(
             [
@@ -231,6 +233,7 @@ def store_folder(name: str, book: Path, stores: Path = STORES) -> Path:
                 settings.chunk_overlap,
                 settings.chunk_size_unit,
                 settings.embedding_quantize,
+                *([] if settings.embedding_model == "all-MiniLM-L6-v2" else [settings.embedding_model]),
                 [(f.relative_to(book).as_posix(), file_digest(f)) for f in book_files(book)],
             ]
         ).encode()

@@ -562,7 +562,9 @@ class _AnswerSteps:
         vocabulary = self.vocabulary.current(client)
         if vocabulary is None:
             return []
-        return vocabulary.missing(question, words=check == "words", best_cosine=best_cosine)
+        return vocabulary.missing(
+            question, words=check == "words", best_cosine=best_cosine, strong_match=self.settings.refusal_strong_match
+        )
 
     def embedding_highlights(
         self, query: str, vector: list[float], texts: list[str], passages: Sequence[PassageRef] | None

@@ -56,7 +56,8 @@ _SCROLL_PAGE = 1000
 # everyday paraphrases ("sunshine", "weakness").
 RARE_BELOW = 4.0
 # A missing rare word does not refuse a question whose best passage is at least this close (dense cosine): the
-# passage answers it in other words. Names and identifiers refuse whatever the cosine.
+# passage answers it in other words. Names and identifiers refuse whatever the cosine. The service passes the
+# model's own cut (REFUSAL_STRONG_MATCH); this is all-MiniLM-L6-v2's.
 STRONG_MATCH = 0.60
 _PLAIN_WORD = re.compile(r"[a-z]+")
 # A book counts as told in the first person when "me", "my", "mine" and "myself" make up this share of its words
@@ -268,14 +269,16 @@ class Vocabulary:
             return f" {' '.join(indexed)} " in f" {self.text} "
         return all(t in self.terms for t in indexed)
 
-    def missing(self, question: str, words: bool = True, best_cosine: float = 0.0) -> list[str]:
+    def missing(
+        self, question: str, words: bool = True, best_cosine: float = 0.0, strong_match: float = STRONG_MATCH
+    ) -> list[str]:
         """The question's distinctive terms the book never uses: names and identifiers, and with `words` rare
-        lower-case words (`missing_words`) unless the best passage's cosine reaches `STRONG_MATCH` (a passage that
+        lower-case words (`missing_words`) unless the best passage's cosine reaches `strong_match` (a passage that
         close answers it in other words: "bosses" in Walden, whose ice-cutters' passage scores 0.63)."""
         names = [term for term in distinctive_terms(question) if not self.has(term)]
         if self.first_person and len(names) == 1 and not is_identifier(names[0]):
             names = []  # most likely the narrator's own name; a second missing name still refuses
-        if not words or best_cosine >= STRONG_MATCH:
+        if not words or best_cosine >= strong_match:
             return names
         return names + self.missing_words(question)
 

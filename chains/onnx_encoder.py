@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,11 +48,12 @@ _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 @dataclass(frozen=True, slots=True)
 class ModelLayout:
-    """What this module needs to know of a sentence-transformers model: a transformer, mean pooling, then
-    at most a normalisation, with a `tokenizer.json` for the `tokenizers` package."""
+    """What this module needs to know of a model: a transformer whose token states are pooled (their mean, or the
+    first token's as BGE models do) and normalised, with a `tokenizer.json` for the `tokenizers` package."""
 
     max_seq_length: int
     do_lower_case: bool
+    pooling: Literal["mean", "cls"] = "mean"
 
 
 def read_layout(model_dir: Path) -> ModelLayout | None:
@@ -65,15 +66,23 @@ def read_layout(model_dir: Path) -> ModelLayout | None:
         if any(kind != "Normalize" for kind in kinds[2:]):
             return None
         pooling = json.loads((model_dir / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
-        flags = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True}
-        mode = pooling.get("pooling_mode") or ("mean" if set(flags) == {"pooling_mode_mean_tokens"} else None)
-        if mode != "mean" or not (model_dir / "tokenizer.json").is_file():
+        flags = {k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True}
+        modes = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+        named = pooling.get("pooling_mode") or (modes.get(flags.pop()) if len(flags) == 1 else None)
+        mode: Literal["mean", "cls"]
+        if named == "mean":
+            mode = "mean"
+        elif named == "cls":
+            mode = "cls"
+        else:
+            return None
+        if not (model_dir / "tokenizer.json").is_file():
             return None
         config_path = model_dir / "sentence_bert_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return ModelLayout(int(config.get("max_seq_length") or 256), bool(config.get("do_lower_case", False)))
+    return ModelLayout(int(config.get("max_seq_length") or 256), bool(config.get("do_lower_case", False)), mode)
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -298,26 +307,39 @@ class OnnxEncoder:
             values["token_type_ids"] = encoding.type_ids
             for name in self._inputs:
                 feeds[name][row, :size] = values[name]
-        (tokens,) = self._session.run(None, feeds)
-        mask = feeds["attention_mask"][..., None].astype(np.float32)
-        pooled: np.ndarray = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        tokens = self._session.run(None, feeds)[0]
+        if self._layout.pooling == "cls":
+            pooled: np.ndarray = tokens[:, 0].copy()
+        else:
+            mask = feeds["attention_mask"][..., None].astype(np.float32)
+            pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled
 
 
+SHIPPED_GRAPH = "model.onnx"
+
+
 def load_onnx_encoder(
-    model_dir: Path, cache_dir: Path, threads: int | None = None, quantize: bool = False
+    model_dir: Path,
+    cache_dir: Path,
+    threads: int | None = None,
+    quantize: bool = False,
+    shipped: ModelLayout | None = None,
 ) -> OnnxEncoder | None:
     """The ONNX encoder for the model at `model_dir`, its graph exported into `cache_dir` on first use (and, with
-    `quantize`, its int8 version made from it).
+    `quantize`, its int8 version made from it). With `shipped`, the package ships the graph itself
+    (`model_dir/model.onnx`, token states out) with this layout: nothing is exported or quantised.
 
-    None when the model is not mean-pooled (PyTorch runs it). Raises `ConfigurationError` when the graph is
-    missing and PyTorch is not installed to export it; a graph that exists but does not load raises too (the
+    None when the model is not a pooled transformer (PyTorch runs it). Raises `ConfigurationError` when the graph
+    is missing and PyTorch is not installed to export it; a graph that exists but does not load raises too (the
     caller decides whether PyTorch can take over).
     """
+    if shipped is not None:
+        return OnnxEncoder(model_dir / SHIPPED_GRAPH, model_dir, shipped, threads)
     layout = read_layout(model_dir)
     if layout is None:
-        logger.info("embedding model at %s is not a mean-pooled transformer: it stays on PyTorch", model_dir)
+        logger.info("embedding model at %s is not a pooled transformer: it stays on PyTorch", model_dir)
         return None
     target = graph_path(model_dir, cache_dir)
     if not target.exists():
@@ -339,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     import argparse
 
-    from chains.embeddings import packaged_model_path
+    from chains.embeddings import packaged_model_path, shipped_layout
     from chains.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m chains.onnx_encoder", description=main.__doc__)
@@ -352,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("no ONNX graph needed (EMBEDDING_PROVIDER=%s)", settings.embedding_provider)
         return
     model_dir = packaged_model_path(settings.embedding_model)
+    if shipped_layout(settings) is not None:
+        logger.info("%s ships its own ONNX graph: nothing to export", settings.embedding_model)
+        return
     if read_layout(model_dir) is None:
         logger.info("%s is not a mean-pooled transformer: it runs on PyTorch, nothing to export", model_dir)
         return

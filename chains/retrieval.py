@@ -32,7 +32,7 @@ from qdrant_client import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from threadpoolctl import threadpool_limits
 
-from chains.errors import DependencyUnavailable
+from chains.errors import CollectionMismatch, DependencyUnavailable
 from chains.neighbours import join_neighbours, neighbours_filter
 from chains.rerank import Reranker
 from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
@@ -118,6 +118,8 @@ class BookRetriever(BaseRetriever):
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
+    # Why the store must not be searched as it is (its chunks embedded by another model): every query raises it.
+    store_problem: CollectionMismatch | None = None
 
     @classmethod
     def from_settings(
@@ -299,6 +301,8 @@ class BookRetriever(BaseRetriever):
         return rescored_order(fused, best) + list(range(head, len(documents)))
 
     def _options(self, kwargs: dict[str, Any]) -> tuple[int, _Options]:
+        if self.store_problem is not None:  # ranking would be at random: say why instead
+            raise CollectionMismatch(str(self.store_problem))
         k = int(kwargs.get("k") or self.k)
         sources, chapter = kwargs.get("sources"), kwargs.get("chapter")
         return k, _Options(build_filter(sources, chapter), sources, chapter)

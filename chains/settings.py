@@ -31,6 +31,20 @@ MAX_SELECTED_CHARS = 8000
 MAX_HISTORY_TURNS = 20
 MAX_K = 20
 
+# What a cosine means depends on the embedding model: a packaged model's own defaults for the two cosine cuts
+# below, calibrated on bench/questions (docs/retrieval.md, "Refusal cuts per model"). BGE's cosines crowd into a
+# higher, narrower band than MiniLM's. Another model starts from MiniLM's figures and should be measured.
+#   model: (RETRIEVAL_SCORE_THRESHOLD, REFUSAL_STRONG_MATCH)
+MODEL_COSINE_CUTS: dict[str, tuple[float, float]] = {
+    "all-MiniLM-L6-v2": (0.35, 0.60),
+    "bge-small-en-v1.5": (0.58, 0.75),
+}
+
+
+def model_cosine_cuts(model: str) -> tuple[float, float]:
+    """The calibrated cosine cuts of `model` (a Hugging Face name's organisation ignored), else MiniLM's."""
+    return MODEL_COSINE_CUTS.get(model.rsplit("/", 1)[-1], MODEL_COSINE_CUTS["all-MiniLM-L6-v2"])
+
 
 class Settings(BaseSettings):
     """Every knob of the service, with the environment variable named after the field (upper case)."""
@@ -121,12 +135,20 @@ class Settings(BaseSettings):
     retrieval_join_neighbours: bool = True
     retrieval_neighbours_whole: int = Field(2, ge=0, le=50)
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
-    # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md).
-    retrieval_score_threshold: float = Field(0.35, ge=-1.0, le=1.0)
+    # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md). Default: the
+    # embedding model's calibrated cut (MODEL_COSINE_CUTS).
+    retrieval_score_threshold: float = Field(
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[0], ge=-1.0, le=1.0
+    )
     # Refuse a question that names what the book never mentions, saying so (chains/book_terms.py): `words` checks
     # identifiers, capitalised names and rare lower-case words ("espalier", "fire blight"); `names` only the first
     # two (identifiers and capitalised names); `off` neither, leaving the cosine threshold alone.
     refusal_term_check: Literal["words", "names", "off"] = "words"
+    # With `words`: a missing rare word does not refuse a question whose best passage reaches this cosine (the
+    # passage answers it in other words). Default: the embedding model's calibrated cut (MODEL_COSINE_CUTS).
+    refusal_strong_match: float = Field(
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[1], ge=-1.0, le=1.0
+    )
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None
     # The book's site, where each source links to (page path and heading anchor are stored at ingest, the URL is

