@@ -195,6 +195,8 @@ def test_a_cli_that_goes_away_stops_its_job_in_the_server(served: Served) -> Non
             env=served.env,
             stderr=subprocess.PIPE,
             text=True,
+            # as a terminal delivers it: a suite started in the background (`cmd &`) passes SIGINT on ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert cli.stderr is not None
         assert "holds the store" in cli.stderr.readline()  # handed over; the server is parsing it now
