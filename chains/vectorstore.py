@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,13 +197,22 @@ def embedding_identity(settings: Settings) -> str:
     return f"{settings.embedding_provider}:{settings.embedding_model.removeprefix('sentence-transformers/')}"
 
 
-def check_store_embedding(client: QdrantClient, settings: Settings) -> None:
-    """Raise `CollectionMismatch` when visible chunks of the collection were embedded by another model than the
-    configured one, naming both and the fix. Points LangChain code added (no EMBEDDING_KEY, no content hash) were
-    embedded by the store's own model and pass."""
+@dataclass(frozen=True, slots=True)
+class OtherEmbedding:
+    """Visible chunks of a collection embedded by another model than the configured one."""
+
+    chunks: int
+    total: int
+    model: str  # the other model, as EMBEDDING_MODEL would name it
+    unrecorded: bool  # ingested before bookrag recorded the model (so by the default of then)
+
+
+def other_embedding(client: QdrantClient, settings: Settings) -> OtherEmbedding | None:
+    """Whether visible chunks of the collection were embedded by another model than the configured one. Points
+    LangChain code added (no EMBEDDING_KEY, no content hash) were embedded by the store's own model and pass."""
     name = settings.qdrant_collection
     if not client.collection_exists(name):
-        return
+        return None
     current = embedding_identity(settings)
     recorded_otherwise = models.Filter(
         must=[models.Filter(must_not=[_empty(EMBEDDING_KEY)])],
@@ -214,17 +224,25 @@ def check_store_embedding(client: QdrantClient, settings: Settings) -> None:
     where = visible(models.Filter(should=other))
     count = client.count(name, count_filter=where, exact=True).count
     if not count:
-        return
+        return None
     points, _ = client.scroll(name, scroll_filter=where, limit=1, with_payload=[EMBEDDING_KEY], with_vectors=False)
     found = (points[0].payload or {}).get(EMBEDDING_KEY) if points else None
-    model = str(found or LEGACY_EMBEDDING).split(":", 1)[-1]
-    note = "" if found else " (ingested before bookrag recorded the model)"
     total = client.count(name, count_filter=VISIBLE, exact=True).count
+    return OtherEmbedding(count, total, str(found or LEGACY_EMBEDDING).split(":", 1)[-1], not found)
+
+
+def check_store_embedding(client: QdrantClient, settings: Settings) -> None:
+    """Raise `CollectionMismatch` when visible chunks of the collection were embedded by another model than the
+    configured one (`other_embedding`), naming both and the fix."""
+    other = other_embedding(client, settings)
+    if other is None:
+        return
+    note = " (ingested before bookrag recorded the model)" if other.unrecorded else ""
     raise CollectionMismatch(
-        f"collection {name!r}: {count} of {total} chunks were embedded with {model}{note}, but EMBEDDING_MODEL is "
-        f"{settings.embedding_model}, so questions would be compared with another model's vectors. Run rag-ingest "
-        f"on the book again (it re-embeds every chunk with {settings.embedding_model}), or set "
-        f"EMBEDDING_MODEL={model} to serve the store as it is"
+        f"collection {settings.qdrant_collection!r}: {other.chunks} of {other.total} chunks were embedded with "
+        f"{other.model}{note}, but EMBEDDING_MODEL is {settings.embedding_model}, so questions would be compared "
+        f"with another model's vectors. Run rag-ingest on the book again (it re-embeds every chunk with "
+        f"{settings.embedding_model}), or set EMBEDDING_MODEL={other.model} to serve the store as it is"
     )
 
 

@@ -29,7 +29,7 @@ from ingest.book_root import BookRootError
 from ingest.channel import ChannelRefused, find_server
 from ingest.handoff import HandoffFailed, hand_over
 from ingest.indexer import DEFAULT_BATCH_SIZE, Indexer
-from ingest.job import IngestJob, JobUsageError, ProgressFigures, job_from_arguments, run_job
+from ingest.job import IngestJob, JobUsageError, ProgressFigures, job_from_arguments, re_embedding_note, run_job
 from ingest.splitter import approximate_tokens
 
 logger = logging.getLogger("ingest")
@@ -89,6 +89,9 @@ def _check_store(client: QdrantClient, settings: Settings, model: Embeddings, dr
         ensure_collection(client, settings, dimension)
     elif client.collection_exists(settings.qdrant_collection):
         check_collection(client, settings.qdrant_collection, dimension)
+    note = re_embedding_note(client, settings)
+    if note is not None:
+        _note(note)
 
 
 def open_store(settings: Settings) -> QdrantClient:

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
+from qdrant_client import QdrantClient
 
+from chains.settings import Settings
+from chains.vectorstore import other_embedding
 from ingest.book_root import choose_root, remembered_root
 from ingest.indexer import (
     DEFAULT_BATCH_SIZE,
@@ -128,6 +131,19 @@ class ProgressFigures:
             f"{self.files_done}/{self.files_total} files read, {self.chunks_embedded} chunks embedded{shown}, "
             f"{self.chunks_written} written"
         )
+
+
+def re_embedding_note(client: QdrantClient, settings: Settings) -> str | None:
+    """Why an unchanged book is embedded again (EMBEDDING_MODEL switched: the model is part of a chunk's id), for
+    the author's console; None when the store is the configured model's."""
+    other = other_embedding(client, settings)
+    if other is None:
+        return None
+    return (
+        f"{other.chunks} of {other.total} stored chunks were embedded with {other.model}; EMBEDDING_MODEL is "
+        f"{settings.embedding_model}, so every chunk of the files given is embedded again (the service serves the "
+        "book once all of it is)"
+    )
 
 
 def run_job(

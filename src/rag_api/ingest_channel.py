@@ -43,7 +43,7 @@ from ingest.channel import (
     peer_credentials,
 )
 from ingest.indexer import Indexer, IngestReport
-from ingest.job import IngestJob, JobUsageError, ProgressFigures, run_job
+from ingest.job import IngestJob, JobUsageError, ProgressFigures, re_embedding_note, run_job
 from rag_api.errors import ApiError
 from rag_api.routes.admin import ingest_stop, run_exclusive
 from rag_api.state import AppState
@@ -199,10 +199,16 @@ class IngestChannel:
         def on_progress(figures: ProgressFigures) -> None:
             emit({"event": "progress", **dataclasses.asdict(figures)})
 
+        def note(message: str) -> None:
+            emit({"event": "note", "message": message})
+
         def work(indexer: Indexer) -> list[IngestReport]:
             if not job.dry_run:
                 ensure_collection(indexer.client, state.settings, embedding_dimension(indexer.embeddings))
-            return run_job(indexer, job, on_progress, lambda note: emit({"event": "note", "message": note}))
+            switched = re_embedding_note(indexer.client, state.settings)
+            if switched is not None:
+                note(switched)
+            return run_job(indexer, job, on_progress, note)
 
         hangup = asyncio.create_task(_wait_for_hangup(reader, stop))
         running = asyncio.create_task(run_exclusive(self._app, state, work, stop=stop, batch_size=job.batch_size))
