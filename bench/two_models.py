@@ -101,6 +101,8 @@ def run_book(name: str) -> dict[str, str]:
             "bge + sparse": ((1, 2), None),
             "MiniLM + bge + sparse": ((0, 1, 2), None),
             "MiniLM + sparse, re-scored (MiniLM sentences)": ((0, 2), (0,)),
+            "MiniLM + sparse, re-scored (bge sentences)": ((0, 2), (1,)),
+            "MiniLM + sparse, re-scored (both)": ((0, 2), (0, 1)),
             "bge + sparse, re-scored (bge sentences)": ((1, 2), (1,)),
             "MiniLM + bge + sparse, re-scored (both)": ((0, 1, 2), (0, 1)),
         }
