@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from qdrant_client import QdrantClient
 
 from chains.sparse import terms
-from chains.vectorstore import CONTENT_KEY, METADATA_KEY, VISIBLE
+from chains.vectorstore import CONTENT_KEY, METADATA_KEY, VISIBLE, book_version
 
 logger = logging.getLogger(__name__)
 
@@ -283,29 +283,34 @@ class Vocabulary:
         return names + self.missing_words(question)
 
 
+Version = tuple[int, int]  # `book_version`
+_FORGOTTEN: Version = (-1, 0)  # matches no stored book: read again
+
+
 class BookVocabulary:
-    """The collection's vocabulary, read in a background thread and again whenever its point count changes."""
+    """The collection's vocabulary, read in a background thread and again whenever the stored book changes
+    (`book_version`)."""
 
     def __init__(self, collection: str) -> None:
         self.collection = collection
         self._lock = threading.Lock()
-        self._ready: tuple[int, Vocabulary] | None = None
-        self._reading: int | None = None
+        self._ready: tuple[Version, Vocabulary] | None = None
+        self._reading: Version | None = None
 
     def current(self, client: QdrantClient) -> Vocabulary | None:
         """The vocabulary of the book as stored now, or None while it is being read (a read starts when the
-        point count has changed)."""
+        stored book has changed)."""
         try:
-            count = client.count(self.collection, exact=True).count
+            version = book_version(client, self.collection)
         except Exception as exc:  # the retrieval itself reports a store that is down
-            logger.debug("book vocabulary: cannot count points: %s", exc)
+            logger.debug("book vocabulary: cannot read the book's version: %s", exc)
             return self._ready[1] if self._ready else None
         with self._lock:
             ready = self._ready
-            stale = ready is None or ready[0] != count
-            if stale and self._reading != count:
-                self._reading = count
-                threading.Thread(target=self._read, args=(client, count), name="book-vocabulary", daemon=True).start()
+            stale = ready is None or ready[0] != version
+            if stale and self._reading != version:
+                self._reading = version
+                threading.Thread(target=self._read, args=(client, version), name="book-vocabulary", daemon=True).start()
         # A stale vocabulary may lack a chapter just added: no check until the new one is read.
         return None if ready is None or stale else ready[1]
 
@@ -314,16 +319,15 @@ class BookVocabulary:
         the same number of chunks leaves the point count as it was. The check is skipped until the new read."""
         with self._lock:
             if self._ready is not None:
-                self._ready = (-1, self._ready[1])
+                self._ready = (_FORGOTTEN, self._ready[1])
 
     def read_now(self, client: QdrantClient) -> Vocabulary:
         """Read it in this thread (start-up warm-up, tests)."""
-        count = client.count(self.collection, exact=True).count
-        self._read(client, count)
+        self._read(client, book_version(client, self.collection))
         assert self._ready is not None
         return self._ready[1]
 
-    def _read(self, client: QdrantClient, count: int) -> None:
+    def _read(self, client: QdrantClient, version: Version) -> None:
         try:
             vocabulary = Vocabulary.of(stored_texts(client, self.collection))
             word_frequency("book")  # load the word list here, not in the first question's answer (~0.15 s)
@@ -333,8 +337,8 @@ class BookVocabulary:
                 self._reading = None
             return
         with self._lock:
-            self._ready = (count, vocabulary)
-            if self._reading == count:
+            self._ready = (version, vocabulary)
+            if self._reading == version:
                 self._reading = None
 
 

@@ -19,12 +19,11 @@ from pathlib import PurePosixPath
 from qdrant_client import QdrantClient
 
 from chains.errors import RagError
-from chains.vectorstore import METADATA_KEY, VISIBLE
+from chains.vectorstore import FACET_LIMIT, METADATA_KEY, VISIBLE, book_version
 
 _PREFIX = re.compile(r"^\s*(?:chapter|part|section)?\s*\d+(?:\.\d+)*\s*[-_.:)]?\s*", re.IGNORECASE)
 _NON_WORD = re.compile(r"[\W_]+")
 _SUGGESTIONS = 5
-_FACET_LIMIT = 100_000
 
 
 class FilterMatchesNothing(RagError):
@@ -119,22 +118,22 @@ class Catalogue:
 
 
 class BookCatalogue:
-    """Lists the stored sources and chapters (Qdrant facets over the visible points), again whenever the point
-    count (all points: it moves when an ingest stages and when it deletes what it replaced) has changed."""
+    """Lists the stored sources and chapters (Qdrant facets over the visible points), again whenever the stored
+    book has changed (`book_version`)."""
 
     def __init__(self, collection: str) -> None:
         self.collection = collection
         self._lock = threading.Lock()
-        self._cached: tuple[int, Catalogue] | None = None
+        self._cached: tuple[tuple[int, int], Catalogue] | None = None
 
     def current(self, client: QdrantClient) -> Catalogue:
-        count = client.count(self.collection, exact=True).count
+        version = book_version(client, self.collection)
         with self._lock:
-            if self._cached is not None and self._cached[0] == count:
+            if self._cached is not None and self._cached[0] == version:
                 return self._cached[1]
         catalogue = Catalogue(self._values(client, "source"), self._values(client, "chapter"))
         with self._lock:
-            self._cached = (count, catalogue)
+            self._cached = (version, catalogue)
         return catalogue
 
     def forget(self) -> None:
@@ -145,6 +144,6 @@ class BookCatalogue:
 
     def _values(self, client: QdrantClient, field: str) -> tuple[str, ...]:
         response = client.facet(
-            self.collection, key=f"{METADATA_KEY}.{field}", facet_filter=VISIBLE, limit=_FACET_LIMIT, exact=True
+            self.collection, key=f"{METADATA_KEY}.{field}", facet_filter=VISIBLE, limit=FACET_LIMIT, exact=True
         )
         return tuple(sorted(str(hit.value) for hit in response.hits))

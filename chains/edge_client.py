@@ -69,6 +69,11 @@ _DONE = models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED
 RRF_K = 2  # Qdrant's default RRF constant
 
 
+# How the engine words a request it refuses (Qdrant's OperationError), which a healthy store fails too: a faceted
+# field without an index, a vector of the wrong size or name. Anything else failing a read is the store's damage.
+_REQUEST_ERRORS = ("Wrong input", "Validation error", "No appropriate index", "Bad request")
+
+
 class _Gate:
     """Many readers or one changer (set_payload, delete), a waiting changer first: a reader never sees one
     operation half-applied across segments."""
@@ -300,6 +305,8 @@ class EdgeClient:
                 raise
             except Exception as exc:
                 reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+                if reason.startswith(_REQUEST_ERRORS):  # the request was wrong, not the store (a server's 400)
+                    raise ValueError(f"the embedded Qdrant engine refused the request: {reason}") from exc
                 raise RuntimeError(
                     damaged_engine_message(self.root, name, self._path(name), f"failed a read ({reason})")
                 ) from exc

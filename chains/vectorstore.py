@@ -10,6 +10,7 @@ import json
 import logging
 import sqlite3
 import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.chapter": models.PayloadSchemaType.KEYWORD,
     f"{METADATA_KEY}.content_hash": models.PayloadSchemaType.KEYWORD,
+    # faceted by `book_version`
+    f"{METADATA_KEY}.file_hash": models.PayloadSchemaType.KEYWORD,
     STAGED_KEY: models.PayloadSchemaType.KEYWORD,
     SWAPPED_KEY: models.PayloadSchemaType.KEYWORD,
     EMBEDDING_KEY: models.PayloadSchemaType.KEYWORD,
@@ -177,6 +180,25 @@ VISIBLE = models.Filter(
 )
 # Any point an ingest has marked (what `Indexer.recover` looks for).
 MARKED = models.Filter(should=[_marked(STAGED_KEY), _marked(SWAPPED_KEY)])
+
+
+# Facets list at most this many values: more than any book has files or chapters.
+FACET_LIMIT = 100_000
+
+
+def book_version(client: QdrantClient, collection: str) -> tuple[int, int]:
+    """What changes whenever the stored book does, for what is read from all of it once and kept (the catalogue,
+    the vocabulary): the point count, which moves while an ingest stages and deletes, and a digest of the stored
+    files' hashes, which changes when a chapter is replaced by one of as many chunks, also by an ingest in another
+    process (on a Qdrant server), which cannot tell this one to read again. The facet lists the values without
+    counting them exactly or filtering (well under a millisecond at 5,000 chunks, against 7 ms exact and visible)."""
+    count = client.count(collection, exact=True).count
+    try:
+        hits = client.facet(collection, key=f"{METADATA_KEY}.file_hash", limit=FACET_LIMIT, exact=False).hits
+    except (ValueError, UnexpectedResponse) as exc:  # the index not there yet (a server building it): the count
+        logger.debug("book version: no file hash facet (%s): the point count alone", exc)
+        return count, 0
+    return count, zlib.crc32("\n".join(sorted(str(hit.value) for hit in hits)).encode("utf-8"))
 
 
 def visible(where: models.Filter | None = None) -> models.Filter:

@@ -5,6 +5,7 @@ real embedding model, real embedded Qdrant, no chat model)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,30 @@ async def test_a_word_the_book_uses_only_in_a_heading_is_a_word_of_the_book(
     assert vocabulary.missing_words("Should I add biochar when planting?") == ["biochar"]
     answer = await _answer("Should I add mycorrhizae when planting?", settings, qdrant, embeddings)
     assert answer["mode"] != "not_in_book"
+
+
+def _read_when_ready(vocabulary: BookVocabulary, qdrant: QdrantClient) -> Vocabulary:
+    for _ in range(200):
+        ready = vocabulary.current(qdrant)
+        if ready is not None:
+            return ready
+        time.sleep(0.05)
+    raise AssertionError("the vocabulary was never read again")
+
+
+@pytest.mark.integration
+def test_a_chapter_replaced_elsewhere_by_one_of_as_many_chunks_is_read_again(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    """An ingest in another process (a CI job writing to the Qdrant server the API reads) cannot tell the API to
+    read the vocabulary again, and a revised chapter may keep its number of chunks: the file hashes show it."""
+    vocabulary = BookVocabulary(settings.qdrant_collection)
+    assert _read_when_ready(vocabulary, qdrant).missing_words("Should I add biochar when planting?") == ["biochar"]
+    count = qdrant.count(settings.qdrant_collection, exact=True).count
+    (orchard_book / "planting.md").write_text(
+        BOOK["planting.md"].replace("Sprinkle the fungal powder", "Sprinkle biochar and the fungal powder"),
+        encoding="utf-8",
+    )
+    assert not ingest_into(qdrant, embeddings, settings, orchard_book).failed  # no forget(): as if elsewhere
+    assert qdrant.count(settings.qdrant_collection, exact=True).count == count
+    assert _read_when_ready(vocabulary, qdrant).missing_words("Should I add biochar when planting?") == []
