@@ -37,6 +37,9 @@ METADATA_KEY = "metadata"
 # replaced points are then deleted and the marks removed. Top-level keys, outside LangChain's metadata.
 STAGED_KEY = "bookrag_staged"
 SWAPPED_KEY = "bookrag_swapped"
+# When a staged chunk was written (seconds since the epoch): on a server, where another ingest may be writing into
+# the same collection, a run removes only staged chunks old enough to be a dead run's (ingest/indexer.py).
+STAGED_AT_KEY = "bookrag_staged_at"
 # The embedding model that made a chunk's dense vector (`embedding_identity`), written by ingest: questions
 # embedded by another model would rank a store's chunks at random, so the service will not serve such a store
 # (`check_store_embedding`). Chunks ingested before this key existed were embedded by LEGACY_EMBEDDING, the default
@@ -160,12 +163,12 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
     return open_edge_client(settings)
 
 
-def _empty(key: str) -> models.IsEmptyCondition:
+def field_empty(key: str) -> models.IsEmptyCondition:
     return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
 
 
-def _marked(key: str) -> models.Filter:
-    return models.Filter(must_not=[_empty(key)])
+def field_set(key: str) -> models.Filter:
+    return models.Filter(must_not=[field_empty(key)])
 
 
 # Visible: neither mark (any point but an ingest's in-flight ones: LangChain's too), or both (swapped in, the marks
@@ -174,12 +177,12 @@ def _marked(key: str) -> models.Filter:
 # (bench/visible_filter_bench.py).
 VISIBLE = models.Filter(
     should=[
-        models.Filter(must=[_empty(STAGED_KEY), _empty(SWAPPED_KEY)]),
-        models.Filter(must=[_marked(STAGED_KEY), _marked(SWAPPED_KEY)]),
+        models.Filter(must=[field_empty(STAGED_KEY), field_empty(SWAPPED_KEY)]),
+        models.Filter(must=[field_set(STAGED_KEY), field_set(SWAPPED_KEY)]),
     ]
 )
 # Any point an ingest has marked (what `Indexer.recover` looks for).
-MARKED = models.Filter(should=[_marked(STAGED_KEY), _marked(SWAPPED_KEY)])
+MARKED = models.Filter(should=[field_set(STAGED_KEY), field_set(SWAPPED_KEY)])
 
 
 # Facets list at most this many values: more than any book has files or chapters.
@@ -237,12 +240,12 @@ def other_embedding(client: QdrantClient, settings: Settings) -> OtherEmbedding 
         return None
     current = embedding_identity(settings)
     recorded_otherwise = models.Filter(
-        must=[models.Filter(must_not=[_empty(EMBEDDING_KEY)])],
+        must=[models.Filter(must_not=[field_empty(EMBEDDING_KEY)])],
         must_not=[models.FieldCondition(key=EMBEDDING_KEY, match=models.MatchValue(value=current))],
     )
     other = [recorded_otherwise]
     if current != LEGACY_EMBEDDING:  # ingested before the key existed, so by the default of then
-        other.append(models.Filter(must=[_empty(EMBEDDING_KEY), _marked(f"{METADATA_KEY}.content_hash")]))
+        other.append(models.Filter(must=[field_empty(EMBEDDING_KEY), field_set(f"{METADATA_KEY}.content_hash")]))
     where = visible(models.Filter(should=other))
     count = client.count(name, count_filter=where, exact=True).count
     if not count:

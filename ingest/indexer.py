@@ -56,10 +56,13 @@ from chains.vectorstore import (
     MARKED,
     METADATA_KEY,
     SPARSE_VECTOR,
+    STAGED_AT_KEY,
     STAGED_KEY,
     SWAPPED_KEY,
     VISIBLE,
     embedding_identity,
+    field_empty,
+    field_set,
     point_id,
     visible,
 )
@@ -79,6 +82,11 @@ SPLIT_VERSION = "5"  # 3: page_path and anchor (links to the book's site); 4: a 
 # sparse vector for hybrid retrieval; then the sentence vectors for re-scoring, chains/sentence_rescore.py)
 # ingesting again rewrites every chunk instead of keeping points without it.
 VECTOR_LAYOUT = "dense+sparse-bm25-1+sentences-1"
+# On a Qdrant server, staged chunks younger than this are taken for another running ingest's, not a dead run's
+# (`Indexer.recover`): a run's staged chunks wait for their swap a few minutes at most (a file is parsed within
+# INGEST_MAX_SECONDS_PER_FILE, 300 s by default).
+STALE_STAGED_S = 3600
+_MARKS = (STAGED_KEY, SWAPPED_KEY, STAGED_AT_KEY)
 # The embedding model of every store ingested before the model was part of a chunk's layout (`vector_layout`).
 LEGACY_MODEL = "all-MiniLM-L6-v2"
 # Per-file fields on every chunk; they are not part of a chunk's identity. A chapter of an EPUB (one source of
@@ -107,6 +115,14 @@ class FileOutcome:
     @property
     def changed(self) -> bool:
         return self.error is None and bool(self.added or self.updated or self.removed)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What `Indexer.recover` found: hidden chunks of dead runs it deleted, and young staged ones it left alone."""
+
+    deleted: int = 0
+    kept: int = 0
 
 
 @dataclass(slots=True)
@@ -441,6 +457,8 @@ class Indexer:
         self.style = settings.book_site_style
         self.layout = vector_layout(settings)
         self.embedding = embedding_identity(settings)
+        # Others may write into the collection at the same time (a server), unlike the embedded store's one process.
+        self.shared = settings.uses_qdrant_server
         # Anything that changes what a file becomes is part of its hash: the site style (page paths and heading
         # ids), but not BOOK_BASE_URL, which is applied per answer.
         self.signature = "\x00".join(
@@ -753,7 +771,7 @@ class Indexer:
         one place where points are built. With `staged` (a run's token) they carry STAGED_KEY: hidden from every
         reader until `swap` shows them."""
         sentences = sentences if sentences is not None else [{} for _ in chunks]
-        mark = {STAGED_KEY: staged} if staged else {}
+        mark: dict[str, Any] = {STAGED_KEY: staged, STAGED_AT_KEY: int(time.time())} if staged else {}
         points = [
             models.PointStruct(
                 id=self.chunk_id(chunk),
@@ -853,21 +871,29 @@ class Indexer:
             shown = models.PointIdsList(points=new)
             self._store(
                 "unmarking the new chunks",
-                lambda: self.client.delete_payload(
-                    self.collection, keys=[STAGED_KEY, SWAPPED_KEY], points=shown, wait=True
-                ),
+                lambda: self.client.delete_payload(self.collection, keys=list(_MARKS), points=shown, wait=True),
             )
 
-    def recover(self) -> int:
+    def recover(self) -> Recovered:
         """Finish what a run that died left (SIGKILL, power loss), before anything else reads or writes: delete
         the hidden points (staged and never swapped in, or swapped out and not yet deleted) and unmark the ones
-        swapped in. Neither step changes what a reader sees. Returns how many hidden points were deleted."""
+        swapped in. Neither step changes what a reader sees.
+
+        On a Qdrant server another ingest may be writing into the collection right now, and its staged chunks look
+        like a dead run's: there, staged chunks younger than STALE_STAGED_S are left alone (counted in the
+        result), so that run's swap still finds them. The embedded store is one process's alone: everything
+        staged there is a dead run's."""
         if not self._store("opening the collection", self._exists):
-            return 0
+            return Recovered()
         count = functools.partial(self.client.count, self.collection, exact=True)
         if not self._store("reading stored chunks", lambda: count(count_filter=MARKED).count):
-            return 0
-        hidden = models.Filter(must_not=[VISIBLE])
+            return Recovered()
+        staged_only = [field_set(STAGED_KEY), field_empty(SWAPPED_KEY)]
+        young = models.Filter(
+            must=[*staged_only, models.FieldCondition(key=STAGED_AT_KEY, range=models.Range(gte=self._stale_before()))]
+        )
+        kept = self._store("reading stored chunks", lambda: count(count_filter=young).count) if self.shared else 0
+        hidden = models.Filter(must_not=[VISIBLE, young] if kept else [VISIBLE])
         deleted = self._store("reading stored chunks", lambda: count(count_filter=hidden).count)
         if deleted:
             self._store(
@@ -876,16 +902,17 @@ class Indexer:
                     self.collection, points_selector=models.FilterSelector(filter=hidden), wait=True
                 ),
             )
+        shown = models.Filter(must=[field_set(STAGED_KEY), field_set(SWAPPED_KEY)])  # swapped in: visible already
         self._store(
             "unmarking an interrupted ingest's chunks",
             lambda: self.client.delete_payload(
-                self.collection,
-                keys=[STAGED_KEY, SWAPPED_KEY],
-                points=models.FilterSelector(filter=MARKED),
-                wait=True,
+                self.collection, keys=list(_MARKS), points=models.FilterSelector(filter=shown), wait=True
             ),
         )
-        return deleted
+        return Recovered(deleted, kept)
+
+    def _stale_before(self) -> int:
+        return int(time.time()) - STALE_STAGED_S
 
     def delete_source(self, source: str) -> int:
         """Delete every chunk of `source`; returns how many there were."""
@@ -1071,11 +1098,17 @@ class Indexer:
         return report
 
     @staticmethod
-    def _note_recovered(report: IngestReport, deleted: int) -> None:
-        if deleted:
+    def _note_recovered(report: IngestReport, recovered: Recovered) -> None:
+        if recovered.deleted:
             report.notes.append(
-                f"an earlier ingest was interrupted: its {deleted} hidden chunk(s) (staged, or replaced and not yet "
-                "deleted) were removed; every file had its previous or its new version whole meanwhile"
+                f"an earlier ingest was interrupted: its {recovered.deleted} hidden chunk(s) (staged, or replaced and "
+                "not yet deleted) were removed; every file had its previous or its new version whole meanwhile"
+            )
+        if recovered.kept:
+            report.notes.append(
+                f"{recovered.kept} hidden chunk(s) staged in the last {STALE_STAGED_S // 60} minutes were left in "
+                "place: another ingest may be writing into this collection (one at a time is safest); if none is, "
+                "a later ingest removes them"
             )
 
     def _exists(self) -> bool:

@@ -28,6 +28,7 @@ from chains.vectorstore import (
     DENSE_VECTOR,
     MARKED,
     METADATA_KEY,
+    STAGED_AT_KEY,
     STAGED_KEY,
     SWAPPED_KEY,
     VISIBLE,
@@ -313,3 +314,34 @@ def test_readers_during_replacements_see_one_whole_version_of_a_file(
     assert not wrong, wrong[:3]
     assert len({next(iter(f)) for f in seen}) >= 2  # the reads did span replacements
     assert marked(qdrant, small) == 0 and SWAPPED_KEY not in str(all_points(qdrant, small))
+
+
+def test_on_a_shared_store_a_run_leaves_another_runs_young_staged_chunks_and_removes_a_dead_runs(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, book_dir: Path
+) -> None:
+    """On a Qdrant server two ingests can write into one collection: the second one's start must not delete (or
+    show) the chunks the first has staged and is about to swap in, while a dead run's old ones still go."""
+    assert not ingest_into(qdrant, embeddings, settings, book_dir).failed
+    visible_before = visible_points(qdrant, settings)
+    chapter = book_dir / "cider.md"
+    chapter.write_text(long_chapter("cider", parts=3), encoding="utf-8")
+    writing = Indexer(qdrant, embeddings, settings)  # another run, between staging and its swap
+    chunks = writing.chunks_for(chapter, "book/cider.md")
+    writing.write(chunks, embeddings.embed_documents([c.embed_text for c in chunks]), staged="the-other-run")
+    theirs = models.Filter(must=[models.FieldCondition(key=STAGED_KEY, match=models.MatchValue(value="the-other-run"))])
+
+    starting = Indexer(qdrant, embeddings, settings)
+    starting.shared = True  # as against a server (QDRANT_URL); the embedded store is one process's alone
+    report = starting.ingest(list(discover_files([book_dir / "pruning.md"])), book_dir.parent)
+    assert qdrant.count(settings.qdrant_collection, count_filter=theirs, exact=True).count == len(chunks)
+    assert visible_points(qdrant, settings) == visible_before  # still hidden: not unmarked, not shown
+    assert any("left in place" in note for note in report.notes)
+
+    hours_ago = int(time.time()) - 2 * 3600  # that run died long ago
+    qdrant.set_payload(
+        settings.qdrant_collection, {STAGED_AT_KEY: hours_ago}, points=models.FilterSelector(filter=theirs), wait=True
+    )
+    recovered = starting.recover()
+    assert (recovered.deleted, recovered.kept) == (len(chunks), 0)
+    assert qdrant.count(settings.qdrant_collection, count_filter=theirs, exact=True).count == 0
+    assert visible_points(qdrant, settings) == visible_before
