@@ -11,7 +11,7 @@ book: sentences as their own candidate list, the heading path as its own sparse 
 - The misses of today's default are printed (stderr), marked when the answer is in a neighbour of a top-5 chunk.
 
 Dense and sentence scores are exact numpy (the eval stores are searched exactly too), the sparse lists are Qdrant's
-own queries, the fusion is Qdrant's DBSF rule (`chains.sentence_rescore._normalised`, a missing point adds 0). The
+own queries, the fusion is Qdrant's DBSF rule (`chains.sentence_rescore.dbsf_normalised`, a missing point adds 0). The
 first row replays today's default and equals `bench.eval_retrieval`'s. CHUNK_SIZE / CHUNK_OVERLAP in the
 environment select (and on first use ingest, without the LangChain baseline) a store of that chunk size.
 
@@ -46,7 +46,7 @@ from bench.eval_retrieval import (
 )
 from chains.embeddings import LocalEmbeddings
 from chains.retrieval import limit_blas_threads
-from chains.sentence_rescore import SENTENCE_KEY, _normalised, applies_to, decode, rescored_order
+from chains.sentence_rescore import SENTENCE_KEY, applies_to, dbsf_normalised, decode, rescored_order
 from chains.settings import Settings
 from chains.sparse import encode_document, encode_query
 from chains.vectorstore import DENSE_VECTOR, SPARSE_VECTOR, build_qdrant_client
@@ -153,7 +153,7 @@ def dbsf(lists: Sequence[Sequence[tuple[int, float]]], weights: Sequence[float])
     for items, weight in zip(lists, weights, strict=True):
         if not items:
             continue
-        norm = _normalised(np.asarray([s for _, s in items], dtype=np.float64))
+        norm = dbsf_normalised(np.asarray([s for _, s in items], dtype=np.float64))
         for (i, _), v in zip(items, norm, strict=True):
             total[i] = total.get(i, 0.0) + weight * float(v)
     return sorted(total.items(), key=lambda x: -x[1])

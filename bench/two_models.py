@@ -24,7 +24,7 @@ from qdrant_client import QdrantClient, models
 
 from bench.eval_retrieval import DATASETS, Question, load_questions, normalise, store_folder
 from chains.embeddings import build_embeddings
-from chains.sentence_rescore import SENTENCE_KEY, _normalised, applies_to, decode
+from chains.sentence_rescore import SENTENCE_KEY, applies_to, dbsf_normalised, decode
 from chains.settings import Settings
 from chains.sparse import encode_query
 from chains.vectorstore import VISIBLE, build_qdrant_client
@@ -64,7 +64,7 @@ def best_sentence(point: Any, vector: np.ndarray) -> float:
 def dbsf(lists: Sequence[Ranked]) -> tuple[list[Key], dict[Key, float]]:
     total: dict[Key, float] = {}
     for keys, scores in lists:
-        for key, score in zip(keys, _normalised(np.asarray(scores, np.float64)), strict=True):
+        for key, score in zip(keys, dbsf_normalised(np.asarray(scores, np.float64)), strict=True):
             total[key] = total.get(key, 0.0) + float(score)
     return sorted(total, key=lambda k: -total[k]), total
 
@@ -146,8 +146,8 @@ def run_book(name: str) -> dict[str, str]:
                             for k in top
                         ]
                     )
-                    sentence = sum(_normalised(best[:, j]) for j in range(best.shape[1])) / best.shape[1]
-                    score = _normalised(np.array([total[k] for k in top])) + sentence
+                    sentence = sum(dbsf_normalised(best[:, j]) for j in range(best.shape[1])) / best.shape[1]
+                    score = dbsf_normalised(np.array([total[k] for k in top])) + sentence
                     order = [top[i] for i in sorted(range(len(top)), key=lambda i: (-score[i], i))]
                 ranks[config].append(rank(order, question, stores[0][1]))
         return {config: summary(r) for config, r in ranks.items()}

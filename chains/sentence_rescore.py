@@ -154,7 +154,7 @@ def sentence_payloads(
     return out
 
 
-def _normalised(scores: np.ndarray) -> np.ndarray:
+def dbsf_normalised(scores: np.ndarray) -> np.ndarray:
     """Qdrant's DBSF normalisation: [mean - 3 sd, mean + 3 sd] mapped onto [0, 1]."""
     if len(scores) < 2:
         return np.full(len(scores), 0.5)
@@ -185,5 +185,7 @@ def applies_to(question: str) -> bool:
 
 def rescored_order(fused: Sequence[float], best_sentence: Sequence[float]) -> list[int]:
     """The candidates' indices by normalised fused score plus normalised best-sentence score (ties: fused order)."""
-    total = _normalised(np.asarray(fused, dtype=np.float64)) + _normalised(np.asarray(best_sentence, dtype=np.float64))
+    total = dbsf_normalised(np.asarray(fused, dtype=np.float64)) + dbsf_normalised(
+        np.asarray(best_sentence, dtype=np.float64)
+    )
     return sorted(range(len(fused)), key=lambda i: (-total[i], i))
