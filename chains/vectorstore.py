@@ -46,6 +46,7 @@ STAGED_AT_KEY = "bookrag_staged_at"
 # then.
 EMBEDDING_KEY = "bookrag_embedding"
 LEGACY_EMBEDDING = "local:all-MiniLM-L6-v2"
+LEGACY_DIMENSION = 384  # its vectors' size: unrecorded chunks of another size were embedded by another model
 # Payload fields that filters use; indexed so that a filtered search or read stays fast.
 INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     f"{METADATA_KEY}.source": models.PayloadSchemaType.KEYWORD,
@@ -244,7 +245,9 @@ def other_embedding(client: QdrantClient, settings: Settings) -> OtherEmbedding 
         must_not=[models.FieldCondition(key=EMBEDDING_KEY, match=models.MatchValue(value=current))],
     )
     other = [recorded_otherwise]
-    if current != LEGACY_EMBEDDING:  # ingested before the key existed, so by the default of then
+    if current != LEGACY_EMBEDDING and _dense_size(client, name) == LEGACY_DIMENSION:
+        # ingested before the key existed, with vectors of the old default's size: most likely by it. (Unrecorded
+        # chunks of another size, from OpenAI embeddings say, passed the dimension check: the configured model's.)
         other.append(models.Filter(must=[field_empty(EMBEDDING_KEY), field_set(f"{METADATA_KEY}.content_hash")]))
     where = visible(models.Filter(should=other))
     count = client.count(name, count_filter=where, exact=True).count
@@ -254,6 +257,12 @@ def other_embedding(client: QdrantClient, settings: Settings) -> OtherEmbedding 
     found = (points[0].payload or {}).get(EMBEDDING_KEY) if points else None
     total = client.count(name, count_filter=VISIBLE, exact=True).count
     return OtherEmbedding(count, total, str(found or LEGACY_EMBEDDING).split(":", 1)[-1], not found)
+
+
+def _dense_size(client: QdrantClient, name: str) -> int | None:
+    vectors = client.get_collection(name).config.params.vectors
+    params = vectors.get(DENSE_VECTOR) if isinstance(vectors, dict) else None
+    return params.size if params is not None else None
 
 
 def check_store_embedding(client: QdrantClient, settings: Settings) -> None:

@@ -8,15 +8,22 @@ import importlib.util
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from chains.embeddings import LocalEmbeddings, build_embeddings
 from chains.errors import CollectionMismatch
 from chains.settings import Settings
-from chains.vectorstore import EMBEDDING_KEY, build_vector_store, check_store_embedding, ensure_collection
+from chains.vectorstore import (
+    DENSE_VECTOR,
+    EMBEDDING_KEY,
+    build_vector_store,
+    check_store_embedding,
+    ensure_collection,
+)
 from tests.conftest import app_client, ingest_into
 
 pytestmark = pytest.mark.integration
@@ -128,3 +135,30 @@ def test_rag_ingest_says_why_it_embeds_a_stored_book_again_after_a_model_switch(
     assert switched.returncode == 0, switched.stderr
     assert f"were embedded with all-MiniLM-L6-v2; EMBEDDING_MODEL is {BGE}" in switched.stderr
     assert "0 added, 1 updated, 0 unchanged" in switched.stdout
+
+
+def test_unrecorded_chunks_of_another_size_than_the_old_default_are_the_configured_models(
+    qdrant: QdrantClient, settings: Settings
+) -> None:
+    """A store an OpenAI-embeddings deployment ingested before the model was recorded: its 1,536-dimension vectors
+    cannot be MiniLM's, and they passed the dimension check, so it is served as it is (and re-embedded, once, by
+    its next rag-ingest, the model now being part of a chunk's id)."""
+    openai = settings.model_copy(update={"embedding_provider": "openai", "embedding_model": "text-embedding-3-small"})
+    ensure_collection(qdrant, openai, 1536)
+    qdrant.upsert(
+        openai.qdrant_collection,
+        points=[
+            models.PointStruct(
+                id=str(uuid.uuid4()),
+                vector={DENSE_VECTOR: [1.0] + [0.0] * 1535},
+                payload={"page_content": "Prune in winter.", "metadata": {"source": "a.md", "content_hash": "h"}},
+            )
+        ],
+        wait=True,
+    )
+    check_store_embedding(qdrant, openai)  # nothing raised
+    qdrant.set_payload(
+        openai.qdrant_collection, {EMBEDDING_KEY: "openai:text-embedding-3-large"}, points=_all_ids(qdrant, openai)
+    )
+    with pytest.raises(CollectionMismatch, match="embedded with text-embedding-3-large"):
+        check_store_embedding(qdrant, openai)  # a recorded other model still is refused
