@@ -113,6 +113,18 @@ def machine_markdown(info: dict[str, Any]) -> str:
     )
 
 
+def report_books(results: dict[str, dict[str, str]], column: str, json_path: Path | None = None) -> None:
+    """Print per-book rows (`results[book][row] = figures`) as a Markdown table for the docs, and write them as
+    JSON to `json_path` when given (bench/results/)."""
+    print(f"| book | {column} | hit@1 / hit@5 / MRR@5 |")
+    print("|---|---|---|")
+    for name, rows in results.items():
+        for label, figures in rows.items():
+            print(f"| {name} | {label} | {figures} |")
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 

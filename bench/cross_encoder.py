@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from langchain_core.documents import Document
 
-from bench.common import bench_embeddings
+from bench.common import bench_embeddings, report_books
 from bench.eval_retrieval import DATASETS, Question, is_hit, load_questions, store_folder
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -122,13 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = CrossEncoder(args.model_dir)
     names = list(DATASETS) if args.books == "all" else args.books.split(",")
     results = {name: run_book(name, model, args.depth) for name in names}
-    print("| book | order | hit@1 / hit@5 / MRR@5 |")
-    print("|---|---|---|")
-    for name, rows in results.items():
-        for label, figures in rows.items():
-            print(f"| {name} | {label} | {figures} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    report_books(results, "order", args.json)
     return 0
 
 

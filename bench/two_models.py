@@ -14,7 +14,6 @@ them (gold file and answer text), hit@1 / hit@5 / MRR@5.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from bench.common import report_books
 from bench.eval_retrieval import DATASETS, Question, load_questions, normalise, store_folder
 from chains.embeddings import build_embeddings
 from chains.sentence_rescore import SENTENCE_KEY, applies_to, dbsf_normalised, decode
@@ -163,13 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = list(DATASETS) if args.books == "all" else args.books.split(",")
     results = {name: run_book(name) for name in names}
-    print("| book | lists fused (DBSF) | hit@1 / hit@5 / MRR@5 |")
-    print("|---|---|---|")
-    for name, rows in results.items():
-        for config, figures in rows.items():
-            print(f"| {name} | {config} | {figures} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    report_books(results, "lists fused (DBSF)", args.json)
     return 0
 
 
