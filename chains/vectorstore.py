@@ -22,6 +22,7 @@ from langchain_qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from chains.embeddings import packaged_model
 from chains.errors import CollectionMismatch, StoreDamaged
 from chains.settings import Settings
 
@@ -190,7 +191,11 @@ MARKED = models.Filter(should=[field_set(STAGED_KEY), field_set(SWAPPED_KEY)])
 FACET_LIMIT = 100_000
 
 
-def book_version(client: QdrantClient, collection: str) -> tuple[int, int]:
+# (point count, digest of the stored files' hashes): `book_version`
+BookVersion = tuple[int, int]
+
+
+def book_version(client: QdrantClient, collection: str) -> BookVersion:
     """What changes whenever the stored book does, for what is read from all of it once and kept (the catalogue,
     the vocabulary): the point count, which moves while an ingest stages and deletes, and a digest of the stored
     files' hashes, which changes when a chapter is replaced by one of as many chunks, also by an ingest in another
@@ -219,8 +224,12 @@ def point_id(key: str) -> str:
 
 
 def embedding_identity(settings: Settings) -> str:
-    """What embeds the chunks and questions, as EMBEDDING_KEY records it: provider and model."""
-    return f"{settings.embedding_provider}:{settings.embedding_model.removeprefix('sentence-transformers/')}"
+    """What embeds the chunks and questions, as EMBEDDING_KEY records it and a chunk's layout includes it: provider
+    and model, a packaged model by its own name whatever organisation prefixes it (`sentence-transformers/`)."""
+    model = settings.embedding_model
+    if settings.embedding_provider == "local" and packaged_model(model) is not None and not Path(model).is_dir():
+        model = model.rsplit("/", 1)[-1]
+    return f"{settings.embedding_provider}:{model}"
 
 
 @dataclass(frozen=True, slots=True)

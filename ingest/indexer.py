@@ -53,6 +53,7 @@ from chains.vectorstore import (
     CONTENT_KEY,
     DENSE_VECTOR,
     EMBEDDING_KEY,
+    LEGACY_EMBEDDING,
     MARKED,
     METADATA_KEY,
     SPARSE_VECTOR,
@@ -87,8 +88,6 @@ VECTOR_LAYOUT = "dense+sparse-bm25-1+sentences-1"
 # INGEST_MAX_SECONDS_PER_FILE, 300 s by default).
 STALE_STAGED_S = 3600
 _MARKS = (STAGED_KEY, SWAPPED_KEY, STAGED_AT_KEY)
-# The embedding model of every store ingested before the model was part of a chunk's layout (`vector_layout`).
-LEGACY_MODEL = "all-MiniLM-L6-v2"
 # Per-file fields on every chunk; they are not part of a chunk's identity. A chapter of an EPUB (one source of
 # several in one file) also carries the hash of the whole EPUB, so that an unchanged EPUB is skipped unread.
 FILE_FIELDS = ("file_hash", "chunk_count", "book_hash")
@@ -389,10 +388,8 @@ def vector_layout(settings: Settings) -> str:
     (on a graph this project exports, the only place it applies), so switching either re-embeds every chunk. The
     model that was the default before it was part of the layout, all-MiniLM-L6-v2 unquantised, keeps the layout,
     and the ids, of the stores ingested with it."""
-    layout = VECTOR_LAYOUT
-    model = settings.embedding_model.removeprefix("sentence-transformers/")
-    if model != LEGACY_MODEL or settings.embedding_provider != "local":
-        layout += f"+{settings.embedding_provider}:{model}"
+    identity = embedding_identity(settings)
+    layout = VECTOR_LAYOUT if identity == LEGACY_EMBEDDING else f"{VECTOR_LAYOUT}+{identity}"
     packaged = packaged_model(settings.embedding_model)
     quantized = (
         settings.embedding_provider == "local"

@@ -162,3 +162,17 @@ def test_unrecorded_chunks_of_another_size_than_the_old_default_are_the_configur
     )
     with pytest.raises(CollectionMismatch, match="embedded with text-embedding-3-large"):
         check_store_embedding(qdrant, openai)  # a recorded other model still is refused
+
+
+def test_a_packaged_model_is_one_identity_whatever_organisation_prefixes_its_name(settings: Settings) -> None:
+    """`sentence-transformers/all-MiniLM-L6-v2` is the model every earlier store holds: same layout, same ids; and
+    `BAAI/bge-small-en-v1.5` is the packaged bge, not a second model that would re-embed the book."""
+    from chains.vectorstore import embedding_identity
+    from ingest.indexer import VECTOR_LAYOUT, vector_layout
+
+    prefixed = settings.model_copy(update={"embedding_model": "sentence-transformers/all-MiniLM-L6-v2"})
+    assert embedding_identity(prefixed) == embedding_identity(settings) == "local:all-MiniLM-L6-v2"
+    assert vector_layout(prefixed) == vector_layout(settings) == VECTOR_LAYOUT
+    bge, baai = (settings.model_copy(update={"embedding_model": m}) for m in (BGE, f"BAAI/{BGE}"))
+    assert embedding_identity(baai) == embedding_identity(bge) == f"local:{BGE}"
+    assert vector_layout(baai) == vector_layout(bge) == f"{VECTOR_LAYOUT}+local:{BGE}"
