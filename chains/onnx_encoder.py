@@ -317,26 +317,20 @@ class OnnxEncoder:
         return pooled
 
 
+# The file a package that ships its model as an ONNX graph (token states out) keeps it in.
 SHIPPED_GRAPH = "model.onnx"
 
 
 def load_onnx_encoder(
-    model_dir: Path,
-    cache_dir: Path,
-    threads: int | None = None,
-    quantize: bool = False,
-    shipped: ModelLayout | None = None,
+    model_dir: Path, cache_dir: Path, threads: int | None = None, quantize: bool = False
 ) -> OnnxEncoder | None:
-    """The ONNX encoder for the model at `model_dir`, its graph exported into `cache_dir` on first use (and, with
-    `quantize`, its int8 version made from it). With `shipped`, the package ships the graph itself
-    (`model_dir/model.onnx`, token states out) with this layout: nothing is exported or quantised.
+    """The ONNX encoder for the sentence-transformers model at `model_dir`, its graph exported into `cache_dir` on
+    first use (and, with `quantize`, its int8 version made from it).
 
     None when the model is not a pooled transformer (PyTorch runs it). Raises `ConfigurationError` when the graph
     is missing and PyTorch is not installed to export it; a graph that exists but does not load raises too (the
     caller decides whether PyTorch can take over).
     """
-    if shipped is not None:
-        return OnnxEncoder(model_dir / SHIPPED_GRAPH, model_dir, shipped, threads)
     layout = read_layout(model_dir)
     if layout is None:
         logger.info("embedding model at %s is not a pooled transformer: it stays on PyTorch", model_dir)

@@ -32,7 +32,7 @@ MAX_HISTORY_TURNS = 20
 MAX_K = 20
 
 # What a cosine means depends on the embedding model: a packaged model's own defaults for the two cosine cuts
-# below, calibrated on bench/questions (docs/retrieval.md, "Refusal cuts per model"). BGE's cosines crowd into a
+# below, calibrated on bench/questions (docs/retrieval.md, "A second packaged model"). BGE's cosines crowd into a
 # higher, narrower band than MiniLM's. Another model starts from MiniLM's figures and should be measured.
 #   model: (RETRIEVAL_SCORE_THRESHOLD, REFUSAL_STRONG_MATCH)
 MODEL_COSINE_CUTS: dict[str, tuple[float, float]] = {
