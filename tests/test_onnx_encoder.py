@@ -278,6 +278,18 @@ def test_a_model_whose_package_ships_its_graph_runs_as_shipped_without_an_export
     question = np.array(model.embed_query("How much space should I leave between tomato plants?"))
     assert int(np.argmax(vectors @ question)) == 0
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # BGE's pooling: the first token's state, not the mean of all (which would also rank these three passages)
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+    folder = packaged_model_path("bge-small-en-v1.5")
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(passages[0]).ids
+    feeds = {"input_ids": [ids], "attention_mask": [[1] * len(ids)], "token_type_ids": [[0] * len(ids)]}
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    states = session.run(None, {name: np.array(value) for name, value in feeds.items()})[0][0]
+    first, mean = (v / np.linalg.norm(v) for v in (states[0], states.mean(axis=0)))
+    alone = np.array(model.embed_documents(passages[:1])[0])  # alone: int8 activations are scaled per batch
+    assert float(alone @ first) > 0.9999 and float(alone @ mean) < 0.99
 
 
 @needs_bge
