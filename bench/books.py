@@ -82,6 +82,30 @@ BOOKS: dict[str, Book] = {
         rename_suffix=".html",
         skip=("titlepage.xhtml", "imprint.xhtml", "colophon.xhtml", "uncopyright.xhtml"),
     ),
+    "rust_book": Book(
+        repo="rust-lang/book",
+        commit="917544888a55e4da7109bdba8c88c893c0da70f4",
+        folders=("src/",),
+        suffix=".md",
+        licence="MIT or Apache-2.0 (the repository's LICENSE-MIT, LICENSE-APACHE)",
+        transform=str,
+    ),
+    "origin_of_species": Book(
+        repo="standardebooks/charles-darwin_the-origin-of-species",
+        commit="7c13c26dbac394a5fbe31c21b0403a8688686ba3",
+        folders=("src/epub/text/",),
+        suffix=".xhtml",
+        licence="public domain (text); Standard Ebooks' work CC0 1.0",
+        transform=str,
+        skip=(
+            "titlepage.xhtml",
+            "halftitlepage.xhtml",
+            "imprint.xhtml",
+            "colophon.xhtml",
+            "uncopyright.xhtml",
+            "loi.xhtml",
+        ),
+    ),
 }
 
 

@@ -82,6 +82,8 @@ DATASETS = {
     "swift_book": (book_dir("swift_book"), QUESTIONS / "swift_book.jsonl"),
     "walden": (book_dir("walden"), QUESTIONS / "walden.jsonl"),
     "d2l": (CORPUS / "d2l", QUESTIONS / "d2l.jsonl"),  # 4,900 chunks: the first run embeds them for many minutes
+    "rust_book": (book_dir("rust_book"), QUESTIONS / "rust_book.jsonl"),
+    "origin_of_species": (book_dir("origin_of_species"), QUESTIONS / "origin_of_species.jsonl"),
 }
 DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_book")}
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
