@@ -46,9 +46,11 @@ _JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
 _JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
 _XML_DECLARATION = re.compile(r"\A\ufeff?\s*<\?xml[^>]*\?>\s*")
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
-# A fence's info string past the language (Docusaurus' ```md title="x" {1-4}), which Python-Markdown's fenced
-# code does not accept: the fence then goes unseen and the code in it is read as Markdown (its `# lines` as headings).
-_FENCE_INFO = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]+)[ \t]+[^\n`]*\S[^\n`]*$", re.MULTILINE)
+# A fence's info string past the language (Docusaurus' ```md title="x" {1-4}, mdBook's ```rust,ignore), which
+# Python-Markdown's fenced code does not accept: the fence then goes unseen and the code in it is read as Markdown
+# (its `# lines` as headings), and the next fence opens a block that swallows the text and headings after it.
+_FENCE_LINE = re.compile(r"^(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$", re.MULTILINE)
+_FENCE_LANGUAGE = re.compile(r"[\w#.+-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,14 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
 
 def plain_fences(text: str) -> str:
     """Code fences reduced to their language, so that every fence the site sees is a fence here too."""
-    return _FENCE_INFO.sub(lambda m: m["fence"] + m["lang"], text)
+
+    def plain(match: re.Match[str]) -> str:
+        info = match["info"].strip()
+        language = _FENCE_LANGUAGE.match(info)
+        kept = language[0] if language else ""
+        return match[0] if info == kept else match["fence"] + kept
+
+    return _FENCE_LINE.sub(plain, text)
 
 
 def strip_mdx(text: str) -> str:
@@ -225,44 +234,108 @@ def blocks_from_elements(elements: list[Any]) -> list[Block]:
     return blocks
 
 
-class _HeadingIds(HTMLParser):
-    """Each `<h1>`..`<h6>` of an HTML page in order: its text and its own `id` attribute (None without one)."""
+@dataclass(frozen=True)
+class HtmlHeading:
+    text: str  # the heading's own text
+    anchor: str | None  # its `id`, else its section's (below)
+    lines: tuple[str, ...] = ()  # its `<hgroup>`'s lines in order, itself among them ("I", "Variation Under ...")
+
+    @property
+    def title(self) -> str:
+        return ": ".join(self.lines) if self.lines else self.text
+
+
+class _HtmlHeadings(HTMLParser):
+    """Each `<h1>`..`<h6>` of an HTML page in order, with what a reader's link and a source's title need.
+
+    The anchor is the heading's own `id`, else the `id` of the `<section>` or `<article>` it is the first heading
+    of: Standard Ebooks and many generated books put the id on the section, not on the heading. The other lines of
+    an `<hgroup>` (a chapter's "I" and its title "Variation Under Domestication") are part of its title.
+    """
+
+    _CONTAINERS = frozenset({"section", "article"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.headings: list[tuple[str, str | None]] = []
-        self._open: tuple[str, str | None, list[str]] | None = None
+        self.headings: list[HtmlHeading] = []
+        self._containers: list[list[str | None]] = []  # open sections: [id, or None once a heading took it]
+        self._hgroup: list[str] | None = None  # the lines of the open <hgroup>; its heading is `_hgroup_at`
+        self._hgroup_at: int | None = None
+        self._open: tuple[str, str | None, list[str]] | None = None  # a heading or an hgroup's <p> being read
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if re.fullmatch(r"h[1-6]", tag) and self._open is None:
-            self._open = (tag, dict(attrs).get("id") or None, [])
+        own_id = dict(attrs).get("id") or None
+        if tag in self._CONTAINERS:
+            self._containers.append([own_id])
+        elif tag == "hgroup":
+            self._hgroup, self._hgroup_at = [], None
+        elif self._open is None and (re.fullmatch(r"h[1-6]", tag) or (tag == "p" and self._hgroup is not None)):
+            if tag != "p" and own_id is None and self._containers and self._containers[-1][0] is not None:
+                own_id = self._containers[-1][0]
+            if tag != "p" and self._containers:
+                self._containers[-1][0] = None  # a section's id belongs to its first heading only
+            self._open = (tag, own_id, [])
 
     def handle_endtag(self, tag: str) -> None:
         if self._open is not None and tag == self._open[0]:
-            self.headings.append((" ".join("".join(self._open[2]).split()), self._open[1]))
+            text = " ".join("".join(self._open[2]).split())
+            if tag == "p":
+                if self._hgroup is not None and text:
+                    self._hgroup.append(text)
+            else:
+                if self._hgroup is not None and self._hgroup_at is None:
+                    self._hgroup_at = len(self.headings)
+                    self._hgroup.append(text)
+                self.headings.append(HtmlHeading(text, self._open[1]))
             self._open = None
+        elif tag == "hgroup" and self._hgroup is not None:
+            if self._hgroup_at is not None:
+                heading = self.headings[self._hgroup_at]
+                if len(self._hgroup) > 1:
+                    self.headings[self._hgroup_at] = replace(heading, lines=tuple(self._hgroup))
+            self._hgroup, self._hgroup_at = None, None
+        elif tag in self._CONTAINERS and self._containers:
+            self._containers.pop()
 
     def handle_data(self, data: str) -> None:
         if self._open is not None:
             self._open[2].append(data)
 
 
-def with_html_anchors(blocks: list[Block], markup: str) -> list[Block]:
-    """Give each heading block the `id` of the HTML heading with the same text (matched in order); unstructured's
-    elements do not carry it. A heading block matching none (a title guessed from text) gets no anchor."""
-    parser = _HeadingIds()
+def html_headings(markup: str) -> list[HtmlHeading]:
+    parser = _HtmlHeadings()
     parser.feed(markup)
     parser.close()
-    headings = parser.headings
+    return parser.headings
+
+
+def with_html_headings(blocks: list[Block], markup: str) -> list[Block]:
+    """Give each heading block its anchor (unstructured's elements do not carry ids) and its `<hgroup>`'s other
+    lines ("I" becomes "I: Variation Under Domestication"; those lines' own text blocks are dropped), matching
+    the page's headings by text in order. A heading block matching none (a title guessed from text) is kept as is."""
+    headings = html_headings(markup)
     position = 0
     result: list[Block] = []
+    dropping: set[str] = set()  # the other hgroup lines of the heading just matched, while their blocks follow
     for block in blocks:
+        text = " ".join(block.text.split())
+        if dropping and text in dropping:
+            dropping.discard(text)
+            continue
+        dropping = set()
         if block.kind == "heading":
-            text = " ".join(block.text.split())
-            match = next((i for i in range(position, len(headings)) if headings[i][0] == text), None)
+            match = next((i for i in range(position, len(headings)) if headings[i].text == text), None)
             if match is not None:
                 position = match + 1
-                block = replace(block, anchor=headings[match][1])
+                heading = headings[match]
+                others = set(heading.lines) - {heading.text}
+                if others:
+                    before = result[-1] if result else None
+                    if before is not None and " ".join(before.text.split()) in others:
+                        result.pop()  # a line above its heading ("Book One" over "Chapter 1")
+                    block = replace(block, text=heading.title)
+                    dropping = others
+                block = replace(block, anchor=heading.anchor)
         result.append(block)
     return result
 
@@ -297,7 +370,7 @@ def html_blocks(path: Path, markup: str, limits: IngestLimits = DEFAULT_LIMITS) 
     """An HTML or XHTML page's blocks, its headings with their own `id`s (an EPUB's chapters come here too)."""
     limits.check_chars(path, len(markup))
     markup = _XML_DECLARATION.sub("", markup, count=1)  # XHTML's <?xml ...?>
-    return with_html_anchors(_checked_elements(path, _partition("html", text=markup), limits), markup)
+    return with_html_headings(_checked_elements(path, _partition("html", text=markup), limits), markup)
 
 
 def read_limited_text(path: Path, limits: IngestLimits) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from chains.errors import DocumentError
 from ingest.loaders import load_document, split_front_matter, strip_mdx
+from ingest.splitter import SplitOptions, split_document
 
 
 def minimal_pdf(pages: list[str]) -> bytes:
@@ -153,8 +154,38 @@ def test_html_headings_carry_their_own_ids(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     headings = [(b.text, b.anchor) for b in load_document(page).blocks if b.kind == "heading"]
-    # The heading element's own id; an id on an element inside it or around it is not the heading's.
+    # The heading element's own id; an id on an element inside it is not the heading's, nor is its section's id
+    # once the section's first heading has its own.
     assert headings == [("Chapter One", "ch01"), ("No id here", None), ("Second", "sec-2")]
+
+
+def test_a_standard_ebooks_chapter_takes_its_hgroup_title_and_its_sections_ids(tmp_path: Path) -> None:
+    chapter = tmp_path / "chapter-1.xhtml"
+    chapter.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><body>\n'
+        '<section id="chapter-1" epub:type="chapter"><hgroup><h2 epub:type="z3998:ordinal">I</h2>\n'
+        '<p epub:type="title">Variation Under Domestication</p></hgroup>\n'
+        '<section id="chapter-1-1"><h3 epub:type="title">Causes of Variability</h3>\n'
+        "<p>When we compare the individuals of the same variety of our older cultivated plants.</p>\n"
+        "<h4>A later heading of the same section</h4><p>Variation Under Domestication</p></section>\n"
+        "</section></body></html>\n",
+        encoding="utf-8",
+    )
+    document = load_document(chapter)
+    headings = [(b.text, b.anchor) for b in document.blocks if b.kind == "heading"]
+    assert headings == [
+        ("I: Variation Under Domestication", "chapter-1"),  # "I" alone would be the chapter's name in sources
+        ("Causes of Variability", "chapter-1-1"),  # the id is on the section, where readers' links point
+        ("A later heading of the same section", None),  # a section's id is its first heading's only
+    ]
+    assert document.title == "I: Variation Under Domestication"
+    texts = [b.text for b in document.blocks if b.kind == "text"]
+    # The hgroup's line is part of the heading now, not a paragraph of its own; the same words later stay.
+    assert texts[0].startswith("When we compare") and texts[-1] == "Variation Under Domestication"
+    [first, *_] = split_document(document, "chapter-1.xhtml", len, SplitOptions(400, 0, min_section_tokens=0))
+    assert first.metadata["chapter"] == "I: Variation Under Domestication"
+    assert first.metadata["heading_path"] == ["I: Variation Under Domestication", "Causes of Variability"]
 
 
 def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path: Path) -> None:
@@ -168,6 +199,28 @@ def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path
     blocks = load_document(page).blocks
     assert [b.text for b in blocks if b.kind == "heading"] == ["Create a Document", "Configure the Sidebar"]
     assert any(b.kind == "code" and "# Hello" in b.text for b in blocks)
+
+
+def test_mdbook_fences_with_attributes_stay_code_and_the_headings_after_them_stay_headings(tmp_path: Path) -> None:
+    page = tmp_path / "ch20-03-advanced-types.md"
+    page.write_text(
+        "## Advanced Types\n\n### Type Synonyms and Type Aliases\n\nAn alias:\n\n"
+        "```rust,noplayground\ntype Kilometers = i32;\n```\n\nThe alias helps in two ways.\n\n"
+        "```rust,ignore,does_not_compile\n# fn main() {\nlet x: ! = panic!();\n# }\n```\n\n"
+        "### The Never Type That Never Returns\n\nRust has a special type named `!`.\n\n"
+        "~~~console {title=run}\n$ cargo run\n~~~\n\n### Dynamically Sized Types\n\nSized.\n",
+        encoding="utf-8",
+    )
+    blocks = load_document(page).blocks
+    assert [b.text for b in blocks if b.kind == "heading"] == [
+        "Advanced Types",
+        "Type Synonyms and Type Aliases",
+        "The Never Type That Never Returns",  # swallowed by a code block while `rust,ignore` went unseen
+        "Dynamically Sized Types",
+    ]
+    code = [b.text for b in blocks if b.kind == "code"]
+    assert any("type Kilometers" in c for c in code) and any("# fn main()" in c for c in code)
+    assert any("cargo run" in c for c in code)
 
 
 def test_an_xhtml_chapter_with_its_xml_declaration_loads_like_html(tmp_path: Path) -> None:
