@@ -45,6 +45,8 @@ them themselves then there these they this those through to too under until up v
 which while who whom why will with would you your yours yourself yourselves ok okay"""
 STOP_WORDS = frozenset(_STOP_TEXT.split())  # shared with the term-check prototypes (bench/prototypes.py)
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
+# A contraction's ending: "didn't" is "did", not "didn" (which a book of "did not" never uses).
+_CONTRACTION = re.compile(r"(?:n't|'(?:s|t|re|ve|ll|d|m))$")
 _IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]")
 _ACRONYM = re.compile(r"^[A-Z]{3,}$")
 _SCROLL_PAGE = 1000
@@ -79,7 +81,9 @@ _NOUN_PHRASE_STARTS = frozenset(
     ("a", "an", "the", "my", "your", "his", "her", "our", "their", "its", "this", "that", "these", "those", "some",
      "any", "from", "of", "for", "with", "about", "against", "on", "in", "into", "by")
 )  # fmt: skip
-_PREFIXES = ("re", "un", "pre", "over", "under", "out", "non", "mis", "dis", "co", "sub", "self", "down", "up")
+_PREFIXES = (
+    "re", "un", "in", "im", "pre", "over", "under", "out", "non", "mis", "dis", "co", "sub", "self", "down", "up",
+)  # fmt: skip
 _SPELLINGS = (  # British to American, the spelling most technical books use
     ("isation", "ization"), ("ise", "ize"), ("our", "or"), ("ll", "l"), ("tre", "ter"), ("yse", "yze"),
     ("ogue", "og"), ("ence", "ense"),
@@ -106,11 +110,16 @@ def is_identifier(word: str) -> bool:
     return bool(_ACRONYM.match(word)) and word.lower() not in english_words()
 
 
+def question_words(question: str) -> list[str]:
+    """The question's words as written, without a contraction's ending ("didn't" -> "did", "Darwin's" -> "Darwin")."""
+    return [_CONTRACTION.sub("", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
+
+
 def distinctive_terms(question: str) -> list[str]:
     """The question's identifiers and capitalised names, a run of capitalised words as one name."""
     found: list[str] = []
     name: list[str] = []
-    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
+    words = question_words(question)
     for position, word in enumerate(words):
         lowered = word.lower()
         capitalised = word[0].isupper() and position > 0 and lowered not in STOP_WORDS and len(word) > 1
@@ -134,7 +143,7 @@ def plain_words(question: str) -> list[tuple[int, str]]:
     coinages ("tidy-up", "food-wise") or inflected verb and adjective forms ("thawed", "messing", "weakest"),
     which a paraphrase swaps far more often than the thing it asks about."""
     found = []
-    words = [re.sub(r"'(s|t|re|ve|ll|d|m)$", "", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
+    words = question_words(question)
     for position, word in enumerate(words):
         if position == 0 and word[:1].isupper() and word[1:].islower():
             word = word.lower()  # the sentence's capital: "Cider from my own apples?"
@@ -160,6 +169,8 @@ def close_forms(word: str) -> set[str]:
     """The word, its inflections' bases ("aphids" -> "aphid"), family members without a derivational ending
     ("leaky" -> "leak") and its American spelling ("normalisation" -> "normalization")."""
     forms = {word}
+    if word.endswith("s") and len(word) == 3:
+        forms.add(word[:-1])  # the plural of a two-letter word: "fns" -> "fn"
     for suffix, replacement in _INFLECTIONS:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             base = word[: -len(suffix)] + replacement
@@ -205,12 +216,12 @@ class Vocabulary:
 
     def uses(self, word: str) -> bool:
         """Whether the book uses a lower-case word in some close form: itself or a form of `close_forms`, after a
-        prefix ("reuse" -> "use"), a book word sharing all but its last three letters ("simulator" ->
-        "simulation"), or two book words joined ("thunderstorm")."""
+        prefix ("reuse" -> "use", "redo" -> "do", "incompatible" -> "compatible"), a book word sharing all but its
+        last three letters ("simulator" -> "simulation"), or two book words joined ("thunderstorm")."""
         if any(self._has_word(form) for form in close_forms(word)):
             return True
         for prefix in _PREFIXES:
-            if word.startswith(prefix) and len(word) - len(prefix) >= 3 and self._has_word(word[len(prefix) :]):
+            if word.startswith(prefix) and len(word) - len(prefix) >= 2 and self._has_word(word[len(prefix) :]):
                 return True
         if len(word) >= 6 and self._has_prefix(word[: max(5, len(word) - 3)]):
             return True
@@ -267,6 +278,8 @@ class Vocabulary:
             return True  # nothing the book could be checked for
         if " " in term.strip():
             return f" {' '.join(indexed)} " in f" {self.text} "
+        if "." in term:  # a member access: "v.iter" is the student's own `v` and the book's `iter`
+            indexed = [t for t in indexed if "." not in t] or indexed
         return all(t in self.terms for t in indexed)
 
     def missing(
