@@ -51,6 +51,9 @@ _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
 # (its `# lines` as headings), and the next fence opens a block that swallows the text and headings after it.
 _FENCE_LINE = re.compile(r"^(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$", re.MULTILINE)
 _FENCE_LANGUAGE = re.compile(r"[\w#.+-]*")
+# mdBook's preprocessor directives ({{#include ../listings/ch02/src/main.rs:here}}): on the site they become the
+# included file, which a folder of chapters does not hold; left in, their paths would be read as the passage's words.
+_MDBOOK_DIRECTIVE = re.compile(r"\{\{#(?:include|rustdoc_include|playground|playpen|title)\b[^}\n]*\}\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +384,7 @@ def read_limited_text(path: Path, limits: IngestLimits) -> str:
 
 def load_markdown(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
     front_matter, body = split_front_matter(read_limited_text(path, limits))
-    body = plain_fences(body)
+    body = plain_fences(_MDBOOK_DIRECTIVE.sub("", body))
     if path.suffix.lower() == ".mdx":
         body = strip_mdx(body)
     if not body.strip():

@@ -201,11 +201,13 @@ def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path
     assert any(b.kind == "code" and "# Hello" in b.text for b in blocks)
 
 
-def test_mdbook_fences_with_attributes_stay_code_and_the_headings_after_them_stay_headings(tmp_path: Path) -> None:
+def test_mdbook_fences_with_attributes_stay_code_and_its_include_directives_are_dropped(tmp_path: Path) -> None:
     page = tmp_path / "ch20-03-advanced-types.md"
     page.write_text(
         "## Advanced Types\n\n### Type Synonyms and Type Aliases\n\nAn alias:\n\n"
         "```rust,noplayground\ntype Kilometers = i32;\n```\n\nThe alias helps in two ways.\n\n"
+        "```rust\n{{#rustdoc_include ../listings/ch20-advanced-features/listing-20-26/src/main.rs:here}}\n```\n\n"
+        "Listing 20-26 shows {{#include ../listings/alias.rs}} the alias.\n\n"
         "```rust,ignore,does_not_compile\n# fn main() {\nlet x: ! = panic!();\n# }\n```\n\n"
         "### The Never Type That Never Returns\n\nRust has a special type named `!`.\n\n"
         "~~~console {title=run}\n$ cargo run\n~~~\n\n### Dynamically Sized Types\n\nSized.\n",
@@ -221,6 +223,9 @@ def test_mdbook_fences_with_attributes_stay_code_and_the_headings_after_them_sta
     code = [b.text for b in blocks if b.kind == "code"]
     assert any("type Kilometers" in c for c in code) and any("# fn main()" in c for c in code)
     assert any("cargo run" in c for c in code)
+    # mdBook's directives name files the folder does not hold; a code block of nothing but one is gone.
+    assert not any("{{#" in b.text or "listings" in b.text for b in blocks)
+    assert any(b.text == "Listing 20-26 shows the alias." for b in blocks)
 
 
 def test_an_xhtml_chapter_with_its_xml_declaration_loads_like_html(tmp_path: Path) -> None:
