@@ -2,7 +2,7 @@
 
 A filter that names nothing stored (`"chapter": "planting"` for "Planting", `"sources": ["03-planting.md"]` for
 `sample_book/03-planting.md`) would otherwise search nothing and answer "not in the book", which is false. Here a
-value matches case-insensitively, without number prefixes (`03-`, `3.`, `Chapter 3:`) or file extensions, and a
+value matches case-insensitively, without number prefixes (`03-`, `3.`, `Chapter 3:`, `IV:`) or file extensions, and a
 source also by its file name or trailing path; one that still matches nothing is a `FilterMatchesNothing` naming the
 values that exist, the closest first.
 """
@@ -22,6 +22,9 @@ from chains.errors import RagError
 from chains.vectorstore import FACET_LIMIT, METADATA_KEY, VISIBLE, BookVersion, book_version
 
 _PREFIX = re.compile(r"^\s*(?:chapter|part|section)?\s*\d+(?:\.\d+)*\s*[-_.:)]?\s*", re.IGNORECASE)
+# A Roman chapter number before the title, as classics number them ("IV: Natural Selection", "Chapter XII. ..."):
+# upper case and followed by its separator, so that a title word ("I think", "Mix") is left alone.
+_ROMAN_PREFIX = re.compile(r"^\s*(?:(?i:chapter|part|book)\s+)?[IVXLC]{1,7}\s*[.:)]\s+(?=\S)")
 _NON_WORD = re.compile(r"[\W_]+")
 _SUGGESTIONS = 5
 
@@ -44,7 +47,8 @@ def normalise(value: str) -> str:
     """How a chapter or file name compares: no case, no number prefix, no extension, no punctuation."""
     name = PurePosixPath(value.strip()).name if "/" in value else value.strip()
     stem = re.sub(r"\.(mdx?|markdown|html?|xhtml|txt|text|rst|pdf|docx|epub)$", "", name, flags=re.IGNORECASE)
-    return _NON_WORD.sub(" ", _PREFIX.sub("", stem).casefold().replace("&", " and ")).strip()
+    stem = _PREFIX.sub("", _ROMAN_PREFIX.sub("", stem))
+    return _NON_WORD.sub(" ", stem.casefold().replace("&", " and ")).strip()
 
 
 def closest(values: Sequence[str], known: Sequence[str]) -> list[str]:

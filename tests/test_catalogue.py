@@ -20,6 +20,10 @@ CHAPTERS = ("Choosing Trees", "Planting", "Site and Soil")
 def test_names_compare_without_case_prefixes_or_extensions() -> None:
     assert normalise("03-Planting.md") == normalise("planting") == "planting"
     assert normalise("Chapter 3: Site and Soil") == "site and soil"
+    # A classic's Roman numbers (Standard Ebooks: "I: Variation Under Domestication"); a title word stays.
+    assert normalise("I: Variation Under Domestication") == normalise("variation under domestication")
+    assert normalise("Chapter XII. Geographical Distribution") == "geographical distribution"
+    assert normalise("I think, therefore") == "i think therefore" and normalise("Mix: Soil") == "mix soil"
 
 
 def test_a_source_matches_by_trailing_path_and_by_name() -> None:
