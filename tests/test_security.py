@@ -6,18 +6,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import Depends, FastAPI
 from httpx import AsyncClient
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGenerationChunk
-from pydantic import Field, SecretStr, ValidationError
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from pydantic import SecretStr, ValidationError
 from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
@@ -27,7 +25,7 @@ from rag_api.auth import client_label, key_matches, require_admin_key
 from rag_api.logging_setup import REDACTED, JsonFormatter, Redactor, TextFormatter
 from rag_api.ratelimit import TokenBuckets
 from tests.conftest import app_client
-from tests.fakes import CountingChatModel, cycling_model, finished
+from tests.fakes import CountingChatModel, UsageChatModel, cycling_model
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +33,6 @@ PUBLIC_KEY = "public-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789abc"
 QUESTION = {"question": "How much should I water a young tree?"}
 ANSWER = "About twenty litres a week [1]."
-
-
-class UsageChatModel(GenericFakeChatModel):
-    """Always answers ANSWER, then a last chunk with token counts, like an OpenAI stream with usage."""
-
-    messages: Iterator[AIMessage | str] = Field(default_factory=lambda: iter(()))
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        yield ChatGenerationChunk(message=AIMessageChunk(content=ANSWER))
-        usage = {"input_tokens": 321, "output_tokens": 7, "total_tokens": 328}
-        yield finished(ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage)))  # type: ignore[arg-type]
 
 
 def always(answer: str) -> GenericFakeChatModel:
@@ -270,7 +251,7 @@ async def test_search_limits_follow_the_settings(make_client: Any) -> None:
 async def test_access_log_has_route_status_timings_and_tokens_but_no_question_by_default(
     make_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, client = await make_client(UsageChatModel())
+    _, client = await make_client(UsageChatModel(answer=ANSWER))
     with caplog.at_level(logging.INFO, logger="rag_api.access"):
         await client.post("/ask", json={**QUESTION, "stream": True})
         await client.post("/ask", json=QUESTION)
@@ -280,7 +261,7 @@ async def test_access_log_has_route_status_timings_and_tokens_but_no_question_by
         fields = vars(record)
         assert fields["route"] == "/ask" and fields["status"] == 200 and fields["request_id"]
         assert fields["latency_ms"] >= 0 and fields["retrieval_ms"] >= 0 and fields["model_ms"] >= 0
-        assert (fields["input_tokens"], fields["output_tokens"]) == (321, 7)
+        assert (fields["input_tokens"], fields["output_tokens"]) == (120, len(ANSWER.split(" ")))  # the fake's usage
         assert "question" not in fields
         assert QUESTION["question"] not in JsonFormatter(Redactor()).format(record)
 
