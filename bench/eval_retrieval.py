@@ -89,9 +89,10 @@ DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_b
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
 STORES = CACHE_DIR / "eval-retrieval"
 K = 5
-# The product default (RETRIEVAL_SENTENCE_RESCORE=10, RETRIEVAL_JOIN_NEIGHBOURS=1)
+# The product default (RETRIEVAL_SENTENCE_RESCORE=10, RETRIEVAL_JOIN_NEIGHBOURS=1, RETRIEVAL_SECTION_WHOLE_UP_TO=8)
 DEFAULT_CONFIG = "hybrid DBSF + sentence re-scoring + neighbours"
 SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 10  # type: ignore[call-arg]
+SECTION_WHOLE_UP_TO = Settings(_env_file=None).retrieval_section_whole_up_to  # type: ignore[call-arg]
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "hybrid DBSF (no re-scoring)": {"mode": "hybrid", "fusion": "dbsf"},
@@ -104,6 +105,7 @@ SCALE_CONFIGS: dict[str, dict[str, Any]] = {
         "fusion": "dbsf",
         "sentence_rescore": 10,
         "join_neighbours": True,
+        "section_whole_up_to": SECTION_WHOLE_UP_TO,
     },
 }
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
@@ -319,8 +321,15 @@ def configurations(
         "dense + MMR": make(mode="dense", mmr=True),
         "hybrid DBSF + MMR": make(mode="hybrid", fusion="dbsf", mmr=True),
         "hybrid DBSF + sentence re-scoring": make(mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE),
-        "hybrid DBSF + sentence re-scoring + neighbours": make(
+        "hybrid DBSF + sentence re-scoring + neighbours (first passage's neighbours only)": make(
             mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE, join_neighbours=True
+        ),
+        DEFAULT_CONFIG: make(
+            mode="hybrid",
+            fusion="dbsf",
+            sentence_rescore=SENTENCE_RESCORE,
+            join_neighbours=True,
+            section_whole_up_to=SECTION_WHOLE_UP_TO,
         ),
     }
     if rerank_model is not None:
@@ -588,7 +597,7 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                 started = time.perf_counter()
                 rescoring._search(vector, question.question, K, options_default)
                 rescore_ms.append((time.perf_counter() - started) * 1000)
-            joining = rescoring.model_copy(update={"join_neighbours": True})
+            joining = rescoring.model_copy(update={"join_neighbours": True, "section_whole_up_to": SECTION_WHOLE_UP_TO})
             join_ms = []
             for question, vector in zip(questions, vectors, strict=True):
                 started = time.perf_counter()

@@ -20,6 +20,9 @@ _SENTENCE_END = re.compile(
 _WORD = re.compile(r"\w+", re.UNICODE)
 _MIN_CHARS = 12
 _MAX_SENTENCES_PER_PASSAGE = 40
+# A passage whose sentence vectors ingest stored (a first passage joined with its whole section can hold several
+# chunks' worth) is scored over this many: only the sentences at the seams of its chunks are embedded.
+_MAX_SENTENCES_STORED = 240
 STOPWORDS = frozenset(
     [
         "a",
@@ -91,16 +94,16 @@ class Sentence:
     text: str
 
 
-def split_sentences(text: str) -> list[Sentence]:
-    """The passage's sentences (and list items, paragraphs), with offsets; fragments too short to quote are kept
-    joined to their neighbour."""
+def split_sentences(text: str, limit: int = _MAX_SENTENCES_PER_PASSAGE) -> list[Sentence]:
+    """The passage's first `limit` sentences (and list items, paragraphs), with offsets; fragments too short to
+    quote are kept joined to their neighbour."""
     sentences: list[Sentence] = []
     start = 0
     for match in _SENTENCE_END.finditer(text):
         _append(sentences, text, start, match.start())
         start = match.end()
     _append(sentences, text, start, len(text))
-    return sentences[:_MAX_SENTENCES_PER_PASSAGE]
+    return sentences[:limit]
 
 
 def _append(sentences: list[Sentence], text: str, start: int, end: int) -> None:
@@ -174,7 +177,11 @@ def highlight_passages(
     `stored` holds, per passage, the sentence vectors ingest stored for its chunks (`chains.sentence_rescore`),
     keyed by sentence, or None: a sentence found there is not embedded again; the others are embedded in one
     batch (a passage joined with its neighbours can have a sentence cut otherwise at the seam)."""
-    split = [split_sentences(text) for text in texts]
+    known_rows = stored or [None] * len(texts)
+    split = [
+        split_sentences(text, _MAX_SENTENCES_STORED if known else _MAX_SENTENCES_PER_PASSAGE)
+        for text, known in zip(texts, known_rows, strict=True)
+    ]
     flat = [s.text for sentences in split for s in sentences]
     if not flat:
         return [[] for _ in texts]
@@ -183,9 +190,7 @@ def highlight_passages(
         raw = [lexical_overlap(words, text) for text in flat]
     else:
         rows = [
-            (known or {}).get(s.text)
-            for known, sentences in zip(stored or [None] * len(texts), split, strict=True)
-            for s in sentences
+            (known or {}).get(s.text) for known, sentences in zip(known_rows, split, strict=True) for s in sentences
         ]
         missing = [text for text, row in zip(flat, rows, strict=True) if row is None]
         fresh = iter(embed(missing) if missing else [])

@@ -12,7 +12,13 @@ order, the paragraphs the two chunks share (the splitter's overlap) written once
 (the refusal threshold is unchanged), rank and citation (same section, same anchor); `metadata.joined` lists the
 chunk indexes joined to it.
 
-Measured over five books (docs/retrieval.md, "Neighbour passages").
+The first passage goes further when its section is short (RETRIEVAL_SECTION_WHOLE_UP_TO chunks, 8): it takes
+the whole section, so a question that lands on the right section reads all of it (the parent-document idea, with
+the section as the parent and a cap that keeps a long chapter from flooding the answer). The same read fetches
+that many chunks on each side of it; a section that runs past them is longer than the cap and keeps the
+neighbours rule.
+
+Measured over seven books (docs/retrieval.md, "Neighbour passages" and "The first passage's whole section").
 """
 
 from __future__ import annotations
@@ -37,16 +43,19 @@ def neighbour_key(metadata: Mapping[str, Any]) -> tuple[str, int] | None:
 
 
 def neighbours_filter(
-    documents: Sequence[Document], metadata_key: str, known: Sequence[Document] = ()
+    documents: Sequence[Document], metadata_key: str, known: Sequence[Document] = (), first_span: int = 1
 ) -> models.Filter | None:
-    """A filter matching the chunks right before and after each passage, in its own file, except those `known`
-    already (the other candidates, whose payloads the search returned); None when there is none to read."""
+    """A filter matching the chunks right before and after each passage (`first_span` on each side of the first
+    one), in its own file, except those `known` already (the other candidates, whose payloads the search
+    returned); None when there is none to read."""
     have = {key for d in (*documents, *known) if (key := neighbour_key(d.metadata)) is not None}
     wanted: dict[str, set[int]] = {}
-    for document in documents:
+    for rank, document in enumerate(documents):
         key = neighbour_key(document.metadata)
         if key is not None:
-            missing = {i for i in (key[1] - 1, key[1] + 1) if (key[0], i) not in have}
+            span = max(1, first_span) if rank == 0 else 1
+            around = [i for i in range(key[1] - span, key[1] + span + 1) if i != key[1] and i >= 0]
+            missing = {i for i in around if (key[0], i) not in have}
             if missing:
                 wanted.setdefault(key[0], set()).update(missing)
     if not wanted:
@@ -81,6 +90,28 @@ def join_texts(first: str, second: str) -> str:
     return first + _PARAGRAPH + second
 
 
+def section_run(
+    pool: Mapping[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]],
+    key: tuple[str, int],
+    section: object,
+    up_to: int,
+) -> list[int] | None:
+    """The other chunk indexes of `key`'s section, when the section (as far as `pool` holds it around `key`) has
+    at most `up_to` chunks; None when it is longer, or when `up_to` is 0."""
+    if up_to < 2:
+        return None
+    source, index = key
+    run = [index]
+    for step in (-1, 1):
+        position = index + step
+        while (source, position) in pool and pool[(source, position)][0].get("section") == section:
+            run.append(position)
+            if len(run) > up_to:
+                return None
+            position += step
+    return sorted(i for i in run if i != index)
+
+
 def join_neighbours(
     candidates: Sequence[Document],
     payloads: Sequence[Mapping[str, Any] | None],
@@ -88,12 +119,14 @@ def join_neighbours(
     query: Sequence[float],
     k: int,
     whole: int = 0,
+    section_up_to: int = 0,
 ) -> list[Document]:
     """The first `k` passages of `candidates` (ranked, with their stored payloads), each joined with its
-    same-section neighbours (metadata, text, payload; read from the store): all of them for the first `whole`
-    passages, else those whose best sentence beats the passage's own. A neighbour that is itself a lower candidate
-    is joined into the higher one and leaves the list (the next candidate moves up); one ranked higher stays
-    where it is. Joined documents are changed in place."""
+    same-section neighbours (metadata, text, payload; read from the store): the first passage with its whole
+    section when that has at most `section_up_to` chunks, all of them for the first `whole` passages, else those
+    whose best sentence beats the passage's own. A neighbour that is itself a lower candidate is joined into the
+    higher one and leaves the list (the next candidate moves up); one ranked higher stays where it is. Joined
+    documents are changed in place."""
     pool: dict[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]] = {}
     for metadata, text, payload in neighbours:
         if (key := neighbour_key(metadata)) is not None:
@@ -116,6 +149,13 @@ def join_neighbours(
             continue
         used.add(key)
         source, index = key
+        section = section_run(pool, key, document.metadata.get("section"), section_up_to) if len(kept) == 1 else None
+        if section:
+            order = [i for i in reversed(section) if i < index] + [i for i in section if i > index]  # nearest first
+            chosen = [(position, pool[(source, position)][1]) for position in order]
+            _join(document, chosen, index)
+            used.update((source, position) for position in section)
+            continue
         options = [
             (position, pool[(source, position)])
             for position in (index - 1, index + 1)
@@ -139,10 +179,15 @@ def join_neighbours(
             ]
         if not chosen:
             continue
-        text = document.page_content
-        for position, other in chosen:  # the one before, then the one after
-            text = join_texts(other, text) if position < index else join_texts(text, other)
-            used.add((source, position))
-        document.page_content = text
-        document.metadata["joined"] = [position for position, _ in chosen]
+        _join(document, chosen, index)
+        used.update((source, position) for position, _ in chosen)
     return kept
+
+
+def _join(document: Document, chosen: Sequence[tuple[int, str]], index: int) -> None:
+    """Join the chunks `chosen` (position, text; those before `index` nearest first) into the passage."""
+    text = document.page_content
+    for position, other in chosen:
+        text = join_texts(other, text) if position < index else join_texts(text, other)
+    document.page_content = text
+    document.metadata["joined"] = sorted(position for position, _ in chosen)

@@ -115,6 +115,8 @@ class BookRetriever(BaseRetriever):
     # passages, for the others when the neighbour has a sentence closer to the question.
     join_neighbours: bool = False
     neighbours_whole: int = 2
+    # The first passage takes its whole section when that has at most this many chunks (0: its neighbours only).
+    section_whole_up_to: int = 0
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -140,6 +142,7 @@ class BookRetriever(BaseRetriever):
             sentence_rescore=settings.retrieval_sentence_rescore,
             join_neighbours=settings.retrieval_join_neighbours,
             neighbours_whole=settings.retrieval_neighbours_whole,
+            section_whole_up_to=settings.retrieval_section_whole_up_to,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -266,12 +269,16 @@ class BookRetriever(BaseRetriever):
     ) -> list[Document]:
         """The first k passages joined with their same-section neighbour chunks (chains.neighbours)."""
         # Read only the first k passages' neighbours that are not candidates already (those come with the search).
-        where = neighbours_filter(ordered[:k], METADATA_KEY, ordered)
+        span = self.section_whole_up_to
+        where = neighbours_filter(ordered[:k], METADATA_KEY, ordered, first_span=span)
         records: list[models.Record] = []
         if where is not None:
             try:
                 records, _ = self.vector_store.client.scroll(
-                    self.vector_store.collection_name, scroll_filter=visible(where), limit=2 * k, with_payload=True
+                    self.vector_store.collection_name,
+                    scroll_filter=visible(where),
+                    limit=2 * k + 2 * span,
+                    with_payload=True,
                 )
             except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
                 logger.warning("reading the passages' neighbours failed, not joining them: %s", exc)
@@ -284,7 +291,7 @@ class BookRetriever(BaseRetriever):
             )
             for r in records
         ]
-        return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole)
+        return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole, span)
 
     def _sentence_order(
         self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # the sentence vectors above; docs/retrieval.md).
     retrieval_join_neighbours: bool = True
     retrieval_neighbours_whole: int = Field(2, ge=0, le=50)
+    # The first passage takes its whole section when the section has at most this many chunks (chains/neighbours.py;
+    # docs/retrieval.md); 0: its neighbours only. Needs RETRIEVAL_JOIN_NEIGHBOURS.
+    retrieval_section_whole_up_to: int = Field(8, ge=0, le=50)
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md). Default: the
     # embedding model's calibrated cut (MODEL_COSINE_CUTS).

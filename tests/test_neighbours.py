@@ -123,3 +123,90 @@ def test_without_sentence_vectors_only_the_first_passages_are_joined() -> None:
     ]
     documents = join_neighbours([_passage(10), _passage(20)], [{}, {}], neighbours, [1.0, 0.0], k=2, whole=1)
     assert [d.page_content for d in documents] == ["text 10\n\neleven", "text 20"]
+
+
+def _neighbour(index: int, section: str = "Ch > S") -> tuple[dict[str, object], str, dict[str, object]]:
+    return {"source": "ch.md", "chunk_index": index, "section": section}, f"text {index}", _payload([[0.0, 1.0]])
+
+
+def test_the_first_passage_takes_its_whole_section_when_the_section_is_short() -> None:
+    # Section S is chunks 7..11; passage 9 ranks first, 11 (of the same section) third, 30 (elsewhere) second.
+    section = [_neighbour(i) for i in (7, 8, 10, 11)] + [_neighbour(6, "Ch > Before"), _neighbour(12, "Ch > After")]
+    candidates = [_passage(9), _passage(30, "Other"), _passage(11), _passage(40, "Other")]
+    payloads = [_payload([[0.0, 1.0]])] * 4
+    documents = join_neighbours(candidates, payloads, section, [1.0, 0.0], k=3, whole=0, section_up_to=8)
+    first = documents[0]
+    assert first.page_content == "\n\n".join(f"text {i}" for i in (7, 8, 9, 10, 11))  # in book order, no other section
+    assert first.metadata["joined"] == [7, 8, 10, 11]
+    assert [d.metadata["chunk_index"] for d in documents] == [9, 30, 40]  # 11 was joined: the next one moved up
+
+    # Longer than the cap: the first passage keeps the neighbours rule (both neighbours, as one of the `whole`).
+    documents = join_neighbours(
+        [_passage(9), _passage(30, "Other")], payloads[:2], section, [1.0, 0.0], k=2, whole=1, section_up_to=4
+    )
+    assert documents[0].metadata["joined"] == [8, 10]
+    # Only the first passage: the second keeps its neighbours rule whatever its section's length.
+    documents = join_neighbours(
+        [_passage(30, "Other"), _passage(9)], payloads[:2], section, [1.0, 0.0], k=2, whole=0, section_up_to=8
+    )
+    assert "joined" not in documents[1].metadata
+    # The read fetches enough around the first passage to see its whole section.
+    where = neighbours_filter([_passage(9), _passage(30, "Other")], METADATA_KEY, first_span=8)
+    assert where is not None and where.should is not None
+    [condition] = where.should  # type: ignore[misc]
+    indexes = condition.must[1].match.any  # type: ignore[union-attr,index]
+    assert indexes == [*range(1, 9), *range(10, 18), 29, 31]
+
+
+# One section cut into three chunks at 64 tokens: the question is about the first part, the answer two chunks on.
+LONG_SECTION = """# Winter work
+
+## Pruning
+
+In winter the fruit trees are dormant, and pruning an apple tree while its branches are bare is the main task of
+the season: cut out dead, diseased and crossing wood, so that light and air can reach the middle of the tree.
+
+A young tree is pruned to build its framework of four or five strong branches, spaced evenly around the trunk.
+Shorten each leader by a third, to an outward-facing bud, and remove any shoot growing straight up into the centre.
+
+Never cut a plum or a cherry in winter, though: silver leaf spores enter their wounds in the cold months, so these
+stone fruits are pruned in early summer instead, when the sap is rising and heals the cuts quickly.
+
+## Harvest
+
+Pick apples when they come away with a gentle twist of the wrist, and handle them like eggs: a bruised apple
+rots in store and spoils its neighbours. Keep only sound fruit, wrapped in paper, in a cool and dark shed.
+"""
+LONG_QUESTION = "Is the cold season the right time to prune every one of my fruit trees?"
+LONG_ANSWER = "stone fruits are pruned in early summer"
+
+
+def test_the_first_passage_reads_its_whole_short_section(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    book = tmp_path / "orchard"
+    book.mkdir()
+    (book / "winter.md").write_text(LONG_SECTION, encoding="utf-8")
+    small = settings.model_copy(update={"chunk_size": 64, "chunk_overlap": 0})
+    assert not ingest_into(qdrant, embeddings, small, book).failed
+    records, _ = qdrant.scroll(small.qdrant_collection, limit=100, with_payload=True)
+    pruning = sorted(
+        (r.payload or {})[METADATA_KEY]["chunk_index"]
+        for r in records
+        if (r.payload or {})[METADATA_KEY]["section"].endswith("Pruning")
+    )
+    assert len(pruning) >= 3, "the section is cut into three chunks or more"
+
+    def first_passage(section_whole_up_to: int) -> Document:
+        retriever = _retriever(qdrant, small, embeddings, join=True)
+        return retriever.model_copy(update={"section_whole_up_to": section_whole_up_to}).invoke(LONG_QUESTION)[0]
+
+    neighbours_only = first_passage(0)
+    assert neighbours_only.metadata["chunk_index"] == pruning[0], "the question lands on the section's first part"
+    assert LONG_ANSWER not in neighbours_only.page_content, "the answer is further than the next chunk"
+    whole = first_passage(8)
+    assert LONG_ANSWER in whole.page_content and "Pick apples" not in whole.page_content  # not the next section
+    assert whole.metadata["joined"] == pruning[1:]
+    assert whole.metadata["score"] == neighbours_only.metadata["score"]  # its own cosine: the threshold is unchanged
+    assert _retriever(qdrant, small, embeddings, join=True).section_whole_up_to == 0  # off unless set
+    assert Settings(_env_file=None).retrieval_section_whole_up_to == 8  # type: ignore[call-arg]  # on by default
