@@ -268,6 +268,8 @@ class _HtmlHeadings(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         own_id = dict(attrs).get("id") or None
+        if self._open is not None and self._open[0] == "p" and (tag == "p" or re.fullmatch(r"h[1-6]", tag)):
+            self._finish()  # an hgroup line left open (HTML allows `<p>` without `</p>`)
         if tag in self._CONTAINERS:
             self._containers.append([own_id])
         elif tag == "hgroup":
@@ -281,17 +283,10 @@ class _HtmlHeadings(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if self._open is not None and tag == self._open[0]:
-            text = " ".join("".join(self._open[2]).split())
-            if tag == "p":
-                if self._hgroup is not None and text:
-                    self._hgroup.append(text)
-            else:
-                if self._hgroup is not None and self._hgroup_at is None:
-                    self._hgroup_at = len(self.headings)
-                    self._hgroup.append(text)
-                self.headings.append(HtmlHeading(text, self._open[1]))
-            self._open = None
+            self._finish()
         elif tag == "hgroup" and self._hgroup is not None:
+            if self._open is not None and self._open[0] == "p":
+                self._finish()
             if self._hgroup_at is not None:
                 heading = self.headings[self._hgroup_at]
                 if len(self._hgroup) > 1:
@@ -303,6 +298,21 @@ class _HtmlHeadings(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._open is not None:
             self._open[2].append(data)
+
+    def _finish(self) -> None:
+        """Close the heading or hgroup line being read."""
+        assert self._open is not None
+        tag, anchor, parts = self._open
+        text = " ".join("".join(parts).split())
+        if tag == "p":
+            if self._hgroup is not None and text:
+                self._hgroup.append(text)
+        else:
+            if self._hgroup is not None and self._hgroup_at is None:
+                self._hgroup_at = len(self.headings)
+                self._hgroup.append(text)
+            self.headings.append(HtmlHeading(text, anchor))
+        self._open = None
 
 
 def html_headings(markup: str) -> list[HtmlHeading]:

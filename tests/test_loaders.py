@@ -201,6 +201,21 @@ def test_a_fence_with_a_title_stays_code_and_its_lines_are_not_headings(tmp_path
     assert any(b.kind == "code" and "# Hello" in b.text for b in blocks)
 
 
+def test_an_hgroup_line_left_open_does_not_hide_the_headings_after_it() -> None:
+    from ingest.loaders import html_headings
+
+    markup = (
+        '<section id="ch-2"><hgroup><p>Book One<h2>II</h2><p>Variation Under Nature</hgroup>'
+        '<section id="ch-2-1"><h3>Variability</h3><p>Text.</p></section></section><h2 id="end">End</h2>'
+    )
+    headings = html_headings(markup)
+    assert [(h.title, h.anchor) for h in headings] == [
+        ("Book One: II: Variation Under Nature", "ch-2"),
+        ("Variability", "ch-2-1"),
+        ("End", "end"),
+    ]
+
+
 def test_mdbook_fences_with_attributes_stay_code_and_its_include_directives_are_dropped(tmp_path: Path) -> None:
     page = tmp_path / "ch20-03-advanced-types.md"
     page.write_text(
