@@ -497,8 +497,9 @@ class _AnswerSteps:
             self._retrieving -= 1
         threshold = self.settings.retrieval_score_threshold
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
-        best = max((float(d.metadata.get("score", 0.0)) for d in relevant), default=0.0)
-        missing = self.missing_terms(request.question, best) if relevant else []
+        # What the book lacks, to refuse on (a passage passed the threshold) or to name in the refusal (none did).
+        best = max((float(d.metadata.get("score", 0.0)) for d in documents), default=0.0)
+        missing = self.missing_terms(request.question, best) if documents else []
         if missing:
             relevant = []
         selection = selection_document(request)

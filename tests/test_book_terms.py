@@ -147,6 +147,19 @@ async def test_a_question_about_a_rare_thing_the_book_never_mentions_is_refused_
 
 
 @pytest.mark.integration
+async def test_a_question_no_passage_is_close_to_still_names_what_the_book_lacks(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    question = "What is the capital of Mongolia?"
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, settings, embeddings), settings)
+    best = max(d.metadata["score"] for d in retriever.invoke(question))
+    assert best < settings.retrieval_score_threshold  # refused by the threshold anyway: the message says why
+    answer = await _answer(question, settings, qdrant, embeddings)
+    assert answer["mode"] == "not_in_book" and answer["sources"] == []
+    assert str(answer["answer"]).startswith("The book does not mention “Mongolia”, so it cannot answer this.")
+
+
+@pytest.mark.integration
 async def test_a_paraphrase_with_an_everyday_word_the_book_lacks_is_answered(
     orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
 ) -> None:
