@@ -49,6 +49,10 @@ WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:[.\-+#'][A-Za-z0-9_]+)*")
 _CONTRACTION = re.compile(r"(?:n't|'(?:s|t|re|ve|ll|d|m))$")
 _IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[0-9_.]")
 _ACRONYM = re.compile(r"^[A-Z]{3,}$")
+# A product's name in CamelCase, letters only ("GitHub", "PyTorch", "JavaScript"): part of a name run.
+_CAMEL_NAME = re.compile(r"[A-Z][a-z]+(?:[A-Z][a-z]*)+")
+# What a library is called in a question, after its name ("the tracing crate", "the requests library").
+_PACKAGE_WORDS = frozenset({"crate", "crates", "library", "package", "module", "framework", "plugin", "gem"})
 _SCROLL_PAGE = 1000
 
 # The lower-case word check: a plain word the book never uses, in no close form, and rarer in general English than
@@ -116,14 +120,16 @@ def question_words(question: str) -> list[str]:
 
 
 def distinctive_terms(question: str) -> list[str]:
-    """The question's identifiers and capitalised names, a run of capitalised words as one name."""
+    """The question's identifiers and names: a run of capitalised words as one name, a product's CamelCase name
+    among them ("GitHub Actions"), and the lower-case word a student puts before "crate" or "library" ("the
+    tracing crate")."""
     found: list[str] = []
     name: list[str] = []
     words = question_words(question)
     for position, word in enumerate(words):
         lowered = word.lower()
         capitalised = word[0].isupper() and position > 0 and lowered not in STOP_WORDS and len(word) > 1
-        if capitalised and not is_identifier(word) and not _ACRONYM.match(word):
+        if capitalised and not _ACRONYM.match(word) and (not is_identifier(word) or _CAMEL_NAME.fullmatch(word)):
             name.append(word)
             continue
         if name:
@@ -133,9 +139,19 @@ def distinctive_terms(question: str) -> list[str]:
             continue
         if is_identifier(word):
             found.append(word)
+        elif lowered in _PACKAGE_WORDS and position > 0 and _is_package_name(words[position - 1]):
+            found.append(words[position - 1])
     if name:
         found.append(" ".join(name))
     return found
+
+
+def _is_package_name(word: str) -> bool:
+    """A lower-case word that can be a library's name: not a stop word, nor one common in English ("two", "new",
+    "standard", "main")."""
+    return (
+        bool(_PLAIN_WORD.fullmatch(word)) and len(word) >= 3 and word not in STOP_WORDS and word_frequency(word) < 5.0
+    )
 
 
 def plain_words(question: str) -> list[tuple[int, str]]:

@@ -82,6 +82,24 @@ def test_contractions_member_access_and_short_or_prefixed_forms_of_the_books_wor
     assert CODE_BOOK.missing("How do I use rayon to run my iterators in parallel?", words=True) == ["rayon"]
 
 
+RUST_LIKE = Vocabulary.of(
+    [
+        "Publish the crate from its GitHub repository; the actions of the compiler are logged to the terminal.",
+        "Two crates can depend on each other through Cargo.toml; the standard library is always there.",
+    ]
+)
+
+
+def test_a_product_name_in_camel_case_and_the_name_before_crate_are_checked_as_names() -> None:
+    # Both were in-domain questions the Rust book does not answer, passed because each word is in the book.
+    assert RUST_LIKE.missing("How do I set up GitHub Actions to run cargo test?", words=False) == ["GitHub Actions"]
+    assert RUST_LIKE.missing("how do i add logging with the tracing crate", words=False) == ["tracing"]
+    # The book's own names and everyday words before "crate" are not missing.
+    assert RUST_LIKE.missing("Where is the GitHub repository of a crate?", words=False) == []
+    assert RUST_LIKE.missing("Can two crates depend on each other?", words=False) == []
+    assert RUST_LIKE.missing("Is the standard library always there?", words=False) == []
+
+
 MEMOIR = Vocabulary.of(
     [
         "When I wrote the following pages I lived alone, in the woods, in a house which I had built myself.",
