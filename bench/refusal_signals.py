@@ -54,6 +54,7 @@ from chains.book_terms import (
     RARE_BELOW,
     STOP_WORDS,
     STRONG_MATCH,
+    STRONG_SENTENCE,
     WORD,
     Vocabulary,
     plain_words,
@@ -69,6 +70,7 @@ COLLECTION = "eval_bookrag"
 SETS = ("answerable", "unanswerable", "out_of_domain")
 CUTS = (3.5, 3.8, 4.0, 4.3)
 STRONG = (0.55, 0.60, 0.65)
+SENTENCE = (0.60, 0.65, 0.70, 0.75, 1.0)  # 1.0: no sentence override
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Record:
     missing_words: list[str]  # what the product's rule (RARE_BELOW) names
     # Two adjacent plain words of the question that the book both uses but never side by side ("cherry branch").
     new_pairs: list[str] = field(default_factory=list)
+    best_sentence: float = 0.0  # the passages' best sentence cosine (re-scored passages carry it)
 
 
 def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]], embeddings: Any) -> list[Record]:
@@ -129,6 +132,7 @@ def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]],
                         absent,
                         vocabulary.missing_words(text),
                         new_pairs(vocabulary, text),
+                        max((float(d.metadata.get("sentence_score") or 0.0) for d in documents), default=0.0),
                     )
                 )
         return out
@@ -168,10 +172,24 @@ def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Ru
     found: dict[str, Rule] = {"threshold": low, "+ names (before)": names}
     for cut in CUTS:
         found[f"+ names + words < {cut}"] = rare(cut)
+
+    def rare_unless_sentence(sentence: float) -> Rule:
+        return lambda r: (
+            names(r)
+            or (
+                r.best_cosine < STRONG_MATCH
+                and r.best_sentence < sentence
+                and any(z < RARE_BELOW for _, z in r.absent_words)
+            )
+        )
+
     for cut in CUTS:
         for strong in STRONG:
-            marker = " (product)" if (cut, strong) == (RARE_BELOW, STRONG_MATCH) else ""
-            found[f"+ names + words < {cut} unless cosine >= {strong}{marker}"] = rare_unless_strong(cut, strong)
+            found[f"+ names + words < {cut} unless cosine >= {strong}"] = rare_unless_strong(cut, strong)
+    for sentence in SENTENCE:
+        marker = " (product)" if sentence == STRONG_SENTENCE else ""
+        label = f"+ names + words < {RARE_BELOW} unless cosine >= {STRONG_MATCH} or a sentence >= {sentence}{marker}"
+        found[label] = rare_unless_sentence(sentence)
     found["+ names + no dense/sparse agreement"] = lambda r: names(r) or r.dense_sparse_shared == 0
     found["+ names + words < 4.3 when no agreement"] = lambda r: (
         names(r) or (r.dense_sparse_shared == 0 and any(z < 4.3 for _, z in r.absent_words))
@@ -242,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threshold": threshold,
             "rare_below": RARE_BELOW,
             "strong_match": STRONG_MATCH,
+            "strong_sentence": STRONG_SENTENCE,
             "books": {name: [asdict(r) for r in records] for name, records in by_book.items()},
         }
         args.json.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")

@@ -499,7 +499,8 @@ class _AnswerSteps:
         relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
         # What the book lacks, to refuse on (a passage passed the threshold) or to name in the refusal (none did).
         best = max((float(d.metadata.get("score", 0.0)) for d in documents), default=0.0)
-        missing = self.missing_terms(request.question, best) if documents else []
+        sentence = max((float(d.metadata.get("sentence_score") or 0.0) for d in documents), default=0.0)
+        missing = self.missing_terms(request.question, best, sentence) if documents else []
         if missing:
             relevant = []
         selection = selection_document(request)
@@ -552,7 +553,7 @@ class _AnswerSteps:
                 self._sentence_vectors.popitem(last=False)
         return [known[t] if t in known else fresh[t] for t in sentences]
 
-    def missing_terms(self, question: str, best_cosine: float) -> list[str]:
+    def missing_terms(self, question: str, best_cosine: float, best_sentence: float = 0.0) -> list[str]:
         """What the question names that the book never uses (chains.book_terms, REFUSAL_TERM_CHECK): names and
         identifiers, and rare lower-case words unless a passage matches the question strongly; [] while the
         book's vocabulary is being read."""
@@ -564,7 +565,12 @@ class _AnswerSteps:
         if vocabulary is None:
             return []
         return vocabulary.missing(
-            question, words=check == "words", best_cosine=best_cosine, strong_match=self.settings.refusal_strong_match
+            question,
+            words=check == "words",
+            best_cosine=best_cosine,
+            strong_match=self.settings.refusal_strong_match,
+            best_sentence=best_sentence,
+            strong_sentence=self.settings.refusal_strong_sentence,
         )
 
     def embedding_highlights(

@@ -35,13 +35,13 @@ MAX_K = 20
 # below, calibrated on bench/questions (docs/retrieval.md, "A second packaged model"). BGE's cosines crowd into a
 # higher, narrower band than MiniLM's. Another model starts from MiniLM's figures and should be measured.
 #   model: (RETRIEVAL_SCORE_THRESHOLD, REFUSAL_STRONG_MATCH)
-MODEL_COSINE_CUTS: dict[str, tuple[float, float]] = {
-    "all-MiniLM-L6-v2": (0.35, 0.60),
-    "bge-small-en-v1.5": (0.58, 0.75),
+MODEL_COSINE_CUTS: dict[str, tuple[float, float, float]] = {
+    "all-MiniLM-L6-v2": (0.35, 0.60, 0.70),
+    "bge-small-en-v1.5": (0.58, 0.75, 1.0),  # the sentence override is not calibrated for bge: off
 }
 
 
-def model_cosine_cuts(model: str) -> tuple[float, float]:
+def model_cosine_cuts(model: str) -> tuple[float, float, float]:
     """The calibrated cosine cuts of `model` (a Hugging Face name's organisation ignored), else MiniLM's."""
     return MODEL_COSINE_CUTS.get(model.rsplit("/", 1)[-1], MODEL_COSINE_CUTS["all-MiniLM-L6-v2"])
 
@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     # passage answers it in other words). Default: the embedding model's calibrated cut (MODEL_COSINE_CUTS).
     refusal_strong_match: float = Field(
         default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[1], ge=-1.0, le=1.0
+    )
+    # The same for a passage's best sentence (a sentence that close answers it in other words; re-scored passages
+    # carry it). Default: the embedding model's calibrated cut (MODEL_COSINE_CUTS); 1.0: off.
+    refusal_strong_sentence: float = Field(
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[2], ge=-1.0, le=1.0
     )
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None

@@ -12,7 +12,15 @@ import pytest
 from qdrant_client import QdrantClient
 
 from chains.answer import build_answer_chain
-from chains.book_terms import RARE_BELOW, STRONG_MATCH, BookVocabulary, Vocabulary, plain_words, word_frequency
+from chains.book_terms import (
+    RARE_BELOW,
+    STRONG_MATCH,
+    STRONG_SENTENCE,
+    BookVocabulary,
+    Vocabulary,
+    plain_words,
+    word_frequency,
+)
 from chains.embeddings import LocalEmbeddings
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
@@ -59,6 +67,16 @@ def test_a_strong_passage_match_overrides_a_missing_word_but_not_a_missing_name(
     question = "Does neem oil keep pests off the trees in Kubernetes?"
     assert ORCHARD.missing(question) == ["Kubernetes", "neem", "pests"]
     assert ORCHARD.missing(question, best_cosine=STRONG_MATCH) == ["Kubernetes"]
+    # A sentence that close does too ("forbids" on the Rust book: passage 0.598, its best sentence 0.76).
+    assert ORCHARD.missing(question, best_cosine=0.5, best_sentence=STRONG_SENTENCE) == ["Kubernetes"]
+    assert ORCHARD.missing(question, best_cosine=0.5, best_sentence=STRONG_SENTENCE - 0.01) == [
+        "Kubernetes",
+        "neem",
+        "pests",
+    ]
+    assert Settings(_env_file=None).refusal_strong_sentence == STRONG_SENTENCE  # type: ignore[call-arg]
+    uncalibrated = Settings(_env_file=None, embedding_model="bge-small-en-v1.5")  # type: ignore[call-arg]
+    assert uncalibrated.refusal_strong_sentence == 1.0  # off for a model it was not calibrated on
 
 
 CODE_BOOK = Vocabulary.of(
