@@ -8,7 +8,8 @@ Each question of a book's three sets (answerable, in-domain unanswerable, out-of
 the product's default retriever, and once each with the dense and the sparse list alone; the record keeps what
 every rule below needs, so the rules are compared on the same searches:
 
-- **threshold**: no passage of the top 5 reaches RETRIEVAL_SCORE_THRESHOLD (the cosine check alone);
+- **threshold**: no passage of the top 5 reaches RETRIEVAL_SCORE_THRESHOLD (the cosine check alone); the product's
+  gate also lets a passage through whose best sentence reaches RETRIEVAL_SENTENCE_THRESHOLD (its own rows);
 - **+ names**: or an identifier or capitalised name of the question is not in the book (chains.book_terms, what
   the product did before this rule);
 - **+ words < Z**: or a plain lower-case word of the question is not in the book in any close form and is rarer
@@ -71,6 +72,7 @@ SETS = ("answerable", "unanswerable", "out_of_domain")
 CUTS = (3.5, 3.8, 4.0, 4.3)
 STRONG = (0.55, 0.60, 0.65)
 SENTENCE = (0.60, 0.65, 0.70, 0.75, 1.0)  # 1.0: no sentence override
+GATE_SENTENCE = (0.42, 0.44, 0.46, 0.48, 0.50, 1.0)  # RETRIEVAL_SENTENCE_THRESHOLD; 1.0: the cosine alone
 
 
 @dataclass
@@ -153,9 +155,12 @@ def new_pairs(vocabulary: Vocabulary, question: str) -> list[str]:
 Rule = Callable[[Record], bool]
 
 
-def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Rule]:
+def rules(threshold: float, known: frozenset[str] = frozenset(), sentence_threshold: float = 1.0) -> dict[str, Rule]:
     def low(r: Record) -> bool:
         return r.best_cosine < threshold
+
+    def below(sentence: float) -> Rule:  # the product's gate: no passage by its cosine nor by its best sentence
+        return lambda r: r.best_cosine < threshold and r.best_sentence < sentence
 
     def names(r: Record) -> bool:
         return low(r) or any(name not in known for name in r.missing_names)
@@ -173,9 +178,10 @@ def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Ru
     for cut in CUTS:
         found[f"+ names + words < {cut}"] = rare(cut)
 
-    def rare_unless_sentence(sentence: float) -> Rule:
+    def rare_unless_sentence(sentence: float, gate: Rule = low) -> Rule:
         return lambda r: (
-            names(r)
+            gate(r)
+            or any(name not in known for name in r.missing_names)
             or (
                 r.best_cosine < STRONG_MATCH
                 and r.best_sentence < sentence
@@ -187,9 +193,14 @@ def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Ru
         for strong in STRONG:
             found[f"+ names + words < {cut} unless cosine >= {strong}"] = rare_unless_strong(cut, strong)
     for sentence in SENTENCE:
-        marker = " (product)" if sentence == STRONG_SENTENCE else ""
-        label = f"+ names + words < {RARE_BELOW} unless cosine >= {STRONG_MATCH} or a sentence >= {sentence}{marker}"
+        label = f"+ names + words < {RARE_BELOW} unless cosine >= {STRONG_MATCH} or a sentence >= {sentence}"
         found[label] = rare_unless_sentence(sentence)
+    for cut in GATE_SENTENCE:
+        found[f"threshold, or a passage's best sentence >= {cut}"] = below(cut)
+    for cut in GATE_SENTENCE:
+        marker = " (product)" if cut == sentence_threshold else ""
+        label = f"the same gate, + names + words unless cosine >= {STRONG_MATCH} or a sentence >= {STRONG_SENTENCE}"
+        found[f"{label}, gate sentence {cut}{marker}"] = rare_unless_sentence(STRONG_SENTENCE, below(cut))
     found["+ names + no dense/sparse agreement"] = lambda r: names(r) or r.dense_sparse_shared == 0
     found["+ names + words < 4.3 when no agreement"] = lambda r: (
         names(r) or (r.dense_sparse_shared == 0 and any(z < 4.3 for _, z in r.absent_words))
@@ -199,7 +210,9 @@ def rules(threshold: float, known: frozenset[str] = frozenset()) -> dict[str, Ru
     return found
 
 
-def table(by_book: dict[str, list[Record]], threshold: float, known: frozenset[str] = frozenset()) -> str:
+def table(
+    by_book: dict[str, list[Record]], threshold: float, known: frozenset[str] = frozenset(), sentence: float = 1.0
+) -> str:
     lines = [
         "| book (answerable / in-domain unanswerable / out-of-domain q) | rule | refused: answerable | in-domain "
         "unanswerable | out-of-domain |",
@@ -207,7 +220,7 @@ def table(by_book: dict[str, list[Record]], threshold: float, known: frozenset[s
     ]
     for name, records in by_book.items():
         sizes = "/".join(str(sum(r.set == s for r in records)) for s in SETS)
-        for label, rule in rules(threshold, known).items():
+        for label, rule in rules(threshold, known, sentence).items():
             rates = []
             for set_name in SETS:
                 chosen = [r for r in records if r.set == set_name]
@@ -232,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.records:
         saved = json.loads(args.records.read_text(encoding="utf-8"))
         books = {name: [Record(**r) for r in records] for name, records in saved["books"].items()}
-        print(table(books, saved["threshold"], known))
+        print(table(books, saved["threshold"], known, saved.get("sentence_threshold", 1.0)))
         return 0
     names = list(DATASETS) if args.books == "all" else args.books.split(",")
     limit_blas_threads()
@@ -254,10 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_book[name] = records_for(name, book, sets, embeddings)
         print(f"{name}: {len(by_book[name])} questions ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     threshold = product.retrieval_score_threshold
-    print(table(by_book, threshold, known))
+    print(table(by_book, threshold, known, product.retrieval_sentence_threshold))
     if args.json:
         payload = {
             "threshold": threshold,
+            "sentence_threshold": product.retrieval_sentence_threshold,
             "rare_below": RARE_BELOW,
             "strong_match": STRONG_MATCH,
             "strong_sentence": STRONG_SENTENCE,

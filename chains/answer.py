@@ -495,8 +495,7 @@ class _AnswerSteps:
             )
         finally:
             self._retrieving -= 1
-        threshold = self.settings.retrieval_score_threshold
-        relevant = [d for d in documents if d.metadata.get("score", 0.0) >= threshold]
+        relevant = [d for d in documents if self.reaches_answer(d)]
         # What the book lacks, to refuse on (a passage passed the threshold) or to name in the refusal (none did).
         best = max((float(d.metadata.get("score", 0.0)) for d in documents), default=0.0)
         sentence = max((float(d.metadata.get("sentence_score") or 0.0) for d in documents), default=0.0)
@@ -552,6 +551,15 @@ class _AnswerSteps:
             while len(self._sentence_vectors) > _SENTENCE_CACHE:
                 self._sentence_vectors.popitem(last=False)
         return [known[t] if t in known else fresh[t] for t in sentences]
+
+    def reaches_answer(self, document: Document) -> bool:
+        """Whether a passage is close enough to the question to answer from: its dense cosine, or its best
+        sentence's (RETRIEVAL_SCORE_THRESHOLD, RETRIEVAL_SENTENCE_THRESHOLD)."""
+        metadata = document.metadata
+        return (
+            float(metadata.get("score", 0.0)) >= self.settings.retrieval_score_threshold
+            or float(metadata.get("sentence_score") or 0.0) >= self.settings.retrieval_sentence_threshold
+        )
 
     def missing_terms(self, question: str, best_cosine: float, best_sentence: float = 0.0) -> list[str]:
         """What the question names that the book never uses (chains.book_terms, REFUSAL_TERM_CHECK): names and

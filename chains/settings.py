@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, NamedTuple, Self
 
 from pydantic import (
     AliasChoices,
@@ -31,17 +31,27 @@ MAX_SELECTED_CHARS = 8000
 MAX_HISTORY_TURNS = 20
 MAX_K = 20
 
-# What a cosine means depends on the embedding model: a packaged model's own defaults for the two cosine cuts
-# below, calibrated on bench/questions (docs/retrieval.md, "A second packaged model"). BGE's cosines crowd into a
-# higher, narrower band than MiniLM's. Another model starts from MiniLM's figures and should be measured.
-#   model: (RETRIEVAL_SCORE_THRESHOLD, REFUSAL_STRONG_MATCH)
-MODEL_COSINE_CUTS: dict[str, tuple[float, float, float]] = {
-    "all-MiniLM-L6-v2": (0.35, 0.60, 0.70),
-    "bge-small-en-v1.5": (0.58, 0.75, 1.0),  # the sentence override is not calibrated for bge: off
+
+class CosineCuts(NamedTuple):
+    """An embedding model's cosine cuts (the settings named after them), calibrated on bench/questions."""
+
+    passage: float  # RETRIEVAL_SCORE_THRESHOLD
+    sentence: float  # RETRIEVAL_SENTENCE_THRESHOLD
+    strong_match: float  # REFUSAL_STRONG_MATCH
+    strong_sentence: float  # REFUSAL_STRONG_SENTENCE
+
+
+# What a cosine means depends on the embedding model: a packaged model's own defaults for the cosine cuts below,
+# calibrated on bench/questions (docs/retrieval.md, "A second packaged model", "Two more books"). BGE's cosines
+# crowd into a higher, narrower band than MiniLM's; its sentence cuts were not calibrated (1.0: off). Another
+# model starts from MiniLM's figures and should be measured.
+MODEL_COSINE_CUTS: dict[str, CosineCuts] = {
+    "all-MiniLM-L6-v2": CosineCuts(0.35, 0.46, 0.60, 0.70),
+    "bge-small-en-v1.5": CosineCuts(0.58, 1.0, 0.75, 1.0),
 }
 
 
-def model_cosine_cuts(model: str) -> tuple[float, float, float]:
+def model_cosine_cuts(model: str) -> CosineCuts:
     """The calibrated cosine cuts of `model` (a Hugging Face name's organisation ignored), else MiniLM's."""
     return MODEL_COSINE_CUTS.get(model.rsplit("/", 1)[-1], MODEL_COSINE_CUTS["all-MiniLM-L6-v2"])
 
@@ -141,7 +151,12 @@ class Settings(BaseSettings):
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md). Default: the
     # embedding model's calibrated cut (MODEL_COSINE_CUTS).
     retrieval_score_threshold: float = Field(
-        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[0], ge=-1.0, le=1.0
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", "")).passage, ge=-1.0, le=1.0
+    )
+    # ...or if its best sentence's cosine is at least this (re-scored passages carry it): a passage just under the
+    # threshold that holds one sentence this close to the question is about it. Default: the model's cut; 1.0: off.
+    retrieval_sentence_threshold: float = Field(
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", "")).sentence, ge=-1.0, le=1.0
     )
     # Refuse a question that names what the book never mentions, saying so (chains/book_terms.py): `words` checks
     # identifiers, capitalised names and rare lower-case words ("espalier", "fire blight"); `names` only the first
@@ -150,12 +165,14 @@ class Settings(BaseSettings):
     # With `words`: a missing rare word does not refuse a question whose best passage reaches this cosine (the
     # passage answers it in other words). Default: the embedding model's calibrated cut (MODEL_COSINE_CUTS).
     refusal_strong_match: float = Field(
-        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[1], ge=-1.0, le=1.0
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", "")).strong_match, ge=-1.0, le=1.0
     )
     # The same for a passage's best sentence (a sentence that close answers it in other words; re-scored passages
     # carry it). Default: the embedding model's calibrated cut (MODEL_COSINE_CUTS); 1.0: off.
     refusal_strong_sentence: float = Field(
-        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", ""))[2], ge=-1.0, le=1.0
+        default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", "")).strong_sentence,
+        ge=-1.0,
+        le=1.0,
     )
     # A local directory holding a sentence-transformers cross-encoder; unset: no reranking (never downloaded).
     rerank_model: Path | None = None

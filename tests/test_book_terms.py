@@ -205,6 +205,22 @@ async def test_a_paraphrase_with_an_everyday_word_the_book_lacks_is_answered(
 
 
 @pytest.mark.integration
+async def test_a_passage_under_the_cosine_threshold_reaches_the_answer_by_its_best_sentence(
+    orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    question = "How much sunshine does an apple tree need?"
+    strict = settings.model_copy(update={"retrieval_score_threshold": 0.99, "retrieval_sentence_threshold": 1.0})
+    assert (await _answer(question, strict, qdrant, embeddings))["mode"] == "not_in_book"
+    by_sentence = strict.model_copy(update={"retrieval_sentence_threshold": 0.3})
+    answer = await _answer(question, by_sentence, qdrant, embeddings)
+    assert answer["mode"] == "extractive"
+    [first, *_] = answer["sources"]  # type: ignore[misc]
+    assert "six hours of direct sun" in first.text
+    assert Settings(_env_file=None).retrieval_sentence_threshold == 0.46  # type: ignore[call-arg]
+    assert Settings(_env_file=None, embedding_model="bge-small-en-v1.5").retrieval_sentence_threshold == 1.0  # type: ignore[call-arg]
+
+
+@pytest.mark.integration
 async def test_the_word_check_can_be_turned_off_leaving_the_names_check(
     orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
 ) -> None:
