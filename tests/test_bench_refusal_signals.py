@@ -11,16 +11,19 @@ from bench.refusal_signals import Record, main, rules, table
 
 
 def record(
-    set_name: str, best: float, names: list[str] | None = None, words: list[tuple[str, float]] | None = None
+    set_name: str,
+    best: float,
+    names: list[str] | None = None,
+    words: list[tuple[str, float]] | None = None,
+    sentence: float = 0.0,
 ) -> Record:
-    return Record(
-        set_name, "q", best, [best, best - 0.1, best - 0.2, best - 0.3, best - 0.4], 2, names or [], words or [], []
-    )
+    cosines = [best, best - 0.1, best - 0.2, best - 0.3, best - 0.4]
+    return Record(set_name, "q", best, cosines, 2, names or [], words or [], [], best_sentence=sentence)
 
 
 def test_each_rule_refuses_what_its_label_says() -> None:
-    decide = rules(0.35)
-    product = decide["+ names + words < 4.0 unless cosine >= 0.6 (product)"]
+    decide = rules(0.35, sentence_threshold=0.46)
+    [product] = [rule for label, rule in decide.items() if label.endswith("(product)")]
     assert decide["threshold"](record("answerable", 0.30))
     assert not decide["threshold"](record("answerable", 0.50, ["Kubernetes"]))
     assert decide["+ names (before)"](record("answerable", 0.50, ["Kubernetes"]))
@@ -28,6 +31,13 @@ def test_each_rule_refuses_what_its_label_says() -> None:
     assert not product(record("answerable", 0.50, words=[("sunshine", 4.16)]))  # everyday English
     assert not product(record("answerable", 0.65, words=[("bosses", 3.9)]))  # a strong passage match
     assert product(record("unanswerable", 0.65, ["Kubernetes"]))  # a name refuses whatever the cosine
+    # The product's gate: under the cosine threshold, a passage's best sentence still lets it through.
+    assert product(record("answerable", 0.34, sentence=0.45))
+    assert not product(record("answerable", 0.34, sentence=0.46))
+    assert decide["threshold"](record("answerable", 0.34, sentence=0.46))  # the cosine alone
+    # A sentence that close also overrides a missing rare word (REFUSAL_STRONG_SENTENCE, 0.70).
+    assert not product(record("answerable", 0.59, words=[("forbids", 3.1)], sentence=0.76))
+    assert product(record("answerable", 0.59, words=[("forbids", 3.1)], sentence=0.65))
     assert not rules(0.35, frozenset({"Thoreau"}))["+ names (before)"](record("unanswerable", 0.5, ["Thoreau"]))
 
 
