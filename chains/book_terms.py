@@ -168,11 +168,22 @@ def plain_words(question: str) -> list[tuple[int, str]]:
             word = word.lower()  # the sentence's capital: "Cider from my own apples?"
         if not _PLAIN_WORD.fullmatch(word) or len(word) < 3 or word in STOP_WORDS:
             continue  # capitalised, an identifier, hyphenated, or a stop word
-        inflected = _VERB_OR_ADJECTIVE.search(word)
-        if inflected and inflected.start() >= 3:
+        if is_inflected(word):
             continue
         found.append((position, word))
     return found
+
+
+def is_inflected(word: str) -> bool:
+    """An -ed, -ing or -est form of an English word ("thawed", "messing", "weakest", "tracing"), not a name that
+    merely ends so ("reqwest", "embed"): its base, as written, with an "e" or without a doubled last letter, is
+    itself common enough in English (Zipf 3 or more)."""
+    ending = _VERB_OR_ADJECTIVE.search(word)
+    if ending is None or ending.start() < 3:
+        return False
+    stem = word[: ending.start()]
+    bases = {stem, stem + "e", stem[:-1] if len(stem) > 3 and stem[-1] == stem[-2] else stem}
+    return any(word_frequency(base) >= 3.0 for base in bases)
 
 
 @functools.cache

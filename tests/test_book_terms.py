@@ -98,6 +98,9 @@ def test_contractions_member_access_and_short_or_prefixed_forms_of_the_books_wor
     # What the book never names is still missing: the module, not the student's own variable before the dot.
     assert CODE_BOOK.missing("How do I call sklearn.metrics on my results?") == ["sklearn.metrics"]
     assert CODE_BOOK.missing("How do I use rayon to run my iterators in parallel?", words=True) == ["rayon"]
+    # A name that merely ends like a superlative is checked; an inflected English word is not.
+    assert CODE_BOOK.missing("how do I make network requests with reqwest?") == ["reqwest"]
+    assert CODE_BOOK.missing("why was nothing printed when the iterator thawed?") == []
 
 
 RUST_LIKE = Vocabulary.of(
