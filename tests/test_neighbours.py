@@ -47,16 +47,24 @@ def _retriever(qdrant: QdrantClient, settings: Settings, embeddings: LocalEmbedd
     )
 
 
-def test_a_paraphrase_reaches_the_answer_in_the_second_half_of_its_section(
-    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
-) -> None:
+def _small_chunked_book(
+    tmp_path: Path, qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, chapter: str, section: str
+) -> tuple[Settings, list[int]]:
+    """A one-chapter book ingested at 64-token chunks: its settings and the chunk indexes of `section`."""
     book = tmp_path / "orchard"
     book.mkdir()
-    (book / "spring.md").write_text(CHAPTER, encoding="utf-8")
+    (book / "chapter.md").write_text(chapter, encoding="utf-8")
     small = settings.model_copy(update={"chunk_size": 64, "chunk_overlap": 0})
     assert not ingest_into(qdrant, embeddings, small, book).failed
     records, _ = qdrant.scroll(small.qdrant_collection, limit=100, with_payload=True)
-    split = [r for r in records if (r.payload or {})[METADATA_KEY]["section"].endswith("Blossom time")]
+    metadata = [(r.payload or {})[METADATA_KEY] for r in records]
+    return small, sorted(m["chunk_index"] for m in metadata if m["section"].endswith(section))
+
+
+def test_a_paraphrase_reaches_the_answer_in_the_second_half_of_its_section(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    small, split = _small_chunked_book(tmp_path, qdrant, embeddings, settings, CHAPTER, "Blossom time")
     assert len(split) >= 2, "the section is cut into several chunks"
 
     before = _retriever(qdrant, small, embeddings, join=False).invoke(PARAPHRASE)
@@ -184,17 +192,7 @@ LONG_ANSWER = "stone fruits are pruned in early summer"
 def test_the_first_passage_reads_its_whole_short_section(
     tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
 ) -> None:
-    book = tmp_path / "orchard"
-    book.mkdir()
-    (book / "winter.md").write_text(LONG_SECTION, encoding="utf-8")
-    small = settings.model_copy(update={"chunk_size": 64, "chunk_overlap": 0})
-    assert not ingest_into(qdrant, embeddings, small, book).failed
-    records, _ = qdrant.scroll(small.qdrant_collection, limit=100, with_payload=True)
-    pruning = sorted(
-        (r.payload or {})[METADATA_KEY]["chunk_index"]
-        for r in records
-        if (r.payload or {})[METADATA_KEY]["section"].endswith("Pruning")
-    )
+    small, pruning = _small_chunked_book(tmp_path, qdrant, embeddings, settings, LONG_SECTION, "Pruning")
     assert len(pruning) >= 3, "the section is cut into three chunks or more"
 
     def first_passage(section_whole_up_to: int) -> Document:
