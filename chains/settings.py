@@ -340,6 +340,8 @@ def settings_error_message(exc: ValidationError) -> str:
     """One line naming each bad environment variable and what is wrong with it."""
     problems = []
     for error in exc.errors():
+        if error["type"] == "default_factory_not_called":
+            continue  # a model-dependent default skipped because another setting is bad: not a problem of its own
         name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
         problems.append(f"{name}: {error['msg']}")
     return "invalid setting: " + "; ".join(problems)

@@ -31,6 +31,16 @@ def test_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variabl
     assert variable in settings_error_message(info.value)
 
 
+def test_a_wrong_value_names_only_its_own_variable_not_the_defaults_it_held_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cosine cuts default by the embedding model; one bad setting used to list all four of them as invalid too.
+    monkeypatch.setenv("RETRIEVAL_SECTION_WHOLE_UP_TO", "abc")
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    message = settings_error_message(info.value)
+    assert message.startswith("invalid setting: RETRIEVAL_SECTION_WHOLE_UP_TO: Input should be a valid integer")
+    assert ";" not in message and "THRESHOLD" not in message and "REFUSAL" not in message
+
+
 def test_overlap_must_be_smaller_than_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHUNK_SIZE", "100")
     monkeypatch.setenv("CHUNK_OVERLAP", "100")
