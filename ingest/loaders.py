@@ -268,17 +268,18 @@ class _HtmlHeadings(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         own_id = dict(attrs).get("id") or None
-        if self._open is not None and self._open[0] == "p" and (tag == "p" or re.fullmatch(r"h[1-6]", tag)):
+        heading = re.fullmatch(r"h[1-6]", tag) is not None
+        if self._open is not None and self._open[0] == "p" and (tag == "p" or heading):
             self._finish()  # an hgroup line left open (HTML allows `<p>` without `</p>`)
         if tag in self._CONTAINERS:
             self._containers.append([own_id])
         elif tag == "hgroup":
             self._hgroup, self._hgroup_at = [], None
-        elif self._open is None and (re.fullmatch(r"h[1-6]", tag) or (tag == "p" and self._hgroup is not None)):
-            if tag != "p" and own_id is None and self._containers and self._containers[-1][0] is not None:
-                own_id = self._containers[-1][0]
-            if tag != "p" and self._containers:
-                self._containers[-1][0] = None  # a section's id belongs to its first heading only
+        elif self._open is None and (heading or (tag == "p" and self._hgroup is not None)):
+            if heading and self._containers:
+                section = self._containers[-1]
+                own_id = own_id or section[0]
+                section[0] = None  # a section's id belongs to its first heading only
             self._open = (tag, own_id, [])
 
     def handle_endtag(self, tag: str) -> None:
