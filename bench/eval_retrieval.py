@@ -89,10 +89,12 @@ DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_b
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
 STORES = CACHE_DIR / "eval-retrieval"
 K = 5
-# The product default (RETRIEVAL_SENTENCE_RESCORE=10, RETRIEVAL_JOIN_NEIGHBOURS=1, RETRIEVAL_SECTION_WHOLE_UP_TO=8)
+# The product default (RETRIEVAL_SENTENCE_RESCORE=10, RETRIEVAL_JOIN_NEIGHBOURS=1, RETRIEVAL_SECTION_WHOLE_UP_TO=8,
+# RETRIEVAL_JOIN_NEARBY=5)
 DEFAULT_CONFIG = "hybrid DBSF + sentence re-scoring + neighbours"
 SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 10  # type: ignore[call-arg]
 SECTION_WHOLE_UP_TO = Settings(_env_file=None).retrieval_section_whole_up_to  # type: ignore[call-arg]
+JOIN_NEARBY = Settings(_env_file=None).retrieval_join_nearby  # type: ignore[call-arg]
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "hybrid DBSF (no re-scoring)": {"mode": "hybrid", "fusion": "dbsf"},
@@ -106,6 +108,7 @@ SCALE_CONFIGS: dict[str, dict[str, Any]] = {
         "sentence_rescore": 10,
         "join_neighbours": True,
         "section_whole_up_to": SECTION_WHOLE_UP_TO,
+        "join_nearby": JOIN_NEARBY,
     },
 }
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
@@ -324,12 +327,20 @@ def configurations(
         "hybrid DBSF + sentence re-scoring + neighbours (first passage's neighbours only)": make(
             mode="hybrid", fusion="dbsf", sentence_rescore=SENTENCE_RESCORE, join_neighbours=True
         ),
+        "hybrid DBSF + sentence re-scoring + neighbours, no nearby passages joined": make(
+            mode="hybrid",
+            fusion="dbsf",
+            sentence_rescore=SENTENCE_RESCORE,
+            join_neighbours=True,
+            section_whole_up_to=SECTION_WHOLE_UP_TO,
+        ),
         DEFAULT_CONFIG: make(
             mode="hybrid",
             fusion="dbsf",
             sentence_rescore=SENTENCE_RESCORE,
             join_neighbours=True,
             section_whole_up_to=SECTION_WHOLE_UP_TO,
+            join_nearby=JOIN_NEARBY,
         ),
     }
     if rerank_model is not None:
@@ -597,7 +608,9 @@ def run_scale(count: int, embeddings: Embeddings, questions: Sequence[Question],
                 started = time.perf_counter()
                 rescoring._search(vector, question.question, K, options_default)
                 rescore_ms.append((time.perf_counter() - started) * 1000)
-            joining = rescoring.model_copy(update={"join_neighbours": True, "section_whole_up_to": SECTION_WHOLE_UP_TO})
+            joining = rescoring.model_copy(
+                update={"join_neighbours": True, "section_whole_up_to": SECTION_WHOLE_UP_TO, "join_nearby": JOIN_NEARBY}
+            )
             join_ms = []
             for question, vector in zip(questions, vectors, strict=True):
                 started = time.perf_counter()

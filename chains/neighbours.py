@@ -8,9 +8,10 @@ costs one small read (at most two chunks per passage) and no model call: the nei
 stored at ingest (`chains.sentence_rescore`). The first passages, the likeliest to be on the right section, take
 both neighbours whatever their sentences (the sentence test alone missed most of those on Walden). Only a
 neighbour in the same file and section (`metadata.section`) and not already among the passages is joined, in book
-order, the paragraphs the two chunks share (the splitter's overlap) written once. The passage keeps its own score
-(the refusal threshold is unchanged), rank and citation (same section, same anchor); `metadata.joined` lists the
-chunk indexes joined to it.
+order, the paragraphs the two chunks share (the splitter's overlap) written once. The passage keeps its rank and
+citation (same section, same anchor) and its cosine, unless a joined chunk was a closer candidate: then it takes
+that one's, as it shows that chunk (the refusal threshold reads it); `metadata.joined` lists the chunk indexes
+joined to it.
 
 The first passage goes further when its section is short (RETRIEVAL_SECTION_WHOLE_UP_TO chunks, 8): it takes
 the whole section, so a question that lands on the right section reads all of it (the parent-document idea, with
@@ -18,7 +19,13 @@ the section as the parent and a cap that keeps a long chapter from flooding the 
 that many chunks on each side of it; a section that runs past them is longer than the cap and keeps the
 neighbours rule.
 
-Measured over seven books (docs/retrieval.md, "Neighbour passages" and "The first passage's whole section").
+Two passages of one section a few chunks apart (RETRIEVAL_JOIN_NEARBY, 5) are one passage: the lower one joins the
+higher with the chunks between them, and the next candidate moves up. In a long section (a Walden chapter is one)
+the two are usually views of one stretch of text, and the answer often lies between them; shown apart, they spend
+two of the k places on it and still leave out the middle. The same read fetches the chunks between candidates.
+
+Measured over seven books (docs/retrieval.md, "Neighbour passages", "The first passage's whole section" and
+"Nearby passages of one section").
 """
 
 from __future__ import annotations
@@ -42,25 +49,24 @@ def neighbour_key(metadata: Mapping[str, Any]) -> tuple[str, int] | None:
     return source, index
 
 
-def neighbours_filter(
-    documents: Sequence[Document], metadata_key: str, known: Sequence[Document] = (), first_span: int = 1
-) -> models.Filter | None:
-    """A filter matching the chunks right before and after each passage (`first_span` on each side of the first
-    one), in its own file, except those `known` already (the other candidates, whose payloads the search
-    returned); None when there is none to read."""
+def neighbour_chunks(
+    documents: Sequence[Document], known: Sequence[Document] = (), first_span: int = 1, nearby: int = 0
+) -> set[tuple[str, int]]:
+    """The chunks (source, chunk index) to read for joining: those right before and after each passage
+    (`first_span` on each side of the first one), in its own file, and those between two candidates (`known`) of one
+    section at most `nearby` chunks apart; less the candidates themselves, whose payloads the search returned."""
     have = {key for d in (*documents, *known) if (key := neighbour_key(d.metadata)) is not None}
-    wanted: dict[str, set[int]] = {}
+    wanted: set[tuple[str, int]] = set()
     for rank, document in enumerate(documents):
-        key = neighbour_key(document.metadata)
-        if key is not None:
+        if (key := neighbour_key(document.metadata)) is not None:
             span = max(1, first_span) if rank == 0 else 1
-            around = [i for i in range(key[1] - span, key[1] + span + 1) if i != key[1] and i >= 0]
-            missing = {i for i in around if (key[0], i) not in have}
-            if missing:
-                wanted.setdefault(key[0], set()).update(missing)
-    if not wanted:
-        return None
-    return chunks_filter({(source, i) for source, ids in wanted.items() for i in ids}, metadata_key)
+            wanted.update((key[0], i) for i in range(key[1] - span, key[1] + span + 1) if i >= 0)
+    placed = [(key, d.metadata.get("section")) for d in known if (key := neighbour_key(d.metadata)) is not None]
+    for (source, index), section in placed:
+        for (other_source, other), other_section in placed:
+            if source == other_source and section == other_section and index < other <= index + nearby:
+                wanted.update((source, i) for i in range(index + 1, other))
+    return wanted - have
 
 
 def chunks_filter(chunks: Iterable[tuple[str, int]], metadata_key: str = "metadata") -> models.Filter:
@@ -120,13 +126,15 @@ def join_neighbours(
     k: int,
     whole: int = 0,
     section_up_to: int = 0,
+    nearby: int = 0,
 ) -> list[Document]:
     """The first `k` passages of `candidates` (ranked, with their stored payloads), each joined with its
     same-section neighbours (metadata, text, payload; read from the store): the first passage with its whole
     section when that has at most `section_up_to` chunks, all of them for the first `whole` passages, else those
     whose best sentence beats the passage's own. A neighbour that is itself a lower candidate is joined into the
-    higher one and leaves the list (the next candidate moves up); one ranked higher stays where it is. Joined
-    documents are changed in place."""
+    higher one and leaves the list (the next candidate moves up); one ranked higher stays where it is. So does a
+    lower candidate of the same section at most `nearby` chunks from a passage kept above it, with the chunks
+    between them. Joined documents are changed in place."""
     pool: dict[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]] = {}
     for metadata, text, payload in neighbours:
         if (key := neighbour_key(metadata)) is not None:
@@ -144,6 +152,8 @@ def join_neighbours(
         key = neighbour_key(document.metadata)
         if key is not None and key in used:
             continue  # joined into a passage above
+        if key is not None and nearby and _join_nearby(kept, document, key, pool, used, nearby):
+            continue  # joined, with the chunks between, into a passage above
         kept.append(document)
         if key is None:
             continue
@@ -153,7 +163,7 @@ def join_neighbours(
         if section:
             order = [i for i in reversed(section) if i < index] + [i for i in section if i > index]  # nearest first
             chosen = [(position, pool[(source, position)][1]) for position in order]
-            _join(document, chosen, index)
+            _join(document, chosen, index, pool, source)
             used.update((source, position) for position in section)
             continue
         options = [
@@ -179,15 +189,69 @@ def join_neighbours(
             ]
         if not chosen:
             continue
-        _join(document, chosen, index)
+        _join(document, chosen, index, pool, source)
         used.update((source, position) for position, _ in chosen)
     return kept
 
 
-def _join(document: Document, chosen: Sequence[tuple[int, str]], index: int) -> None:
-    """Join the chunks `chosen` (position, text; those before `index` nearest first) into the passage."""
+def _join_nearby(
+    kept: Sequence[Document],
+    candidate: Document,
+    key: tuple[str, int],
+    pool: Mapping[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]],
+    used: set[tuple[str, int]],
+    nearby: int,
+) -> bool:
+    """Join `candidate` into the first passage of `kept` whose chunks (its own and those joined to it) are in the
+    same file and section and at most `nearby` chunks away, with the chunks between them; False when there is none
+    (or a chunk between is missing from `pool`, or shown already, or of another section)."""
+    source, index = key
+    section = candidate.metadata.get("section")
+    for passage in kept:
+        own = neighbour_key(passage.metadata)
+        if own is None or own[0] != source or passage.metadata.get("section") != section:
+            continue
+        covered = {own[1], *passage.metadata.get("joined", ())}
+        first, last = min(covered), max(covered)
+        if last < index <= last + nearby:
+            between = list(range(last + 1, index))
+        elif first - nearby <= index < first:
+            between = list(range(index + 1, first))[::-1]  # nearest the passage first, as `_join` takes them
+        else:
+            continue
+        if any(
+            (source, i) not in pool or (source, i) in used or pool[(source, i)][0].get("section") != section
+            for i in between
+        ):
+            continue
+        chosen = [(i, pool[(source, i)][1]) for i in between] + [(index, candidate.page_content)]
+        _join(passage, chosen, own[1], pool, source, already=covered - {own[1]})
+        used.update((source, i) for i, _ in chosen)
+        return True
+    return False
+
+
+def _join(
+    document: Document,
+    chosen: Sequence[tuple[int, str]],
+    index: int,
+    pool: Mapping[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]],
+    source: str,
+    already: Iterable[int] = (),
+) -> None:
+    """Join the chunks `chosen` (position, text; those before `index` nearest first) into the passage, which holds
+    chunk `index` and those `already` joined to it. A joined chunk that was a candidate brings its scores: the
+    passage's cosine and best sentence become the best of the chunks it shows, so joining a candidate never hides
+    the evidence that it was close to the question (the refusal threshold reads them)."""
     text = document.page_content
     for position, other in chosen:
         text = join_texts(other, text) if position < index else join_texts(text, other)
     document.page_content = text
-    document.metadata["joined"] = sorted(position for position, _ in chosen)
+    document.metadata["joined"] = sorted({*already, *(position for position, _ in chosen)})
+    for score in ("score", "sentence_score"):
+        shown = [pool[(source, p)][0].get(score) for p, _ in chosen if (source, p) in pool]
+        best = max(
+            (float(v) for v in (*shown, document.metadata.get(score)) if isinstance(v, int | float)), default=None
+        )
+        if best is not None:
+            document.metadata[score] = best

@@ -33,7 +33,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from threadpoolctl import threadpool_limits
 
 from chains.errors import CollectionMismatch, DependencyUnavailable
-from chains.neighbours import join_neighbours, neighbours_filter
+from chains.neighbours import chunks_filter, join_neighbours, neighbour_chunks
 from chains.rerank import Reranker
 from chains.sentence_rescore import applies_to, best_sentence_scores, rescored_order
 from chains.settings import Settings
@@ -117,6 +117,8 @@ class BookRetriever(BaseRetriever):
     neighbours_whole: int = 2
     # The first passage takes its whole section when that has at most this many chunks (0: its neighbours only).
     section_whole_up_to: int = 0
+    # Two passages of one section at most this many chunks apart are one passage, with the chunks between (0: off).
+    join_nearby: int = 0
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
     retry_backoff_s: float = 0.2
@@ -143,6 +145,7 @@ class BookRetriever(BaseRetriever):
             join_neighbours=settings.retrieval_join_neighbours,
             neighbours_whole=settings.retrieval_neighbours_whole,
             section_whole_up_to=settings.retrieval_section_whole_up_to,
+            join_nearby=settings.retrieval_join_nearby,
             max_retries=settings.qdrant_max_retries,
             retry_backoff_s=settings.qdrant_retry_backoff_s,
         )
@@ -268,16 +271,16 @@ class BookRetriever(BaseRetriever):
         self, ordered: list[Document], payloads: list[dict[str, Any] | None], vector: list[float], k: int
     ) -> list[Document]:
         """The first k passages joined with their same-section neighbour chunks (chains.neighbours)."""
-        # Read only the first k passages' neighbours that are not candidates already (those come with the search).
+        # Read only the chunks that are not candidates already (those come with the search).
         span = self.section_whole_up_to
-        where = neighbours_filter(ordered[:k], METADATA_KEY, ordered, first_span=span)
+        wanted = neighbour_chunks(ordered[:k], ordered, first_span=span, nearby=self.join_nearby)
         records: list[models.Record] = []
-        if where is not None:
+        if wanted:
             try:
                 records, _ = self.vector_store.client.scroll(
                     self.vector_store.collection_name,
-                    scroll_filter=visible(where),
-                    limit=2 * k + 2 * span,
+                    scroll_filter=visible(chunks_filter(wanted, METADATA_KEY)),
+                    limit=len(wanted),
                     with_payload=True,
                 )
             except _QDRANT_ERRORS as exc:  # the passages found stand on their own: serve them unjoined
@@ -291,7 +294,7 @@ class BookRetriever(BaseRetriever):
             )
             for r in records
         ]
-        return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole, span)
+        return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole, span, self.join_nearby)
 
     def _sentence_order(
         self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]

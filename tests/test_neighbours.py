@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
-from chains.neighbours import join_neighbours, join_texts, neighbours_filter
+from chains.neighbours import join_neighbours, join_texts, neighbour_chunks
 from chains.retrieval import BookRetriever
 from chains.sentence_rescore import SENTENCE_KEY, encode
 from chains.settings import Settings
@@ -73,7 +73,7 @@ def test_a_paraphrase_reaches_the_answer_in_the_second_half_of_its_section(
     assert ANSWER in after[0].page_content
     assert after[0].page_content.startswith(before[0].page_content.split("\n\n")[0])  # the same passage, grown
     assert after[0].metadata["joined"] == [before[0].metadata["chunk_index"] + 1]
-    assert after[0].metadata["score"] == before[0].metadata["score"]  # its own cosine: the threshold is unchanged
+    assert after[0].metadata["score"] == before[0].metadata["score"]  # no joined chunk was a closer candidate
 
 
 def test_joined_chunks_write_the_paragraphs_they_share_once() -> None:
@@ -119,8 +119,8 @@ def test_a_lower_passage_next_to_a_higher_one_is_joined_into_it_and_the_next_can
     worse = [_payload([[0.9, 0.44]]), _payload([[0.5, 0.87]])]
     documents = join_neighbours([_passage(10), _passage(11)], worse, [], [1.0, 0.0], k=2, whole=0)
     assert [d.page_content for d in documents] == ["text 10", "text 11"]
-    assert neighbours_filter([_passage(10)], METADATA_KEY) is not None
-    assert neighbours_filter([Document("x", metadata={"source": "ch.md"})], METADATA_KEY) is None
+    assert neighbour_chunks([_passage(10)]) == {("ch.md", 9), ("ch.md", 11)}
+    assert neighbour_chunks([Document("x", metadata={"source": "ch.md"})]) == set()
 
 
 def test_without_sentence_vectors_only_the_first_passages_are_joined() -> None:
@@ -159,11 +159,52 @@ def test_the_first_passage_takes_its_whole_section_when_the_section_is_short() -
     )
     assert "joined" not in documents[1].metadata
     # The read fetches enough around the first passage to see its whole section.
-    where = neighbours_filter([_passage(9), _passage(30, "Other")], METADATA_KEY, first_span=8)
-    assert where is not None and where.should is not None
-    [condition] = where.should  # type: ignore[misc]
-    indexes = condition.must[1].match.any  # type: ignore[union-attr,index]
-    assert indexes == [*range(1, 9), *range(10, 18), 29, 31]
+    wanted = neighbour_chunks([_passage(9), _passage(30, "Other")], first_span=8)
+    assert sorted(i for _, i in wanted) == [*range(1, 9), *range(10, 18), 29, 31]
+
+
+def test_a_lower_passage_near_a_higher_one_of_its_section_is_joined_with_the_chunks_between() -> None:
+    # Passage 9 ranks first, 12 (same section, three chunks on) third; 10 and 11 are read, not candidates.
+    between = [_neighbour(10), _neighbour(11)]
+    candidates = [_passage(9), _passage(30, "Other"), _passage(12), _passage(40, "Other")]
+    payloads = [_payload([[0.0, 1.0]])] * 4  # no neighbour has a better sentence: only the nearby rule joins
+    apart = join_neighbours(candidates, payloads, between, [1.0, 0.0], k=3, nearby=0)
+    assert [d.metadata["chunk_index"] for d in apart] == [9, 30, 12]
+    candidates = _copies(candidates)
+    candidates[0].metadata.update(score=0.30, sentence_score=0.50)
+    candidates[2].metadata.update(score=0.40, sentence_score=0.45)
+    joined = join_neighbours(candidates, payloads, between, [1.0, 0.0], k=3, nearby=5)
+    assert [d.metadata["chunk_index"] for d in joined] == [9, 30, 40]  # 12 joined into 9: the next one moved up
+    assert joined[0].page_content == "\n\n".join(f"text {i}" for i in (9, 10, 11, 12))
+    assert joined[0].metadata["joined"] == [10, 11, 12]
+    # The joined candidate's closeness is not lost: the passage shows its chunk, so it takes the best of both.
+    assert (joined[0].metadata["score"], joined[0].metadata["sentence_score"]) == (0.40, 0.50)
+
+    # Before the passage too, nearest chunk first in the join, book order in the text; and onto chunks joined already.
+    before = [_neighbour(7), _neighbour(8), _neighbour(10)]
+    candidates = [_passage(9), _passage(6), _passage(11)]
+    joined = join_neighbours(candidates, payloads, before, [1.0, 0.0], k=3, whole=1, nearby=5)
+    assert len(joined) == 1 and joined[0].metadata["joined"] == [6, 7, 8, 10, 11]
+    assert joined[0].page_content == "\n\n".join(f"text {i}" for i in range(6, 12))
+
+    # Not joined: farther apart than `nearby`, a chunk between that was not read, or one of another section.
+    far = join_neighbours(_copies([_passage(9), _passage(15)]), payloads, [], [1.0, 0.0], k=2, nearby=5)
+    unread = join_neighbours(
+        _copies([_passage(9), _passage(12)]), payloads, [_neighbour(10)], [1.0, 0.0], k=2, nearby=5
+    )
+    other = [_neighbour(10), _neighbour(11, "Ch > Boxed")]
+    broken = join_neighbours(_copies([_passage(9), _passage(12)]), payloads, other, [1.0, 0.0], k=2, nearby=5)
+    for documents in (far, unread, broken):
+        assert len(documents) == 2 and all("joined" not in d.metadata for d in documents)
+
+    # The read fetches the chunks between candidates of one section that are near enough, and only those.
+    known = [_passage(9), _passage(30, "Other"), _passage(14), _passage(33)]
+    wanted = neighbour_chunks(known[:1], known, nearby=5)
+    assert wanted == {("ch.md", i) for i in (8, 10, 11, 12, 13)}  # 9's neighbours, 10-13 up to 14; not 30-33
+
+
+def _copies(documents: list[Document]) -> list[Document]:
+    return [Document(d.page_content, metadata=dict(d.metadata)) for d in documents]
 
 
 # One section cut into three chunks at 64 tokens: the question is about the first part, the answer two chunks on.
@@ -205,6 +246,51 @@ def test_the_first_passage_reads_its_whole_short_section(
     whole = first_passage(8)
     assert LONG_ANSWER in whole.page_content and "Pick apples" not in whole.page_content  # not the next section
     assert whole.metadata["joined"] == pruning[1:]
-    assert whole.metadata["score"] == neighbours_only.metadata["score"]  # its own cosine: the threshold is unchanged
+    assert whole.metadata["score"] == neighbours_only.metadata["score"]  # no joined chunk was a closer candidate
     assert _retriever(qdrant, small, embeddings, join=True).section_whole_up_to == 0  # off unless set
     assert Settings(_env_file=None).retrieval_section_whole_up_to == 8  # type: ignore[call-arg]  # on by default
+
+
+# One section about a single topic, cut into several chunks at 64 tokens: a question about the topic finds more
+# than one of them.
+PRUNING_SECTION = """# Pruning
+
+## Pruning apple trees
+
+Prune apple trees in winter while they are dormant. Pruning apple trees lets light into the crown and keeps the
+tree healthy, and a well pruned apple tree crops every year instead of every other year.
+
+A young apple tree is pruned to build its framework: four or five strong branches spaced around the trunk. Shorten
+each new leader by a third, cutting just above an outward-facing bud with clean, sharp secateurs.
+
+Paint nothing on the cuts. Burn or bin the prunings from any branch with canker, and disinfect the blade between
+trees, since canker spreads on dirty tools from one apple tree to the next in a wet winter.
+
+An old, neglected apple tree is pruned over three winters, never all at once: take out a third of the oldest wood
+each year, or the tree answers with a thicket of water shoots that shade the fruit.
+
+## Harvest
+
+Pick apples when they come away with a gentle twist. Store only sound fruit in a cool, dark shed.
+"""
+PRUNING_QUESTION = "How and when should I prune my apple trees?"
+
+
+def test_passages_of_one_section_a_few_chunks_apart_come_back_as_one(
+    tmp_path: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    small, pruning = _small_chunked_book(tmp_path, qdrant, embeddings, settings, PRUNING_SECTION, "Pruning apple trees")
+    assert len(pruning) >= 3, "the section is cut into three chunks or more"
+    retriever = _retriever(qdrant, small, embeddings, join=True).model_copy(update={"k": 3, "neighbours_whole": 0})
+
+    apart = retriever.invoke(PRUNING_QUESTION)
+    in_section = [d.metadata["chunk_index"] for d in apart if d.metadata["chunk_index"] in pruning]
+    assert len(in_section) >= 2, "without the rule, two passages come from the one section"
+    together = retriever.model_copy(update={"join_nearby": 5}).invoke(PRUNING_QUESTION)
+    first = together[0]
+    assert first.metadata["chunk_index"] == apart[0].metadata["chunk_index"]  # the same first passage, grown
+    covered = sorted({first.metadata["chunk_index"], *first.metadata.get("joined", [])})
+    assert covered == list(range(covered[0], covered[-1] + 1)), "the chunks between are joined too, in book order"
+    assert set(in_section) <= set(covered)
+    assert not any(d.metadata["chunk_index"] in pruning for d in together[1:]), "no second passage of the section"
+    assert Settings(_env_file=None).retrieval_join_nearby == 5  # type: ignore[call-arg]  # on by default
