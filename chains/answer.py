@@ -244,14 +244,15 @@ def format_history(history: Sequence[Turn]) -> str:
 
 def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) -> str:
     """An honest answer with no model: the highlighted sentences of the best passages (the passage's start when it
-    has none), each with its number and heading."""
+    has none), each with its number and heading; `_EXTRACT_CHARS` for every two highlights of a passage."""
     parts = []
     for source in sources[:limit]:
         excerpt = (
             quote_in_context(source.text, source.highlights) if source.highlights else " ".join(source.text.split())
         )
-        if len(excerpt) > _EXTRACT_CHARS:
-            excerpt = excerpt[:_EXTRACT_CHARS].rsplit(" ", 1)[0] + " …"
+        room = _EXTRACT_CHARS * max(1, -(-len(source.highlights) // 2))
+        if len(excerpt) > room:
+            excerpt = excerpt[:room].rsplit(" ", 1)[0] + " …"
         parts.append(f"[{source.number}] **{source.label}**: {excerpt}")
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
 

@@ -23,6 +23,9 @@ _MAX_SENTENCES_PER_PASSAGE = 40
 # A passage whose sentence vectors ingest stored (a first passage joined with its whole section can hold several
 # chunks' worth) is scored over this many: only the sentences at the seams of its chunks are embedded.
 _MAX_SENTENCES_STORED = 240
+# A long passage (one that joins neighbours, or nearby candidates of its chapter) may highlight one more sentence for
+# every so many characters beyond its first two: it stands for several passages' worth of text.
+_CHARS_PER_EXTRA_HIGHLIGHT = 2000
 STOPWORDS = frozenset(
     [
         "a",
@@ -172,7 +175,8 @@ def highlight_passages(
     embed: Callable[[list[str]], list[list[float]]] | None,
     stored: Sequence[Mapping[str, Sequence[float]] | None] | None = None,
 ) -> list[list[tuple[int, int]]]:
-    """For each passage, the `(start, end)` offsets of its best-answering sentences.
+    """For each passage, the `(start, end)` offsets of its best-answering sentences (two, and one more for every
+    `_CHARS_PER_EXTRA_HIGHLIGHT` characters of a long passage, each close to the best: `choose`).
 
     `stored` holds, per passage, the sentence vectors ingest stored for its chunks (`chains.sentence_rescore`),
     keyed by sentence, or None: a sentence found there is not embedded again; the others are embedded in one
@@ -201,10 +205,11 @@ def highlight_passages(
     best_overall = max(scores)
     spans: list[list[tuple[int, int]]] = []
     offset = 0
-    for sentences in split:
+    for text, sentences in zip(texts, split, strict=True):
         own = scores[offset : offset + len(sentences)]
         offset += len(sentences)
-        spans.append([(sentences[i].start, sentences[i].end) for i in choose(own, best_overall)])
+        limit = 2 + len(text) // _CHARS_PER_EXTRA_HIGHLIGHT
+        spans.append([(sentences[i].start, sentences[i].end) for i in choose(own, best_overall, limit)])
     return spans
 
 

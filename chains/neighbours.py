@@ -19,13 +19,15 @@ the section as the parent and a cap that keeps a long chapter from flooding the 
 that many chunks on each side of it; a section that runs past them is longer than the cap and keeps the
 neighbours rule.
 
-Two passages of one section a few chunks apart (RETRIEVAL_JOIN_NEARBY, 5) are one passage: the lower one joins the
-higher with the chunks between them, and the next candidate moves up. In a long section (a Walden chapter is one)
-the two are usually views of one stretch of text, and the answer often lies between them; shown apart, they spend
-two of the k places on it and still leave out the middle. The same read fetches the chunks between candidates.
+Two passages of one chapter at most a few chunks apart (RETRIEVAL_JOIN_NEARBY, 8) are one passage: the lower one
+joins the higher with the chunks between them (NEARBY_SPAN chunks at most in all), and the next candidate moves up.
+They are usually views of one stretch of the book, and the answer often lies between them (in a long section, a
+Walden chapter, or where a topic runs on into the next subsection); shown apart, they spend two of the k places on it
+and still leave out the middle. The same read fetches the chunks between candidates. A passage may so stand for
+several candidates, and fewer than k passages come back.
 
 Measured over seven books (docs/retrieval.md, "Neighbour passages", "The first passage's whole section" and
-"Nearby passages of one section").
+"Nearby passages of one chapter").
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from qdrant_client import models
 from chains.sentence_rescore import best_sentence_scores
 
 _PARAGRAPH = "\n\n"
+# A passage grown by joining nearby candidates spans at most this many chunks, so that a chapter found in many
+# places does not become one passage.
+NEARBY_SPAN = 12
 
 
 def neighbour_key(metadata: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -54,17 +59,17 @@ def neighbour_chunks(
 ) -> set[tuple[str, int]]:
     """The chunks (source, chunk index) to read for joining: those right before and after each passage
     (`first_span` on each side of the first one), in its own file, and those between two candidates (`known`) of one
-    section at most `nearby` chunks apart; less the candidates themselves, whose payloads the search returned."""
+    chapter at most `nearby` chunks apart; less the candidates themselves, whose payloads the search returned."""
     have = {key for d in (*documents, *known) if (key := neighbour_key(d.metadata)) is not None}
     wanted: set[tuple[str, int]] = set()
     for rank, document in enumerate(documents):
         if (key := neighbour_key(document.metadata)) is not None:
             span = max(1, first_span) if rank == 0 else 1
             wanted.update((key[0], i) for i in range(key[1] - span, key[1] + span + 1) if i >= 0)
-    placed = [(key, d.metadata.get("section")) for d in known if (key := neighbour_key(d.metadata)) is not None]
-    for (source, index), section in placed:
-        for (other_source, other), other_section in placed:
-            if source == other_source and section == other_section and index < other <= index + nearby:
+    placed = [(key, d.metadata.get("chapter")) for d in known if (key := neighbour_key(d.metadata)) is not None]
+    for (source, index), chapter in placed:
+        for (other_source, other), other_chapter in placed:
+            if source == other_source and chapter == other_chapter and index < other <= index + nearby:
                 wanted.update((source, i) for i in range(index + 1, other))
     return wanted - have
 
@@ -133,8 +138,8 @@ def join_neighbours(
     section when that has at most `section_up_to` chunks, all of them for the first `whole` passages, else those
     whose best sentence beats the passage's own. A neighbour that is itself a lower candidate is joined into the
     higher one and leaves the list (the next candidate moves up); one ranked higher stays where it is. So does a
-    lower candidate of the same section at most `nearby` chunks from a passage kept above it, with the chunks
-    between them. Joined documents are changed in place."""
+    lower candidate of the same file and chapter at most `nearby` chunks from a passage kept above it, with the
+    chunks between them (up to NEARBY_SPAN chunks in all). Joined documents are changed in place."""
     pool: dict[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]] = {}
     for metadata, text, payload in neighbours:
         if (key := neighbour_key(metadata)) is not None:
@@ -203,13 +208,14 @@ def _join_nearby(
     nearby: int,
 ) -> bool:
     """Join `candidate` into the first passage of `kept` whose chunks (its own and those joined to it) are in the
-    same file and section and at most `nearby` chunks away, with the chunks between them; False when there is none
-    (or a chunk between is missing from `pool`, or shown already, or of another section)."""
+    same file and chapter and at most `nearby` chunks away, with the chunks between them; False when there is none
+    (or a chunk between is missing from `pool`, or shown already, or of another chapter, or the passage would span
+    more than NEARBY_SPAN chunks)."""
     source, index = key
-    section = candidate.metadata.get("section")
+    chapter = candidate.metadata.get("chapter")
     for passage in kept:
         own = neighbour_key(passage.metadata)
-        if own is None or own[0] != source or passage.metadata.get("section") != section:
+        if own is None or own[0] != source or passage.metadata.get("chapter") != chapter:
             continue
         covered = {own[1], *passage.metadata.get("joined", ())}
         first, last = min(covered), max(covered)
@@ -219,8 +225,8 @@ def _join_nearby(
             between = list(range(index + 1, first))[::-1]  # nearest the passage first, as `_join` takes them
         else:
             continue
-        if any(
-            (source, i) not in pool or (source, i) in used or pool[(source, i)][0].get("section") != section
+        if max(last, index) - min(first, index) >= NEARBY_SPAN or any(
+            (source, i) not in pool or (source, i) in used or pool[(source, i)][0].get("chapter") != chapter
             for i in between
         ):
             continue
@@ -240,9 +246,9 @@ def _join(
     already: Iterable[int] = (),
 ) -> None:
     """Join the chunks `chosen` (position, text; those before `index` nearest first) into the passage, which holds
-    chunk `index` and those `already` joined to it. A joined chunk that was a candidate brings its scores: the
-    passage's cosine and best sentence become the best of the chunks it shows, so joining a candidate never hides
-    the evidence that it was close to the question (the refusal threshold reads them)."""
+    chunk `index` and those `already` joined to it, in book order. A joined chunk that was a candidate brings its
+    scores: the passage's cosine and best sentence become the best of the chunks it shows, so joining a
+    candidate never hides the evidence that it was close to the question (the refusal threshold reads them)."""
     text = document.page_content
     for position, other in chosen:
         text = join_texts(other, text) if position < index else join_texts(text, other)

@@ -147,9 +147,9 @@ class Settings(BaseSettings):
     # The first passage takes its whole section when the section has at most this many chunks (chains/neighbours.py;
     # docs/retrieval.md); 0: its neighbours only. Needs RETRIEVAL_JOIN_NEIGHBOURS.
     retrieval_section_whole_up_to: int = Field(8, ge=0, le=50)
-    # Two passages of one section at most this many chunks apart are joined into the higher one, with the chunks
+    # Two passages of one chapter at most this many chunks apart are joined into the higher one, with the chunks
     # between them (chains/neighbours.py; docs/retrieval.md); 0: off. Needs RETRIEVAL_JOIN_NEIGHBOURS.
-    retrieval_join_nearby: int = Field(5, ge=0, le=50)
+    retrieval_join_nearby: int = Field(8, ge=0, le=50)
     # A passage reaches the answer only if its dense cosine similarity to the question is at least this;
     # none reaching it means "the book does not cover it" without a model call (docs/retrieval.md). Default: the
     # embedding model's calibrated cut (MODEL_COSINE_CUTS).

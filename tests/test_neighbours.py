@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from qdrant_client import QdrantClient
 
 from chains.embeddings import LocalEmbeddings
-from chains.neighbours import join_neighbours, join_texts, neighbour_chunks
+from chains.neighbours import NEARBY_SPAN, join_neighbours, join_texts, neighbour_chunks
 from chains.retrieval import BookRetriever
 from chains.sentence_rescore import SENTENCE_KEY, encode
 from chains.settings import Settings
@@ -82,8 +82,13 @@ def test_joined_chunks_write_the_paragraphs_they_share_once() -> None:
     assert join_texts("A.", "B.") == "A.\n\nB."  # no overlap: both whole
 
 
+def _metadata(index: int, section: str) -> dict[str, object]:
+    path = section.split(" > ")
+    return {"source": "ch.md", "chunk_index": index, "section": section, "chapter": path[0], "heading_path": path}
+
+
 def _passage(index: int, section: str = "Ch > S") -> Document:
-    return Document(f"text {index}", metadata={"source": "ch.md", "chunk_index": index, "section": section})
+    return Document(f"text {index}", metadata=_metadata(index, section))
 
 
 def _payload(vectors: list[list[float]]) -> dict[str, object]:
@@ -134,7 +139,7 @@ def test_without_sentence_vectors_only_the_first_passages_are_joined() -> None:
 
 
 def _neighbour(index: int, section: str = "Ch > S") -> tuple[dict[str, object], str, dict[str, object]]:
-    return {"source": "ch.md", "chunk_index": index, "section": section}, f"text {index}", _payload([[0.0, 1.0]])
+    return _metadata(index, section), f"text {index}", _payload([[0.0, 1.0]])
 
 
 def test_the_first_passage_takes_its_whole_section_when_the_section_is_short() -> None:
@@ -163,7 +168,7 @@ def test_the_first_passage_takes_its_whole_section_when_the_section_is_short() -
     assert sorted(i for _, i in wanted) == [*range(1, 9), *range(10, 18), 29, 31]
 
 
-def test_a_lower_passage_near_a_higher_one_of_its_section_is_joined_with_the_chunks_between() -> None:
+def test_a_lower_passage_near_a_higher_one_of_its_chapter_is_joined_with_the_chunks_between() -> None:
     # Passage 9 ranks first, 12 (same section, three chunks on) third; 10 and 11 are read, not candidates.
     between = [_neighbour(10), _neighbour(11)]
     candidates = [_passage(9), _passage(30, "Other"), _passage(12), _passage(40, "Other")]
@@ -187,17 +192,28 @@ def test_a_lower_passage_near_a_higher_one_of_its_section_is_joined_with_the_chu
     assert len(joined) == 1 and joined[0].metadata["joined"] == [6, 7, 8, 10, 11]
     assert joined[0].page_content == "\n\n".join(f"text {i}" for i in range(6, 12))
 
-    # Not joined: farther apart than `nearby`, a chunk between that was not read, or one of another section.
+    # Across a section of the same chapter too (a topic runs on into the next subsection).
+    boxed = [_neighbour(10), _neighbour(11, "Ch > Boxed")]
+    joined = join_neighbours(_copies([_passage(9), _passage(12)]), payloads, boxed, [1.0, 0.0], k=2, nearby=5)
+    assert len(joined) == 1 and joined[0].metadata["joined"] == [10, 11, 12]
+
+    # Not joined: farther apart than `nearby`, a chunk between that was not read, one of another chapter, or a
+    # passage that would span more than NEARBY_SPAN chunks.
     far = join_neighbours(_copies([_passage(9), _passage(15)]), payloads, [], [1.0, 0.0], k=2, nearby=5)
     unread = join_neighbours(
         _copies([_passage(9), _passage(12)]), payloads, [_neighbour(10)], [1.0, 0.0], k=2, nearby=5
     )
-    other = [_neighbour(10), _neighbour(11, "Ch > Boxed")]
+    other = [_neighbour(10), _neighbour(11, "Appendix > A")]
     broken = join_neighbours(_copies([_passage(9), _passage(12)]), payloads, other, [1.0, 0.0], k=2, nearby=5)
     for documents in (far, unread, broken):
         assert len(documents) == 2 and all("joined" not in d.metadata for d in documents)
+    run = [_neighbour(i) for i in range(10, 30) if i not in (13, 17, 21)]
+    steps = _copies([_passage(i) for i in (9, 13, 17, 21)])
+    grown = join_neighbours(steps, payloads, run, [1.0, 0.0], k=4, nearby=5)
+    assert [d.metadata["chunk_index"] for d in grown] == [9, 21]  # 9-17 is 9 chunks; 9-21 would be 13
+    assert NEARBY_SPAN == 12
 
-    # The read fetches the chunks between candidates of one section that are near enough, and only those.
+    # The read fetches the chunks between candidates of one chapter that are near enough, and only those.
     known = [_passage(9), _passage(30, "Other"), _passage(14), _passage(33)]
     wanted = neighbour_chunks(known[:1], known, nearby=5)
     assert wanted == {("ch.md", i) for i in (8, 10, 11, 12, 13)}  # 9's neighbours, 10-13 up to 14; not 30-33
@@ -293,4 +309,4 @@ def test_passages_of_one_section_a_few_chunks_apart_come_back_as_one(
     assert covered == list(range(covered[0], covered[-1] + 1)), "the chunks between are joined too, in book order"
     assert set(in_section) <= set(covered)
     assert not any(d.metadata["chunk_index"] in pruning for d in together[1:]), "no second passage of the section"
-    assert Settings(_env_file=None).retrieval_join_nearby == 5  # type: ignore[call-arg]  # on by default
+    assert Settings(_env_file=None).retrieval_join_nearby == 8  # type: ignore[call-arg]  # on by default
