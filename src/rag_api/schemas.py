@@ -27,6 +27,9 @@ def _integral_float_to_int(value: object) -> object:
 # A number of passages (`k`), strictly an integer: no strings, booleans or 2.5; but 5.0, which JSON Schema counts as
 # the integer 5. The bounds sit inside, so that OpenAPI shows them as minimum/maximum in an optional field too.
 PassageCount = Annotated[int, Strict(), Field(ge=1, le=MAX_K), BeforeValidator(_integral_float_to_int)]
+PASSAGE_COUNT_DESCRIPTION = (
+    "How many passages to retrieve, at most: candidates close together in a chapter come back as one passage."
+)
 
 
 def _not_blank(value: str) -> str:
@@ -70,7 +73,7 @@ class AskRequest(BaseModel):
     page_url: str | None = Field(
         None, max_length=2000, description="The page the reader asks from (sent by the widget); not used yet."
     )
-    k: PassageCount | None = Field(None, description="How many passages to retrieve.")
+    k: PassageCount | None = Field(None, description=PASSAGE_COUNT_DESCRIPTION)
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
 
@@ -213,7 +216,7 @@ class ChatQuestionOptions(BaseModel):
     )
     chapter: str | None = Field(None, max_length=500, description="Only search this chapter (its title).")
     sources: list[str] | None = Field(None, max_length=100, description="Only search these source files.")
-    k: PassageCount | None = Field(None, description="How many passages to retrieve.")
+    k: PassageCount | None = Field(None, description=PASSAGE_COUNT_DESCRIPTION)
 
 
 class UIMessagePartIn(BaseModel):
