@@ -117,7 +117,7 @@ class BookRetriever(BaseRetriever):
     neighbours_whole: int = 2
     # The first passage takes its whole section when that has at most this many chunks (0: its neighbours only).
     section_whole_up_to: int = 0
-    # Two passages of one section at most this many chunks apart are one passage, with the chunks between (0: off).
+    # Two passages of one chapter at most this many chunks apart are one passage, with the chunks between (0: off).
     join_nearby: int = 0
     # A failed query is tried again this many times, after backoff, 2 x backoff, 4 x backoff... seconds.
     max_retries: int = 0
