@@ -105,10 +105,35 @@ class AnswerRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceSection:
+    """A section a passage's text spans: where it starts in the text, its heading path and its place on the book's
+    site (`url` composed as the passage's own)."""
+
+    start: int
+    heading_path: list[str]
+    url: str | None
+    page_path: str | None = None
+    anchor: str | None = None
+
+    @classmethod
+    def of(cls, part: Mapping[str, Any], base_url: object | None) -> SourceSection:
+        path = part.get("heading_path")
+        return cls(
+            start=int(part.get("start", 0)),
+            heading_path=[str(p) for p in path] if isinstance(path, list) else [],
+            url=section_url(base_url, part),
+            page_path=part.get("page_path"),
+            anchor=part.get("anchor"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
     """A passage shown to the model and to the reader, numbered as the answer cites it.
 
-    `url` is its section on the book's site (BOOK_BASE_URL + `page_path` + `#anchor`), composed when answering.
+    `url` is its section on the book's site (BOOK_BASE_URL + `page_path` + `#anchor`), composed when answering: the
+    section of the chunk it was found by. `sections` are the sections its text spans, in order: one, unless nearby
+    chunks of another subsection were joined to it (chains.neighbours); a quote links to the one holding it.
     """
 
     number: int
@@ -124,11 +149,15 @@ class Source:
     anchor: str | None = None
     # `[start, end]` offsets into `text` of the sentences that best answer the question (chains.highlights).
     highlights: list[tuple[int, int]] = field(default_factory=list)
+    sections: list[SourceSection] = field(default_factory=list)
 
     @classmethod
     def from_document(cls, number: int, document: Document, base_url: object | None = None) -> Source:
         meta = document.metadata
         path = meta.get("heading_path")
+        spanned = meta.get("sections")
+        parts = spanned if isinstance(spanned, list) and spanned else [{**meta, "start": 0}]
+        sections = [SourceSection.of(part, base_url) for part in parts]
         return cls(
             number=number,
             text=document.page_content,
@@ -141,11 +170,33 @@ class Source:
             chunk_index=meta.get("chunk_index"),
             page_path=meta.get("page_path"),
             anchor=meta.get("anchor"),
+            sections=sections,
         )
 
     @property
     def label(self) -> str:
         return " > ".join(self.heading_path) if self.heading_path else (self.title or self.source)
+
+    def section_at(self, offset: int) -> SourceSection | None:
+        """The section holding character `offset` of the text (None for a source without sections)."""
+        holding = [section for section in self.sections if section.start <= offset]
+        return holding[-1] if holding else (self.sections[0] if self.sections else None)
+
+    def quoted_section(self) -> SourceSection | None:
+        """The section its quote is from, when that is not the section it was found by: a passage joined across
+        subsections whose highlights all lie in another one (the first of those). None otherwise."""
+        if len(self.sections) < 2 or not self.highlights:
+            return None
+        holding = [section for start, _ in self.highlights if (section := self.section_at(start)) is not None]
+        if not holding or any(s.heading_path == self.heading_path and s.anchor == self.anchor for s in holding):
+            return None
+        return holding[0]
+
+    @property
+    def quoted_label(self) -> str:
+        """The label of the section the reader is shown a quote from (`quoted_section`, else its own)."""
+        section = self.quoted_section()
+        return " > ".join(section.heading_path) if section is not None and section.heading_path else self.label
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +304,7 @@ def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) 
         room = _EXTRACT_CHARS * max(1, -(-len(source.highlights) // 2))
         if len(excerpt) > room:
             excerpt = excerpt[:room].rsplit(" ", 1)[0] + " …"
-        parts.append(f"[{source.number}] **{source.label}**: {excerpt}")
+        parts.append(f"[{source.number}] **{source.quoted_label}**: {excerpt}")
     return EXTRACTIVE_PREFIX + "\n\n".join(parts)
 
 

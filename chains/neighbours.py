@@ -245,15 +245,29 @@ def _join(
     source: str,
     already: Iterable[int] = (),
 ) -> None:
-    """Join the chunks `chosen` (position, text; those before `index` nearest first) into the passage, which holds
-    chunk `index` and those `already` joined to it, in book order. A joined chunk that was a candidate brings its
-    scores: the passage's cosine and best sentence become the best of the chunks it shows, so joining a
-    candidate never hides the evidence that it was close to the question (the refusal threshold reads them)."""
-    text = document.page_content
-    for position, other in chosen:
-        text = join_texts(other, text) if position < index else join_texts(text, other)
+    """Join the chunks `chosen` (position, text) into the passage, which holds chunk `index` and those `already`
+    joined to it: the text is written again from its chunks in book order, and `metadata.sections` records where
+    each section it spans starts in it (a passage joined across subsections links each quote to its own section).
+    A joined chunk that was a candidate brings its scores: the passage's cosine and best sentence become the best
+    of the chunks it shows, so joining a candidate never hides the evidence that it was close to the question (the
+    refusal threshold reads them)."""
+    texts = {position: text for position, text in chosen}
+    positions = sorted({index, *already, *texts})
+    text = ""
+    sections: list[dict[str, Any]] = []  # where each section it spans starts in `text`
+    for position in positions:
+        chunk = texts[position] if position in texts else pool[(source, position)][1]
+        start = len(text) + len(_PARAGRAPH) if text else 0
+        text = join_texts(text, chunk) if text else chunk
+        here = section_of(document.metadata if position == index else pool[(source, position)][0])
+        if not sections or any(sections[-1][key] != value for key, value in here.items()):
+            sections.append({"start": min(start, len(text)), **here})
     document.page_content = text
-    document.metadata["joined"] = sorted({*already, *(position for position, _ in chosen)})
+    document.metadata["joined"] = [position for position in positions if position != index]
+    if len(sections) > 1:
+        document.metadata["sections"] = sections
+    else:
+        document.metadata.pop("sections", None)
     for score in ("score", "sentence_score"):
         shown = [pool[(source, p)][0].get(score) for p, _ in chosen if (source, p) in pool]
         best = max(
@@ -261,3 +275,14 @@ def _join(
         )
         if best is not None:
             document.metadata[score] = best
+
+
+def section_of(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The section a stored chunk is in, as a passage's `metadata.sections` records it."""
+    path = metadata.get("heading_path")
+    anchor, page_path = metadata.get("anchor"), metadata.get("page_path")
+    return {
+        "heading_path": [str(p) for p in path] if isinstance(path, list) else [],
+        "anchor": anchor if isinstance(anchor, str) else None,
+        "page_path": page_path if isinstance(page_path, str) else None,
+    }

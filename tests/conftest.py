@@ -55,6 +55,49 @@ It writes one line every fifteen minutes to the log file.
 """
 
 
+# One chapter of subsections, cut into small chunks (STRINGS_SETTINGS): a question about adding a letter is found by
+# "Concatenating strings", and its passage, joined with the nearby chunks of the chapter, is quoted (by the
+# question's words) from "Internal representation".
+STRINGS_CHAPTER = """# Strings
+
+## Storing text
+
+A string holds text as a growable sequence of bytes, and the bytes are always valid UTF-8. Each string owns its
+buffer on the heap, with a length and a capacity, so that pushing more text rarely needs a new allocation.
+
+Creating a string from a literal copies the literal's bytes into that buffer. An empty string allocates nothing
+until the first character is pushed, and the capacity doubles as the text grows.
+
+### Internal representation
+
+Inside, a string is a vector of bytes. The word "hola" takes four bytes, one per letter, but the Cyrillic word
+"Здравствуйте" takes twenty-four bytes, since each of its letters takes two bytes in UTF-8.
+
+A byte index into such a string would often land in the middle of a letter, and the byte there is not a
+character a reader would recognise: it is only half of one.
+
+## Indexing into strings
+
+For this reason the language does not let you write `s[0]` to get the first character of a string: the compiler
+rejects indexing a string by an integer. Use the `chars` method to walk its characters, or slice it with a range
+of bytes when you know the boundaries.
+
+## Concatenating strings
+
+The `+` operator joins two strings, taking ownership of the first and borrowing the second. The `format!` macro
+joins many strings without taking ownership of any of them.
+Adding a character at the end is done with `push`, and a whole slice with `push_str`; neither takes ownership of
+what it is given, so the slice can still be used afterwards.
+
+## Comparing strings
+
+Two strings are equal when their bytes are equal. Comparison is by byte, not by what a reader would call the same
+letter, so an accented letter written in two ways compares as two different strings.
+"""
+STRINGS_SETTINGS = {"chunk_size": 64, "chunk_overlap": 0, "source_highlights": "lexical"}
+STRINGS_QUESTION = "Can I add one letter at the end of a string?"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `qdrant_server` only make sense against a server: skip them, saying how, without one."""
     if QDRANT_URL:

@@ -196,6 +196,16 @@ def test_a_lower_passage_near_a_higher_one_of_its_chapter_is_joined_with_the_chu
     boxed = [_neighbour(10), _neighbour(11, "Ch > Boxed")]
     joined = join_neighbours(_copies([_passage(9), _passage(12)]), payloads, boxed, [1.0, 0.0], k=2, nearby=5)
     assert len(joined) == 1 and joined[0].metadata["joined"] == [10, 11, 12]
+    # It records where each section it spans starts, so that a quote links to its own section: S (9, 10), the
+    # subsection Boxed (11), then S again (12).
+    text, sections = joined[0].page_content, joined[0].metadata["sections"]
+    assert [(text[s["start"] :].split("\n\n")[0], s["heading_path"]) for s in sections] == [
+        ("text 9", ["Ch", "S"]),
+        ("text 11", ["Ch", "Boxed"]),
+        ("text 12", ["Ch", "S"]),
+    ]
+    one_section = join_neighbours(_copies(candidates), payloads, before, [1.0, 0.0], k=3, nearby=5)
+    assert "sections" not in one_section[0].metadata
 
     # Not joined: farther apart than `nearby`, a chunk between that was not read, one of another chapter, or a
     # passage that would span more than NEARBY_SPAN chunks.

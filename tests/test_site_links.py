@@ -19,7 +19,14 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from chains.vectorstore import build_qdrant_client
 from ingest.cli import main as ingest_main
-from tests.conftest import QDRANT_URL, app_client
+from tests.conftest import (
+    QDRANT_URL,
+    STRINGS_CHAPTER,
+    STRINGS_QUESTION,
+    STRINGS_SETTINGS,
+    app_client,
+    ingest_into,
+)
 from tests.test_ingest_cli import cli_env
 
 pytestmark = pytest.mark.integration
@@ -131,3 +138,35 @@ def test_the_sample_books_pages_are_where_docusaurus_puts_them(settings: Setting
     }
     anchors = {(p.payload or {})["metadata"].get("anchor") for p in stored}
     assert {"depth-and-width", "is-it-ripe", "rootstocks-the-hidden-half-of-the-tree"} <= anchors
+
+
+async def test_a_passage_joined_across_subsections_links_its_quote_to_the_subsection_holding_it(
+    tmp_path: Path, settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "strings.md").write_text(STRINGS_CHAPTER, encoding="utf-8")
+    small = settings.model_copy(update={**STRINGS_SETTINGS, "book_base_url": BASE})
+    assert not ingest_into(qdrant, embeddings, small, book / "strings.md").failed  # the book's folder as its root
+    async for _, http in app_client(small, embeddings, qdrant, None):
+        answer = (await http.post("/ask", json={"question": STRINGS_QUESTION, "stream": False})).json()
+    source = answer["sources"][0]
+    assert source["heading_path"] == ["Strings", "Concatenating strings"]  # the chunk it was found by
+    assert source["url"] == BASE + "strings#concatenating-strings"
+    # It spans the chapter's subsections; each starts where its text does and links to its own heading.
+    text, sections = source["text"], source["sections"]
+    assert [s["heading_path"][-1] for s in sections] == [
+        "Storing text",
+        "Internal representation",
+        "Indexing into strings",
+        "Concatenating strings",
+    ]
+    assert text[sections[1]["start"] :].startswith("Inside, a string is a vector of bytes.")
+    assert text[sections[3]["start"] :].startswith("The + operator joins two strings")
+    assert sections[1]["url"] == BASE + "strings#internal-representation"
+    # The quote is from "Internal representation" alone, and the answer names that section, not the one it was
+    # found by.
+    (start, end), *_ = source["highlights"]
+    assert sections[1]["start"] <= start < end <= sections[2]["start"]
+    assert "**Strings > Storing text > Internal representation**" in answer["answer"]
+    assert "**Strings > Concatenating strings**" not in answer["answer"]

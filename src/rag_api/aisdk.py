@@ -90,6 +90,10 @@ def source_document(source: Source) -> Chunk:
                 "page": source.page,
                 "chunkIndex": source.chunk_index,
                 "headingPath": list(source.heading_path),
+                "sections": [
+                    {"start": s.start, "headingPath": s.heading_path, "url": s.url, "anchor": s.anchor}
+                    for s in source.sections
+                ],
                 "text": source.text,
             }
         },

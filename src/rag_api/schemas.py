@@ -80,6 +80,14 @@ class AskRequest(BaseModel):
     _question_not_blank = field_validator("question")(_not_blank)
 
 
+class SourceSectionOut(BaseModel):
+    start: int = Field(description="Where the section starts in the passage's `text` (a character offset).")
+    heading_path: list[str]
+    url: str | None = Field(description="The section on the book's site (BOOK_BASE_URL + page_path + #anchor).")
+    page_path: str | None = None
+    anchor: str | None = None
+
+
 class SourceOut(BaseModel):
     number: int = Field(description="The number the answer cites it by, as [number].")
     source: str = Field(description="The file it comes from, relative to the book's folder.")
@@ -95,6 +103,12 @@ class SourceOut(BaseModel):
     highlights: list[tuple[int, int]] = Field(
         default_factory=list,
         description="[start, end] character offsets into `text` of the sentences that best answer the question.",
+    )
+    sections: list[SourceSectionOut] = Field(
+        default_factory=list,
+        description="The sections `text` spans, in order: one, unless nearby chunks of another subsection were "
+        "joined to the passage. `url` is the section of the chunk the passage was found by; link a highlight to the "
+        "section holding it (the last one starting at or before it).",
     )
 
 
