@@ -25,6 +25,7 @@ from chains.embeddings import LocalEmbeddings
 from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
+from tests.conftest import STRINGS_CHAPTER, STRINGS_QUESTION, STRINGS_SETTINGS, ingest_into
 from tests.fakes import FakeChatModel
 from tests.live import free_port, serve
 
@@ -119,13 +120,16 @@ def live_site(
     attrs: str = "",
     book_base_url: bool = True,
     head: str = "",
+    allow_host: bool = True,
 ) -> Iterator[Any]:
-    """The API (with the book's pages) on one port and a host page on another: two origins."""
+    """The API (with the book's pages) on one port and a host page on another: two origins (the host's in the API's
+    CORS_ORIGINS unless `allow_host` is False)."""
     api_port, host_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     host = f"http://127.0.0.1:{host_port}"
     base = f"{api}/book/" if book_base_url else None
-    changed = settings.model_copy(update={"cors_origins": [host], "book_base_url": base})
+    origins = [host] if allow_host else ["https://another-book.example"]
+    changed = settings.model_copy(update={"cors_origins": origins, "book_base_url": base})
     model = SlowScriptedModel(messages=answers(answer))
     app = create_app(changed, Overrides(chat_model=model, embeddings=embeddings, client=qdrant))
 
@@ -425,6 +429,71 @@ async def test_without_book_base_url_sources_link_through_the_tags_base_or_not_a
                 assert await links.get_attribute("href") == expected
             assert problems["errors"] == []
 
+
+async def test_a_quote_from_a_neighbouring_subsection_links_to_that_subsection(
+    tmp_path: Path, settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    """A passage joined from nearby chunks of one chapter is found by one subsection and quoted from another: the
+    source's label, its link and the answer's [1] name and open the subsection the quote is from."""
+    from playwright.async_api import expect
+
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "strings.md").write_text(STRINGS_CHAPTER, encoding="utf-8")
+    small = settings.model_copy(update=STRINGS_SETTINGS)
+    assert not ingest_into(qdrant, embeddings, small, book / "strings.md").failed
+    answer = "Yes: `push` adds one character at the end [1]."
+    with live_site(small, embeddings, qdrant, answer=answer) as (api, host_url):
+        async with browser_context(viewport={"width": 390, "height": 844}) as context:
+            page = await context.new_page()
+            problems = watch_problems(page)
+            await page.goto(host_url)
+            await page.get_by_role("button", name="Ask the book").click()
+            await page.get_by_role("textbox", name="Your question").fill(STRINGS_QUESTION)
+            await page.keyboard.press("Enter")
+            turn = page.get_by_role("dialog").locator("article.turn").first
+            await expect(turn.locator(".meta")).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
+            first = turn.locator(".sources li").first
+            await expect(first.locator("q")).to_contain_text("land in the middle of a letter")
+            link = first.locator("a")
+            await expect(link).to_have_text("Strings › Storing text › Internal representation")
+            assert await link.get_attribute("href") == f"{api}/book/strings#internal-representation"
+            cite = turn.locator(".answer .cite").first
+            assert await cite.get_attribute("href") == await link.get_attribute("href")
+            assert "Internal representation" in (await cite.get_attribute("title") or "")
+            assert problems["errors"] == []
+
+
+
+async def test_a_page_the_api_does_not_allow_is_told_so_and_a_service_that_is_down_is_told_apart(
+    sample_book_indexed: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    """The browser hides why a cross-origin request failed; the widget tells a page missing from the API's
+    CORS_ORIGINS (the service is up: a setup mistake, named with the origin to add) from a service it cannot reach."""
+    from playwright.async_api import expect
+
+    async def failed_turn(host_url: str) -> tuple[str, list[str]]:
+        async with browser_context() as context:
+            page = await context.new_page()
+            problems = watch_problems(page)
+            await page.goto(host_url)
+            await page.get_by_role("button", name="Ask the book").click()
+            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
+            await page.keyboard.press("Enter")
+            error = page.get_by_role("dialog").locator("article.turn .error")
+            await expect(error).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
+            return await error.inner_text(), problems["warnings"]
+
+    with live_site(sample_book_indexed, embeddings, qdrant, allow_host=False) as (api, host_url):
+        origin = host_url.rsplit("/", 2)[0]
+        refused, warnings = await failed_turn(host_url)
+        assert "not set up for this page" in refused and origin in refused
+        assert any("CORS_ORIGINS" in w and origin in w and api in w for w in warnings), warnings
+    closed = f'data-api-base="http://127.0.0.1:{free_port()}" '
+    with live_site(sample_book_indexed, embeddings, qdrant, attrs=closed) as (_, host_url):
+        down, warnings = await failed_turn(host_url)
+        assert down.startswith("Could not reach the book's assistant")
+        assert not any("CORS_ORIGINS" in w for w in warnings)
 
 # A page with an AMD loader and CommonJS-looking globals (RequireJS, old bundles): the vendored UMD builds must not
 # register with them or write to them.

@@ -221,6 +221,35 @@ function safeLink(value) {
   return url ? url.href : null;
 }
 
+// The section a source's quote is from: a passage joined from nearby chunks can span several subsections (its
+// `sections`, each with the offset it starts at), and its highlights may all lie in another one than the section
+// it was found by; then the first of those, else the source itself (as chains.answer's `quoted_section`).
+function quotedSection(source) {
+  var sections = Array.isArray(source.sections) ? source.sections : [];
+  var spans = Array.isArray(source.highlights) ? source.highlights : [];
+  if (sections.length < 2) return source;
+  var holding = [];
+  spans.forEach(function (span) {
+    var found = null;
+    sections.forEach(function (section) {
+      if (Array.isArray(span) && section && typeof section.start === "number" && section.start <= span[0]) {
+        found = section;
+      }
+    });
+    if (found && Array.isArray(found.heading_path) && found.heading_path.length) holding.push(found);
+  });
+  var own = JSON.stringify(source.heading_path || []);
+  var inOwn = holding.some(function (section) {
+    return JSON.stringify(section.heading_path) === own && (section.anchor || null) === (source.anchor || null);
+  });
+  if (!holding.length || inOwn) return source;
+  var quoted = holding[0];
+  return {
+    number: source.number, title: source.title, source: source.source, url: quoted.url,
+    page_path: quoted.page_path, anchor: quoted.anchor, heading_path: quoted.heading_path,
+  };
+}
+
 // A source's link on the book's site: its own url, else the book's base URL with its page path and anchor, else
 // none (plain text, never href="#").
 function sourceHref(source, config) {
@@ -285,7 +314,8 @@ function linkCitations(root, sources, config, onCite) {
         if (part) replacement.append(part);
         return;
       }
-      var href = sourceHref(source, config);
+      var shown = quotedSection(source);
+      var href = sourceHref(shown, config);
       var cite;
       if (href) {
         cite = el("a", "cite", part);
@@ -299,7 +329,7 @@ function linkCitations(root, sources, config, onCite) {
           onCite(source.number);
         });
       }
-      cite.title = "Source " + source.number + ": " + sourceLabel(source);
+      cite.title = "Source " + source.number + ": " + sourceLabel(shown);
       replacement.append(cite);
     });
     node.replaceWith(replacement);
@@ -795,8 +825,9 @@ Chat.prototype.drawTurn = function (turn) {
         item.value = source.number;
         item.id = self.id + "-source-" + box.dataset.index + "-" + source.number;
         item.tabIndex = -1;
-        var href = sourceHref(source, config);
-        var label = sourceLabel(source);
+        var shown = quotedSection(source);
+        var href = sourceHref(shown, config);
+        var label = sourceLabel(shown);
         var link = href ? el("a", "", label) : el("span", "", label);
         if (href) {
           link.href = href;
@@ -946,7 +977,7 @@ Chat.prototype.ask = async function (question, selected) {
   } catch (error) {
     if (error && error.problem) turn.error = error.problem;
     else if (error && error.name === "AbortError") turn.error = "Stopped.";
-    else turn.error = "Could not reach the book's assistant. Check your connection and try again.";
+    else turn.error = await unreachable(config);
   } finally {
     this.controller = null;
     this.send.hidden = false;
@@ -955,6 +986,23 @@ Chat.prototype.ask = async function (question, selected) {
     saveState(config, this.state);
   }
 };
+
+// Why a request failed before any reply: the browser hides the reason, but a no-cors request (which no CORS rule
+// blocks) that succeeds shows the service is up and refused this page's origin, a setup mistake the book team must
+// fix (the API's CORS_ORIGINS); else the service or the network is down.
+async function unreachable(config) {
+  try {
+    await fetch(config.apiBase + "/health", { mode: "no-cors", credentials: "omit", cache: "no-store" });
+  } catch (e) {
+    return "Could not reach the book's assistant. Check your connection and try again.";
+  }
+  warn(
+    "the API at " + config.apiBase + " is up but does not allow this page's origin (" + location.origin + "): " +
+      "add it to the API's CORS_ORIGINS (a comma-separated list)"
+  );
+  return "The book's assistant is not set up for this page yet (it does not accept questions from " +
+    location.origin + "). Please tell the book's team.";
+}
 
 // Sends a rating for a finished answer; true when the service stored it.
 Chat.prototype.rate = async function (turn, rating, comment) {
