@@ -45,6 +45,7 @@ from chains.guard import ModelGate, close_iterator
 from chains.highlights import content_words, highlight_passages, quote_in_context
 from chains.model_stream import TextStream, merged, model_error, text_stream_for
 from chains.neighbours import chunks_filter
+from chains.passage_budget import excerpt, passage_rooms
 from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, format_passages, heading_label, neutralise
 from chains.retrieval import BookRetriever
 from chains.sentence_rescore import SENTENCE_KEY, decode, sentences_of
@@ -150,6 +151,8 @@ class Source:
     # `[start, end]` offsets into `text` of the sentences that best answer the question (chains.highlights).
     highlights: list[tuple[int, int]] = field(default_factory=list)
     sections: list[SourceSection] = field(default_factory=list)
+    # `[start, end]` of chunk `chunk_index` in `text` when chunks were joined to it (None: `text` is that chunk).
+    chunk_span: tuple[int, int] | None = None
 
     @classmethod
     def from_document(cls, number: int, document: Document, base_url: object | None = None) -> Source:
@@ -171,6 +174,7 @@ class Source:
             page_path=meta.get("page_path"),
             anchor=meta.get("anchor"),
             sections=sections,
+            chunk_span=_span(meta.get("chunk_span")),
         )
 
     @property
@@ -197,6 +201,12 @@ class Source:
         """The label of the section the reader is shown a quote from (`quoted_section`, else its own)."""
         section = self.quoted_section()
         return " > ".join(section.heading_path) if section is not None and section.heading_path else self.label
+
+
+def _span(value: object) -> tuple[int, int] | None:
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +692,7 @@ class _AnswerSteps:
         if self.text is None:
             yield AddableDict(answer=extractive_answer(sources), deltas=1)  # type: ignore[misc]
             return
-        prompt = await ANSWER_PROMPT.ainvoke(prompt_input(request, sources), config)
+        prompt = await ANSWER_PROMPT.ainvoke(prompt_input(request, sources, self.settings.chat_passage_chars), config)
         usage: dict[str, int] | None = None
         pieces = self.text(prompt.to_messages(), config)
         # Highlights scored by the embedding model start once the model has answered its first text, and go out
@@ -714,9 +724,14 @@ class _AnswerSteps:
             yield AddableDict(usage=usage)  # type: ignore[misc]
 
 
-def prompt_input(request: AnswerRequest, sources: Sequence[Source]) -> dict[str, Any]:
-    """The answer prompt's variables: the numbered passages, the (windowed) conversation, the question."""
-    documents = [Document(page_content=s.text, metadata={"heading_path": s.heading_path}) for s in sources]
+def prompt_input(request: AnswerRequest, sources: Sequence[Source], passage_chars: int = 0) -> dict[str, Any]:
+    """The answer prompt's variables: the numbered passages (at most `passage_chars` characters of them in all,
+    chains.passage_budget; 0: whole), the (windowed) conversation, the question."""
+    rooms = passage_rooms([len(s.text) for s in sources], passage_chars)
+    documents = [
+        Document(page_content=excerpt(s.text, room, s.chunk_span), metadata={"heading_path": s.heading_path})
+        for s, room in zip(sources, rooms, strict=True)
+    ]
     history: list[BaseMessage] = [
         HumanMessage(neutralise(t.content)) if t.role == "user" else AIMessage(neutralise(t.content))
         for t in request.history

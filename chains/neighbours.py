@@ -246,23 +246,28 @@ def _join(
     already: Iterable[int] = (),
 ) -> None:
     """Join the chunks `chosen` (position, text) into the passage, which holds chunk `index` and those `already`
-    joined to it: the text is written again from its chunks in book order, and `metadata.sections` records where
-    each section it spans starts in it (a passage joined across subsections links each quote to its own section).
+    joined to it: the text is written again from its chunks in book order; `metadata.chunk_span` records where
+    chunk `index` is in it, and `metadata.sections` where each section it spans starts (a passage joined across
+    subsections links each quote to its own section).
     A joined chunk that was a candidate brings its scores: the passage's cosine and best sentence become the best
     of the chunks it shows, so joining a candidate never hides the evidence that it was close to the question (the
     refusal threshold reads them)."""
     texts = {position: text for position, text in chosen}
     positions = sorted({index, *already, *texts})
     text = ""
+    found = [0, 0]
     sections: list[dict[str, Any]] = []  # where each section it spans starts in `text`
     for position in positions:
         chunk = texts[position] if position in texts else pool[(source, position)][1]
         start = len(text) + len(_PARAGRAPH) if text else 0
         text = join_texts(text, chunk) if text else chunk
+        if position == index:
+            found = [min(start, len(text)), len(text)]
         here = section_of(document.metadata if position == index else pool[(source, position)][0])
         if not sections or any(sections[-1][key] != value for key, value in here.items()):
             sections.append({"start": min(start, len(text)), **here})
     document.page_content = text
+    document.metadata["chunk_span"] = found
     document.metadata["joined"] = [position for position in positions if position != index]
     if len(sections) > 1:
         document.metadata["sections"] = sections

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     chat_timeout_s: float = Field(60.0, gt=0, le=600)
     chat_max_retries: int = Field(2, ge=0, le=10)
     chat_max_tokens: int | None = Field(None, ge=1, le=32_768)
+    # The passages the model reads, in characters at most in all (chains/passage_budget.py); 0: all of them. Long
+    # passages are cut around the chunk they were found by; lower it for a model with a small context window
+    # (about 4 characters a token in English).
+    chat_passage_chars: int = Field(24_000, ge=0, le=2_000_000)
 
     # Splitting and retrieval.
     chunk_size: int = Field(256, ge=32, le=16_384)

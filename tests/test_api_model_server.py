@@ -5,8 +5,10 @@ short by the server answered as `model_incomplete` (an error event; 502 for JSON
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from chains.models import build_chat_model
 from chains.settings import Settings
 from rag_api.app import create_app
 from rag_api.state import Overrides
-from tests.conftest import app_client
+from tests.conftest import app_client, ingest_into
 from tests.live import free_port, serve
 from tests.test_model_stream import WORDS, Upstream, chunk, completion_stream, paced
 
@@ -148,3 +150,35 @@ async def test_a_client_leaving_mid_answer_stops_the_upstream_request_and_is_no_
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "rag_api" in r.name]
     assert problems == [], "a disconnect is reported as cancellation, never as a model failure"
     assert any("client disconnected" in r.getMessage() for r in caplog.records)
+
+
+SAMPLE_BOOK = Path(__file__).resolve().parent.parent / "sample_book"
+PASSAGE = re.compile(r'<passage number="(\d+)" from="[^"]*">\n(.*?)\n</passage>', re.DOTALL)
+
+
+@pytest.mark.parametrize("budget", [0, 1500])
+async def test_the_model_reads_every_passage_within_chat_passage_chars_each_cut_around_its_chunk(
+    budget: int, settings: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
+) -> None:
+    book = settings.model_copy(update={"chat_passage_chars": budget})
+    assert not ingest_into(qdrant, embeddings, book, SAMPLE_BOOK).failed
+    question = "How should I water and mulch a young tree in its first summer?"
+    async for http, upstream in served(book, embeddings, qdrant, completion_stream(WORDS)):
+        answer = (await http.post("/ask", json={"question": question, "stream": False})).json()
+        prompt = upstream.bodies[0]["messages"][-1]["content"]
+    sources = answer["sources"]
+    read = {int(number): html.unescape(text) for number, text in PASSAGE.findall(prompt)}
+    assert sorted(read) == [s["number"] for s in sources], "every numbered passage is in the prompt"
+    whole = sum(len(s["text"]) for s in sources)
+    if budget == 0:
+        assert [read[s["number"]] for s in sources] == [s["text"] for s in sources]
+        return
+    assert whole > budget, "the sample book's passages for this question are longer than the budget"
+    assert sum(len(text.strip("… ")) for text in read.values()) <= budget
+    for source in sources:
+        text = read[source["number"]]
+        assert text.strip("… ") in source["text"], "an excerpt of the passage, cut between words"
+        if source["chunk_span"] is not None and len(text) < len(source["text"]):
+            start, end = source["chunk_span"]
+            at = source["text"].index(text.strip("… "))
+            assert at < end and at + len(text) > start, "the excerpt is around the chunk the passage was found by"

@@ -191,6 +191,8 @@ def test_a_lower_passage_near_a_higher_one_of_its_chapter_is_joined_with_the_chu
     joined = join_neighbours(candidates, payloads, before, [1.0, 0.0], k=3, whole=1, nearby=5)
     assert len(joined) == 1 and joined[0].metadata["joined"] == [6, 7, 8, 10, 11]
     assert joined[0].page_content == "\n\n".join(f"text {i}" for i in range(6, 12))
+    start, end = joined[0].metadata["chunk_span"]  # where the chunk it was found by is, in the middle
+    assert joined[0].page_content[start:end] == "text 9"
 
     # Across a section of the same chapter too (a topic runs on into the next subsection).
     boxed = [_neighbour(10), _neighbour(11, "Ch > Boxed")]
@@ -204,6 +206,8 @@ def test_a_lower_passage_near_a_higher_one_of_its_chapter_is_joined_with_the_chu
         ("text 11", ["Ch", "Boxed"]),
         ("text 12", ["Ch", "S"]),
     ]
+    start, end = joined[0].metadata["chunk_span"]  # and where the chunk it was found by (9) is
+    assert text[start:end] == "text 9"
     one_section = join_neighbours(_copies(candidates), payloads, before, [1.0, 0.0], k=3, nearby=5)
     assert "sections" not in one_section[0].metadata
 

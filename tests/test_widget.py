@@ -464,7 +464,6 @@ async def test_a_quote_from_a_neighbouring_subsection_links_to_that_subsection(
             assert problems["errors"] == []
 
 
-
 async def test_a_page_the_api_does_not_allow_is_told_so_and_a_service_that_is_down_is_told_apart(
     sample_book_indexed: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
 ) -> None:
@@ -494,6 +493,7 @@ async def test_a_page_the_api_does_not_allow_is_told_so_and_a_service_that_is_do
         down, warnings = await failed_turn(host_url)
         assert down.startswith("Could not reach the book's assistant")
         assert not any("CORS_ORIGINS" in w for w in warnings)
+
 
 # A page with an AMD loader and CommonJS-looking globals (RequireJS, old bundles): the vendored UMD builds must not
 # register with them or write to them.

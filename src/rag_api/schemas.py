@@ -110,6 +110,9 @@ class SourceOut(BaseModel):
         "joined to the passage. `url` is the section of the chunk the passage was found by; link a highlight to the "
         "section holding it (the last one starting at or before it).",
     )
+    chunk_span: tuple[int, int] | None = Field(
+        None, description="[start, end] of chunk `chunk_index` in `text` when chunks were joined to it."
+    )
 
 
 class TimingsOut(BaseModel):
