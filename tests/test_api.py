@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -174,12 +175,19 @@ async def test_model_failing_mid_stream_ends_with_one_error_event(client: AsyncC
     assert (await client.get("/health")).status_code == 200
 
 
-async def test_cors_preflight_allows_configured_origin_only(client: AsyncClient) -> None:
+async def test_cors_preflight_allows_configured_origin_only_and_logs_a_refused_origin_once(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     headers = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
-    allowed = await client.options("/ask", headers=headers)
-    assert allowed.headers.get("access-control-allow-origin") == "http://localhost:3000"
-    denied = await client.options("/ask", headers={**headers, "Origin": "https://evil.example"})
-    assert "access-control-allow-origin" not in denied.headers
+    with caplog.at_level(logging.WARNING, logger="rag_api.errors"):
+        allowed = await client.options("/ask", headers=headers)
+        assert allowed.headers.get("access-control-allow-origin") == "http://localhost:3000"
+        for _ in range(3):
+            denied = await client.options("/ask", headers={**headers, "Origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in denied.headers
+    refused = [r.getMessage() for r in caplog.records if "CORS_ORIGINS" in r.getMessage()]
+    assert len(refused) == 1, "once per origin"
+    assert "https://evil.example" in refused[0] and "localhost:3000" not in refused[0]
 
 
 async def test_chat_page_and_openapi_are_served(client: AsyncClient) -> None:

@@ -29,7 +29,7 @@ from rag_api.book_site import build_site
 from rag_api.errors import install_error_handlers
 from rag_api.ingest_channel import IngestChannel
 from rag_api.metrics import build_metrics
-from rag_api.middleware import RequestContextMiddleware
+from rag_api.middleware import RefusedOriginLog, RequestContextMiddleware
 from rag_api.ratelimit import TokenBuckets, rate_limit
 from rag_api.records import AnswerRecorder, RecordStore
 from rag_api.recovery import open_qdrant, watch_qdrant
@@ -192,6 +192,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> FastAP
         allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Accept"],
         expose_headers=["X-Request-ID"],
     )
+    app.add_middleware(RefusedOriginLog, allowed=settings.cors_origins)
     # Public endpoints: an API key when API_KEYS is set, then the per-client rate limit (keyed by that key).
     guarded = [Depends(require_api_key), Depends(rate_limit)]
     for module in (ask, chat, search, openai_api, feedback):

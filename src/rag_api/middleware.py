@@ -1,5 +1,6 @@
 """Pure ASGI middleware: a request id on every request and response, one access log line per request, a body
-limit and a body read timeout, and a last-resort JSON 500 for an exception nothing else handled.
+limit and a body read timeout, and a last-resort JSON 500 for an exception nothing else handled; and a warning for
+each origin whose browser requests CORS refuses (`RefusedOriginLog`).
 
 Pure ASGI (not `BaseHTTPMiddleware`) so that streamed responses pass through untouched and cheaply. Routes add
 fields to the access line (retrieval and model ms, token counts, the question when LOG_QUESTIONS is on) with
@@ -21,6 +22,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -194,3 +196,34 @@ class BodyTimeout(HTTPException):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(408, f"the request body did not arrive within {seconds:g} s (BODY_TIMEOUT_S)", _CLOSE)
+
+
+class RefusedOriginLog:
+    """A warning, once per origin, when a browser asks from an origin that CORS_ORIGINS lacks (its preflight, which
+    CORSMiddleware refuses): a book's page with the widget on a new site. The browser hides the reason from the
+    page, so the widget can only guess it; the server's log says which origin to add. At most `remember` origins
+    are logged, so that a stream of made-up origins cannot flood the log."""
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str], remember: int = 50) -> None:
+        self.app = app
+        self.allowed = set(allowed)
+        self.remember = remember
+        self.logged: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and "*" not in self.allowed:
+            origin = _header(scope, b"origin")
+            if (
+                origin is not None
+                and _header(scope, b"access-control-request-method") is not None
+                and origin not in self.allowed
+                and origin not in self.logged
+                and len(self.logged) < self.remember
+            ):
+                self.logged.add(origin)
+                errors_logger.warning(
+                    "refused a browser request from %s: that origin is not in CORS_ORIGINS, so a page there cannot "
+                    "ask (add it to CORS_ORIGINS, a comma-separated list)",
+                    origin,
+                )
+        await self.app(scope, receive, send)
