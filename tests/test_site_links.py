@@ -150,6 +150,9 @@ async def test_a_passage_joined_across_subsections_links_its_quote_to_the_subsec
     assert not ingest_into(qdrant, embeddings, small, book / "strings.md").failed  # the book's folder as its root
     async for _, http in app_client(small, embeddings, qdrant, None):
         answer = (await http.post("/ask", json={"question": STRINGS_QUESTION, "stream": False})).json()
+        found = (await http.post("/search", json={"query": STRINGS_QUESTION})).json()["results"][0]
+    spanned = found["metadata"]["sections"]  # /search shows them too, each with its link
+    assert spanned[1]["url"] == BASE + "strings#internal-representation"
     source = answer["sources"][0]
     assert source["heading_path"] == ["Strings", "Concatenating strings"]  # the chunk it was found by
     assert source["url"] == BASE + "strings#concatenating-strings"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter
 
@@ -37,11 +38,17 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
             SearchResult(
                 text=d.page_content,
                 score=float(d.metadata.get("score", 0.0)),
-                metadata={
-                    **{k: v for k, v in d.metadata.items() if k != "score"},
-                    "url": section_url(state.settings.book_base_url, d.metadata),
-                },
+                metadata=result_metadata(d.metadata, state.settings.book_base_url),
             )
             for d in documents
         ]
     )
+
+
+def result_metadata(metadata: dict[str, Any], base_url: object | None) -> dict[str, Any]:
+    """A passage's metadata as /search shows it: with its section's `url`, and each spanned section's too."""
+    shown = {k: v for k, v in metadata.items() if k != "score"}
+    shown["url"] = section_url(base_url, metadata)
+    if isinstance(sections := metadata.get("sections"), list):
+        shown["sections"] = [{**part, "url": section_url(base_url, part)} for part in sections]
+    return shown
