@@ -43,7 +43,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,20 @@ def store_folder(name: str, book: Path, stores: Path = STORES, settings: Setting
         ).encode()
     ).hexdigest()[:12]
     return stores / f"{name}-{key}"
+
+
+@contextlib.contextmanager
+def product_store(name: str, embeddings: Embeddings) -> Iterator[tuple[QdrantClient, Settings]]:
+    """Book `name`'s cached store (the one this harness keeps, ingested the first time) opened, with the settings
+    its chunks were ingested with: for the other benchmarks that read the product's passages."""
+    book, _ = DATASETS[name]
+    folder = store_folder(name, book)
+    folder.mkdir(parents=True, exist_ok=True)
+    client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection="eval_bookrag"))  # type: ignore[call-arg]
+    try:
+        yield client, ingest_project(client, embeddings, book, "eval_bookrag")
+    finally:
+        client.close()
 
 
 def ingest_project(client: QdrantClient, embeddings: Embeddings, book: Path, collection: str) -> Settings:

@@ -14,12 +14,12 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-from bench.eval_retrieval import DATASETS, ingest_project, load_questions, normalise, store_folder
+from bench.eval_retrieval import DATASETS, load_questions, normalise, product_store
 from chains.answer import build_answer_chain
 from chains.embeddings import build_embeddings
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
-from chains.vectorstore import build_qdrant_client, build_vector_store
+from chains.vectorstore import build_vector_store
 
 OLD_CHARS = 400
 
@@ -34,14 +34,9 @@ def old_extractive(texts: Sequence[str]) -> str:
 
 
 async def measure(name: str) -> dict[str, object]:
-    book, questions_path = DATASETS[name]
-    questions = load_questions(questions_path)
+    questions = load_questions(DATASETS[name][1])
     embeddings = build_embeddings(Settings(_env_file=None))  # type: ignore[call-arg]
-    folder = store_folder(name, book)
-    folder.mkdir(parents=True, exist_ok=True)
-    client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection="eval_bookrag"))  # type: ignore[call-arg]
-    try:
-        settings = ingest_project(client, embeddings, book, "eval_bookrag")
+    with product_store(name, embeddings) as (client, settings):
         retriever = BookRetriever.from_settings(build_vector_store(client, settings, embeddings), settings, None)
         chain = build_answer_chain(retriever, None, settings)
         before = after = answered = 0
@@ -54,8 +49,6 @@ async def measure(name: str) -> dict[str, object]:
             wanted = normalise(question.answer_contains)
             before += wanted in normalise(old_extractive([s.text for s in sources]))
             after += wanted in normalise(result.get("answer", ""))
-    finally:
-        client.close()
     return {"book": name, "questions": len(questions), "answered": answered, "before": before, "after": after}
 
 

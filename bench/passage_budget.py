@@ -17,13 +17,13 @@ from collections.abc import Sequence
 
 from langchain_core.documents import Document
 
-from bench.eval_retrieval import DATASETS, ingest_project, load_questions, normalise, store_folder
+from bench.eval_retrieval import DATASETS, load_questions, normalise, product_store
 from chains.answer import Source
 from chains.embeddings import build_embeddings
 from chains.passage_budget import excerpt, passage_rooms
 from chains.retrieval import BookRetriever
 from chains.settings import Settings
-from chains.vectorstore import build_qdrant_client, build_vector_store
+from chains.vectorstore import build_vector_store
 
 ALL_BOOKS = "sample_book,humanoid_book,swift_book,walden,d2l,rust_book,origin_of_species"
 
@@ -38,16 +38,11 @@ def reaches_answer(document: Document, settings: Settings) -> bool:
 
 
 def measure(name: str, budgets: Sequence[int]) -> dict[str, object]:
-    book, questions_path = DATASETS[name]
-    questions = load_questions(questions_path)
+    questions = load_questions(DATASETS[name][1])
     embeddings = build_embeddings(Settings(_env_file=None))  # type: ignore[call-arg]
-    folder = store_folder(name, book)
-    folder.mkdir(parents=True, exist_ok=True)
-    client = build_qdrant_client(Settings(_env_file=None, qdrant_path=folder, qdrant_collection="eval_bookrag"))  # type: ignore[call-arg]
     held = {"whole": 0, **{f"budget {b}": 0 for b in budgets}, **{f"start cut {b}": 0 for b in budgets}}
     lengths: list[int] = []
-    try:
-        settings = ingest_project(client, embeddings, book, "eval_bookrag")
+    with product_store(name, embeddings) as (client, settings):
         retriever = BookRetriever.from_settings(build_vector_store(client, settings, embeddings), settings, None)
         for question in questions:
             found = [d for d in retriever.invoke(question.question) if reaches_answer(d, settings)]
@@ -63,8 +58,6 @@ def measure(name: str, budgets: Sequence[int]) -> dict[str, object]:
                 kept = [excerpt(s.text, room, s.chunk_span) for s, room in zip(sources, rooms, strict=True)]
                 held[f"budget {budget}"] += wanted in normalise("\n\n".join(kept))
                 held[f"start cut {budget}"] += wanted in normalise("\n\n".join(texts)[-budget:])
-    finally:
-        client.close()
     over = {budget: sum(1 for n in lengths if n > budget) for budget in budgets}
     return {"book": name, "questions": len(questions), "held": held, "over_budget": over, "max_chars": max(lengths)}
 

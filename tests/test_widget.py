@@ -192,6 +192,14 @@ def ask_bodies(page: Any) -> list[dict[str, Any]]:
     return bodies
 
 
+async def ask_on_the_page(page: Any, host_url: str, question: str) -> None:
+    """Open the host page, open the panel from its launcher and send `question`, as a reader does."""
+    await page.goto(host_url)
+    await page.get_by_role("button", name="Ask the book").click()
+    await page.get_by_role("textbox", name="Your question").fill(question)
+    await page.keyboard.press("Enter")
+
+
 async def test_the_widget_on_another_origin_streams_renders_safely_links_sections_and_remembers(
     sample_book_indexed: Settings, embeddings: LocalEmbeddings, qdrant: QdrantClient
 ) -> None:
@@ -415,10 +423,7 @@ async def test_without_book_base_url_sources_link_through_the_tags_base_or_not_a
         async with browser_context() as context:
             page = await context.new_page()
             problems = watch_problems(page)
-            await page.goto(host_url)
-            await page.get_by_role("button", name="Ask the book").click()
-            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
-            await page.keyboard.press("Enter")
+            await ask_on_the_page(page, host_url, QUESTION)
             sources = page.get_by_role("dialog").locator("article.turn .sources li")
             await expect(sources.first).to_contain_text("Depth and Width")
             links = sources.first.locator("a")
@@ -447,10 +452,7 @@ async def test_a_quote_from_a_neighbouring_subsection_links_to_that_subsection(
         async with browser_context(viewport={"width": 390, "height": 844}) as context:
             page = await context.new_page()
             problems = watch_problems(page)
-            await page.goto(host_url)
-            await page.get_by_role("button", name="Ask the book").click()
-            await page.get_by_role("textbox", name="Your question").fill(STRINGS_QUESTION)
-            await page.keyboard.press("Enter")
+            await ask_on_the_page(page, host_url, STRINGS_QUESTION)
             turn = page.get_by_role("dialog").locator("article.turn").first
             await expect(turn.locator(".meta")).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
             first = turn.locator(".sources li").first
@@ -475,10 +477,7 @@ async def test_a_page_the_api_does_not_allow_is_told_so_and_a_service_that_is_do
         async with browser_context() as context:
             page = await context.new_page()
             problems = watch_problems(page)
-            await page.goto(host_url)
-            await page.get_by_role("button", name="Ask the book").click()
-            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
-            await page.keyboard.press("Enter")
+            await ask_on_the_page(page, host_url, QUESTION)
             error = page.get_by_role("dialog").locator("article.turn .error")
             await expect(error).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
             return await error.inner_text(), problems["warnings"]
@@ -512,10 +511,7 @@ async def test_the_widget_works_on_a_page_with_an_amd_loader_and_commonjs_global
         async with browser_context() as context:
             page = await context.new_page()
             problems = watch_problems(page)
-            await page.goto(host_url)
-            await page.get_by_role("button", name="Ask the book").click()
-            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
-            await page.keyboard.press("Enter")
+            await ask_on_the_page(page, host_url, QUESTION)
             answer = page.get_by_role("dialog").locator("article.turn .answer strong")
             await expect(answer).to_have_text("wide and shallow")
             assert await page.evaluate("[window.__amd, Object.keys(window.module.exports).length]") == [None, 0]
@@ -533,10 +529,7 @@ async def test_a_reader_rates_an_answer_down_with_a_comment_and_the_authors_repo
         async with browser_context() as context:
             page = await context.new_page()
             problems = watch_problems(page)
-            await page.goto(host_url)
-            await page.get_by_role("button", name="Ask the book").click()
-            await page.get_by_role("textbox", name="Your question").fill(QUESTION)
-            await page.keyboard.press("Enter")
+            await ask_on_the_page(page, host_url, QUESTION)
             dialog = page.get_by_role("dialog")
             down = dialog.get_by_role("button", name="Not helpful")
             await expect(down).to_be_visible()
