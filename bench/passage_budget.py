@@ -59,7 +59,14 @@ def measure(name: str, budgets: Sequence[int]) -> dict[str, object]:
                 held[f"budget {budget}"] += wanted in normalise("\n\n".join(kept))
                 held[f"start cut {budget}"] += wanted in normalise("\n\n".join(texts)[-budget:])
     over = {budget: sum(1 for n in lengths if n > budget) for budget in budgets}
-    return {"book": name, "questions": len(questions), "held": held, "over_budget": over, "max_chars": max(lengths)}
+    return {
+        "book": name,
+        "questions": len(questions),
+        "held": held,
+        "over_budget": over,
+        "mean_chars": round(sum(lengths) / max(1, len(lengths))),
+        "max_chars": max(lengths),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,13 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets = [int(b) for b in args.budgets.split(",")]
     rows = [measure(name, budgets) for name in args.books.split(",")]
     columns = ["whole", *(f"budget {b}" for b in budgets), *(f"start cut {b}" for b in budgets)]
-    print("| book | questions | longest (chars) | over each budget | answer text kept: " + " | ".join(columns) + " |")
+    head = "| book | questions | mean / longest (chars) | over each budget | answer text kept: "
+    print(head + " | ".join(columns) + " |")
     print("|---|---:|---:|---|" + "---:|" * len(columns))
     for row in rows:
         held, over = row["held"], row["over_budget"]
         assert isinstance(held, dict) and isinstance(over, dict)
         print(
-            f"| {row['book']} | {row['questions']} | {row['max_chars']} | "
+            f"| {row['book']} | {row['questions']} | {row['mean_chars']} / {row['max_chars']} | "
             + ", ".join(str(over[b]) for b in budgets)
             + " | "
             + " | ".join(str(held[c]) for c in columns)

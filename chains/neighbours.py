@@ -20,7 +20,8 @@ that many chunks on each side of it; a section that runs past them is longer tha
 neighbours rule.
 
 Two passages of one chapter at most a few chunks apart (RETRIEVAL_JOIN_NEARBY, 8) are one passage: the lower one
-joins the higher with the chunks between them (NEARBY_SPAN chunks at most in all), and the next candidate moves up.
+joins the higher with the chunks between them (NEARBY_SPAN chunks at most in all), and the next candidate moves up;
+a spare candidate ranked after the k-th passage joins one the same way (it would be the passage after them).
 They are usually views of one stretch of the book, and the answer often lies between them (in a long section, a
 Walden chapter, or where a topic runs on into the next subsection); shown apart, they spend two of the k places on it
 and still leave out the middle. The same read fetches the chunks between candidates. A passage may so stand for
@@ -139,7 +140,8 @@ def join_neighbours(
     whose best sentence beats the passage's own. A neighbour that is itself a lower candidate is joined into the
     higher one and leaves the list (the next candidate moves up); one ranked higher stays where it is. So does a
     lower candidate of the same file and chapter at most `nearby` chunks from a passage kept above it, with the
-    chunks between them (up to NEARBY_SPAN chunks in all). Joined documents are changed in place."""
+    chunks between them (up to NEARBY_SPAN chunks in all), the spare candidates after the k-th passage too.
+    Joined documents are changed in place."""
     pool: dict[tuple[str, int], tuple[Mapping[str, Any], str, Mapping[str, Any] | None]] = {}
     for metadata, text, payload in neighbours:
         if (key := neighbour_key(metadata)) is not None:
@@ -152,13 +154,13 @@ def join_neighbours(
     used: set[tuple[str, int]] = set()  # chunks already shown, as a passage or joined to one
     kept: list[Document] = []
     for i, document in enumerate(candidates):
-        if len(kept) == k:
-            break
         key = neighbour_key(document.metadata)
         if key is not None and key in used:
             continue  # joined into a passage above
         if key is not None and nearby and _join_nearby(kept, document, key, pool, used, nearby):
             continue  # joined, with the chunks between, into a passage above
+        if len(kept) == k:
+            continue  # k passages: the candidates left can only join them
         kept.append(document)
         if key is None:
             continue

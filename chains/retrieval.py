@@ -209,7 +209,7 @@ class BookRetriever(BaseRetriever):
             # More fused points to re-score, from the same prefetch depth as without re-scoring (a deeper
             # prefetch changes the fusion's normalisation, which measured worse: docs/retrieval.md).
             depth, limit = self.candidate_count(k), max(k, self.sentence_rescore)
-        if self.join_neighbours:  # spare candidates, to move up when one is joined into a passage above
+        if self.join_neighbours:  # spare candidates: to move up when one is joined above, or to join a passage
             limit = max(limit, 2 * k)
         attempt = 0
         while True:

@@ -211,6 +211,12 @@ def test_a_lower_passage_near_a_higher_one_of_its_chapter_is_joined_with_the_chu
     one_section = join_neighbours(_copies(candidates), payloads, before, [1.0, 0.0], k=3, nearby=5)
     assert "sections" not in one_section[0].metadata
 
+    # A spare candidate after the k-th passage joins one near it too (it would be the next passage), and a far one
+    # stays out.
+    ranked = _copies([_passage(9), _passage(30, "Other"), _passage(12), _passage(40)])
+    spare = join_neighbours(ranked, payloads, between, [1.0, 0.0], k=2, nearby=5)
+    assert [d.metadata["chunk_index"] for d in spare] == [9, 30] and spare[0].metadata["joined"] == [10, 11, 12]
+
     # Not joined: farther apart than `nearby`, a chunk between that was not read, one of another chapter, or a
     # passage that would span more than NEARBY_SPAN chunks.
     far = join_neighbours(_copies([_passage(9), _passage(15)]), payloads, [], [1.0, 0.0], k=2, nearby=5)
