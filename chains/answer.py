@@ -159,7 +159,7 @@ class Source:
         meta = document.metadata
         path = meta.get("heading_path")
         spanned = meta.get("sections")
-        parts = spanned if isinstance(spanned, list) and spanned else [{**meta, "start": 0}]
+        parts = spanned if isinstance(spanned, list) and spanned else [meta]  # one section, from the start
         sections = [SourceSection.of(part, base_url) for part in parts]
         return cls(
             number=number,

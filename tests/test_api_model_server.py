@@ -175,10 +175,15 @@ async def test_the_model_reads_every_passage_within_chat_passage_chars_each_cut_
         return
     assert whole > budget, "the sample book's passages for this question are longer than the budget"
     assert sum(len(text.strip("… ")) for text in read.values()) <= budget
+    cut_around_chunk = 0
     for source in sources:
-        text = read[source["number"]]
-        assert text.strip("… ") in source["text"], "an excerpt of the passage, cut between words"
-        if source["chunk_span"] is not None and len(text) < len(source["text"]):
+        full, inner = source["text"], read[source["number"]].strip("… ")
+        assert inner in full, "an excerpt of the passage"
+        at = full.index(inner)
+        assert at == 0 or full[at - 1].isspace(), "it begins at a word"
+        assert at + len(inner) == len(full) or full[at + len(inner)].isspace(), "it ends at a word"
+        if source["chunk_span"] is not None and len(inner) < len(full):
             start, end = source["chunk_span"]
-            at = source["text"].index(text.strip("… "))
-            assert at < end and at + len(text) > start, "the excerpt is around the chunk the passage was found by"
+            assert at < end and at + len(inner) > start, "the excerpt is around the chunk the passage was found by"
+            cut_around_chunk += 1
+    assert cut_around_chunk, "a joined passage was cut, around its chunk"
