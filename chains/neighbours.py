@@ -8,10 +8,10 @@ costs one small read (at most two chunks per passage) and no model call: the nei
 stored at ingest (`chains.sentence_rescore`). The first passages, the likeliest to be on the right section, take
 both neighbours whatever their sentences (the sentence test alone missed most of those on Walden). Only a
 neighbour in the same file and section (`metadata.section`) and not already among the passages is joined, in book
-order, the paragraphs the two chunks share (the splitter's overlap) written once. The passage keeps its rank and
-citation (same section, same anchor) and its cosine, unless a joined chunk was a closer candidate: then it takes
-that one's, as it shows that chunk (the refusal threshold reads it); `metadata.joined` lists the chunk indexes
-joined to it.
+order, the text the two chunks share (the splitter's overlap: whole paragraphs, or a long paragraph's last
+sentences) written once. The passage keeps its rank and citation (same section, same anchor) and its cosine,
+unless a joined chunk was a closer candidate: then it takes that one's, as it shows that chunk (the refusal
+threshold reads it); `metadata.joined` lists the chunk indexes joined to it.
 
 The first passage goes further when its section is short (RETRIEVAL_SECTION_WHOLE_UP_TO chunks, 8): it takes
 the whole section, so a question that lands on the right section reads all of it (the parent-document idea, with
@@ -42,6 +42,8 @@ from qdrant_client import models
 from chains.sentence_rescore import best_sentence_scores
 
 _PARAGRAPH = "\n\n"
+# The shortest text two chunks must share to be written once (a sentence's worth: shorter could be chance).
+MIN_REPEAT = 20
 # A passage grown by joining nearby candidates spans at most this many chunks, so that a chapter found in many
 # places does not become one passage.
 NEARBY_SPAN = 12
@@ -94,12 +96,37 @@ def chunks_filter(chunks: Iterable[tuple[str, int]], metadata_key: str = "metada
 
 
 def join_texts(first: str, second: str) -> str:
-    """Two consecutive chunks of one section as one text, the paragraphs the second repeats from the first once."""
+    """Two consecutive chunks of one section as one text, what the second repeats from the first written once."""
+    return joined(first, second)[0]
+
+
+def joined(first: str, second: str) -> tuple[str, int]:
+    """`join_texts`, and where `second` starts in the text.
+
+    The splitter starts a chunk with the end of the one before: whole paragraphs, or, inside a paragraph longer
+    than a chunk, its last sentences. Either is written once; chunks that share nothing are two paragraphs."""
     head, tail = first.split(_PARAGRAPH), second.split(_PARAGRAPH)
     for shared in range(min(len(head), len(tail)), 0, -1):
         if head[-shared:] == tail[:shared]:
-            return _PARAGRAPH.join(head + tail[shared:])
-    return first + _PARAGRAPH + second
+            kept = head[:-shared]
+            return _PARAGRAPH.join(kept + tail), len(_PARAGRAPH.join(kept)) + len(_PARAGRAPH) if kept else 0
+    if (shared_text := _repeated_start(first, second)) > 0:
+        return first + second[shared_text:], len(first) - shared_text
+    return first + _PARAGRAPH + second, len(first) + len(_PARAGRAPH)
+
+
+def _repeated_start(first: str, second: str) -> int:
+    """How many characters `second` starts with that end `first`, from a word's start there (0: none, or fewer
+    than MIN_REPEAT, which could be chance)."""
+    probe = second[:MIN_REPEAT]
+    if len(probe) < MIN_REPEAT:
+        return 0
+    position = first.find(probe, max(0, len(first) - len(second)))
+    while position != -1:
+        if (position == 0 or first[position - 1].isspace()) and second.startswith(first[position:]):
+            return len(first) - position
+        position = first.find(probe, position + 1)
+    return 0
 
 
 def section_run(
@@ -261,13 +288,12 @@ def _join(
     sections: list[dict[str, Any]] = []  # where each section it spans starts in `text`
     for position in positions:
         chunk = texts[position] if position in texts else pool[(source, position)][1]
-        start = len(text) + len(_PARAGRAPH) if text else 0
-        text = join_texts(text, chunk) if text else chunk
+        text, start = joined(text, chunk) if text else (chunk, 0)
         if position == index:
-            found = [min(start, len(text)), len(text)]
+            found = [start, len(text)]
         here = section_of(document.metadata if position == index else pool[(source, position)][0])
         if not sections or any(sections[-1][key] != value for key, value in here.items()):
-            sections.append({"start": min(start, len(text)), **here})
+            sections.append({"start": start, **here})
     document.page_content = text
     document.metadata["chunk_span"] = found
     document.metadata["joined"] = [position for position in positions if position != index]

@@ -4,6 +4,7 @@ split section reaches the answer. Real model, real embedded Qdrant, a small book
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from langchain_core.documents import Document
@@ -15,6 +16,8 @@ from chains.retrieval import BookRetriever
 from chains.sentence_rescore import SENTENCE_KEY, encode
 from chains.settings import Settings
 from chains.vectorstore import METADATA_KEY, build_vector_store
+from ingest.loaders import Block, LoadedDocument
+from ingest.splitter import SplitOptions, approximate_tokens, split_document
 from tests.conftest import ingest_into
 
 # One section, long enough to be cut in two at 64 tokens: the first half is about the section's topic in the words
@@ -80,6 +83,36 @@ def test_joined_chunks_write_the_paragraphs_they_share_once() -> None:
     assert join_texts("A.\n\nB.\n\nC.", "C.\n\nD.") == "A.\n\nB.\n\nC.\n\nD."
     assert join_texts("A.\n\nB.", "B.\n\nC.\n\nD.") == "A.\n\nB.\n\nC.\n\nD."
     assert join_texts("A.", "B.") == "A.\n\nB."  # no overlap: both whole
+
+
+def test_a_long_paragraphs_last_sentences_repeated_by_the_next_chunk_are_written_once() -> None:
+    first = "Frost is the worry of spring. Fleece keeps the blossom warm on a cold night."
+    second = "Fleece keeps the blossom warm on a cold night. Take it off in the morning."
+    assert join_texts(first, second) == (
+        "Frost is the worry of spring. Fleece keeps the blossom warm on a cold night. Take it off in the morning."
+    )
+    # A repeat shorter than a sentence's worth, or not from a word's start, may be chance: both are kept whole.
+    assert join_texts("Prune in May.", "May. Then wait.") == "Prune in May.\n\nMay. Then wait."
+    assert join_texts("It lies in the upper meadow", "meadow field by the wall") == (
+        "It lies in the upper meadow\n\nmeadow field by the wall"
+    )
+
+
+def test_the_splitters_chunks_of_one_long_paragraph_join_back_into_it() -> None:
+    # Mill-style paragraphs run over several chunks; a passage joined from them must read as the paragraph did,
+    # each sentence once (a reader saw sentences twice, and the extractive answer quoted them twice).
+    paragraph = " ".join(
+        f"Sentence {i} says that liberty of opinion number {i} matters to the whole of society." for i in range(40)
+    )
+    document = LoadedDocument(Path("liberty.md"), "Liberty", [Block("heading", "Liberty", 1), Block("text", paragraph)])
+    chunks = split_document(document, "liberty.md", approximate_tokens, SplitOptions(60, 20, min_section_tokens=1))
+    bodies = [c.text.split("\n\n", 1)[1] if c.text.startswith("#") else c.text for c in chunks]
+    assert len(bodies) > 3
+    assert any(b.split(". ")[0] in a for a, b in itertools.pairwise(bodies))  # the splitter does repeat
+    text = bodies[0]
+    for body in bodies[1:]:
+        text = join_texts(text, body)
+    assert " ".join(text.split()) == paragraph  # every sentence once, in order (a cut with no repeat is a break)
 
 
 def _metadata(index: int, section: str) -> dict[str, object]:
