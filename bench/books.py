@@ -106,6 +106,25 @@ BOOKS: dict[str, Book] = {
             "loi.xhtml",
         ),
     ),
+    # Added after every default was chosen, as books no decision looked at (docs/retrieval.md, "Two books no
+    # default was chosen on").
+    "elixir_guide": Book(
+        repo="elixir-lang/elixir",
+        commit="63a7a054ceb2383d795731db8e6ea28aa30e4a03",
+        folders=("lib/elixir/pages/getting-started/",),
+        suffix=".md",
+        licence="Apache-2.0 (the repository's LICENSE)",
+        transform=str,
+    ),
+    "on_liberty": Book(
+        repo="standardebooks/john-stuart-mill_on-liberty",
+        commit="f9793ea4d5f540e28413cf49496da4fcbf54d822",
+        folders=("src/epub/text/",),
+        suffix=".xhtml",
+        licence="public domain (text); Standard Ebooks' work CC0 1.0",
+        transform=str,
+        skip=("titlepage.xhtml", "halftitlepage.xhtml", "imprint.xhtml", "colophon.xhtml", "uncopyright.xhtml"),
+    ),
 }
 
 
