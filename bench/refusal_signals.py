@@ -69,7 +69,7 @@ from chains.vectorstore import SPARSE_VECTOR, build_qdrant_client, build_vector_
 
 COLLECTION = "eval_bookrag"
 SETS = ("answerable", "unanswerable", "out_of_domain")
-CUTS = (3.5, 3.8, 4.0, 4.3)
+CUTS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 STRONG = (0.55, 0.60, 0.65)
 SENTENCE = (0.60, 0.65, 0.70, 0.75, 1.0)  # 1.0: no sentence override
 GATE_SENTENCE = (0.42, 0.44, 0.46, 0.48, 0.50, 1.0)  # RETRIEVAL_SENTENCE_THRESHOLD; 1.0: the cosine alone

@@ -1,5 +1,6 @@
-"""The lower-case word check of chains.book_terms: a rare word the book never uses, in no close form, refuses the
-question naming it; an everyday word, a close form of the book's own words, or a strong passage match does not.
+"""The lower-case word check of chains.book_terms: a word general English barely knows that the book never uses, in
+no close form, refuses the question naming it; an English word however uncommon, a close form of the book's own
+words, a strong passage match, or a name the student only compares with does not.
 Unit tests on vocabularies built from a few sentences, then the answer chain on a small built book (real ingest,
 real embedding model, real embedded Qdrant, no chat model)."""
 
@@ -39,15 +40,17 @@ ORCHARD = Vocabulary.of(
 
 
 def test_a_rare_word_the_book_never_uses_is_missing_and_named_with_its_noun() -> None:
-    assert ORCHARD.missing_words("How do I protect my apple trees from fire blight?") == ["fire blight"]
     assert ORCHARD.missing_words("How do I train an apple tree as an espalier against a wall?") == ["espalier"]
-    assert ORCHARD.missing("Should I set up drip irrigation for my Bramley trees?") == ["Bramley", "drip irrigation"]
-    assert ORCHARD.missing_words("Cider from my own apples: how?") == ["Cider"]  # the sentence's capital
-    assert ORCHARD.missing("How do I protect my apple trees from fire blight?", words=False) == []
+    assert ORCHARD.missing_words("Can I train my trees as espaliers?") == ["espaliers"]
+    assert ORCHARD.missing("Should I set up an espalier frame for my Bramley trees?") == ["Bramley", "espalier"]
+    assert ORCHARD.missing_words("Espalier or cordon: how?") == ["Espalier"]  # the sentence's capital
+    assert ORCHARD.missing("How do I train an apple tree as an espalier?", words=False) == []
+    # English words are not checked, however specific: the book may say it otherwise ("canker", "disease").
+    assert ORCHARD.missing_words("How do I protect my apple trees from fire blight?") == []
 
 
 def test_everyday_words_and_close_forms_of_the_books_words_are_not_missing() -> None:
-    assert word_frequency("sunshine") >= RARE_BELOW > word_frequency("cider")  # everyday vs specific English
+    assert word_frequency("lopsided") >= RARE_BELOW > word_frequency("espalier")  # English vs barely known
     paraphrases = [
         "How much sunshine does a fruit tree need in summer?",  # everyday English: not checked
         "Who lived in the leaky hut where he waited out a thunderstorm?",  # "leak"; "thunder" + "storm"
@@ -57,6 +60,13 @@ def test_everyday_words_and_close_forms_of_the_books_words_are_not_missing() -> 
         "How does the simulator decide how objects bounce?",  # "simulation": the same family
         "One corner stays white with frost long after the rest has thawed",  # an inflected verb: not checked
         "How do I protect the trees from rabbits and apple scab?",  # the book's own words
+        # Paraphrases of answerable questions on two books no rule was tuned on, refused for these words before.
+        "why does he say the ethics taught by the church is lopsided?",
+        "does he think regular churchgoers really live by the Gospels?",
+        "a guy got jail time for scribbling anti-religious words",
+        "can I force a field instead of it silently ending up nil?",
+        "why is adding at the end noticeably slower?",
+        "would running 100k of them melt my machine?",
     ]
     for question in paraphrases:
         assert ORCHARD.missing_words(question) == [], question
@@ -64,15 +74,14 @@ def test_everyday_words_and_close_forms_of_the_books_words_are_not_missing() -> 
 
 
 def test_a_strong_passage_match_overrides_a_missing_word_but_not_a_missing_name() -> None:
-    question = "Does neem oil keep pests off the trees in Kubernetes?"
-    assert ORCHARD.missing(question) == ["Kubernetes", "neem", "pests"]
+    question = "Does an espalier keep pests off the trees in Kubernetes?"
+    assert ORCHARD.missing(question) == ["Kubernetes", "espalier"]
     assert ORCHARD.missing(question, best_cosine=STRONG_MATCH) == ["Kubernetes"]
-    # A sentence that close does too ("forbids" on the Rust book: passage 0.598, its best sentence 0.76).
+    # A sentence that close does too (on the Rust book an unsafe-block passage of 0.598 had a sentence at 0.76).
     assert ORCHARD.missing(question, best_cosine=0.5, best_sentence=STRONG_SENTENCE) == ["Kubernetes"]
     assert ORCHARD.missing(question, best_cosine=0.5, best_sentence=STRONG_SENTENCE - 0.01) == [
         "Kubernetes",
-        "neem",
-        "pests",
+        "espalier",
     ]
     assert Settings(_env_file=None).refusal_strong_sentence == STRONG_SENTENCE  # type: ignore[call-arg]
     uncalibrated = Settings(_env_file=None, embedding_model="bge-small-en-v1.5")  # type: ignore[call-arg]
@@ -97,10 +106,23 @@ def test_contractions_member_access_and_short_or_prefixed_forms_of_the_books_wor
     assert CODE_BOOK.missing("Are the two types incompatible?") == []  # "compatible"
     # What the book never names is still missing: the module, not the student's own variable before the dot.
     assert CODE_BOOK.missing("How do I call sklearn.metrics on my results?") == ["sklearn.metrics"]
-    assert CODE_BOOK.missing("How do I use rayon to run my iterators in parallel?", words=True) == ["rayon"]
+    assert CODE_BOOK.missing("How do I turn my iterators into json with serde?", words=True) == ["serde"]
     # A name that merely ends like a superlative is checked; an inflected English word is not.
     assert CODE_BOOK.missing("how do I make network requests with reqwest?") == ["reqwest"]
     assert CODE_BOOK.missing("why was nothing printed when the iterator thawed?") == []
+
+
+def test_a_language_the_student_compares_with_and_an_acronyms_plural_are_not_missing_names() -> None:
+    # Answerable questions of a book no rule was tuned on (the Elixir guide), refused for these names before.
+    web = Vocabulary.of(["Parse the URL first. A protocol lets each type supply its own version of a function."])
+    assert web.missing("coming from Java, is there something like an interface for that?") == []
+    assert web.missing("in Python I'd write a for loop here. what do I use instead?") == []
+    assert web.missing("how do I format a float with padding, C-style?") == []
+    assert web.missing("my regex for matching URLs is unreadable") == []  # the book's "URL"
+    # Named as the subject, the same names are missing; so is an acronym the book has in no form.
+    assert web.missing("How do I call Java code from here?") == ["Java"]
+    assert web.missing("How do I run it in Python instead?") == ["Python"]
+    assert web.missing("Which APIs does it have?") == ["APIs"]
 
 
 RUST_LIKE = Vocabulary.of(
@@ -177,10 +199,10 @@ async def _answer(
 async def test_a_question_about_a_rare_thing_the_book_never_mentions_is_refused_naming_it(
     orchard_book: Path, settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
 ) -> None:
-    answer = await _answer("How do I protect my apple trees from fire blight?", settings, qdrant, embeddings)
+    answer = await _answer("How do I protect my apple trees from erwinia?", settings, qdrant, embeddings)
     assert answer["mode"] == "not_in_book" and answer["sources"] == []
     text = str(answer["answer"])
-    assert text.startswith("The book does not mention “fire blight”, so it cannot answer this.")
+    assert text.startswith("The book does not mention “erwinia”, so it cannot answer this.")
     closest = text.split("The closest sections: ", 1)[1]
     assert "Diseases of Apple Trees" in closest  # where a reader would look instead
 
