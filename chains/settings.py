@@ -166,8 +166,8 @@ class Settings(BaseSettings):
         default_factory=lambda data: model_cosine_cuts(data.get("embedding_model", "")).sentence, ge=-1.0, le=1.0
     )
     # Refuse a question that names what the book never mentions, saying so (chains/book_terms.py): `words` checks
-    # identifiers, capitalised names and rare lower-case words ("espalier", "fire blight"); `names` only the first
-    # two (identifiers and capitalised names); `off` neither, leaving the cosine threshold alone.
+    # identifiers, capitalised names and lower-case words general English barely knows ("serde", "espalier");
+    # `names` only the first two (identifiers and capitalised names); `off` neither, leaving the cosine threshold.
     refusal_term_check: Literal["words", "names", "off"] = "words"
     # With `words`: a missing rare word does not refuse a question whose best passage reaches this cosine (the
     # passage answers it in other words). Default: the embedding model's calibrated cut (MODEL_COSINE_CUTS).
