@@ -56,6 +56,7 @@ from chains.book_terms import (
     STOP_WORDS,
     STRONG_MATCH,
     STRONG_SENTENCE,
+    UNCOMMON_BELOW,
     WORD,
     Vocabulary,
     plain_words,
@@ -178,14 +179,16 @@ def rules(threshold: float, known: frozenset[str] = frozenset(), sentence_thresh
     for cut in CUTS:
         found[f"+ names + words < {cut}"] = rare(cut)
 
-    def rare_unless_sentence(sentence: float, gate: Rule = low) -> Rule:
+    def rare_unless_sentence(sentence: float, gate: Rule = low, weak: float = 0.0) -> Rule:
+        """Names, or a missing rare word unless a passage is strong; below `weak` (a best sentence under it), an
+        uncommon word too (the product's second tier: UNCOMMON_BELOW; 0 leaves it out)."""
         return lambda r: (
             gate(r)
             or any(name not in known for name in r.missing_names)
             or (
                 r.best_cosine < STRONG_MATCH
                 and r.best_sentence < sentence
-                and any(z < RARE_BELOW for _, z in r.absent_words)
+                and any(z < (UNCOMMON_BELOW if r.best_sentence < weak else RARE_BELOW) for _, z in r.absent_words)
             )
         )
 
@@ -200,7 +203,10 @@ def rules(threshold: float, known: frozenset[str] = frozenset(), sentence_thresh
     for cut in GATE_SENTENCE:
         marker = " (product)" if cut == sentence_threshold else ""
         label = f"the same gate, + names + words unless cosine >= {STRONG_MATCH} or a sentence >= {STRONG_SENTENCE}"
-        found[f"{label}, gate sentence {cut}{marker}"] = rare_unless_sentence(STRONG_SENTENCE, below(cut))
+        found[f"{label}, gate sentence {cut}"] = rare_unless_sentence(STRONG_SENTENCE, below(cut))
+        found[f"{label}, gate sentence {cut}, words < {UNCOMMON_BELOW} below it{marker}"] = rare_unless_sentence(
+            STRONG_SENTENCE, below(cut), weak=cut
+        )
     found["+ names + no dense/sparse agreement"] = lambda r: names(r) or r.dense_sparse_shared == 0
     found["+ names + words < 4.3 when no agreement"] = lambda r: (
         names(r) or (r.dense_sparse_shared == 0 and any(z < 4.3 for _, z in r.absent_words))

@@ -641,6 +641,7 @@ class _AnswerSteps:
             strong_match=self.settings.refusal_strong_match,
             best_sentence=best_sentence,
             strong_sentence=self.settings.refusal_strong_sentence,
+            weak_sentence=self.settings.retrieval_sentence_threshold,
         )
 
     def embedding_highlights(

@@ -8,14 +8,15 @@ Distinctive terms are identifiers (`URLSession`, `ros2_control`, `16GB`) and cap
 question (a run of them is one name: `Core Data`); English stop words and one- or two-letter words never are.
 With REFUSAL_TERM_CHECK=words (the default) so are plain lower-case words that general English barely knows
 (`RARE_BELOW`, by the `wordfreq` package's list: library names and jargon, "serde", "espalier") and that the book
-uses in no close form. English words are never checked, however uncommon ("lopsided", "churchgoers", "cider"): a
-student paraphrasing the book uses words it does not, while the answer is there. Nor are close forms of the book's
-own words ("leaky" for "leak", "thunderstorm", "normalisation" for "normalization") or inflected verbs and
+uses in no close form. An English word the book lacks is not enough, however uncommon ("lopsided", "churchgoers",
+"cider"): a student paraphrasing the book uses words it does not, while the answer is there. An uncommon one
+(`UNCOMMON_BELOW`) counts only when no passage has a sentence near the question either. Nor are close forms of the
+book's own words ("leaky" for "leak", "thunderstorm", "normalisation" for "normalization") or inflected verbs and
 adjectives ("thawed", "weakest"). A missing rare word does not refuse when a passage matches the question strongly
 (`STRONG_MATCH`); a missing name always does, except a single one in a book told in the first person (most likely
-the narrator's own name), the plural of an acronym the book has in the singular ("URLs"), and a language or
-tool the student compares with ("coming from Java", "in Python I'd", "C-style"). Measured with
-`python -m bench.refusal_signals --books all` (docs/retrieval.md).
+the narrator's own name), the plural of an acronym the book has in the singular ("URLs"), and a language or tool
+the student compares with ("coming from Java", "in Python I'd", "C-style"). Measured with `python -m
+bench.refusal_signals --books all` (docs/retrieval.md).
 
 A term occurs when each of its indexed terms (`chains.sparse.terms`) is in the book's term set; a name of several
 words must occur as that phrase. The vocabulary is read from the stored chunks in a background thread and read
@@ -69,9 +70,15 @@ _SCROLL_PAGE = 1000
 # this (Zipf scale, log10 of occurrences per billion words, wordfreq's large list: "serde" 0, "espalier" 1.5,
 # "flexbox" 1.6, "simd" 1.9 below; "churchgoers" 2.2, "kubernetes" 2.3, "lopsided" 2.9, "cider" 3.5 above). 4.0
 # on the small list, chosen on seven books' sets, refused 34-41 % of the answerable questions of two books it had
-# not seen, every one for a plain English word of a paraphrase (docs/retrieval.md, "Refusal on two books no
-# default was chosen on"); below 2 only words a general reader never meets are left.
+# not seen, every one for a plain English word of a paraphrase (docs/retrieval.md, "Two books no default
+# was chosen on"); below 2 only words a general reader never meets are left.
 RARE_BELOW = 2.0
+# An English word that is merely uncommon ("cider" 3.5, "clap" 3.5, "antibiotics" 3.7; not "sunshine" 4.2) counts
+# only when the passages are weak too: none has a sentence reaching the cosine gate's own sentence cut
+# (RETRIEVAL_SENTENCE_THRESHOLD, which the service passes; a model without one, at 1.0, has no such tier). On nine
+# books it refused no answerable question the rarest-words rule alone did not, and took back six of the 16
+# in-domain refusals that rule lost (docs/retrieval.md).
+UNCOMMON_BELOW = 4.0
 # A missing rare word does not refuse a question whose best passage is at least this close (dense cosine): the
 # passage answers it in other words. Names and identifiers refuse whatever the cosine. The service passes the
 # model's own cut (REFUSAL_STRONG_MATCH); this is all-MiniLM-L6-v2's.
@@ -342,11 +349,14 @@ class Vocabulary:
         strong_match: float = STRONG_MATCH,
         best_sentence: float = 0.0,
         strong_sentence: float = STRONG_SENTENCE,
+        weak_sentence: float = 0.0,
     ) -> list[str]:
         """The question's distinctive terms the book never uses: names and identifiers, and with `words` rare
         lower-case words (`missing_words`) unless the best passage's cosine reaches `strong_match` or its best
         sentence's `strong_sentence` (a passage that close answers it in other words: "bosses" in Walden, whose
-        ice-cutters' passage scores 0.63)."""
+        ice-cutters' passage scores 0.63). When no passage's best sentence reaches `weak_sentence` either (the
+        service passes RETRIEVAL_SENTENCE_THRESHOLD; 0, the default, or 1.0 leave this out), an uncommon English
+        word counts too (`UNCOMMON_BELOW`): nothing in the passages comes near the question."""
         names = [
             term for term in distinctive_terms(question) if not self.has(term) and not is_compared_with(question, term)
         ]
@@ -354,7 +364,9 @@ class Vocabulary:
             names = []  # most likely the narrator's own name; a second missing name still refuses
         if not words or best_cosine >= strong_match or best_sentence >= strong_sentence:
             return names
-        return names + self.missing_words(question)
+        weak = 0.0 < weak_sentence < 1.0 and best_sentence < weak_sentence
+        cut = UNCOMMON_BELOW if weak else RARE_BELOW
+        return names + self.missing_words(question, cut)
 
 
 _FORGOTTEN: BookVersion = (-1, 0)  # matches no stored book: read again

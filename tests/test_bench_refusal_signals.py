@@ -28,7 +28,10 @@ def test_each_rule_refuses_what_its_label_says() -> None:
     assert not decide["threshold"](record("answerable", 0.50, ["Kubernetes"]))
     assert decide["+ names (before)"](record("answerable", 0.50, ["Kubernetes"]))
     assert product(record("unanswerable", 0.50, words=[("serde", 0.0)]))
-    assert not product(record("answerable", 0.50, words=[("lopsided", 2.91)]))  # English, however uncommon
+    # An uncommon English word: not while a passage has a sentence near the question, only when none has.
+    assert not product(record("answerable", 0.50, words=[("lopsided", 2.91)], sentence=0.48))
+    assert product(record("unanswerable", 0.50, words=[("cider", 3.5)], sentence=0.44))
+    assert not product(record("answerable", 0.50, words=[("sunshine", 4.16)], sentence=0.44))  # everyday English
     assert not product(record("answerable", 0.65, words=[("bosses", 3.9)]))  # a strong passage match
     assert product(record("unanswerable", 0.65, ["Kubernetes"]))  # a name refuses whatever the cosine
     # The product's gate: under the cosine threshold, a passage's best sentence still lets it through.

@@ -28,6 +28,7 @@ from chains.settings import Settings
 from chains.vectorstore import build_vector_store
 from tests.conftest import ingest_into
 
+SAMPLE_BOOK = Path(__file__).resolve().parent.parent / "sample_book"
 ORCHARD = Vocabulary.of(
     [
         "Protect young apple trees from frost with fleece, and from rabbits with a spiral guard.",
@@ -71,6 +72,16 @@ def test_everyday_words_and_close_forms_of_the_books_words_are_not_missing() -> 
     for question in paraphrases:
         assert ORCHARD.missing_words(question) == [], question
     assert [word for _, word in plain_words("the tidy-up code the student thawed")] == ["code", "student"]
+
+
+def test_an_uncommon_english_word_is_missing_only_when_no_passage_comes_near_the_question() -> None:
+    question = "How do I press my apples to make cider at home?"
+    assert ORCHARD.missing(question) == []  # English: left to the passages
+    assert ORCHARD.missing(question, best_cosine=0.49, best_sentence=0.47, weak_sentence=0.46) == []
+    assert ORCHARD.missing(question, best_cosine=0.49, best_sentence=0.45, weak_sentence=0.46) == ["cider"]
+    # Everyday English never counts; a model without a calibrated sentence cut (1.0) has no such tier.
+    assert ORCHARD.missing("How much sunshine do they need?", best_sentence=0.3, weak_sentence=0.46) == []
+    assert ORCHARD.missing(question, best_cosine=0.49, best_sentence=0.45, weak_sentence=1.0) == []
 
 
 def test_a_strong_passage_match_overrides_a_missing_word_but_not_a_missing_name() -> None:
@@ -205,6 +216,22 @@ async def test_a_question_about_a_rare_thing_the_book_never_mentions_is_refused_
     assert text.startswith("The book does not mention “erwinia”, so it cannot answer this.")
     closest = text.split("The closest sections: ", 1)[1]
     assert "Diseases of Apple Trees" in closest  # where a reader would look instead
+
+
+@pytest.mark.integration
+async def test_an_uncommon_word_refuses_when_no_passage_sentence_comes_near(
+    settings: Settings, qdrant: QdrantClient, embeddings: LocalEmbeddings
+) -> None:
+    # The project's sample book: its passages pass the cosine gate for this question, but none has a sentence near it.
+    assert not ingest_into(qdrant, embeddings, settings, SAMPLE_BOOK).failed
+    question = "What do I need for organic certification of my orchard?"
+    retriever = BookRetriever.from_settings(build_vector_store(qdrant, settings, embeddings), settings)
+    found = retriever.invoke(question)
+    assert max(d.metadata["score"] for d in found) >= settings.retrieval_score_threshold  # not the gate's refusal
+    assert max(d.metadata.get("sentence_score") or 0.0 for d in found) < settings.retrieval_sentence_threshold
+    answer = await _answer(question, settings, qdrant, embeddings)
+    assert answer["mode"] == "not_in_book"
+    assert str(answer["answer"]).startswith("The book does not mention “organic certification”")
 
 
 @pytest.mark.integration
