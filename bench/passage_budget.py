@@ -5,6 +5,9 @@ small window cuts a long prompt (the passages' text from its end kept, as Ollama
 
     python -m bench.passage_budget --budgets 24000,12000,8000 [--books sample_book,humanoid_book,...]
 
+It also counts the passages that hold one sentence (40 characters or more) twice: a joined passage that wrote
+the splitter's overlap again (docs/retrieval.md, "Joined passages wrote a long paragraph's overlap twice").
+
 Uses the stores `bench.eval_retrieval` caches under .bench-cache/ (ingesting a book the first time). No model
 is called: the passages are the product's (the retriever and the sources as the answer chain makes them).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 
 from langchain_core.documents import Document
@@ -37,15 +41,27 @@ def reaches_answer(document: Document, settings: Settings) -> bool:
     )
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def repeats_a_sentence(text: str, shortest: int = 40) -> bool:
+    """Whether a sentence of at least `shortest` characters stands twice in the text."""
+    sentences = [s for s in _SENTENCE_END.split(text) if len(s) >= shortest]
+    return len(sentences) != len(set(sentences))
+
+
 def measure(name: str, budgets: Sequence[int]) -> dict[str, object]:
     questions = load_questions(DATASETS[name][1])
     embeddings = build_embeddings(Settings(_env_file=None))  # type: ignore[call-arg]
     held = {"whole": 0, **{f"budget {b}": 0 for b in budgets}, **{f"start cut {b}": 0 for b in budgets}}
     lengths: list[int] = []
+    passages = repeating = 0
     with product_store(name, embeddings) as (client, settings):
         retriever = BookRetriever.from_settings(build_vector_store(client, settings, embeddings), settings, None)
         for question in questions:
             found = [d for d in retriever.invoke(question.question) if reaches_answer(d, settings)]
+            passages += len(found)
+            repeating += sum(repeats_a_sentence(d.page_content) for d in found)
             sources = [Source.from_document(n, d) for n, d in enumerate(found, 1)]
             if not sources:
                 continue
@@ -66,6 +82,8 @@ def measure(name: str, budgets: Sequence[int]) -> dict[str, object]:
         "over_budget": over,
         "mean_chars": round(sum(lengths) / max(1, len(lengths))),
         "max_chars": max(lengths),
+        "passages": passages,
+        "repeating_a_sentence": repeating,
     }
 
 
@@ -77,14 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets = [int(b) for b in args.budgets.split(",")]
     rows = [measure(name, budgets) for name in args.books.split(",")]
     columns = ["whole", *(f"budget {b}" for b in budgets), *(f"start cut {b}" for b in budgets)]
-    head = "| book | questions | mean / longest (chars) | over each budget | answer text kept: "
-    print(head + " | ".join(columns) + " |")
-    print("|---|---:|---:|---|" + "---:|" * len(columns))
+    head = "| book | questions | passages (repeating a sentence) | mean / longest (chars) | over each budget | "
+    print(head + "answer text kept: " + " | ".join(columns) + " |")
+    print("|---|---:|---:|---:|---|" + "---:|" * len(columns))
     for row in rows:
         held, over = row["held"], row["over_budget"]
         assert isinstance(held, dict) and isinstance(over, dict)
         print(
-            f"| {row['book']} | {row['questions']} | {row['mean_chars']} / {row['max_chars']} | "
+            f"| {row['book']} | {row['questions']} | {row['passages']} ({row['repeating_a_sentence']}) | "
+            f"{row['mean_chars']} / {row['max_chars']} | "
             + ", ".join(str(over[b]) for b in budgets)
             + " | "
             + " | ".join(str(held[c]) for c in columns)
