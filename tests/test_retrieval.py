@@ -231,3 +231,59 @@ def test_each_qdrant_query_is_logged_at_debug_with_its_mode_and_time(
         retriever.invoke("How much water does a young tree need?")
     lines = [r.getMessage() for r in caplog.records if r.name == "chains.retrieval" and "query" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("qdrant hybrid query (") and " ms" in lines[0]
+
+
+# An essay with an editor's introduction about its author: the introduction writes "Mill" in every paragraph, the
+# essay, in the author's own voice, never does.
+ESSAY = {
+    "introduction.md": "# Introduction\n\n"
+    + "\n\n".join(
+        [
+            "Mill was born in London in 1806, and Mill's father taught him Greek at the age of three.",
+            "Mill worked for the East India Company for thirty-five years, and Mill wrote at his desk there.",
+            "Mill met Harriet Taylor in 1830; Mill married her after her husband's death.",
+            "Mill sat in Parliament for Westminster, where Mill spoke for the vote for women.",
+        ]
+    ),
+    "chapter-1.md": "# Introductory\n\n"
+    + "\n\n".join(
+        [
+            "The object of this essay is to assert one very simple principle: the only purpose for which power can "
+            "be rightfully exercised over any member of a civilized community, against his will, is to prevent "
+            "harm to others.",
+            "His own good, either physical or moral, is not a sufficient warrant. He cannot rightfully be compelled "
+            "to do or forbear because it will be better for him.",
+        ]
+    ),
+    "chapter-2.md": "# Of the Liberty of Thought\n\n"
+    + "\n\n".join(
+        [
+            "If all mankind minus one were of one opinion, mankind would be no more justified in silencing that "
+            "one person than he would be in silencing mankind.",
+            "We can never be sure that the opinion we are endeavouring to stifle is a false opinion.",
+        ]
+    ),
+}
+
+
+@pytest.fixture
+def essay(tmp_path: Path) -> Path:
+    folder = tmp_path / "essay"
+    folder.mkdir()
+    for name, text in ESSAY.items():
+        (folder / name).write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def test_the_authors_name_in_a_question_does_not_pull_in_the_introduction_about_him(
+    qdrant: QdrantClient, embeddings: LocalEmbeddings, settings: Settings, essay: Path
+) -> None:
+    assert not ingest_into(qdrant, embeddings, settings, essay).failed
+    store = build_vector_store(qdrant, settings, embeddings)
+    retriever = BookRetriever.from_settings(store, settings)
+    question = "In Mill's view, may the public push people around for their own good?"
+
+    found = retriever.invoke(question, k=2)
+
+    assert found[0].metadata["source"] == "essay/chapter-1.md"
+    assert "prevent harm to others" in found[0].page_content
