@@ -25,7 +25,8 @@ AVERAGE_TERMS = 120.0
 _COMPOUND = re.compile(r"[A-Za-z0-9_]+(?:[.\-:/+#][A-Za-z0-9_]+)*")
 _PART = re.compile(r"[A-Za-z]+|[0-9]+(?:\.[0-9]+)?")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
-_NAME = r"(?-i:[A-Z][a-z]+)(?:['\u2019]s)?"
+_CAPITALISED = r"(?-i:[A-Z][a-z]+)"  # case-sensitive inside the frames' case-insensitive patterns
+_NAME = rf"{_CAPITALISED}(?:['\u2019]s)?"
 _OPINION_VERBS = (
     "think|thinks|say|says|believe|believes|argue|argues|mean|means|make|feel|see|claim|consider|hold|buy|"
     "mention|use|bring|propose|suggest|want|accept|reject|support|oppose|defend|worry|insist|regard|describe|"
@@ -40,7 +41,7 @@ _ATTRIBUTION_FRAMES = tuple(
         (rf"\bin {_NAME} (view|opinion|words|eyes|mind|account)\b", r"in the \1"),
         (rf"\b(does|did|do|would|will|could|can|is|was|has|had) {_NAME} (?=(?:{_OPINION_VERBS})\b)", r"\1 he "),
         (
-            r"\b(?-i:[A-Z][a-z]+)['\u2019]s (view|views|position|opinion|principle|argument|arguments|claim|case|"
+            rf"\b{_CAPITALISED}['\u2019]s (view|views|position|opinion|principle|argument|arguments|claim|case|"
             r"point|answer|reason|idea|ideas|objection|example|essay|book)\b",
             r"his \1",
         ),
