@@ -235,6 +235,29 @@ def table(
     return "\n".join(lines)
 
 
+def notes_table(
+    by_book: dict[str, list[Record]], threshold: float, known: frozenset[str] = frozenset(), sentence: float = 1.0
+) -> str:
+    """Of each set's questions the product answers, the share whose answer names words the book never uses
+    (`terms_not_in_book`: an uncommon word, below UNCOMMON_BELOW, in no close form), and those words."""
+    (product,) = (rule for label, rule in rules(threshold, known, sentence).items() if label.endswith("(product)"))
+    lines = [
+        f"| book | answered, naming words the book never uses (< {UNCOMMON_BELOW}): answerable | in-domain "
+        "unanswerable | out-of-domain | the words, in-domain unanswerable |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, records in by_book.items():
+        cells, words = [], []
+        for set_name in SETS:
+            answered = [r for r in records if r.set == set_name and not product(r)]
+            noted = [r for r in answered if any(z < UNCOMMON_BELOW for _, z in r.absent_words)]
+            cells.append(f"{len(noted)} of {len(answered)}")
+            if set_name == "unanswerable":
+                words = [w for r in noted for w, z in r.absent_words if z < UNCOMMON_BELOW]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(words)} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--books", default="sample_book,humanoid_book", help="comma-separated, or 'all'")
@@ -252,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = json.loads(args.records.read_text(encoding="utf-8"))
         books = {name: [Record(**r) for r in records] for name, records in saved["books"].items()}
         print(table(books, saved["threshold"], known, saved.get("sentence_threshold", 1.0)))
+        print()
+        print(notes_table(books, saved["threshold"], known, saved.get("sentence_threshold", 1.0)))
         return 0
     names = list(DATASETS) if args.books == "all" else args.books.split(",")
     limit_blas_threads()
@@ -274,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {len(by_book[name])} questions ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     threshold = product.retrieval_score_threshold
     print(table(by_book, threshold, known, product.retrieval_sentence_threshold))
+    print()
+    print(notes_table(by_book, threshold, known, product.retrieval_sentence_threshold))
     if args.json:
         payload = {
             "threshold": threshold,

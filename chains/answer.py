@@ -39,14 +39,22 @@ from langchain_core.runnables import (
 )
 from qdrant_client import QdrantClient
 
-from chains.book_terms import BookVocabulary
+from chains.book_terms import UNCOMMON_BELOW, BookVocabulary
 from chains.citations import check_citations
 from chains.guard import ModelGate, close_iterator
 from chains.highlights import content_words, highlight_passages, quote_in_context
 from chains.model_stream import TextStream, merged, model_error, text_stream_for
 from chains.neighbours import chunks_filter
 from chains.passage_budget import excerpt, passage_rooms
-from chains.prompts import ANSWER_PROMPT, NOT_IN_BOOK, format_passages, heading_label, neutralise
+from chains.prompts import (
+    ANSWER_PROMPT,
+    NOT_IN_BOOK,
+    format_passages,
+    heading_label,
+    neutralise,
+    quoted_terms,
+    terms_note,
+)
 from chains.retrieval import BookRetriever
 from chains.sentence_rescore import SENTENCE_KEY, decode, sentences_of
 from chains.settings import Settings
@@ -254,6 +262,8 @@ class DoneEvent:
     history_turns_used: int = 0
     # `[n]` markers of a generated answer that name no source (never linked); `citations` holds only real ones.
     invalid_citations: list[int] = field(default_factory=list)
+    # Words of the question the book never uses: those a refusal named, or an answered question's uncommon ones.
+    terms_not_in_book: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +288,7 @@ class Answer:
     timings: Timings | None = None
     history_turns_used: int = 0
     invalid_citations: list[int] = field(default_factory=list)
+    terms_not_in_book: list[str] = field(default_factory=list)
 
 
 def selection_document(request: AnswerRequest) -> Document | None:
@@ -303,9 +314,10 @@ def format_history(history: Sequence[Turn]) -> str:
     return "\n".join(f"{turn.role}: {neutralise(turn.content)}" for turn in history)
 
 
-def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) -> str:
+def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES, lacking: Sequence[str] = ()) -> str:
     """An honest answer with no model: the highlighted sentences of the best passages (the passage's start when it
-    has none), each with its number and heading; `_EXTRACT_CHARS` for every two highlights of a passage."""
+    has none), each with its number and heading; `_EXTRACT_CHARS` for every two highlights of a passage. Words of
+    the question the book never uses (`lacking`) are named first: the passages may be about something near it."""
     parts = []
     for source in sources[:limit]:
         excerpt = (
@@ -315,7 +327,14 @@ def extractive_answer(sources: Sequence[Source], limit: int = _EXTRACT_SOURCES) 
         if len(excerpt) > room:
             excerpt = excerpt[:room].rsplit(" ", 1)[0] + " …"
         parts.append(f"[{source.number}] **{source.quoted_label}**: {excerpt}")
-    return EXTRACTIVE_PREFIX + "\n\n".join(parts)
+    return lacking_notice(lacking) + EXTRACTIVE_PREFIX + "\n\n".join(parts)
+
+
+def lacking_notice(lacking: Sequence[str]) -> str:
+    """The extractive answer's first line when the book never uses words of the question."""
+    if not lacking:
+        return ""
+    return f"The book never uses {quoted_terms(lacking)}: the passages below may not answer your question.\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +488,8 @@ def as_answer_request(value: AnswerRequest | str | Mapping[str, Any]) -> AnswerR
 class AnswerChunk(TypedDict, total=False):
     """What the answer chain streams, key by key (`AddableDict`s, so `ainvoke` returns them merged):
 
-    first one chunk with `sources`, `mode` and `history_turns_used`; then `answer` text deltas (with `deltas`, the
+    first one chunk with `sources`, `mode`, `history_turns_used` and `terms_not_in_book` (what a refusal named, or
+    the uncommon words of an answered question that the book never uses); then `answer` text deltas (with `deltas`, the
     model's streamed deltas each joins); once, among or after them, `highlights` (each source's, in order) when a
     generated answer's highlights come after its first token (SOURCE_HIGHLIGHTS=embedding); then `usage` once,
     when the model reports it."""
@@ -477,6 +497,7 @@ class AnswerChunk(TypedDict, total=False):
     sources: list[Source]
     mode: AnswerMode
     history_turns_used: int
+    terms_not_in_book: list[str]
     answer: str
     deltas: int
     highlights: list[list[tuple[int, int]]]
@@ -564,6 +585,8 @@ class _AnswerSteps:
         missing = self.missing_terms(request.question, best, sentence) if documents else []
         if missing:
             relevant = []
+        # Answered anyway: the uncommon words the book never uses, which the reader and the model are told of.
+        lacking = missing or (self.lacking_words(request.question) if relevant else [])
         selection = selection_document(request)
         if selection is not None and relevant:  # never the reader's own selection alone, echoed as the answer
             relevant.insert(0, selection)
@@ -578,7 +601,14 @@ class _AnswerSteps:
         closest = list(
             dict.fromkeys(section_link(Source.from_document(0, d, self.settings.book_base_url)) for d in documents)
         )[:_CLOSEST_SECTIONS]
-        return {**state, "sources": sources, "missing": missing, "closest": closest, "passages": passages}
+        return {
+            **state,
+            "sources": sources,
+            "missing": missing,
+            "lacking": lacking,
+            "closest": closest,
+            "passages": passages,
+        }
 
     @property
     def highlights_later(self) -> bool:
@@ -644,6 +674,16 @@ class _AnswerSteps:
             weak_sentence=self.settings.retrieval_sentence_threshold,
         )
 
+    def lacking_words(self, question: str) -> list[str]:
+        """The question's uncommon English words (`UNCOMMON_BELOW`) that the book never uses in any close form, when
+        they did not refuse it: "cider" in an orchard book, or a paraphrase's "lopsided"; [] while the vocabulary is
+        being read, or unless REFUSAL_TERM_CHECK=words."""
+        client = getattr(self.retriever.vector_store, "client", None)
+        if self.settings.refusal_term_check != "words" or client is None:
+            return []
+        vocabulary = self.vocabulary.current(client)
+        return vocabulary.missing_words(question, UNCOMMON_BELOW) if vocabulary is not None else []
+
     def embedding_highlights(
         self, query: str, vector: list[float], texts: list[str], passages: Sequence[PassageRef] | None
     ) -> list[list[tuple[int, int]]]:
@@ -685,15 +725,19 @@ class _AnswerSteps:
         request: AnswerRequest = state["request"]
         sources: list[Source] = state["sources"]
         mode: AnswerMode = "not_in_book" if not sources else "generated" if self.model else "extractive"
-        yield AddableDict(sources=sources, mode=mode, history_turns_used=len(request.history))  # type: ignore[misc]
+        lacking: list[str] = state.get("lacking", [])
+        yield AddableDict(  # type: ignore[misc]
+            sources=sources, mode=mode, history_turns_used=len(request.history), terms_not_in_book=lacking
+        )
         if mode == "not_in_book":
             text = not_in_book_text(state.get("missing", []), state.get("closest", []))
             yield AddableDict(answer=text, deltas=1)  # type: ignore[misc]
             return
         if self.text is None:
-            yield AddableDict(answer=extractive_answer(sources), deltas=1)  # type: ignore[misc]
+            yield AddableDict(answer=extractive_answer(sources, lacking=lacking), deltas=1)  # type: ignore[misc]
             return
-        prompt = await ANSWER_PROMPT.ainvoke(prompt_input(request, sources, self.settings.chat_passage_chars), config)
+        variables = prompt_input(request, sources, self.settings.chat_passage_chars, lacking)
+        prompt = await ANSWER_PROMPT.ainvoke(variables, config)
         usage: dict[str, int] | None = None
         pieces = self.text(prompt.to_messages(), config)
         # Highlights scored by the embedding model start once the model has answered its first text, and go out
@@ -725,9 +769,12 @@ class _AnswerSteps:
             yield AddableDict(usage=usage)  # type: ignore[misc]
 
 
-def prompt_input(request: AnswerRequest, sources: Sequence[Source], passage_chars: int = 0) -> dict[str, Any]:
+def prompt_input(
+    request: AnswerRequest, sources: Sequence[Source], passage_chars: int = 0, lacking: Sequence[str] = ()
+) -> dict[str, Any]:
     """The answer prompt's variables: the numbered passages (at most `passage_chars` characters of them in all,
-    chains.passage_budget; 0: whole), the (windowed) conversation, the question."""
+    chains.passage_budget; 0: whole), the (windowed) conversation, the question, and the question's words the
+    book never uses (`lacking`)."""
     rooms = passage_rooms([len(s.text) for s in sources], passage_chars)
     documents = [
         Document(page_content=excerpt(s.text, room, s.chunk_span), metadata={"heading_path": s.heading_path})
@@ -737,7 +784,12 @@ def prompt_input(request: AnswerRequest, sources: Sequence[Source], passage_char
         HumanMessage(neutralise(t.content)) if t.role == "user" else AIMessage(neutralise(t.content))
         for t in request.history
     ]
-    return {"context": format_passages(documents), "question": neutralise(request.question), "history": history}
+    return {
+        "context": format_passages(documents),
+        "question": neutralise(request.question),
+        "history": history,
+        "not_in_book": terms_note(lacking),
+    }
 
 
 def build_answer_chain(
@@ -778,6 +830,7 @@ async def answer_events(
     sources: list[Source] = []
     mode: AnswerMode = "generated"
     turns_used = 0
+    lacking: list[str] = []
     retrieval_ms = 0.0
     first_token_ms: float | None = None
     usage: dict[str, int] | None = None
@@ -788,6 +841,7 @@ async def answer_events(
             if "sources" in chunk:
                 sources, mode = chunk["sources"], chunk["mode"]
                 turns_used = chunk["history_turns_used"]
+                lacking = chunk.get("terms_not_in_book", [])
                 retrieval_ms = (time.perf_counter() - started) * 1000
                 yield SourcesEvent(sources)
                 if mode == "generated":
@@ -811,7 +865,7 @@ async def answer_events(
     else:
         citations = [s.number for s in sources[:_EXTRACT_SOURCES]] if mode == "extractive" else []
     timings = _timings(started, retrieval_ms, first_token_ms)
-    yield DoneEvent(answer_id, mode, citations, usage, timings, turns_used, invalid)
+    yield DoneEvent(answer_id, mode, citations, usage, timings, turns_used, invalid, lacking)
 
 
 async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
@@ -831,6 +885,7 @@ async def fold_answer(events: AsyncIterator[AnswerEvent]) -> Answer:
                 result.usage, result.timings = event.usage, event.timings
                 result.history_turns_used = event.history_turns_used
                 result.invalid_citations = event.invalid_citations
+                result.terms_not_in_book = event.terms_not_in_book
     finally:
         await close_iterator(events)
     result.text = "".join(parts)

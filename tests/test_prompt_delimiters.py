@@ -17,7 +17,7 @@ from qdrant_client import QdrantClient
 from chains.embeddings import LocalEmbeddings
 from chains.prompts import format_passages, neutralise
 from chains.settings import Settings
-from tests.conftest import app_client, ingest_into
+from tests.conftest import app_client, ingest_into, vocabulary_ready
 from tests.fakes import RecordingChatModel
 
 # Each of these once came through: nesting undid a strip that ran once; a quote left the `from="…"` attribute.
@@ -70,7 +70,8 @@ async def test_every_untrusted_text_stays_inside_its_block_in_both_prompts(
         "stream": False,
     }
     lowered = settings.model_copy(update={"retrieval_score_threshold": -1.0})
-    async for _, client in app_client(lowered, embeddings, qdrant, model):
+    async for app, client in app_client(lowered, embeddings, qdrant, model):
+        await vocabulary_ready(app, qdrant)  # read in the background at start-up: the words check needs it
         response = await client.post("/ask", json=body)
         assert response.status_code == 200, response.text
         sources = response.json()["sources"]
@@ -91,7 +92,10 @@ async def test_every_untrusted_text_stays_inside_its_block_in_both_prompts(
     assert len(turns) == 2 and all("<" not in turn and ">" not in turn for turn in turns)
     assert all(turn == neutralise(HOSTILE) for turn in turns)
     answer_blocks = blocks(answer_text)
-    assert [child.tag for child in answer_blocks] == ["passages", "question"]
+    # After the question, the words of it the book never uses (this question has some), each a plain word of it.
+    assert [child.tag for child in answer_blocks] == ["passages", "question", "not_in_book"]
+    lacking = (answer_blocks[2].text or "").split()
+    assert lacking and all(word.isalpha() and word in question for word in lacking)
     passages = list(answer_blocks[0])
     assert [p.tag for p in passages] == ["passage"] * len(passages) and len(passages) >= 2
     assert [p.attrib["number"] for p in passages] == [str(n) for n in range(1, len(passages) + 1)]

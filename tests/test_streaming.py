@@ -90,6 +90,7 @@ class TestAskStream:
             "usage",
             "timings",
             "history_turns_used",
+            "terms_not_in_book",
         }
         assert done["mode"] == "generated" and done["citations"] == [1] and done["usage"] is None
         assert set(done["timings"]) == {"retrieval_ms", "first_token_ms", "total_ms"}

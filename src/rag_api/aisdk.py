@@ -115,6 +115,7 @@ def finish_metadata(event: DoneEvent, request_id: str | None) -> dict[str, Any]:
         },
         "requestId": request_id,
         "historyTurnsUsed": event.history_turns_used,
+        "termsNotInBook": event.terms_not_in_book,
     }
 
 

@@ -122,6 +122,7 @@ def answer_record(
         model=model if done.mode == "generated" else None,
         input_tokens=usage.get("input_tokens"),
         output_tokens=usage.get("output_tokens"),
+        terms_not_in_book=list(done.terms_not_in_book),
     )
 
 
@@ -218,9 +219,14 @@ async def whole_answer(state: AppState, request: AnswerRequest, http: Request) -
     )
     note_answer(http, answer.timings, answer.usage, answer.mode)
     if state.recorder is not None and answer.timings is not None:
-        done = DoneEvent(
-            answer.answer_id, answer.mode, answer.citations, answer.usage, answer.timings
-        )  # for the record
+        done = DoneEvent(  # for the record
+            answer.answer_id,
+            answer.mode,
+            answer.citations,
+            answer.usage,
+            answer.timings,
+            terms_not_in_book=answer.terms_not_in_book,
+        )
         record = answer_record(request, endpoint_of(http), answer.sources, answer.text, done, state.settings.chat_model)
         state.recorder.submit(record)
     return answer

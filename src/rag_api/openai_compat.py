@@ -110,6 +110,9 @@ class ChatCompletion(BaseModel):
     answer_id: str
     mode: Literal["generated", "extractive", "not_in_book"]
     history_turns_used: int = Field(0, description="How many of the latest turns the answer read (HISTORY_TURNS).")
+    terms_not_in_book: list[str] = Field(
+        default_factory=list, description="Words of the question the book never uses (as on /ask)."
+    )
 
 
 class ModelCard(BaseModel):
@@ -179,6 +182,7 @@ def chat_completion(answer: Answer, completion: str, model: str) -> ChatCompleti
         answer_id=answer.answer_id,
         mode=answer.mode,
         history_turns_used=answer.history_turns_used,
+        terms_not_in_book=answer.terms_not_in_book,
     )
 
 
@@ -238,6 +242,7 @@ async def chat_chunks(
                 answer_id=event.answer_id,
                 mode=event.mode,
                 history_turns_used=event.history_turns_used,
+                terms_not_in_book=event.terms_not_in_book,
             )
             if include_usage:
                 yield _data(dumps({**head, "choices": [], "usage": usage_out(event.usage)}))

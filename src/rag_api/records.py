@@ -53,6 +53,7 @@ answers = sa.Table(
     sa.Column("model", sa.String(200), nullable=True),
     sa.Column("input_tokens", sa.Integer, nullable=True),
     sa.Column("output_tokens", sa.Integer, nullable=True),
+    sa.Column("terms_not_in_book", sa.JSON, nullable=True),
 )
 
 feedback = sa.Table(
@@ -92,6 +93,7 @@ class AnswerRecord:
     model: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    terms_not_in_book: Sequence[str] = ()  # words of the question the book never uses (chains.answer.DoneEvent)
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -169,6 +171,7 @@ class RecordStore:
                     model=record.model,
                     input_tokens=record.input_tokens,
                     output_tokens=record.output_tokens,
+                    terms_not_in_book=list(record.terms_not_in_book),
                 )
             )
 

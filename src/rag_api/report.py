@@ -3,7 +3,9 @@
 Reads the records database (`DATABASE_URL`, the same one the API writes) directly; no server needs to run.
 Three lists, each grouped by the chapter and section the question came closest to, most frequent first:
 questions the book did not answer (refusals), answers readers rated down (with their comments), and answers
-that were weakly supported (a low best passage score, or citations that named no source).
+that were weakly supported (a low best passage score, or citations that named no source). Then the words readers
+used that the book never does, most asked first: what a refusal named ("Kubernetes"), and the uncommon words of
+questions answered anyway ("cider" in an orchard book), which are often a topic the book lacks.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ class ReportItem:
     best_score: float | None = None
     comments: list[str] = field(default_factory=list)
     invalid_citations: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TermItem:
+    """A word of readers' questions that the book never uses: how often, how often refused, and the latest asks."""
+
+    term: str
+    count: int = 0
+    refused: int = 0
+    questions: list[str] = field(default_factory=list)
+
+
+_TERM_EXAMPLES = 3
 
 
 def parse_since(value: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
@@ -111,16 +126,33 @@ def build_report(rows: Iterable[dict[str, Any]], weak_score: float) -> dict[Kind
     return report
 
 
-def render_json(report: dict[Kind, list[ReportItem]], total: int, since: dt.datetime | None) -> str:
+def build_terms(rows: Iterable[dict[str, Any]]) -> list[TermItem]:
+    """The recorded answers' `terms_not_in_book`, counted without case (an answer counts a term once), most asked
+    first; each with its latest questions, most recent first."""
+    items: dict[str, TermItem] = {}
+    for row in sorted(rows, key=lambda r: _iso(r["created_at"]), reverse=True):
+        for term in dict.fromkeys(t.casefold() for t in row.get("terms_not_in_book") or ()):
+            item = items.setdefault(term, TermItem(term))
+            item.count += 1
+            item.refused += row["mode"] in REFUSAL_MODES
+            if len(item.questions) < _TERM_EXAMPLES and row["question"] not in item.questions:
+                item.questions.append(row["question"])
+    return sorted(items.values(), key=lambda i: (-i.count, i.term))
+
+
+def render_json(
+    report: dict[Kind, list[ReportItem]], total: int, since: dt.datetime | None, terms: Sequence[TermItem] = ()
+) -> str:
     body: dict[str, object] = {
         "since": since.isoformat() if since else None,
         "answers": total,
         **{kind: [asdict(item) for item in items] for kind, items in report.items()},
+        "terms_not_in_book": [asdict(item) for item in terms],
     }
     return json.dumps(body, indent=2, ensure_ascii=False)
 
 
-def render_csv(report: dict[Kind, list[ReportItem]]) -> str:
+def render_csv(report: dict[Kind, list[ReportItem]], terms: Sequence[TermItem] = ()) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["kind", "count", "question", "chapter", "section", "best_score", "last_asked", "comments"])
@@ -130,6 +162,8 @@ def render_csv(report: dict[Kind, list[ReportItem]]) -> str:
             comments = " | ".join(item.comments)
             place = [item.chapter or "", item.section or ""]
             writer.writerow([kind, item.count, item.question, *place, score, item.last_asked, comments])
+    for term in terms:  # the question column names the term; the comments column its latest questions
+        writer.writerow(["term_not_in_book", term.count, term.term, "", "", "", "", " | ".join(term.questions)])
     return out.getvalue()
 
 
@@ -140,7 +174,9 @@ _TITLES: dict[Kind, str] = {
 }
 
 
-def render_markdown(report: dict[Kind, list[ReportItem]], total: int, since: dt.datetime | None) -> str:
+def render_markdown(
+    report: dict[Kind, list[ReportItem]], total: int, since: dt.datetime | None, terms: Sequence[TermItem] = ()
+) -> str:
     period = f" since {since:%Y-%m-%d %H:%M} UTC" if since else ""
     lines = [f"# What readers asked{period}", "", f"{total} answers recorded.", ""]
     for kind, items in report.items():
@@ -161,6 +197,12 @@ def render_markdown(report: dict[Kind, list[ReportItem]], total: int, since: dt.
                 lines.append(f"- {item.count}× “{item.question}”{suffix}")
                 lines += [f"  - comment: {comment}" for comment in item.comments]
             lines.append("")
+    lines += [f"## Words readers used that the book never does ({len(terms)})", ""]
+    if not terms:
+        lines.append("None.")
+    for term in terms:
+        refused = f", refused {term.refused}×" if term.refused else ""
+        lines.append(f"- “{term.term}”: {term.count}×{refused}, e.g. “{term.questions[0]}”")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -219,10 +261,11 @@ def main(since: str | None, output_format: str, weak_score: float | None, databa
         store.close()
     threshold = weak_score if weak_score is not None else settings.retrieval_score_threshold + 0.1
     report = build_report(rows, threshold)
+    terms = build_terms(rows)
     if output_format == "json":
-        text = render_json(report, len(rows), start)
+        text = render_json(report, len(rows), start, terms)
     elif output_format == "csv":
-        text = render_csv(report)
+        text = render_csv(report, terms)
     else:
-        text = render_markdown(report, len(rows), start)
+        text = render_markdown(report, len(rows), start, terms)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

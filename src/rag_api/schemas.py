@@ -138,6 +138,11 @@ class AskResponse(BaseModel):
     history_turns_used: int = Field(
         0, description="How many of the latest conversation turns the answer read (at most HISTORY_TURNS)."
     )
+    terms_not_in_book: list[str] = Field(
+        default_factory=list,
+        description="Words of the question the book never uses: those a refusal names, or the uncommon ones of an "
+        "answered question (its passages may be about something near them).",
+    )
 
 
 class SearchRequest(BaseModel):

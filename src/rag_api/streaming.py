@@ -201,6 +201,7 @@ def event_payload(event: AnswerEvent) -> tuple[str, dict[str, Any]]:
             "usage": event.usage,
             "timings": asdict(event.timings),
             "history_turns_used": event.history_turns_used,
+            "terms_not_in_book": event.terms_not_in_book,
         }
     return "error", {"code": event.code, "message": event.message}
 

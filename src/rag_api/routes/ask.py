@@ -149,4 +149,5 @@ async def ask(
         usage=answer.usage,
         timings=TimingsOut(**asdict(answer.timings)),
         history_turns_used=answer.history_turns_used,
+        terms_not_in_book=answer.terms_not_in_book,
     )
