@@ -360,10 +360,17 @@ async def test_the_widget_works_from_the_keyboard_fits_a_phone_and_passes_axe(
                 textbox = await panel.get_by_role("textbox", name="Your question").bounding_box()
                 assert textbox and textbox["y"] >= 0 and textbox["y"] + textbox["height"] <= 844
                 assert await panel.locator(".log").evaluate("log => log.scrollHeight > 2 * log.clientHeight")
-                # ... and it followed the answer to its end.
+                # ... which is read from its start: the question stays at the top of the log, not scrolled away
+                # by the answer streaming in below it.
+                log_box = await panel.locator(".log").bounding_box()
+                question_box = await turn.locator(".question").bounding_box()
+                first_line = await turn.locator(".answer strong").bounding_box()
+                assert log_box and question_box and first_line
+                assert log_box["y"] <= question_box["y"] <= log_box["y"] + 40, (log_box, question_box)
+                assert first_line["y"] + first_line["height"] <= log_box["y"] + log_box["height"]
                 assert await panel.locator(".log").evaluate(
-                    "log => log.scrollHeight - log.scrollTop - log.clientHeight < 50"
-                )
+                    "log => log.scrollHeight - log.scrollTop - log.clientHeight > log.clientHeight"
+                ), "the end of the long answer is below the view"
 
                 # A real accessibility engine over the open panel (its shadow root included).
                 if AXE.exists():

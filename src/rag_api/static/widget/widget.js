@@ -662,8 +662,26 @@ Chat.prototype.nearBottom = function () {
   return log.scrollHeight - log.scrollTop - log.clientHeight < 48;
 };
 
-Chat.prototype.followAnswer = function () {
-  if (this.follow) this.log.scrollTop = this.log.scrollHeight;
+// Follows a turn as it grows until its question reaches the top of the log, then stays there: a long answer is
+// read from its start (and any note above it), not from its last line. A reader who scrolls to the end of it
+// themselves is followed again from there.
+Chat.prototype.followAnswer = function (box) {
+  if (!this.follow) return;
+  var log = this.log;
+  var end = log.scrollHeight - log.clientHeight;
+  var start = box ? Math.floor(log.scrollTop + box.getBoundingClientRect().top - log.getBoundingClientRect().top) - 8
+    : end;
+  if (start < end && log.scrollTop <= start + 1) {
+    log.scrollTop = start;
+    this.follow = false;
+  } else {
+    log.scrollTop = end;
+  }
+};
+
+Chat.prototype.lastTurn = function () {
+  var turns = this.log.querySelectorAll("article.turn");
+  return turns.length ? turns[turns.length - 1] : undefined;
 };
 
 Chat.prototype.open = function (focus) {
@@ -675,7 +693,7 @@ Chat.prototype.open = function (focus) {
     saveState(this.config, this.state);
   }
   this.follow = true;
-  this.followAnswer();
+  this.followAnswer(this.lastTurn());
   if (focus) this.input.focus();
 };
 
@@ -710,6 +728,8 @@ Chat.prototype.restore = function () {
   this.state.turns.forEach(function (turn) {
     self.drawTurn(turn).finish();
   });
+  this.follow = true;
+  this.followAnswer(this.lastTurn());
   if (this.floating && this.state.open) this.open(false);
 };
 
@@ -844,7 +864,7 @@ Chat.prototype.drawTurn = function (turn) {
         sourceList.append(item);
       });
       sources.hidden = !(turn.sources && turn.sources.length);
-      self.followAnswer();
+      self.followAnswer(box);
     },
     answer: function () {
       if (scheduled) return;
@@ -863,7 +883,7 @@ Chat.prototype.drawTurn = function (turn) {
         item.focus();
         setTimeout(function () { item.classList.remove("flash"); }, 1200);
       });
-      self.followAnswer();
+      self.followAnswer(box);
     },
     finish: function () {
       status.hidden = true;
@@ -879,7 +899,7 @@ Chat.prototype.drawTurn = function (turn) {
       meta.hidden = !turn.answer;
       rate.hidden = !(turn.answerId && turn.complete);
       showRating();
-      self.followAnswer();
+      self.followAnswer(box);
     },
   };
   box.dataset.index = String(this.log.querySelectorAll(".turn").length);
@@ -916,7 +936,7 @@ Chat.prototype.ask = async function (question, selected) {
   this.state.turns.push(turn);
   var view = this.drawTurn(turn);
   this.follow = true;
-  this.followAnswer();
+  this.followAnswer(this.lastTurn());
   var controller = new AbortController();
   this.controller = controller;
   this.send.hidden = true;
