@@ -14,8 +14,9 @@ uses in no close form. An English word the book lacks is not enough, however unc
 book's own words ("leaky" for "leak", "thunderstorm", "normalisation" for "normalization") or inflected verbs and
 adjectives ("thawed", "weakest"). A missing rare word does not refuse when a passage matches the question strongly
 (`STRONG_MATCH`); a missing name always does, except a single one in a book told in the first person (most likely
-the narrator's own name), the plural of an acronym the book has in the singular ("URLs"), and a language or tool
-the student compares with ("coming from Java", "in Python I'd", "C-style"). Measured with `python -m
+the narrator's own name), the plural of an acronym the book has in the singular ("URLs"), a language or tool
+the student compares with ("coming from Java", "in Python I'd", "C-style"), and the name of whose view is asked
+("according to Veblen", "does Veblen think": the author, whose name the chapters never print). Measured with `python -m
 bench.refusal_signals --books all` (docs/retrieval.md).
 
 A term occurs when each of its indexed terms (`chains.sparse.terms`) is in the book's term set; a name of several
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 from qdrant_client import QdrantClient
 
+from chains.attribution import without_view_holder
 from chains.sparse import terms
 from chains.vectorstore import CONTENT_KEY, METADATA_KEY, VISIBLE, BookVersion, book_version
 
@@ -64,6 +66,9 @@ _COMPARISON_FRAMES = (
 _CAMEL_NAME = re.compile(r"[A-Z][a-z]+(?:[A-Z][a-z]*)+")
 # What a library is called in a question, after its name ("the tracing crate", "the requests library").
 _PACKAGE_WORDS = frozenset({"crate", "crates", "library", "package", "module", "framework", "plugin", "gem"})
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_PROGRAM = re.compile(r"[\s;={}()|]")
+_LOWER_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_@])[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*[?!]?")
 _SCROLL_PAGE = 1000
 
 # The lower-case word check: a plain word the book never uses, in no close form, and rarer in general English than
@@ -165,6 +170,19 @@ def distinctive_terms(question: str) -> list[str]:
     if name:
         found.append(" ".join(name))
     return found
+
+
+def without_own_code(question: str) -> str:
+    """The question without the lower-case names inside a piece of code the student wrote (a backtick span with
+    spaces or statement punctuation: `begin; a = 1; do_risky; end`): their own variables and methods, which no
+    book uses. A lone name in backticks (`URLSession`) is what they look up, and stays, as do the capitalised
+    names of types and modules inside their code."""
+
+    def names_only(span: re.Match[str]) -> str:
+        code = span.group(1)
+        return span.group(0) if not _PROGRAM.search(code) else f" {_LOWER_IDENTIFIER.sub(' ', code)} "
+
+    return _CODE_SPAN.sub(names_only, question)
 
 
 def is_compared_with(question: str, name: str) -> bool:
@@ -341,6 +359,11 @@ class Vocabulary:
             indexed = [t for t in indexed if "." not in t] or indexed
         return all(t in self.terms for t in indexed)
 
+    def _missing_names(self, question: str, asked: str) -> list[str]:
+        return [
+            term for term in distinctive_terms(asked) if not self.has(term) and not is_compared_with(question, term)
+        ]
+
     def missing(
         self,
         question: str,
@@ -357,11 +380,13 @@ class Vocabulary:
         ice-cutters' passage scores 0.63). When no passage's best sentence reaches `weak_sentence` either (the
         service passes RETRIEVAL_SENTENCE_THRESHOLD; 0, the default, or 1.0 leave this out), an uncommon English
         word counts too (`UNCOMMON_BELOW`): nothing in the passages comes near the question."""
-        names = [
-            term for term in distinctive_terms(question) if not self.has(term) and not is_compared_with(question, term)
-        ]
-        if self.first_person and len(names) == 1 and not is_identifier(names[0]):
-            names = []  # most likely the narrator's own name; a second missing name still refuses
+        asked = without_own_code(question)
+        names = self._missing_names(question, without_view_holder(asked))
+        # The author's (or narrator's) name is taken for granted once: named as whose view is asked, or as the one
+        # name missing from a book told in the first person; a second missing name still refuses.
+        named_author = len(names) < len(self._missing_names(question, asked))
+        if self.first_person and not named_author and len(names) == 1 and not is_identifier(names[0]):
+            names = []
         if not words or best_cosine >= strong_match or best_sentence >= strong_sentence:
             return names
         weak = 0.0 < weak_sentence < 1.0 and best_sentence < weak_sentence

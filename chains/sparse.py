@@ -16,6 +16,8 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
+from chains.attribution import without_attribution
+
 # BM25's term-frequency saturation and length normalisation; the average passage length is a constant because
 # chunks are made to a target size (CHUNK_SIZE tokens, about this many indexed terms at the default size).
 K1 = 1.2
@@ -25,28 +27,6 @@ AVERAGE_TERMS = 120.0
 _COMPOUND = re.compile(r"[A-Za-z0-9_]+(?:[.\-:/+#][A-Za-z0-9_]+)*")
 _PART = re.compile(r"[A-Za-z]+|[0-9]+(?:\.[0-9]+)?")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
-_CAPITALISED = r"(?-i:[A-Z][a-z]+)"  # case-sensitive inside the frames' case-insensitive patterns
-_NAME = rf"{_CAPITALISED}(?:['\u2019]s)?"
-_OPINION_VERBS = (
-    "think|thinks|say|says|believe|believes|argue|argues|mean|means|make|feel|see|claim|consider|hold|buy|"
-    "mention|use|bring|propose|suggest|want|accept|reject|support|oppose|defend|worry|insist|regard|describe|"
-    "explain|admit|deny|compare|call|treat|count|build|building|know|conclude|agree|disagree|favour|favor|like|"
-    "trust|fear|hope|expect|allow|approve|value|view|rank|prefer|imagine|assume|predict|answer|reply"
-)
-# Where a student names the person whose view they ask about; the replacement keeps the sentence readable.
-_ATTRIBUTION_FRAMES = tuple(
-    (re.compile(pattern, re.IGNORECASE), replacement)
-    for pattern, replacement in (
-        (rf"\b(according to|per) {_NAME}(?=\W|$)", r"\1"),
-        (rf"\bin {_NAME} (view|opinion|words|eyes|mind|account)\b", r"in the \1"),
-        (rf"\b(does|did|do|would|will|could|can|is|was|has|had) {_NAME} (?=(?:{_OPINION_VERBS})\b)", r"\1 he "),
-        (
-            rf"\b{_CAPITALISED}['\u2019]s (view|views|position|opinion|principle|argument|arguments|claim|case|"
-            r"point|answer|reason|idea|ideas|objection|example|essay|book)\b",
-            r"his \1",
-        ),
-    )
-)
 _STOPWORD_TEXT = """
 a about above after again against all am an and any are as at be because been before being below between both
 but by can could did do does doing down during each few for from further had has have having he her here hers
@@ -128,19 +108,6 @@ def encode_document(text: str) -> SparseEncoding:
     """BM25 document weights: term frequency saturated by K1 and normalised by the passage's length."""
     found = terms(text)
     return _encode(Counter(found), len(found))
-
-
-def without_attribution(question: str) -> str:
-    """The question without the name that only says whose view is asked: "according to Mill", "does Mill
-    think", "in Mill's view", "Mill's argument".
-
-    That name is the author's, as a rule, and the author's own text never writes it; the passages that do are
-    about the person (an editor's introduction, the notes), and the name's high IDF put them first in the sparse
-    list. The dense query keeps the whole question (docs/retrieval.md, "Whose view is asked"). Only a capitalised
-    name counts: a lower-case word after "does" is the question's subject ("does memory leak")."""
-    for frame, replacement in _ATTRIBUTION_FRAMES:
-        question = frame.sub(replacement, question)
-    return question
 
 
 def encode_query(text: str) -> SparseEncoding:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from chains.sparse import encode_document, encode_query, stem, term_index, terms, without_attribution
+from chains.attribution import without_attribution
+from chains.sparse import encode_document, encode_query, stem, term_index, terms
 
 
 def test_identifiers_are_kept_whole_and_split_into_parts() -> None:
