@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 
 _CAPITALISED = r"(?-i:[A-Z][a-z]+)"  # case-sensitive inside the frames' case-insensitive patterns
-_NAME = rf"{_CAPITALISED}(?:['\u2019]s)?"
+_FULL_NAME = rf"{_CAPITALISED}(?: {_CAPITALISED}){{0,2}}"  # "Mill", "Thorstein Veblen", "John Stuart Mill"
+_NAME = rf"{_FULL_NAME}(?:['\u2019]s)?"
 # What a person does with a view: think, say, argue, rank, answer ...
 _STATED = (
     "think|thinks|say|says|believe|believes|argue|argues|mean|means|feel|claim|claims|consider|mention|propose|"
@@ -42,7 +43,7 @@ def _frames(verbs: str) -> tuple[tuple[re.Pattern[str], str], ...]:
             (rf"\b(according to|per) {_NAME}(?=\W|$)", r"\1"),
             (rf"\bin {_NAME} (view|opinion|words|eyes|mind|account)\b", r"in the \1"),
             (rf"\b(does|did|do|would|will|could|can|is|was|has|had) {_NAME} (?=(?:{verbs})\b)", r"\1 he "),
-            (rf"\b{_CAPITALISED}['\u2019]s ({_VIEW_NOUNS})\b", r"his \1"),
+            (rf"\b{_FULL_NAME}['\u2019]s ({_VIEW_NOUNS})\b", r"his \1"),
         )
     )
 
