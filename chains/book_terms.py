@@ -361,8 +361,19 @@ class Vocabulary:
 
     def _missing_names(self, question: str, asked: str) -> list[str]:
         return [
-            term for term in distinctive_terms(asked) if not self.has(term) and not is_compared_with(question, term)
+            term
+            for term in distinctive_terms(asked)
+            if not self.has(term) and not is_compared_with(question, term) and not self._own_member(term, question)
         ]
+
+    def _own_member(self, term: str, question: str) -> bool:
+        """A member access whose parts the book lacks are words the question also uses on their own ("if secret is
+        private, can I call other.secret"): the student's own names, left to the plain-word check."""
+        if "." not in term:
+            return False
+        lacking = [t for t in terms(term) if "." not in t and t not in self.terms]
+        alone = set(terms(" ".join(word for word in question_words(question) if "." not in word)))
+        return bool(lacking) and all(t in alone for t in lacking)
 
     def missing(
         self,

@@ -179,6 +179,9 @@ def test_the_students_own_names_in_their_code_are_not_missing_but_a_looked_up_na
     assert guide.missing(question, words=False) == []
     assert guide.missing("How do I call `do_risky` from ensure?", words=False) == ["do_risky"]  # looked up
     assert guide.missing("Why does `x = Kemal.run(port)` fail in begin?", words=False) == ["Kemal"]  # a module
+    # A member the question names on its own too is the student's; one it does not is looked up.
+    assert guide.missing("If secret is private, can I call other.secret in ensure?", words=False) == []
+    assert guide.missing("Can I call tokio.spawn in ensure?", words=False) == ["tokio.spawn"]
 
 
 MEMOIR = Vocabulary.of(
