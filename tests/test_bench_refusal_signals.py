@@ -52,3 +52,32 @@ def test_the_table_gives_each_sets_refused_share_and_reads_saved_records(tmp_pat
     saved = tmp_path / "records.json"
     saved.write_text(json.dumps({"threshold": 0.35, "books": {k: [asdict(r) for r in v] for k, v in books.items()}}))
     assert main(["--records", str(saved)]) == 0
+
+
+def test_the_frontier_scores_each_book_with_a_rule_fitted_on_the_others() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from bench.refusal_frontier import held_out, report
+
+    # Three books where a missing rare word marks every in-domain unanswerable question, and a fourth where the
+    # same signal marks answerable ones: a rule learned on the first three refuses those, as a held-out book shows.
+    def book(answerable_word: bool) -> list[Record]:
+        answerable = [
+            record("answerable", 0.5 + i / 100, words=[("lopsided", 1.0)] if answerable_word else None, sentence=0.5)
+            for i in range(20)
+        ]
+        unanswerable = [record("unanswerable", 0.5 + i / 100, words=[("serde", 1.0)], sentence=0.5) for i in range(8)]
+        return answerable + unanswerable
+
+    alike = {"a": book(False), "b": book(False), "c": book(False)}
+    assert held_out(alike, LogisticRegression(), 0.05, 0.35, 0.46)["a"] == (0.0, 1.0)
+    books = {**alike, "odd": book(True)}
+    scores = held_out(books, LogisticRegression(), 0.05, 0.35, 0.46)
+    assert scores["odd"][0] == 1.0  # fitted on the others, the rule refuses this book's paraphrases
+    saved = {
+        "threshold": 0.35,
+        "sentence_threshold": 0.46,
+        "books": {n: [asdict(r) for r in rs] for n, rs in books.items()},
+    }
+    text = report(saved)
+    assert "the product's rule" in text and "| pooled |" in text
