@@ -81,7 +81,7 @@ def held_out(
     for name, (features, unanswerable, gated) in data.items():
         train_x = np.vstack([x for other, (x, _, _) in data.items() if other != name])
         train_y = np.concatenate([y for other, (_, y, _) in data.items() if other != name])
-        fitted = clone(model).fit(train_x, train_y)  # type: ignore[attr-defined]
+        fitted = clone(model).fit(train_x, train_y)
         train_answerable = np.sort(fitted.predict_proba(train_x)[:, 1][~train_y])
         cut = train_answerable[min(len(train_answerable) - 1, int(np.floor((1 - budget) * len(train_answerable))))]
         refused = (fitted.predict_proba(features)[:, 1] > cut) | gated
@@ -90,9 +90,9 @@ def held_out(
 
 
 def report(saved: dict[str, object]) -> str:
-    books = {name: [Record(**r) for r in records] for name, records in saved["books"].items()}  # type: ignore[attr-defined]
-    threshold = float(saved["threshold"])  # type: ignore[arg-type]
-    gate_sentence = float(saved.get("sentence_threshold", 1.0))  # type: ignore[attr-defined]
+    books = {name: [Record(**r) for r in records] for name, records in saved["books"].items()}
+    threshold = float(saved["threshold"])
+    gate_sentence = float(saved.get("sentence_threshold", 1.0))
     (product,) = (
         rule for label, rule in rules(threshold, sentence_threshold=gate_sentence).items() if "(product)" in label
     )
