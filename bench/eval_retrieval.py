@@ -96,10 +96,10 @@ DEFAULT_DATASETS = {name: DATASETS[name] for name in ("sample_book", "humanoid_b
 OUT_OF_BOOK = QUESTIONS / "out_of_book.jsonl"
 STORES = CACHE_DIR / "eval-retrieval"
 K = 5
-# The product default (RETRIEVAL_SENTENCE_RESCORE=10, RETRIEVAL_JOIN_NEIGHBOURS=1, RETRIEVAL_SECTION_WHOLE_UP_TO=8,
+# The product default (RETRIEVAL_SENTENCE_RESCORE=20, RETRIEVAL_JOIN_NEIGHBOURS=1, RETRIEVAL_SECTION_WHOLE_UP_TO=8,
 # RETRIEVAL_JOIN_NEARBY=8)
 DEFAULT_CONFIG = "hybrid DBSF + sentence re-scoring + neighbours"
-SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 10  # type: ignore[call-arg]
+SENTENCE_RESCORE = Settings(_env_file=None).retrieval_sentence_rescore or 20  # type: ignore[call-arg]
 SECTION_WHOLE_UP_TO = Settings(_env_file=None).retrieval_section_whole_up_to  # type: ignore[call-arg]
 JOIN_NEARBY = Settings(_env_file=None).retrieval_join_nearby  # type: ignore[call-arg]
 SCALE_CONFIGS: dict[str, dict[str, Any]] = {

@@ -203,14 +203,12 @@ class BookRetriever(BaseRetriever):
     def _search(self, vector: list[float], text: str, k: int, options: _Options) -> list[Document]:
         # The reranker orders more candidates than it keeps; MMR (in Qdrant) already picked k.
         rearranging = self.reranker is not None or self.mmr
-        limit = self.candidate_count(k) if self.reranker is not None and not self.mmr else k
+        limit = self.plain_limit(k)
         depth = None
         if self.mode == "hybrid" and self.sentence_rescore and not rearranging:
             # More fused points to re-score, from the same prefetch depth as without re-scoring (a deeper
             # prefetch changes the fusion's normalisation, which measured worse: docs/retrieval.md).
-            depth, limit = self.candidate_count(k), max(k, self.sentence_rescore)
-        if self.join_neighbours:  # spare candidates: to move up when one is joined above, or to join a passage
-            limit = max(limit, 2 * k)
+            depth, limit = self.candidate_count(k), max(limit, self.sentence_rescore)
         attempt = 0
         while True:
             try:
@@ -253,7 +251,8 @@ class BookRetriever(BaseRetriever):
                 document.metadata["score"] = float(point.score)
         order = list(range(len(documents)))
         if self.mode == "hybrid" and self.sentence_rescore and len(documents) > 1 and applies_to(text):
-            order = self._sentence_order(points, documents, vector)
+            # A store ingested before the sentence vectors: the candidates plain retrieval fetches, as before.
+            order = self._sentence_order(points, documents, vector) or order[: self.plain_limit(k)]
         if self.reranker is not None and documents:
             scores = self.reranker.score(text, [d.page_content for d in documents])
             for document, score in zip(documents, scores, strict=True):
@@ -296,15 +295,21 @@ class BookRetriever(BaseRetriever):
         ]
         return join_neighbours(ordered, payloads, neighbours, vector, k, self.neighbours_whole, span, self.join_nearby)
 
+    def plain_limit(self, k: int) -> int:
+        """How many candidates a search fetches without sentence re-scoring: k, the reranker's pool, and with
+        joined neighbours 2 k (spare candidates: to move up when one is joined above, or to join a passage)."""
+        limit = self.candidate_count(k) if self.reranker is not None and not self.mmr else k
+        return max(limit, 2 * k) if self.join_neighbours else limit
+
     def _sentence_order(
         self, points: list[models.ScoredPoint], documents: list[Document], vector: list[float]
     ) -> list[int]:
         """The first `sentence_rescore` candidates re-ordered with their best sentence (chains.sentence_rescore),
-        the rest after them; the fused order when a candidate has no sentence vectors."""
+        the rest after them; [] when a candidate has no sentence vectors."""
         head = min(self.sentence_rescore, len(documents))
         best = best_sentence_scores(vector, [p.payload for p in points[:head]])
         if best is None:
-            return list(range(len(documents)))
+            return []
         for document, score in zip(documents, best, strict=False):
             document.metadata["sentence_score"] = score
         fused = [float(d.metadata.get("fusion_score", 0.0)) for d in documents[:head]]

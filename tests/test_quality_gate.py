@@ -24,8 +24,8 @@ from ingest.indexer import DEFAULT_EXCLUDES, Indexer, discover_files
 pytestmark = pytest.mark.integration
 
 # book: (hit@5, MRR, answerable refused at most, in-domain unanswerable refused at least, out-of-domain refused at
-# least). Today (2026-12-02, with sentence re-scoring, nearby passages of a chapter joined and the term check):
-# sample 0.97 / 0.944 / 0 / 0.17 / 0.94; humanoid 1.00 / 0.983 / 0 / 1.00 / 0.88. The sample book's unanswerable
+# least). Today (2026-12-03, 20 candidates re-scored, nearby passages of a chapter joined and the term check):
+# sample 1.00 / 0.961 / 0 / 0.17 / 0.94; humanoid 1.00 / 0.983 / 0 / 1.00 / 0.88. The sample book's unanswerable
 # questions name what it lacks in English words ("fire blight", "cider"), which the check reads as missing only
 # when no passage comes near the question: on two books it had not seen, it refused a third of the answerable
 # questions for such words (docs/retrieval.md, "Two books no default was chosen on"). The out-of-domain floor is

@@ -158,7 +158,7 @@ def test_a_paraphrase_finds_its_passage_first(
     assert not ingest_into(qdrant, embeddings, settings, _book(tmp_path, whole=True)).failed
     store = build_vector_store(qdrant, settings, embeddings)
     rescoring = BookRetriever.from_settings(store, settings, None)
-    assert rescoring.sentence_rescore == 10  # the default
+    assert rescoring.sentence_rescore == 20  # the default
     plain = rescoring.model_copy(update={"sentence_rescore": 0})
 
     def first(retriever: BookRetriever) -> str:
