@@ -16,8 +16,8 @@ adjectives ("thawed", "weakest"). A missing rare word does not refuse when a pas
 (`STRONG_MATCH`); a missing name always does, except a single one in a book told in the first person (most likely
 the narrator's own name), the plural of an acronym the book has in the singular ("URLs"), a language or tool
 the student compares with ("coming from Java", "in Python I'd", "C-style"), and the name of whose view is asked
-("according to Veblen", "does Veblen think": the author, whose name the chapters never print). Measured with `python -m
-bench.refusal_signals --books all` (docs/retrieval.md).
+("according to Veblen", "does Veblen think": the author, whose name the chapters never print); nor do the
+student's own names in their code. Measured with `python -m bench.refusal_signals --books all` (docs/retrieval.md).
 
 A term occurs when each of its indexed terms (`chains.sparse.terms`) is in the book's term set; a name of several
 words must occur as that phrase. The vocabulary is read from the stored chunks in a background thread and read
