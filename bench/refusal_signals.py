@@ -51,6 +51,7 @@ from bench.eval_retrieval import (
     store_folder,
     unanswerable_path,
 )
+from chains.attribution import without_view_holder
 from chains.book_terms import (
     RARE_BELOW,
     STOP_WORDS,
@@ -121,8 +122,11 @@ def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]],
                         with_payload=True,
                     ).points
                     sparse_texts = {str((p.payload or {}).get("page_content", "")) for p in points}
+                asked = without_view_holder(text, lower_case=True)  # as the product's word check reads it
                 absent = [
-                    (word, round(word_frequency(word), 2)) for _, word in plain_words(text) if not vocabulary.uses(word)
+                    (word, round(word_frequency(word), 2))
+                    for _, word in plain_words(asked)
+                    if not vocabulary.uses(word)
                 ]
                 out.append(
                     Record(

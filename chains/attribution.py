@@ -17,7 +17,6 @@ import re
 
 _CAPITALISED = r"(?-i:[A-Z][a-z]+)"  # case-sensitive inside the frames' case-insensitive patterns
 _FULL_NAME = rf"{_CAPITALISED}(?: {_CAPITALISED}){{0,2}}"  # "Mill", "Thorstein Veblen", "John Stuart Mill"
-_NAME = rf"{_FULL_NAME}(?:['\u2019]s)?"
 # What a person does with a view: think, say, argue, rank, answer ...
 _STATED = (
     "think|thinks|say|says|believe|believes|argue|argues|mean|means|feel|claim|claims|consider|mention|propose|"
@@ -36,20 +35,23 @@ _VIEW_NOUNS = (
 )
 
 
-def _frames(verbs: str) -> tuple[tuple[re.Pattern[str], str], ...]:
+def _frames(verbs: str, full_name: str = _FULL_NAME) -> tuple[tuple[re.Pattern[str], str], ...]:
+    name = rf"{full_name}(?:['\u2019]s)?"
     return tuple(
         (re.compile(pattern, re.IGNORECASE), replacement)
         for pattern, replacement in (
-            (rf"\b(according to|per) {_NAME}(?=\W|$)", r"\1"),
-            (rf"\bin {_NAME} (view|opinion|words|eyes|mind|account)\b", r"in the \1"),
-            (rf"\b(does|did|do|would|will|could|can|is|was|has|had) {_NAME} (?=(?:{verbs})\b)", r"\1 he "),
-            (rf"\b{_FULL_NAME}['\u2019]s ({_VIEW_NOUNS})\b", r"his \1"),
+            (rf"\b(according to|per) {name}(?=\W|$)", r"\1"),
+            (rf"\bin {name} (view|opinion|words|eyes|mind|account)\b", r"in the \1"),
+            (rf"\b(does|did|do|would|will|could|can|is|was|has|had) {name} (?=(?:{verbs})\b)", r"\1 he "),
+            (rf"\b{full_name}['\u2019]s ({_VIEW_NOUNS})\b", r"his \1"),
         )
     )
 
 
 _ATTRIBUTION_FRAMES = _frames(_OPINION_VERBS)
 _VIEW_HOLDER_FRAMES = _frames(_STATED)
+# For the plain-word check: a lower-case name in those frames ("what does veblen think") is the author's too.
+_LOWER_CASE_HOLDER_FRAMES = _frames(_STATED, r"(?-i:[a-z]+)")
 
 
 def _without(question: str, frames: tuple[tuple[re.Pattern[str], str], ...]) -> str:
@@ -64,8 +66,10 @@ def without_attribution(question: str) -> str:
     return _without(question, _ATTRIBUTION_FRAMES)
 
 
-def without_view_holder(question: str) -> str:
+def without_view_holder(question: str, lower_case: bool = False) -> str:
     """The question for the term check: without the name of whose stated view it asks ("according to Veblen",
     "does Veblen think", "Veblen's problem with"); a name asked about stays ("Did Veblen agree with Keynes?"
-    keeps Keynes; docs/retrieval.md, "Two more books no default was chosen on")."""
-    return _without(question, _VIEW_HOLDER_FRAMES)
+    keeps Keynes; docs/retrieval.md, "Two more books no default was chosen on"). With `lower_case`, a name
+    written in lower case too ("what does veblen think"), for the plain-word check: after a stated view's verb
+    a lower-case word is a person, and a common word there is no rare word anyway."""
+    return _without(question, _LOWER_CASE_HOLDER_FRAMES if lower_case else _VIEW_HOLDER_FRAMES)

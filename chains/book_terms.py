@@ -321,7 +321,9 @@ class Vocabulary:
         """The question's plain lower-case words that the book never uses in any close form and that are rare in
         general English (`RARE_BELOW`): "espalier", "cider", "blight"; a run of them is one phrase ("drip
         irrigation"), and a missing word is named with the content word just before it when that one follows a
-        preposition or a determiner ("from fire blight" -> "fire blight")."""
+        preposition or a determiner ("from fire blight" -> "fire blight"). The author's name in lower case, as
+        whose view is asked ("what does veblen think"), is none of them."""
+        question = without_view_holder(question, lower_case=True)
         words = [m.group(0) for m in WORD.finditer(question.replace("\u2019", "'"))]
         absent = [
             position

@@ -171,6 +171,9 @@ def test_the_name_of_whose_view_is_asked_is_not_missing_but_a_name_asked_about_i
     assert essay.missing("Does Kubernetes support the leisure class?", words=False) == ["Kubernetes"]
     assert essay.missing("Does Docker make cats reputable?", words=False) == ["Docker"]
     assert essay.missing("Which goods does Veblen show?", words=False) == ["Veblen"]
+    # In lower case the name is a plain word, rare enough to count; in those frames it is the author's too.
+    assert essay.missing_words("what does veblen think of tariffs?", 4.0) == ["tariffs"]
+    assert essay.missing_words("which goods would veblen show?", 4.0) == ["veblen"]
 
 
 def test_the_students_own_names_in_their_code_are_not_missing_but_a_looked_up_name_is() -> None:
