@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 
 _CAPITALISED = r"(?-i:[A-Z][a-z]+)"  # case-sensitive inside the frames' case-insensitive patterns
-_FULL_NAME = rf"{_CAPITALISED}(?: {_CAPITALISED}){{0,2}}"  # "Mill", "Thorstein Veblen", "John Stuart Mill"
+# "Mill", "Thorstein Veblen", "John Stuart Mill", "Professor Veblen", "Mr. Darwin"
+_FULL_NAME = rf"(?:(?-i:Mr|Mrs|Ms|Dr|Prof|St)\. )?{_CAPITALISED}(?: {_CAPITALISED}){{0,2}}"
 # What a person does with a view: think, say, argue, rank, answer ...
 _STATED = (
     "think|thinks|say|says|believe|believes|argue|argues|mean|means|feel|claim|claims|consider|mention|propose|"

@@ -163,6 +163,8 @@ def test_the_name_of_whose_view_is_asked_is_not_missing_but_a_name_asked_about_i
         "What's Veblen's problem with cats?",
         "what did Veblen make of cats?",
         "What did Thorstein Veblen think of cats?",
+        "What does Professor Veblen say about cats?",
+        "What did Mr. Veblen think of cats?",
     ):
         assert essay.missing(question, words=False) == [], question
     assert essay.missing("Did Veblen agree with Keynes about spending?", words=False) == ["Keynes"]
