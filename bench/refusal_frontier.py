@@ -10,8 +10,9 @@ training books' answerable questions, the product's cosine gate is added (a ques
 and the held-out book is scored; every book is held out once. The signals are the ones `bench.refusal_signals`
 compares one by one: the best passage's and best sentence's cosines, the margin over the fifth passage, how many
 passages the dense and sparse lists share, missing names, missing words by their frequency in English, new pairs
-of book words, and the question's length. The product's hand-written rule is printed beside them, pooled over
-the same books: a learned rule that cannot beat it under this test is no reason to replace it.
+of book words, the question's length, and the weight in the question of its heaviest missing word. The product's
+hand-written rule is printed beside them, pooled over the same books: a learned rule that cannot beat it under
+this test is no reason to replace it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def signals(record: Record) -> list[float]:
     cosines = record.cosines or [0.0]
     frequencies = [zipf for _, zipf in record.absent_words]
     words = len(record.question.split())
+    weights = [w for (_, z), w in zip(record.absent_words, record.absent_weights, strict=False) if z < 4.7]
     return [
         record.best_cosine,
         record.best_sentence,
@@ -46,6 +48,7 @@ def signals(record: Record) -> list[float]:
         float(len(record.new_pairs)),
         len(record.new_pairs) / max(1, words),
         float(words),
+        max(weights, default=0.0),
     ]
 
 

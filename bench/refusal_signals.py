@@ -17,7 +17,10 @@ every rule below needs, so the rules are compared on the same searches:
 - **+ agreement**: the dense and the sparse top 5 share no passage (alone, and only for a question that also has
   a missing rare word, a softer cut);
 - **+ margin**: the best passage's cosine is within 0.02 of the fifth's (no passage stands out);
-- **+ a new pair**: two adjacent plain words of the question are both in the book but never side by side there.
+- **+ a new pair**: two adjacent plain words of the question are both in the book but never side by side there;
+- **+ a heavy missing word**: a plain word the book lacks, below 4.7 on the Zipf scale, carries at least W of the
+  question's meaning: the question's embedding moves by 1 - cosine >= W when the word is taken out ("What is
+  Mill's position on abortion?" without "abortion").
 
 Stores come from the cache of `bench.eval_retrieval` (`.bench-cache/eval-retrieval/`, keyed by the book's files),
 so a book it has embedded costs nothing here; another is ingested first.
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qdrant_client import models
 
 from bench.common import bench_embeddings
@@ -75,6 +79,7 @@ CUTS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 STRONG = (0.55, 0.60, 0.65)
 SENTENCE = (0.60, 0.65, 0.70, 0.75, 1.0)  # 1.0: no sentence override
 GATE_SENTENCE = (0.42, 0.44, 0.46, 0.48, 0.50, 1.0)  # RETRIEVAL_SENTENCE_THRESHOLD; 1.0: the cosine alone
+HEAVY = (0.15, 0.20, 0.25)  # a missing word's weight in the question (`word_weights`)
 
 
 @dataclass
@@ -92,6 +97,8 @@ class Record:
     # Two adjacent plain words of the question that the book both uses but never side by side ("cherry branch").
     new_pairs: list[str] = field(default_factory=list)
     best_sentence: float = 0.0  # the passages' best sentence cosine (re-scored passages carry it)
+    # For each of `absent_words`: 1 - cosine between the question's embedding and the question's without the word.
+    absent_weights: list[float] = field(default_factory=list)
 
 
 def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]], embeddings: Any) -> list[Record]:
@@ -123,11 +130,8 @@ def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]],
                     ).points
                     sparse_texts = {str((p.payload or {}).get("page_content", "")) for p in points}
                 asked = without_view_holder(text, lower_case=True)  # as the product's word check reads it
-                absent = [
-                    (word, round(word_frequency(word), 2))
-                    for _, word in plain_words(asked)
-                    if not vocabulary.uses(word)
-                ]
+                lacking = [(position, word) for position, word in plain_words(asked) if not vocabulary.uses(word)]
+                absent = [(word, round(word_frequency(word), 2)) for _, word in lacking]
                 out.append(
                     Record(
                         set_name,
@@ -140,11 +144,24 @@ def records_for(name: str, book: Path, questions: dict[str, Sequence[Question]],
                         vocabulary.missing_words(text),
                         new_pairs(vocabulary, text),
                         max((float(d.metadata.get("sentence_score") or 0.0) for d in documents), default=0.0),
+                        word_weights(embeddings, asked, [position for position, _ in lacking]),
                     )
                 )
         return out
     finally:
         client.close()
+
+
+def word_weights(embeddings: Any, question: str, positions: Sequence[int]) -> list[float]:
+    """How much of the question's meaning each word at `positions` (of `WORD`'s matches) carries: 1 - the cosine
+    between the question's embedding and the question's without that word."""
+    if not positions:
+        return []
+    words = list(WORD.finditer(question.replace("\u2019", "'")))
+    reduced = [question[: words[p].start()] + question[words[p].end() :] for p in positions]
+    vectors = np.asarray([embeddings.embed_query(text) for text in [question, *reduced]], dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [round(float(1.0 - vectors[0] @ vector), 3) for vector in vectors[1:]]
 
 
 def new_pairs(vocabulary: Vocabulary, question: str) -> list[str]:
@@ -217,6 +234,18 @@ def rules(threshold: float, known: frozenset[str] = frozenset(), sentence_thresh
     )
     found["+ names + flat top 5 (margin < 0.02)"] = lambda r: names(r) or margin(r)
     found["+ names + a new pair of book words"] = lambda r: names(r) or bool(r.new_pairs)
+    product = rare_unless_sentence(STRONG_SENTENCE, below(sentence_threshold), weak=sentence_threshold)
+
+    def heavier(weight: float) -> Rule:
+        return lambda r: (
+            product(r)
+            or any(
+                z < 4.7 and carried >= weight for (_, z), carried in zip(r.absent_words, r.absent_weights, strict=False)
+            )
+        )
+
+    for weight in HEAVY:
+        found[f"product, + a missing word < 4.7 carrying >= {weight} of the question"] = heavier(weight)
     return found
 
 

@@ -81,3 +81,23 @@ def test_the_frontier_scores_each_book_with_a_rule_fitted_on_the_others() -> Non
     }
     text = report(saved)
     assert "the product's rule" in text and "| pooled |" in text
+
+
+def test_a_missing_word_that_carries_the_question_refuses_beside_the_product_rule() -> None:
+    decide = rules(0.35, sentence_threshold=0.46)
+    heavy = decide["product, + a missing word < 4.7 carrying >= 0.2 of the question"]
+    carried = record("unanswerable", 0.50, words=[("abortion", 4.24)], sentence=0.50)
+    assert not rules(0.35, sentence_threshold=0.46)[next(k for k in decide if k.endswith("(product)"))](carried)
+    assert heavy(Record(**{**asdict(carried), "absent_weights": [0.33]}))
+    assert not heavy(Record(**{**asdict(carried), "absent_weights": [0.05]}))  # how it is said, not what
+    common = record("answerable", 0.50, words=[("folks", 4.8)], sentence=0.50)
+    assert not heavy(Record(**{**asdict(common), "absent_weights": [0.5]}))  # everyday English never counts
+
+
+def test_a_words_weight_is_how_far_the_question_moves_without_it(embeddings: object) -> None:
+    from bench.refusal_signals import word_weights
+
+    question = "What is Mill's position on abortion?"  # words: What is Mill's position on abortion
+    topic, filler = word_weights(embeddings, question, [5, 1])
+    assert 0.0 < filler < topic  # "abortion" is what the question asks about; "is" hardly moves it
+    assert word_weights(embeddings, question, []) == []
