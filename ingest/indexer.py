@@ -77,10 +77,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = ("**/node_modules/**", "**/.*/**", "**/.*")
 # Bump when loading or splitting changes what a file turns into, so that stored files are split again.
-SPLIT_VERSION = "6"  # 3: page_path and anchor (links to the book's site); 4: a cut part keeps its full stop;
+SPLIT_VERSION = "7"  # 3: page_path and anchor (links to the book's site); 4: a cut part keeps its full stop;
 # 5: a small last section folded into the one before keeps its heading in the text; 6: a fence with attributes
 # (```rust,ignore) stays code, mdBook's {{#include}} directives are dropped, and an HTML heading takes its <hgroup>
-# lines ("I: Variation Under Domestication") and its section's id as its anchor
+# lines ("I: Variation Under Domestication") and its section's id as its anchor; 7: an HTML figure's caption is
+# text of its chapter
 # What vectors a point carries; part of a chunk's identity and of every file's hash, so that after a change (the
 # sparse vector for hybrid retrieval; then the sentence vectors for re-scoring, chains/sentence_rescore.py)
 # ingesting again rewrites every chunk instead of keeping points without it.

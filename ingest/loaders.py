@@ -45,6 +45,14 @@ _MDX_ESM = re.compile(r"^(import|export)\s")
 _JSX_LINE = re.compile(r"^\s*</?[A-Z][\w.]*(\s[^<>]*)?/?>\s*$")
 _JSX_INLINE = re.compile(r"</?[A-Z][\w.]*(\s[^<>]*)?/?>")
 _XML_DECLARATION = re.compile(r"\A\ufeff?\s*<\?xml[^>]*\?>\s*")
+# A figure's caption is the book's own text ("Amblyrynchus Demarlii: a species of lizard found on ..."), while the
+# HTML partitioner leaves out all of a <figure>: the figure is read as its caption's paragraph.
+_FIGURE = re.compile(r"<figure\b[^>]*>(.*?)</figure\s*>", re.IGNORECASE | re.DOTALL)
+_FIGCAPTION = re.compile(r"<figcaption\b[^>]*>(.*?)</figcaption\s*>", re.IGNORECASE | re.DOTALL)
+# A page of links only: a table of contents or a list of illustrations, as a book's XHTML folder holds them.
+_NAVIGATION = re.compile(r"<nav\b[^>]*>", re.IGNORECASE)
+_NAVIGATION_TYPE = re.compile(r"\bepub:type\s*=\s*[\"']([^\"']*)[\"']", re.IGNORECASE)
+_NAVIGATION_NAMES = {"loi": "a list of illustrations", "lot": "a list of tables", "toc": "a table of contents"}
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.DOTALL)
 # A fence's info string past the language (Docusaurus' ```md title="x" {1-4}, mdBook's ```rust,ignore), which
 # Python-Markdown's fenced code does not accept: the fence then goes unseen and the code in it is read as Markdown
@@ -384,7 +392,25 @@ def html_blocks(path: Path, markup: str, limits: IngestLimits = DEFAULT_LIMITS) 
     """An HTML or XHTML page's blocks, its headings with their own `id`s (an EPUB's chapters come here too)."""
     limits.check_chars(path, len(markup))
     markup = _XML_DECLARATION.sub("", markup, count=1)  # XHTML's <?xml ...?>
+    markup = _FIGURE.sub(figure_caption, markup)
     return with_html_headings(_checked_elements(path, _partition("html", text=markup), limits), markup)
+
+
+def figure_caption(figure: re.Match[str]) -> str:
+    """A figure as the paragraph of its caption (nothing when it has none, as the partitioner reads it)."""
+    caption = _FIGCAPTION.search(figure.group(1))
+    return f"<p>{caption.group(1)}</p>" if caption else ""
+
+
+def navigation_page(markup: str) -> str | None:
+    """What a page of navigation is ("a list of illustrations", by its `<nav epub:type="loi">`), or None when the
+    page has no `<nav>`."""
+    nav = _NAVIGATION.search(markup)
+    if nav is None:
+        return None
+    kind = _NAVIGATION_TYPE.search(nav.group(0))
+    names = [_NAVIGATION_NAMES[k] for k in (kind.group(1).split() if kind else []) if k in _NAVIGATION_NAMES]
+    return names[0] if names else "a page of navigation"
 
 
 def read_limited_text(path: Path, limits: IngestLimits) -> str:
@@ -522,7 +548,12 @@ def load_document(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDo
         elif suffix == ".docx":
             document = load_docx(path, limits)
         elif suffix in HTML_SUFFIXES:
-            document = LoadedDocument(path, None, html_blocks(path, read_limited_text(path, limits), limits))
+            markup = read_limited_text(path, limits)
+            document = LoadedDocument(path, None, html_blocks(path, markup, limits))
+            if not document.blocks and (navigation := navigation_page(markup)):
+                raise DocumentError(
+                    str(path), f"{navigation}: links to the book's pages, no text of its own (--exclude leaves it out)"
+                )
         elif suffix == ".epub":
             raise DocumentError(str(path), "an EPUB holds several chapters: read it with ingest.epub.load_epub")
         else:

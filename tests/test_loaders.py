@@ -258,3 +258,32 @@ def test_an_xhtml_chapter_with_its_xml_declaration_loads_like_html(tmp_path: Pat
     headings = [(b.level, b.text) for b in document.blocks if b.kind == "heading"]
     assert headings == [(2, "Economy"), (3, "The cost of the house")]
     assert any("quiet desperation" in b.text for b in document.blocks if b.kind == "text")
+
+
+def test_a_figures_caption_is_text_of_the_chapter(tmp_path: Path) -> None:
+    page = tmp_path / "frontispiece.xhtml"
+    page.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><body>'
+        '<section id="frontispiece"><figure id="illustration-1"><img alt="A lizard." src="lizard.jpg"/>'
+        "<figcaption>Amblyrynchus Demarlii: a species of lizard found on the Galapagos.</figcaption>"
+        "</figure></section></body></html>\n",
+        encoding="utf-8",
+    )
+    document = load_document(page)  # an image and its caption: the caption is what a reader can ask about
+    assert [b.text for b in document.blocks] == ["Amblyrynchus Demarlii: a species of lizard found on the Galapagos."]
+
+
+def test_a_page_of_links_only_fails_saying_it_is_navigation(tmp_path: Path) -> None:
+    page = tmp_path / "loi.xhtml"
+    page.write_text(
+        '<html xmlns:epub="http://www.idpf.org/2007/ops"><body epub:type="backmatter"><nav id="loi" '
+        'epub:type="loi"><h2 epub:type="title">List of Illustrations</h2><ol><li><p><a href="ch1.xhtml#i1">A '
+        "mineral with inclusions.</a></p></li></ol></nav></body></html>",
+        encoding="utf-8",
+    )
+    with pytest.raises(DocumentError, match="a list of illustrations: links to the book's pages"):
+        load_document(page)
+    empty = tmp_path / "empty.html"
+    empty.write_text("<html><body><div></div></body></html>", encoding="utf-8")
+    with pytest.raises(DocumentError, match="no text found in the file"):
+        load_document(empty)
