@@ -13,11 +13,12 @@ uses in no close form. An English word the book lacks is not enough, however unc
 (`UNCOMMON_BELOW`) counts only when no passage has a sentence near the question either. Nor are close forms of the
 book's own words ("leaky" for "leak", "thunderstorm", "normalisation" for "normalization") or inflected verbs and
 adjectives ("thawed", "weakest"). A missing rare word does not refuse when a passage matches the question strongly
-(`STRONG_MATCH`); a missing name always does, except a single one in a book told in the first person (most likely
-the narrator's own name), the plural of an acronym the book has in the singular ("URLs"), a language or tool
-the student compares with ("coming from Java", "in Python I'd", "C-style"), and the name of whose view is asked
-("according to Veblen", "does Veblen think": the author, whose name the chapters never print); nor do the
-student's own names in their code. Measured with `python -m bench.refusal_signals --books all` (docs/retrieval.md).
+(`STRONG_MATCH`); a missing name always does, except a single one in a book told in the first person when the
+question names no one the book does (most likely the narrator's own name), the plural of an acronym the book has
+in the singular ("URLs"), a language or tool the student compares with ("coming from Java", "in Python I'd",
+"C-style"), and the name of whose view is asked ("according to Veblen", "does Veblen think": the author, whose
+name the chapters never print); nor do the student's own names in their code. Measured with
+`python -m bench.refusal_signals --books all` (docs/retrieval.md).
 
 A term occurs when each of its indexed terms (`chains.sparse.terms`) is in the book's term set; a name of several
 words must occur as that phrase. The vocabulary is read from the stored chunks in a background thread and read
@@ -68,7 +69,7 @@ _CAMEL_NAME = re.compile(r"[A-Z][a-z]+(?:[A-Z][a-z]*)+")
 _PACKAGE_WORDS = frozenset({"crate", "crates", "library", "package", "module", "framework", "plugin", "gem"})
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _PROGRAM = re.compile(r"[\s;={}()|]")
-_LOWER_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_@])[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*[?!]?")
+_LOWER_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_@])[a-z_][A-Za-z0-9_]*(?:\.[a-z_][A-Za-z0-9_]*)*[?!]?")
 _SCROLL_PAGE = 1000
 
 # The lower-case word check: a plain word the book never uses, in no close form, and rarer in general English than
@@ -142,7 +143,18 @@ def is_identifier(word: str) -> bool:
 
 def question_words(question: str) -> list[str]:
     """The question's words as written, without a contraction's ending ("didn't" -> "did", "Darwin's" -> "Darwin")."""
-    return [_CONTRACTION.sub("", m.group(0)) for m in WORD.finditer(question.replace("\u2019", "'"))]
+    return [word for word, _ in _spaced_words(question)]
+
+
+def _spaced_words(question: str) -> list[tuple[str, bool]]:
+    """`question_words`, each with whether a single space joins it to the word before (a name runs on only so:
+    "Core Data", not "Scala 2 ... List(")."""
+    found = []
+    end = None
+    for match in WORD.finditer(question.replace("\u2019", "'")):
+        found.append((_CONTRACTION.sub("", match.group(0)), end is not None and question[end : match.start()] == " "))
+        end = match.end()
+    return found
 
 
 def distinctive_terms(question: str) -> list[str]:
@@ -151,10 +163,14 @@ def distinctive_terms(question: str) -> list[str]:
     tracing crate")."""
     found: list[str] = []
     name: list[str] = []
-    words = question_words(question)
-    for position, word in enumerate(words):
+    spaced = _spaced_words(question)
+    words = [word for word, _ in spaced]
+    for position, (word, joined) in enumerate(spaced):
         lowered = word.lower()
         capitalised = word[0].isupper() and position > 0 and lowered not in STOP_WORDS and len(word) > 1
+        if name and not joined:
+            found.append(" ".join(name))
+            name = []
         if capitalised and not _ACRONYM.match(word) and (not is_identifier(word) or _CAMEL_NAME.fullmatch(word)):
             name.append(word)
             continue
@@ -173,10 +189,10 @@ def distinctive_terms(question: str) -> list[str]:
 
 
 def without_own_code(question: str) -> str:
-    """The question without the lower-case names inside a piece of code the student wrote (a backtick span with
-    spaces or statement punctuation: `begin; a = 1; do_risky; end`): their own variables and methods, which no
-    book uses. A lone name in backticks (`URLSession`) is what they look up, and stays, as do the capitalised
-    names of types and modules inside their code."""
+    """The question without the names that begin in lower case inside a piece of code the student wrote (a backtick
+    span with spaces or statement punctuation: `begin; a = 1; do_risky; end`, `List(isLessThan)`): their own
+    variables and methods, which no book uses. A lone name in backticks (`URLSession`) is what they look up, and
+    stays, as do the capitalised names of types and modules inside their code."""
 
     def names_only(span: re.Match[str]) -> str:
         code = span.group(1)
@@ -368,6 +384,10 @@ class Vocabulary:
             if not self.has(term) and not is_compared_with(question, term) and not self._own_member(term, question)
         ]
 
+    def _names_someone(self, question: str) -> bool:
+        """Whether the question names, with a capital, someone or something the book names too."""
+        return any(not is_identifier(term) and self.has(term) for term in distinctive_terms(question))
+
     def _own_member(self, term: str, question: str) -> bool:
         """A member access whose parts the book lacks are words the question also uses on their own ("if secret is
         private, can I call other.secret"): the student's own names, left to the plain-word check."""
@@ -394,11 +414,20 @@ class Vocabulary:
         service passes RETRIEVAL_SENTENCE_THRESHOLD; 0, the default, or 1.0 leave this out), an uncommon English
         word counts too (`UNCOMMON_BELOW`): nothing in the passages comes near the question."""
         asked = without_own_code(question)
-        names = self._missing_names(question, without_view_holder(asked))
+        asked_of = without_view_holder(asked)
+        names = self._missing_names(question, asked_of)
         # The author's (or narrator's) name is taken for granted once: named as whose view is asked, or as the one
-        # name missing from a book told in the first person; a second missing name still refuses.
+        # name missing from a book told in the first person, unless the question names someone the book does
+        # ("Did Darwin use Gregor Mendel's experiments?": the narrator is named already); a second missing name
+        # still refuses.
         named_author = len(names) < len(self._missing_names(question, asked))
-        if self.first_person and not named_author and len(names) == 1 and not is_identifier(names[0]):
+        if (
+            self.first_person
+            and not named_author
+            and len(names) == 1
+            and not is_identifier(names[0])
+            and not self._names_someone(asked_of)
+        ):
             names = []
         if not words or best_cosine >= strong_match or best_sentence >= strong_sentence:
             return names

@@ -19,6 +19,7 @@ from chains.book_terms import (
     STRONG_SENTENCE,
     BookVocabulary,
     Vocabulary,
+    distinctive_terms,
     plain_words,
     word_frequency,
 )
@@ -187,6 +188,17 @@ def test_the_students_own_names_in_their_code_are_not_missing_but_a_looked_up_na
     # A member the question names on its own too is the student's; one it does not is looked up.
     assert guide.missing("If secret is private, can I call other.secret in ensure?", words=False) == []
     assert guide.missing("Can I call tokio.spawn in ensure?", words=False) == ["tokio.spawn"]
+    # A camelCase name of their own is theirs too; the book's types in the same code still count, each alone.
+    scala = Vocabulary.of(["In Scala 3 a method is lifted to a function value: List(f) works without f _."])
+    question = "In Scala 2 `val fs = List(isLessThan)` gave me an error. Do I still need the underscore?"
+    assert scala.missing(question, words=False) == []  # was "Scala List" and "LessThan"
+    assert scala.missing("Does Scala 2 `List(Vector)` work?", words=False) == ["Vector"]
+
+
+def test_a_name_runs_on_only_over_single_spaces() -> None:
+    assert distinctive_terms("Can I use Core Data with Swift?") == ["Core Data", "Swift"]
+    assert distinctive_terms("Is Tokio, Serde or Rayon better?") == ["Tokio", "Serde", "Rayon"]
+    assert distinctive_terms("In Scala 2 List(x) fails") == ["Scala", "List"]
 
 
 MEMOIR = Vocabulary.of(
@@ -207,6 +219,10 @@ def test_a_single_missing_name_in_a_book_told_in_the_first_person_is_taken_for_t
     assert MEMOIR.missing("How do I run it in Kubernetes?") == []  # one missing name: the rule's known cost
     assert ORCHARD.missing("Why did Thoreau grow apples?") == ["Thoreau"]  # a book not told in the first person
     assert MEMOIR.missing("What does ros2_control do?") == ["ros2_control"]  # an identifier is never a narrator
+    # A question that names someone the book names (Emerson) has named who acts already: the name the book lacks
+    # is not the narrator's.
+    assert MEMOIR.missing("Did Emerson ever visit Krakatoa?") == ["Krakatoa"]
+    assert MEMOIR.missing("What did Thoreau think of Emerson's woodlot?") == []  # whose view: still the narrator's
 
 
 BOOK = {
