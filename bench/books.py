@@ -40,6 +40,16 @@ def xhtml_as_html(text: str) -> str:
     return _XML_DECLARATION.sub("", text)
 
 
+# The pages Standard Ebooks add to a book's text (title pages, imprint, colophon, licence): left out of an export.
+STANDARD_EBOOKS_PAGES = (
+    "titlepage.xhtml",
+    "halftitlepage.xhtml",
+    "imprint.xhtml",
+    "colophon.xhtml",
+    "uncopyright.xhtml",
+)
+
+
 @dataclass(frozen=True)
 class Book:
     repo: str  # owner/name of the public repository
@@ -80,7 +90,7 @@ BOOKS: dict[str, Book] = {
         licence="public domain (text); Standard Ebooks' work CC0 1.0",
         transform=xhtml_as_html,
         rename_suffix=".html",
-        skip=("titlepage.xhtml", "imprint.xhtml", "colophon.xhtml", "uncopyright.xhtml"),
+        skip=STANDARD_EBOOKS_PAGES,
     ),
     "rust_book": Book(
         repo="rust-lang/book",
@@ -97,14 +107,7 @@ BOOKS: dict[str, Book] = {
         suffix=".xhtml",
         licence="public domain (text); Standard Ebooks' work CC0 1.0",
         transform=str,
-        skip=(
-            "titlepage.xhtml",
-            "halftitlepage.xhtml",
-            "imprint.xhtml",
-            "colophon.xhtml",
-            "uncopyright.xhtml",
-            "loi.xhtml",
-        ),
+        skip=(*STANDARD_EBOOKS_PAGES, "loi.xhtml"),
     ),
     # Added after every default was chosen, as books no decision looked at (docs/retrieval.md, "Two books no
     # default was chosen on").
@@ -123,7 +126,7 @@ BOOKS: dict[str, Book] = {
         suffix=".xhtml",
         licence="public domain (text); Standard Ebooks' work CC0 1.0",
         transform=str,
-        skip=("titlepage.xhtml", "halftitlepage.xhtml", "imprint.xhtml", "colophon.xhtml", "uncopyright.xhtml"),
+        skip=STANDARD_EBOOKS_PAGES,
     ),
     # Added once the two above had become development books, as the held-out kinds again (a programming-language
     # book of over a hundred Markdown files, a 19th-century non-fiction classic in XHTML), and measured once with
@@ -143,7 +146,7 @@ BOOKS: dict[str, Book] = {
         suffix=".xhtml",
         licence="public domain (text); Standard Ebooks' work CC0 1.0",
         transform=str,
-        skip=("titlepage.xhtml", "halftitlepage.xhtml", "imprint.xhtml", "colophon.xhtml", "uncopyright.xhtml"),
+        skip=STANDARD_EBOOKS_PAGES,
     ),
     # Added once the two above were development books too, and measured once with the defaults as they stood
     # (docs/retrieval.md, "Two books measured once, after every default was chosen").
@@ -162,14 +165,7 @@ BOOKS: dict[str, Book] = {
         suffix=".xhtml",
         licence="public domain (text); Standard Ebooks' work CC0 1.0",
         transform=str,
-        skip=(
-            "titlepage.xhtml",
-            "halftitlepage.xhtml",
-            "imprint.xhtml",
-            "colophon.xhtml",
-            "uncopyright.xhtml",
-            "loi.xhtml",  # the list of illustrations: links only
-        ),
+        skip=(*STANDARD_EBOOKS_PAGES, "loi.xhtml"),  # and the list of illustrations: links only
     ),
 }
 
