@@ -387,3 +387,11 @@ def test_a_chapter_replaced_elsewhere_by_one_of_as_many_chunks_is_read_again(
     assert not ingest_into(qdrant, embeddings, settings, orchard_book).failed  # no forget(): as if elsewhere
     assert qdrant.count(settings.qdrant_collection, exact=True).count == count
     assert _read_when_ready(vocabulary, qdrant).missing_words("Should I add biochar when planting?") == []
+
+
+def test_an_acronym_in_the_models_vocabulary_is_a_name_but_a_shouted_common_word_is_not() -> None:
+    voyage = Vocabulary.of(["The tortoises of the Galapagos islands are protected by no law; the sailors eat them."])
+    assert voyage.missing("How does UNESCO protect the tortoises?", words=False) == ["UNESCO"]
+    assert voyage.missing("How does DNA differ between the tortoises?", words=False) == ["DNA"]
+    assert voyage.missing("What is the BEST island for tortoises?", words=False) == []  # emphasis
+    assert voyage.missing("Do the sailors NEVER eat the tortoises?", words=False) == []
